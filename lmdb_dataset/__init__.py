@@ -1,0 +1,34 @@
+"""lmdb_dataset: ImageNet-scale image datasets in LMDB, read fast into PyTorch.
+
+Public API:
+
+* :class:`LMDBImageDataset` - map-style random access (drop-in for ``ImageFolder``).
+* :class:`LMDBIterableDataset` - sequential cursor reads, sharded over workers and ranks.
+* :class:`ChunkShuffleSampler` - near-sequential shuffled order for map-style datasets.
+* :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
+* :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
+"""
+
+from .convert import ConversionReport, convert_image_folder
+from .dataset import LMDBImageDataset
+from .errors import (CorruptRecordError, DatasetChangedError, DatasetNotFoundError, IncompleteDatasetError,
+                     LMDBDatasetError, NotADatasetError, SourceImageError)
+from .samples import make_photo_folder
+from .writer import LMDBWriter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionReport",
+    "CorruptRecordError",
+    "DatasetChangedError",
+    "DatasetNotFoundError",
+    "IncompleteDatasetError",
+    "LMDBDatasetError",
+    "LMDBImageDataset",
+    "LMDBWriter",
+    "NotADatasetError",
+    "SourceImageError",
+    "convert_image_folder",
+    "make_photo_folder",
+]

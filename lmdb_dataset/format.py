@@ -1,0 +1,220 @@
+"""The on-disk format of an lmdb_dataset dataset: the one place that defines it.
+
+A dataset split is one LMDB environment (a directory holding ``data.mdb``) with two
+named sub-databases::
+
+    train.lmdb/data.mdb
+    ├── "records"   key: record index as 8-byte big-endian unsigned integer
+    │               (written with append=True, so a cursor walks exactly the records,
+    │               in index order 0..N-1)
+    │               value: 24-byte header + payload
+    │
+    │     offset  size  field
+    │     0       1     format version (FORMAT_VERSION)
+    │     1       1     payload kind: 0 = encoded (original file bytes), 1 = raw pixels
+    │     2       1     channels (raw: 1 or 3; encoded: channels of the decoded RGB image, 3)
+    │     3       1     reserved, 0
+    │     4       8     label, signed little-endian int64
+    │     12      4     CRC32 of the payload (zlib.crc32)
+    │     16      4     height in pixels (of the image as stored/decoded)
+    │     20      4     width in pixels
+    │     24      ...   payload: encoded bytes as-is (JPEG, PNG, ...) or HxWxC uint8 raw
+    │
+    └── "meta"      small table of named values, none of them pickled:
+          b"info"             JSON object (DatasetInfo): format version, number of records,
+                              storage kind, class names, source description, `complete`
+                              flag, skipped source files, conversion progress
+          b"labels"           all labels, packed little-endian int64 (N values)
+          b"paths"            relative source paths, UTF-8, joined by NUL bytes
+          b"spans"            file offset and length of every record value inside
+                              data.mdb, packed little-endian int64, shape (N, 2); lets a
+                              reader fetch a record with one pread (written at finalise)
+          b"labels/<start>"   while a conversion runs: the labels of the records committed
+          b"paths/<start>"    in one transaction starting at record <start> (16 hex digits);
+                              merged into b"labels"/b"paths" when the dataset is finalised
+
+Readers refuse a dataset whose ``info.complete`` is false (the conversion did not finish)
+and one whose ``format_version`` they do not know. This module is pure: it packs and
+unpacks bytes, and performs no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "lmdb-dataset"
+FORMAT_VERSION = 1
+
+RECORDS_DB = b"records"
+META_DB = b"meta"
+INFO_KEY = b"info"
+LABELS_KEY = b"labels"
+PATHS_KEY = b"paths"
+SPANS_KEY = b"spans"
+
+KIND_ENCODED = 0
+KIND_RAW = 1
+STORAGE_KINDS = {"encoded": KIND_ENCODED, "raw": KIND_RAW}
+
+HEADER = struct.Struct("<BBBxqIII")
+HEADER_SIZE = HEADER.size  # 24
+KEY_SIZE = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordHeader:
+    """The fixed header in front of every record's payload."""
+
+    kind: int
+    label: int
+    crc32: int
+    height: int
+    width: int
+    channels: int
+    version: int = FORMAT_VERSION
+
+
+def encode_key(index: int) -> bytes:
+    """Key of record ``index``: 8-byte big-endian, so byte order equals index order."""
+    return index.to_bytes(KEY_SIZE, "big")
+
+
+def decode_key(key: bytes) -> int:
+    """Inverse of :func:`encode_key`."""
+    return int.from_bytes(key, "big")
+
+
+def encode_record(payload: bytes | memoryview, *, kind: int, label: int, height: int, width: int,
+                  channels: int) -> bytes:
+    """Header + payload of one record, with the payload's CRC32 in the header."""
+    header = HEADER.pack(FORMAT_VERSION, kind, channels, label, zlib.crc32(payload), height, width)
+    return header + bytes(payload)
+
+
+def decode_header(value: bytes | memoryview) -> RecordHeader:
+    """Parse the header of a record value. Raises ValueError if it is malformed."""
+    if len(value) < HEADER_SIZE:
+        raise ValueError(f"record is {len(value)} bytes, shorter than its {HEADER_SIZE}-byte header")
+    version, kind, channels, label, crc, height, width = HEADER.unpack_from(value)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"record format version {version}, expected {FORMAT_VERSION}")
+    if kind not in (KIND_ENCODED, KIND_RAW):
+        raise ValueError(f"unknown payload kind {kind}")
+    if kind == KIND_RAW and len(value) - HEADER_SIZE != height * width * channels:
+        raise ValueError(f"raw payload is {len(value) - HEADER_SIZE} bytes, header says "
+                         f"{height}x{width}x{channels}")
+    return RecordHeader(kind=kind, label=label, crc32=crc, height=height, width=width,
+                        channels=channels, version=version)
+
+
+def payload_of(value: bytes | memoryview) -> memoryview:
+    """The payload part of a record value, without copying."""
+    return memoryview(value)[HEADER_SIZE:]
+
+
+def payload_crc_matches(header: RecordHeader, payload: bytes | memoryview) -> bool:
+    """Whether the payload's CRC32 equals the one in the header."""
+    return zlib.crc32(payload) == header.crc32
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """The JSON metadata stored under ``meta/info``.
+
+    Attributes:
+        num_records: Number of records (committed so far, while ``complete`` is false).
+        storage: ``"encoded"`` or ``"raw"``.
+        classes: Class names; label ``i`` means ``classes[i]``.
+        source: Free-form description of where the images came from.
+        complete: Set only when the writer finished; readers refuse datasets without it.
+        skipped: Source files left out by a conversion, as ``{"path": ..., "error": ...}``.
+        conversion: Converter bookkeeping for resume (arguments and progress), or None.
+        format_version: Version of this format the dataset was written with.
+    """
+
+    num_records: int = 0
+    storage: str = "encoded"
+    classes: list[str] = dataclasses.field(default_factory=list)
+    source: str = ""
+    complete: bool = False
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    conversion: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> bytes:
+        """Serialise to UTF-8 JSON bytes (with a format marker)."""
+        return json.dumps({"format": FORMAT_NAME, **dataclasses.asdict(self)}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | memoryview) -> DatasetInfo:
+        """Parse JSON bytes written by :meth:`to_json`. Raises ValueError if they are not ours."""
+        try:
+            obj = json.loads(bytes(data).decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"metadata is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict) or obj.pop("format", None) != FORMAT_NAME:
+            raise ValueError("metadata does not carry the lmdb-dataset format marker")
+        if obj.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"format version {obj.get('format_version')} is not supported "
+                             f"(this lmdb_dataset reads version {FORMAT_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+def chunk_key(prefix: bytes, start: int) -> bytes:
+    """Key of a per-transaction chunk (``labels/<start>`` or ``paths/<start>``)."""
+    return prefix + b"/" + f"{start:016x}".encode()
+
+
+def encode_labels(labels: np.ndarray) -> bytes:
+    """Pack labels as little-endian int64."""
+    return np.ascontiguousarray(labels, dtype="<i8").tobytes()
+
+
+def decode_labels(data: bytes | memoryview) -> np.ndarray:
+    """Unpack labels into a (writable) native int64 array."""
+    return np.frombuffer(data, dtype="<i8").astype(np.int64)
+
+
+def encode_paths(paths: list[str]) -> bytes:
+    """Join relative paths as NUL-separated UTF-8 (NUL cannot occur in a POSIX path)."""
+    return b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths)
+
+
+class PathTable:
+    """Read-only table of relative source paths over one NUL-separated UTF-8 blob.
+
+    Holds the blob plus a numpy array of start offsets (no per-path Python objects), so a
+    table of a million paths costs its bytes plus 8 bytes a path.
+    """
+
+    def __init__(self, data: bytes | memoryview, count: int) -> None:
+        self._blob = bytes(data)
+        separators = np.flatnonzero(np.frombuffer(self._blob, dtype=np.uint8) == 0)
+        found = len(separators) + 1 if self._blob or count == 1 else 0
+        if found != count:
+            raise ValueError(f"path table holds {found} paths, expected {count}")
+        self._starts = np.concatenate(([0], separators + 1, [len(self._blob) + 1])).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, index: int) -> str:
+        start, end = self._starts[index], self._starts[index + 1] - 1
+        return self._blob[start:end].decode("utf-8", "surrogateescape")
+
+
+def encode_spans(spans: np.ndarray) -> bytes:
+    """Pack an (N, 2) array of (offset, length) as little-endian int64."""
+    return np.ascontiguousarray(spans, dtype="<i8").tobytes()
+
+
+def decode_spans(data: bytes | memoryview) -> np.ndarray:
+    """Unpack :func:`encode_spans` output into an (N, 2) int64 array."""
+    return np.frombuffer(data, dtype="<i8").astype(np.int64).reshape(-1, 2)

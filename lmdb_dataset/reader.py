@@ -1,0 +1,177 @@
+"""Reading record values in the current process: by index (random access) or by cursor scan.
+
+A :class:`RecordReader` belongs to one process. Datasets create it lazily on their first
+read and drop it when pickled, and it re-creates itself after a fork, so every DataLoader
+worker reads through its own file handles whatever the start method.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Iterable, Iterator, Literal, Sequence
+
+import lmdb
+import numpy as np
+
+from . import format as fmt
+from .decoding import pixels_of
+from .environment import DATA_FILE, DatasetMetadata, begin_read, environments, open_databases, read_path_table
+from .errors import CorruptRecordError, DatasetChangedError
+
+Access = Literal["pread", "mmap"]
+ACCESS_MODES = ("pread", "mmap")
+
+
+class RecordReader:
+    """Fetches record values of one complete dataset in this process.
+
+    Args:
+        meta: The dataset's metadata (from :func:`environment.load_metadata`).
+        access: ``"pread"`` reads a record with one ``os.pread`` of exactly its bytes, using
+            the (offset, length) table written when the dataset was finalised: a single
+            I/O request per record, fast on a cold page cache and on network filesystems.
+            ``"mmap"`` reads through LMDB's memory map (no system call, but every 4 KB page
+            of a value not in the page cache faults in synchronously). Datasets without the
+            offset table always use ``"mmap"``.
+        readahead: OS readahead on LMDB's memory map; on for cursor scans (sequential),
+            off for random access.
+    """
+
+    def __init__(self, meta: DatasetMetadata, *, access: Access = "pread", readahead: bool = False) -> None:
+        self.meta = meta
+        self.access: Access = access if meta.spans is not None else "mmap"
+        self._readahead = readahead
+        self._pid = os.getpid()
+        self._fd: int | None = None
+        self._env: lmdb.Environment | None = None
+        self._records_db = None
+        self.cursor_positionings = 0
+        """How many times a cursor was positioned by :meth:`scan` (sequential reads position once per run)."""
+
+    @property
+    def stale(self) -> bool:
+        """True in a process other than the one that created this reader (after a fork)."""
+        return self._pid != os.getpid()
+
+    def _data_fd(self) -> int:
+        if self._fd is None:
+            fd = os.open(os.path.join(self.meta.path, DATA_FILE), os.O_RDONLY)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (self.meta.identity.device, self.meta.identity.inode):
+                os.close(fd)
+                raise DatasetChangedError(
+                    f"the dataset at {self.meta.path!r} was replaced on disk (re-converted?) after this "
+                    "dataset object read its metadata; create the dataset object again")
+            self._fd = fd
+        return self._fd
+
+    def _environment(self) -> tuple[lmdb.Environment, object]:
+        if self._env is None:
+            self._env, _ = environments.get(self.meta.path, self.meta.identity, readahead=self._readahead)
+            self._records_db, _ = open_databases(self._env, self.meta.path)
+        return self._env, self._records_db
+
+    def _transaction(self) -> lmdb.Transaction:
+        env, _ = self._environment()
+        try:
+            return begin_read(env, buffers=True)
+        except lmdb.Error:
+            # Closed under us: a writer in this process re-opened the file. Re-acquire, which
+            # raises DatasetChangedError if the file was replaced.
+            self._env = None
+            env, _ = self._environment()
+            return begin_read(env, buffers=True)
+
+    def values(self, indices: Sequence[int]) -> Iterator[tuple[int, bytes | memoryview]]:
+        """Yield ``(index, value)`` for ``indices``, in the order given (pass them sorted to read forward).
+
+        A yielded value stays valid only until the next one is requested; decode it first.
+        """
+        ordered = indices
+        if self.access == "pread":
+            fd = self._data_fd()
+            spans = self.meta.spans
+            for index in ordered:
+                offset, length = spans[index]
+                yield index, os.pread(fd, int(length), int(offset))
+            return
+        with self._transaction() as txn:
+            _, records_db = self._environment()
+            for index in ordered:
+                yield index, txn.get(fmt.encode_key(index), db=records_db)
+
+    def scan(self, runs: Iterable[tuple[int, int]]) -> Iterator[tuple[int, memoryview]]:
+        """Yield ``(index, value)`` for each half-open run ``[start, stop)`` with an LMDB cursor.
+
+        The cursor is positioned once per run and then walks forward, so a run is read as a
+        sequential stream. A value stays valid until the next one is requested.
+        """
+        with self._transaction() as txn:
+            _, records_db = self._environment()
+            cursor = txn.cursor(db=records_db)
+            for start, stop in runs:
+                if start >= stop:
+                    continue
+                self.cursor_positionings += 1
+                if not cursor.set_key(fmt.encode_key(start)):
+                    raise CorruptRecordError(f"{self.meta.path}: record {start} is missing",
+                                             path=self.meta.path, index=start)
+                for index in range(start, stop):
+                    if index > start and not cursor.next():
+                        raise CorruptRecordError(f"{self.meta.path}: record {index} is missing",
+                                                 path=self.meta.path, index=index)
+                    yield index, cursor.value()
+
+    def close(self) -> None:
+        """Release this reader's file handle (the environment stays shared in the process)."""
+        if self._fd is not None and not self.stale:
+            os.close(self._fd)
+        self._fd = None
+        self._env = None
+
+
+def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview | None, *,
+                  verify: bool = True) -> tuple[np.ndarray, int]:
+    """HxWx3 uint8 RGB pixels and label of record ``index`` from its stored value.
+
+    Raises:
+        CorruptRecordError: The record is missing, malformed, fails its CRC32 check (with
+            ``verify``), or its image does not decode. The message names the dataset path,
+            the record index and, when known, the source file.
+    """
+    if value is None:
+        raise _corrupt(meta, index, "the record is missing")
+    try:
+        header = fmt.decode_header(value)
+    except ValueError as exc:
+        raise _corrupt(meta, index, f"malformed record header ({exc})") from None
+    payload = fmt.payload_of(value)
+    if verify:
+        crc = zlib.crc32(payload)
+        if crc != header.crc32:
+            raise _corrupt(meta, index, f"CRC32 mismatch (stored {header.crc32:08x}, computed {crc:08x}): "
+                                        "the data file is damaged; restore or re-convert it")
+    try:
+        return pixels_of(header, payload), header.label
+    except ValueError as exc:
+        raise _corrupt(meta, index, f"the image does not decode: {exc}") from None
+
+
+def _corrupt(meta: DatasetMetadata, index: int, reason: str) -> CorruptRecordError:
+    source = ""
+    try:
+        paths = read_path_table(meta.path, meta.info.num_records)
+        if paths is not None and paths[index]:
+            source = f" (source file {paths[index]!r})"
+    except Exception:  # noqa: BLE001 - the path is a courtesy; never mask the real error
+        pass
+    return CorruptRecordError(f"{meta.path}: record {index}{source}: {reason}. "
+                              f"Run `lmdb-dataset verify {meta.path}` to list every bad record.",
+                              path=meta.path, index=index)
+
+
+def check_access(access: str) -> None:
+    """Raise ValueError unless ``access`` is one of :data:`ACCESS_MODES`."""
+    if access not in ACCESS_MODES:
+        raise ValueError(f"access={access!r} is not supported; use one of {', '.join(ACCESS_MODES)}")
