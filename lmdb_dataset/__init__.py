@@ -14,11 +14,15 @@ from .dataset import LMDBImageDataset
 from .errors import (CorruptRecordError, DatasetChangedError, DatasetNotFoundError, IncompleteDatasetError,
                      LMDBDatasetError, NotADatasetError, SourceImageError)
 from .samples import make_photo_folder
+from .iterable import LMDBIterableDataset
+from .sampler import ChunkShuffleSampler
 from .writer import LMDBWriter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChunkShuffleSampler",
+    "LMDBIterableDataset",
     "ConversionReport",
     "CorruptRecordError",
     "DatasetChangedError",
