@@ -130,6 +130,9 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
         if resume:
             _check_resumable(writer, state)
             state["next_source"] = writer.info.conversion["next_source"]
+        else:
+            writer.set_conversion_state(state)
+            writer.commit()
         first = state["next_source"]
         tasks = ((samples[i][0], samples[i][1], storage) for i in order[first:])
         bytes_read = 0

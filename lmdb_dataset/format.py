@@ -200,7 +200,8 @@ class PathTable:
         found = len(separators) + 1 if self._blob or count == 1 else 0
         if found != count:
             raise ValueError(f"path table holds {found} paths, expected {count}")
-        self._starts = np.concatenate(([0], separators + 1, [len(self._blob) + 1])).astype(np.int64)
+        bounds = [[0], separators + 1, [len(self._blob) + 1]] if count else [[0]]
+        self._starts = np.concatenate(bounds).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self._starts) - 1

@@ -121,7 +121,7 @@ class LMDBWriter:
             self._env = self._open(map_size=INITIAL_MAP_SIZE, sync=sync)
             self._records_db, self._meta_db = self._open_dbs(create=True)
             self.info = fmt.DatasetInfo(storage=storage, classes=list(classes or []), source=source)
-            self._commit()
+            self.commit()
 
     def _file_size(self) -> int:
         data = self.path / DATA_FILE
@@ -189,7 +189,7 @@ class LMDBWriter:
         self._pending_paths.append(path or "")
         self._pending_bytes += len(record)
         if self._pending_bytes >= self._commit_bytes or len(self._pending) >= self._commit_records:
-            self._commit()
+            self.commit()
         return index
 
     def skip(self, path: str, error: str) -> None:
@@ -205,7 +205,7 @@ class LMDBWriter:
         if self._closed:
             raise LMDBDatasetError(f"the writer of {str(self.path)!r} is closed")
 
-    def _commit(self) -> None:
+    def commit(self) -> None:
         """Write pending records, their label/path chunks and the info in one transaction."""
         start = self.info.num_records
         info = fmt.DatasetInfo(**{**self.info.__dict__, "num_records": start + len(self._pending)})
@@ -244,7 +244,7 @@ class LMDBWriter:
         if self._closed:
             return
         try:
-            self._commit()
+            self.commit()
             if complete:
                 self._finalise()
         finally:

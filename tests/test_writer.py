@@ -1,0 +1,99 @@
+"""LMDBWriter: appending, map growth, completeness, refusing to clobber."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lmdb_dataset import (IncompleteDatasetError, LMDBImageDataset, LMDBWriter, SourceImageError, writer)
+from lmdb_dataset.inspection import summarize
+
+
+def _jpeg(seed: int, size=(40, 30)) -> bytes:
+    rng = np.random.default_rng(seed)
+    gradient = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3)
+    image = Image.fromarray((gradient * rng.uniform(0.5, 1)).astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_writer_encoded_bytes_are_stored_unchanged_and_read_back(tmp_path):
+    images = [_jpeg(i) for i in range(5)]
+    with LMDBWriter(tmp_path / "ds", classes=["a", "b"]) as w:
+        for i, data in enumerate(images):
+            assert w.add(data, i % 2, path=f"x/{i}.jpg") == i
+    ds = LMDBImageDataset(tmp_path / "ds", output="numpy")
+    assert ds.targets.tolist() == [0, 1, 0, 1, 0] and ds.classes == ["a", "b"]
+    ((_, value),) = list(ds.reader.values([3]))
+    assert bytes(value)[24:] == images[3]
+    assert ds.source_path(4) == "x/4.jpg"
+
+
+def test_writer_raw_arrays_gray_and_rgb_come_back_as_rgb(tmp_path):
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    rgb = np.arange(60, dtype=np.uint8).reshape(4, 5, 3)
+    with LMDBWriter(tmp_path / "ds", storage="raw") as w:
+        w.add(gray, 0)
+        w.add(rgb, 1)
+    ds = LMDBImageDataset(tmp_path / "ds", output="numpy")
+    assert np.array_equal(ds[0][0], np.repeat(gray[:, :, None], 3, axis=2))
+    assert np.array_equal(ds[1][0], rgb)
+
+
+def test_writer_grows_the_map_by_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer, "INITIAL_MAP_SIZE", 256 * 1024)
+    payload = np.zeros((300, 300, 3), dtype=np.uint8)  # 270 KB per record, > the initial map
+    with LMDBWriter(tmp_path / "ds", storage="raw", commit_records=3) as w:
+        for i in range(10):
+            w.add(payload + i, i)
+    ds = LMDBImageDataset(tmp_path / "ds", output="numpy")
+    assert len(ds) == 10 and int(ds[9][0][0, 0, 0]) == 9
+
+
+def test_writer_leaving_by_exception_keeps_committed_records_but_marks_incomplete(tmp_path):
+    with pytest.raises(RuntimeError):
+        with LMDBWriter(tmp_path / "ds") as w:
+            w.add(_jpeg(0), 0)
+            raise RuntimeError("boom")
+    assert summarize(tmp_path / "ds").info.num_records == 1
+    with pytest.raises(IncompleteDatasetError, match="--resume"):
+        LMDBImageDataset(tmp_path / "ds")
+    with LMDBWriter(tmp_path / "ds", resume=True) as w:
+        assert w.num_records == 1
+        w.add(_jpeg(1), 1)
+    assert LMDBImageDataset(tmp_path / "ds").targets.tolist() == [0, 1]
+
+
+def test_writer_rejects_undecodable_bytes_naming_the_source(tmp_path):
+    with LMDBWriter(tmp_path / "ds") as w:
+        with pytest.raises(SourceImageError, match="bad/file.jpg"):
+            w.add(b"\xff\xd8 definitely not a jpeg", 0, path="bad/file.jpg")
+
+
+def test_writer_refuses_existing_dataset_unless_overwrite_and_non_dataset_dirs(tmp_path):
+    with LMDBWriter(tmp_path / "ds") as w:
+        w.add(_jpeg(0), 0)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        LMDBWriter(tmp_path / "ds")
+    with LMDBWriter(tmp_path / "ds", overwrite=True) as w:
+        w.add(_jpeg(1), 5)
+    assert LMDBImageDataset(tmp_path / "ds").targets.tolist() == [5]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a dataset"):
+        LMDBWriter(tmp_path / "other", overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"storage": "png"}, "storage='png'"),
+    ({"commit_records": 0}, "positive"),
+    ({"resume": True, "overwrite": True}, "exclude"),
+])
+def test_writer_invalid_arguments_raise_value_error(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LMDBWriter(tmp_path / "ds", **kwargs)
