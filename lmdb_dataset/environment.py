@@ -37,10 +37,22 @@ MAX_DBS = 2
 
 @dataclasses.dataclass(frozen=True)
 class FileIdentity:
-    """Which file a path resolved to: device and inode of ``data.mdb``."""
+    """Which file, in which state, a path resolved to: ``data.mdb``'s device, inode, size and mtime.
+
+    Size and mtime tell a re-created file apart even when the filesystem reuses the inode
+    number, and a file that another process appended to; a complete dataset is never
+    written again, so its identity stays fixed.
+    """
 
     device: int
     inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        """The identity of a ``stat`` result."""
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def data_file(path: str | os.PathLike) -> Path:
@@ -58,7 +70,7 @@ def identity_of(path: str | os.PathLike) -> FileIdentity:
     except FileNotFoundError:
         raise NotADatasetError(f"{str(path)!r} is not an lmdb_dataset dataset: it has no {DATA_FILE}. "
                                "Create one with `lmdb-dataset convert SRC DST`.") from None
-    return FileIdentity(st.st_dev, st.st_ino)
+    return FileIdentity.of(st)
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import format as fmt
 from .decoding import pixels_of
-from .environment import DATA_FILE, DatasetMetadata, begin_read, environments, open_databases, read_path_table
+from .environment import DATA_FILE, DatasetMetadata, FileIdentity, begin_read, environments, open_databases, read_path_table
 from .errors import CorruptRecordError, DatasetChangedError
 
 Access = Literal["pread", "mmap"]
@@ -57,8 +57,7 @@ class RecordReader:
     def _data_fd(self) -> int:
         if self._fd is None:
             fd = os.open(os.path.join(self.meta.path, DATA_FILE), os.O_RDONLY)
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (self.meta.identity.device, self.meta.identity.inode):
+            if FileIdentity.of(os.fstat(fd)) != self.meta.identity:
                 os.close(fd)
                 raise DatasetChangedError(
                     f"the dataset at {self.meta.path!r} was replaced on disk (re-converted?) after this "

@@ -262,8 +262,7 @@ class LMDBWriter:
             txn.put(fmt.PATHS_KEY, paths, db=self._meta_db)
 
         self._write(put_tables)
-        st = os.stat(self.path / DATA_FILE)
-        spans = record_spans(self._env, self._records_db, FileIdentity(st.st_dev, st.st_ino))
+        spans = record_spans(self._env, self._records_db, FileIdentity.of(os.stat(self.path / DATA_FILE)))
         info = fmt.DatasetInfo(**{**self.info.__dict__, "complete": True, "conversion": None})
 
         def put_spans_and_complete(txn: lmdb.Transaction) -> None:

@@ -1,0 +1,281 @@
+"""LMDBImageDataset: contract, pixel equality with ImageFolder, errors, processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, RandomSampler
+from torchvision import transforms as v1
+from torchvision.datasets import ImageFolder
+
+from lmdb_dataset import (CorruptRecordError, DatasetChangedError, DatasetNotFoundError, IncompleteDatasetError,
+                          LMDBImageDataset, LMDBWriter, NotADatasetError, convert_image_folder)
+from lmdb_dataset.transforms import train_transform
+
+START_METHODS = ["fork", "spawn", "forkserver"]
+
+
+def record_id(sample):
+    """Picklable collate element: (label, checksum of pixels) identifies a record."""
+    image, label = sample
+    return label, int(np.asarray(image, dtype=np.int64).sum())
+
+
+def collate_ids(batch):
+    return [record_id(sample) for sample in batch]
+
+
+def expected_ids(path):
+    ds = LMDBImageDataset(path, output="numpy")
+    return sorted(record_id(ds[i]) for i in range(len(ds)))
+
+
+# --- contract -------------------------------------------------------------------------------------------
+
+def test_len_classes_targets_and_repr_like_image_folder(image_folder, converted):
+    reference = ImageFolder(str(image_folder()))
+    ds = LMDBImageDataset(converted(), transform=v1.ToTensor())
+    assert len(ds) == len(reference) == 29
+    assert ds.classes == reference.classes and ds.class_to_idx == reference.class_to_idx
+    assert isinstance(ds.targets, np.ndarray) and ds.targets.dtype == np.int64
+    assert ds.targets.tolist() == reference.targets
+    text = repr(ds)
+    assert text.startswith("Dataset LMDBImageDataset\n    Number of datapoints: 29\n    Root location: ")
+    assert "ToTensor()" in text and "Storage: encoded" in text
+
+
+@pytest.mark.parametrize("output, kind, shape", [("pil", Image.Image, None), ("tensor", torch.Tensor, (3,)),
+                                                 ("numpy", np.ndarray, None)])
+def test_output_types(converted, output, kind, shape):
+    image, label = LMDBImageDataset(converted(), output=output)[0]
+    assert isinstance(image, kind) and isinstance(label, int)
+    if output == "pil":
+        assert image.mode == "RGB"
+    elif output == "tensor":
+        assert image.dtype == torch.uint8 and image.shape[0] == 3
+    else:
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
+
+def test_transform_and_target_transform_are_applied(converted):
+    ds = LMDBImageDataset(converted(), transform=lambda im: ("t", im.size), target_transform=lambda y: y + 100)
+    (tag, size), target = ds[5]
+    assert tag == "t" and target == ds.targets[5] + 100 and len(size) == 2
+
+
+def test_indices_behave_like_a_sequence(converted):
+    ds = LMDBImageDataset(converted(), output="numpy")
+    assert np.array_equal(ds[-1][0], ds[len(ds) - 1][0])
+    assert np.array_equal(ds[np.int64(3)][0], ds[3][0])
+    for bad in (len(ds), -len(ds) - 1):
+        with pytest.raises(IndexError, match=f"index {bad} is out of range"):
+            ds[bad]
+
+
+def test_getitems_returns_the_batch_in_request_order_with_duplicates(converted):
+    ds = LMDBImageDataset(converted(), output="numpy")
+    batch = ds.__getitems__([7, 2, 7, 0])
+    for (image, label), index in zip(batch, [7, 2, 7, 0]):
+        assert np.array_equal(image, ds[index][0]) and label == ds.targets[index]
+
+
+@pytest.mark.parametrize("storage", ["encoded", "raw"])
+@pytest.mark.parametrize("access", ["pread", "mmap"])
+def test_pixels_equal_torchvision_image_folder_including_gray_cmyk_png(image_folder, converted, storage, access):
+    reference = ImageFolder(str(image_folder()))
+    ds = LMDBImageDataset(converted(storage=storage), output="numpy", access=access)
+    for i in range(len(ds)):
+        expected, label = reference[i]
+        image, target = ds[i]
+        assert target == label
+        assert image.shape == np.asarray(expected).shape
+        assert np.abs(image.astype(int) - np.asarray(expected, dtype=int)).max() <= 1, reference.samples[i][0]
+
+
+def test_shipped_photo_jpegs_decode_bit_exactly_like_pillow(converted, image_folder):
+    reference = ImageFolder(str(image_folder()))
+    ds = LMDBImageDataset(converted(), output="numpy")
+    plain = [i for i, (p, _) in enumerate(reference.samples) if p.endswith(".JPEG")]
+    assert len(plain) == 24
+    for i in plain:
+        assert np.array_equal(ds[i][0], np.asarray(reference[i][0]))
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+
+def test_missing_path_raises_dataset_not_found(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="does not exist") as excinfo:
+        LMDBImageDataset(tmp_path / "missing.lmdb")
+    assert isinstance(excinfo.value, FileNotFoundError)
+
+
+def test_directory_without_dataset_raises_not_a_dataset(tmp_path):
+    with pytest.raises(NotADatasetError, match="lmdb-dataset convert"):
+        LMDBImageDataset(tmp_path)
+
+
+def test_foreign_lmdb_environment_raises_not_a_dataset(tmp_path):
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "foreign"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    env.close()
+    with pytest.raises(NotADatasetError, match="not an lmdb_dataset dataset"):
+        LMDBImageDataset(tmp_path / "foreign")
+
+
+def test_bad_arguments_raise_value_error(converted):
+    with pytest.raises(ValueError, match="output='jpeg'"):
+        LMDBImageDataset(converted(), output="jpeg")
+    with pytest.raises(ValueError, match="access='disk'"):
+        LMDBImageDataset(converted(), access="disk")
+
+
+def _damage(path, index, offset_in_payload=40):
+    ds = LMDBImageDataset(path)
+    offset, _ = ds._meta.spans[index]
+    with open(path / "data.mdb", "r+b") as f:
+        f.seek(int(offset) + 24 + offset_in_payload)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("access", ["pread", "mmap"])
+def test_crc_mismatch_names_path_record_and_source_file(converted, tmp_path, access):
+    path = tmp_path / "damaged.lmdb"
+    shutil.copytree(converted(), path)
+    _damage(path, 4)
+    ds = LMDBImageDataset(path, access=access)
+    with pytest.raises(CorruptRecordError, match=r"record 4 \(source file 'class_000/.*'\): CRC32 mismatch") as e:
+        ds[4]
+    assert e.value.index == 4 and e.value.path == str(path)
+    ds[5]  # the neighbours are fine
+    assert LMDBImageDataset(path, verify_checksums=False)[5]
+
+
+def test_undecodable_record_names_path_and_record(tmp_path):
+    with LMDBWriter(tmp_path / "ds") as writer:
+        writer.add(b"\xff\xd8\xff\xe0 garbage that is no image", 0, path="a/broken.jpg", check=False)
+    with pytest.raises(CorruptRecordError, match=r"record 0 \(source file 'a/broken.jpg'\): the image does not "):
+        LMDBImageDataset(tmp_path / "ds")[0]
+
+
+def test_incomplete_dataset_is_refused_with_resume_hint(tmp_path):
+    with pytest.raises(KeyError):
+        with LMDBWriter(tmp_path / "ds") as writer:
+            raise KeyError
+    with pytest.raises(IncompleteDatasetError, match="--resume"):
+        LMDBImageDataset(tmp_path / "ds")
+
+
+# --- processes and pickling -----------------------------------------------------------------------------
+
+def test_pickle_round_trip_drops_the_reader_and_reads_again(converted):
+    ds = LMDBImageDataset(converted(), output="numpy")
+    first = ds[3][0]
+    assert ds._reader is not None
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._reader is None and "_reader" in clone.__dict__
+    assert np.array_equal(clone[3][0], first)
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+@pytest.mark.parametrize("persistent", [False, True])
+def test_dataloader_workers_after_parent_peek_read_every_record_once(converted, start_method, persistent):
+    path = converted()
+    ds = LMDBImageDataset(path, output="numpy")
+    ds[0]  # the parent reads before the workers start
+    loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, collate_fn=collate_ids,
+                        multiprocessing_context=start_method, persistent_workers=persistent)
+    for _ in range(2):
+        assert sorted(i for batch in loader for i in batch) == expected_ids(path)
+    ds[1]  # and again afterwards
+
+
+def test_pin_memory_and_random_sampler_with_transforms(converted):
+    ds = LMDBImageDataset(converted(), transform=train_transform(32), output="tensor")
+    loader = DataLoader(ds, batch_size=8, sampler=RandomSampler(ds), num_workers=2, pin_memory=True)
+    shapes = [images.shape[1:] for images, _ in loader]
+    assert sum(1 for _ in shapes) == 4 and all(s == (3, 32, 32) for s in shapes)
+
+
+def test_two_datasets_over_one_path_in_one_process_share_it(converted):
+    train = LMDBImageDataset(converted(), transform=v1.ToTensor())
+    evaluation = LMDBImageDataset(converted(), output="numpy")
+    assert torch.equal(train[2][0], torch.from_numpy(evaluation[2][0]).permute(2, 0, 1).float() / 255)
+    assert train.reader is not evaluation.reader
+
+
+def test_reconverted_dataset_is_seen_by_new_objects_and_refused_by_stale_ones(image_folder, tmp_path):
+    path = tmp_path / "ds"
+    convert_image_folder(image_folder(), path, workers=0, progress=False)
+    old = LMDBImageDataset(path, access="mmap")
+    old[0]
+    convert_image_folder(image_folder(12, special=False), path, workers=0, overwrite=True, progress=False)
+    new = LMDBImageDataset(path)
+    assert len(new) == 12 and new[11]
+    with pytest.raises(DatasetChangedError, match="create the dataset object again"):
+        LMDBImageDataset.__getitem__(pickle.loads(pickle.dumps(old)), 0)
+
+
+def test_long_lived_process_opens_a_dataset_again_after_another_process_resumed_it(image_folder, tmp_path):
+    path = tmp_path / "ds"
+    with pytest.raises(RuntimeError):
+        with LMDBWriter(path) as writer:
+            writer.add((image_folder() / "class_000" / "gray.jpg").read_bytes(), 0)
+            raise RuntimeError("interrupted")
+    with pytest.raises(IncompleteDatasetError):
+        LMDBImageDataset(path)  # this process now holds the environment open
+    script = ("import sys, numpy as np\nfrom lmdb_dataset import LMDBWriter\n"
+              "with LMDBWriter(sys.argv[1], storage='encoded', resume=True) as w:\n"
+              "    for i in range(300):\n"
+              "        w.add(open(sys.argv[2], 'rb').read(), 1)\n")
+    big = next((image_folder() / "class_001").glob("*.JPEG"))
+    subprocess.run([sys.executable, "-c", script, str(path), str(big)], check=True, timeout=120)
+    ds = LMDBImageDataset(path, access="mmap")
+    assert len(ds) == 301 and ds[300][1] == 1 and ds[0][1] == 0
+
+
+def _ddp_worker(rank: int, world: int, path: str, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.utils.data import DistributedSampler
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    ds = LMDBImageDataset(path, output="numpy")
+    sampler = DistributedSampler(ds, shuffle=True, seed=3)
+    sampler.set_epoch(1)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2, collate_fn=collate_ids)
+    ids = [i for batch in loader for i in batch]
+    gathered = [None] * world
+    dist.all_gather_object(gathered, ids)
+    if rank == 0:
+        with open(out, "wb") as f:
+            pickle.dump(gathered, f)
+    dist.destroy_process_group()
+
+
+def test_distributed_sampler_under_two_process_gloo_ddp_covers_each_record_once(converted, tmp_path):
+    path = converted(num_images=25)  # 30 records with the special images: divisible by 2
+    out = tmp_path / "ids.pkl"
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_ddp_worker, args=(r, 2, str(path), str(tmp_path / "init"), str(out)))
+                 for r in range(2)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=180)
+        assert p.exitcode == 0
+    per_rank = pickle.loads(out.read_bytes())
+    assert len(per_rank[0]) == len(per_rank[1]) == 15
+    assert sorted(per_rank[0] + per_rank[1]) == expected_ids(path)
