@@ -6,6 +6,7 @@ Public API:
 * :class:`LMDBIterableDataset` - sequential cursor reads, sharded over workers and ranks.
 * :class:`ChunkShuffleSampler` - near-sequential shuffled order for map-style datasets.
 * :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
+* :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
 """
 
@@ -16,6 +17,7 @@ from .errors import (CorruptRecordError, DatasetChangedError, DatasetNotFoundErr
 from .samples import make_photo_folder
 from .iterable import LMDBIterableDataset
 from .sampler import ChunkShuffleSampler
+from .transforms import NormalizeBatch, train_transform, val_transform
 from .writer import LMDBWriter
 
 __version__ = "0.1.0"
@@ -31,8 +33,11 @@ __all__ = [
     "LMDBDatasetError",
     "LMDBImageDataset",
     "LMDBWriter",
+    "NormalizeBatch",
     "NotADatasetError",
     "SourceImageError",
     "convert_image_folder",
     "make_photo_folder",
+    "train_transform",
+    "val_transform",
 ]
