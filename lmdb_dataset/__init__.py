@@ -12,11 +12,18 @@ Public API:
 
 from .convert import ConversionReport, convert_image_folder
 from .dataset import LMDBImageDataset
-from .errors import (CorruptRecordError, DatasetChangedError, DatasetNotFoundError, IncompleteDatasetError,
-                     LMDBDatasetError, NotADatasetError, SourceImageError)
-from .samples import make_photo_folder
+from .errors import (
+                     CorruptRecordError,
+                     DatasetChangedError,
+                     DatasetNotFoundError,
+                     IncompleteDatasetError,
+                     LMDBDatasetError,
+                     NotADatasetError,
+                     SourceImageError,
+)
 from .iterable import LMDBIterableDataset
 from .sampler import ChunkShuffleSampler
+from .samples import make_photo_folder
 from .transforms import NormalizeBatch, train_transform, val_transform
 from .writer import LMDBWriter
 

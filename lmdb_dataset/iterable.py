@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from torch.utils.data import IterableDataset
 
 from .dataset import LMDBDatasetBase
 from .decoding import Output
-from .ordering import (buffer_shuffle, check_seed, consumed_per_worker, contiguous_runs, epoch_order,
-                       rank_length, rank_share, worker_positions)
+from .ordering import (
+    buffer_shuffle,
+    check_seed,
+    consumed_per_worker,
+    contiguous_runs,
+    epoch_order,
+    rank_length,
+    rank_share,
+    worker_positions,
+)
 from .progress import EpochProgress
 from .world import World, current_world, resolve_replicas
 

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Iterable, Iterator, Literal, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal
 
 import lmdb
 import numpy as np
 
 from . import format as fmt
 from .decoding import pixels_of
-from .environment import DATA_FILE, DatasetMetadata, FileIdentity, begin_read, environments, open_databases, read_path_table
+from .environment import (
+    DATA_FILE,
+    DatasetMetadata,
+    FileIdentity,
+    begin_read,
+    environments,
+    open_databases,
+    read_path_table,
+)
 from .errors import CorruptRecordError, DatasetChangedError
 
 Access = Literal["pread", "mmap"]

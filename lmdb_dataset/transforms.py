@@ -13,7 +13,7 @@ processes than float tensors::
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -12,12 +12,16 @@ import numpy as np
 import pytest
 from torchvision.datasets import ImageFolder
 
-from lmdb_dataset import (IncompleteDatasetError, LMDBDatasetError, LMDBImageDataset, SourceImageError,
-                          convert_image_folder)
+from lmdb_dataset import (
+    IncompleteDatasetError,
+    LMDBDatasetError,
+    LMDBImageDataset,
+    SourceImageError,
+    convert_image_folder,
+)
 from lmdb_dataset import format as fmt
 from lmdb_dataset.environment import begin_read, environments, open_databases
 from lmdb_dataset.inspection import summarize
-
 
 
 def logical_content(path) -> dict:
@@ -48,7 +52,8 @@ def test_convert_shuffle_writes_a_seeded_permutation_that_maps_back_to_sources(i
     assert sorted(sources) == list(range(len(reference)))
     assert sources != sorted(sources)
     for i in (0, 7, len(ds) - 1):
-        assert np.array_equal(ds[i][0], np.asarray(reference[sources[i]][0])) and ds[i][1] == reference.targets[sources[i]]
+        assert np.array_equal(ds[i][0], np.asarray(reference[sources[i]][0]))
+        assert ds[i][1] == reference.targets[sources[i]]
 
 
 def test_convert_bad_file_stops_with_error_naming_the_file_and_keeps_prior_records(image_folder, tmp_path):

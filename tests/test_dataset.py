@@ -17,8 +17,16 @@ from torch.utils.data import DataLoader, RandomSampler
 from torchvision import transforms as v1
 from torchvision.datasets import ImageFolder
 
-from lmdb_dataset import (CorruptRecordError, DatasetChangedError, DatasetNotFoundError, IncompleteDatasetError,
-                          LMDBImageDataset, LMDBWriter, NotADatasetError, convert_image_folder)
+from lmdb_dataset import (
+    CorruptRecordError,
+    DatasetChangedError,
+    DatasetNotFoundError,
+    IncompleteDatasetError,
+    LMDBImageDataset,
+    LMDBWriter,
+    NotADatasetError,
+    convert_image_folder,
+)
 from lmdb_dataset.transforms import train_transform
 
 START_METHODS = ["fork", "spawn", "forkserver"]
@@ -173,7 +181,7 @@ def test_undecodable_record_names_path_and_record(tmp_path):
 
 def test_incomplete_dataset_is_refused_with_resume_hint(tmp_path):
     with pytest.raises(KeyError):
-        with LMDBWriter(tmp_path / "ds") as writer:
+        with LMDBWriter(tmp_path / "ds"):
             raise KeyError
     with pytest.raises(IncompleteDatasetError, match="--resume"):
         LMDBImageDataset(tmp_path / "ds")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lmdb_dataset import (IncompleteDatasetError, LMDBImageDataset, LMDBWriter, SourceImageError, writer)
+from lmdb_dataset import IncompleteDatasetError, LMDBImageDataset, LMDBWriter, SourceImageError, writer
 from lmdb_dataset.inspection import summarize
 
 
