@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the benchmark dependencies and the peer loaders (see benchmarks/PEERS.md).
+#
+# Usage:
+#   python3 -m venv /work/venv-bench
+#   bash benchmarks/install_peers.sh /work/venv-bench/bin/pip
+# With no argument it uses `python -m pip` of the current python. Safe to re-run.
+# FFCV is optional: if it does not build, the script says so and goes on.
+set -euo pipefail
+
+if [[ $# -ge 1 ]]; then
+  PIP=("$1")
+else
+  PIP=(python -m pip)
+fi
+
+# Benchmark base (same packages as the project venv).
+"${PIP[@]}" install torchvision lmdb numpy simplejpeg tqdm Pillow matplotlib scikit-image
+
+# webdataset and litdata: their dependencies leave torch/numpy alone.
+"${PIP[@]}" install "webdataset==1.0.2" "litdata==0.2.76"
+
+# mosaicml-streaming pins numpy<2.2 (it would downgrade numpy 2.4 -> 2.1.3 and pull in
+# every cloud SDK), so install it without dependencies plus what it imports at load time.
+# Cloud SDKs (boto3 comes with litdata; oci, azure, google-cloud-storage, paramiko) are
+# only imported for remote storage, which the benchmark does not use.
+"${PIP[@]}" install --no-deps "mosaicml-streaming==0.13.0"
+"${PIP[@]}" install "transformers>=4.21.3,<5" "catalogue>=2,<3" "Brotli>=1.0.9" \
+  "python-snappy>=0.6.1,<1" "zstd>=1.5.2.5,<2" "xxhash>=3,<4"
+
+# FFCV builds a C extension against Debian's OpenCV and libturbojpeg (found via pkg-config).
+ffcv_debs=(libopencv-dev libturbojpeg0-dev pkg-config)
+if ! dpkg -s "${ffcv_debs[@]}" >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${ffcv_debs[@]}"
+  else
+    echo "install_peers.sh: need root to apt-get install ${ffcv_debs[*]}; FFCV may not build" >&2
+  fi
+fi
+if ! "${PIP[@]}" install "ffcv==1.0.2"; then
+  echo "install_peers.sh: FFCV did not build; the ffcv peer will be reported unavailable" >&2
+fi
