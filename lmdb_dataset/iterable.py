@@ -21,14 +21,14 @@ from .ordering import (
     rank_share,
     worker_positions,
 )
-from .progress import EpochProgress
+from .progress import EpochProgress, EpochResumable
 from .world import World, current_world, resolve_replicas
 
 DEFAULT_CHUNK_SIZE = 256
 DEFAULT_BUFFER_SIZE = 512
 
 
-class LMDBIterableDataset(LMDBDatasetBase, IterableDataset):
+class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     """Streams an LMDB image dataset with cursor reads, in a chunk-shuffled order.
 
     Each epoch the records are cut into contiguous chunks whose order is shuffled
@@ -102,15 +102,6 @@ class LMDBIterableDataset(LMDBDatasetBase, IterableDataset):
         self.batch_size = batch_size
         self._progress = EpochProgress()
 
-    @property
-    def epoch(self) -> int:
-        """The epoch whose order is produced."""
-        return self._progress.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch``; reaches persistent DataLoader workers too."""
-        self._progress.set_epoch(epoch)
-
     def __len__(self) -> int:
         """Samples this rank yields in the next iteration (its share of an epoch, less any resumed part)."""
         return rank_length(len(self.targets), self.num_replicas, self.drop_last) - self._progress.skip
@@ -164,14 +155,6 @@ class LMDBIterableDataset(LMDBDatasetBase, IterableDataset):
             index, value = held.pop(position)
             yield self._sample(index, value)
         records.close()
-
-    def state_dict(self, samples_consumed: int = 0) -> dict[str, Any]:
-        """Resume state after the training loop consumed ``samples_consumed`` samples of this epoch (on this rank)."""
-        return self._progress.state_dict(samples_consumed, **self._identity())
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`: the next iteration yields exactly the rest of that epoch."""
-        self._progress.load_state_dict(state, **self._identity())
 
     def _identity(self) -> dict[str, Any]:
         return {"seed": self.seed, "length": len(self.targets), "chunk_size": self.chunk_size,

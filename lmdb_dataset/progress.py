@@ -54,3 +54,40 @@ class EpochProgress:
                                  f"{key}={value!r}")
         self._values[0] = int(state["epoch"])
         self._values[1] = int(state["samples_consumed"])
+
+
+class EpochResumable:
+    """Mixin: ``epoch``, ``set_epoch`` and exact-resume ``state_dict``/``load_state_dict``.
+
+    The class sets ``self._progress = EpochProgress()`` and implements ``_identity()``: the
+    settings a saved state must match to be loaded.
+    """
+
+    _progress: EpochProgress
+
+    def _identity(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order is produced."""
+        return self._progress.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` (deterministic in ``seed`` and ``epoch``), like ``DistributedSampler``.
+
+        Reaches persistent DataLoader workers too.
+        """
+        self._progress.set_epoch(epoch)
+
+    def state_dict(self, samples_consumed: int = 0) -> dict[str, Any]:
+        """Resume state after the training loop consumed ``samples_consumed`` samples of this epoch.
+
+        Count samples in the loop (``sum(len(batch))``, on this rank): the DataLoader prefetches
+        ahead of the loop, so only the loop knows what was consumed.
+        """
+        return self._progress.state_dict(samples_consumed, **self._identity())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: the next iteration yields exactly the rest of that epoch."""
+        self._progress.load_state_dict(state, **self._identity())

@@ -9,13 +9,13 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from .ordering import check_seed, epoch_order, rank_length, rank_share
-from .progress import EpochProgress
+from .progress import EpochProgress, EpochResumable
 from .world import resolve_replicas
 
 DEFAULT_CHUNK_SIZE = 256
 
 
-class ChunkShuffleSampler(Sampler[int]):
+class ChunkShuffleSampler(EpochResumable, Sampler[int]):
     """Shuffles contiguous chunks of records, and records within each chunk.
 
     Reads stay inside one chunk (``chunk_size`` neighbouring records, ~28 MB of ImageNet
@@ -58,15 +58,6 @@ class ChunkShuffleSampler(Sampler[int]):
         self.num_samples = rank_length(self.length, self.num_replicas, drop_last)
         self._progress = EpochProgress()
 
-    @property
-    def epoch(self) -> int:
-        """The epoch whose order is produced."""
-        return self._progress.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` (deterministic in ``seed`` and ``epoch``)."""
-        self._progress.set_epoch(epoch)
-
     def epoch_indices(self) -> np.ndarray:
         """This rank's full index order for the current epoch."""
         order = epoch_order(self.length, chunk_size=self.chunk_size, seed=self.seed, epoch=self.epoch,
@@ -79,18 +70,6 @@ class ChunkShuffleSampler(Sampler[int]):
     def __len__(self) -> int:
         """Indices the next iteration yields (fewer than ``num_samples`` when resuming mid-epoch)."""
         return self.num_samples - self._progress.skip
-
-    def state_dict(self, samples_consumed: int = 0) -> dict[str, Any]:
-        """Resume state after the training loop consumed ``samples_consumed`` samples of this epoch.
-
-        Count samples in the loop (``sum(len(batch))``); the sampler cannot count them itself
-        because the DataLoader prefetches indices ahead of the loop.
-        """
-        return self._progress.state_dict(samples_consumed, **self._identity())
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`: the next iteration yields exactly the rest of that epoch."""
-        self._progress.load_state_dict(state, **self._identity())
 
     def _identity(self) -> dict[str, Any]:
         return {"seed": self.seed, "length": self.length, "chunk_size": self.chunk_size,
