@@ -75,7 +75,7 @@ def _results(tasks: Iterator[tuple[str, int, str]], workers: int) -> Iterator[tu
         yield from map(_build, tasks)
         return
     with multiprocessing.get_context().Pool(workers) as pool:
-        yield from pool.imap(_build, tasks, chunksize=8)
+        yield from pool.imap(_build, tasks, chunksize=16)
 
 
 def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, storage: str = "encoded",

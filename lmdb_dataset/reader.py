@@ -29,6 +29,8 @@ from .environment import (
 from .errors import CorruptRecordError, DatasetChangedError
 
 Access = Literal["pread", "mmap"]
+PREFETCH_RECORDS = 64
+"""Records a cursor scan keeps requested ahead of itself (~7 MB of ImageNet JPEGs)."""
 ACCESS_MODES = ("pread", "mmap")
 
 
@@ -91,19 +93,34 @@ class RecordReader:
             env, _ = self._environment()
             return begin_read(env, buffers=True)
 
+    def _prefetch(self, spans: Sequence[Sequence[int]]) -> None:
+        """Ask the kernel to start reading these (offset, length) byte spans into the page cache.
+
+        ``posix_fadvise(WILLNEED)`` queues the reads and returns: cold reads of a batch then
+        overlap with the decoding of its earlier records, and a memory map opened without
+        readahead finds its pages cached instead of faulting them in one 4 KB page at a time.
+        About 5 us a call when the pages are already cached.
+        """
+        fd = self._data_fd()
+        for offset, length in spans:
+            os.posix_fadvise(fd, int(offset), int(length), os.POSIX_FADV_WILLNEED)
+
+    def _run_span(self, start: int, stop: int) -> tuple[int, int]:
+        """The byte span covering records ``[start, stop)`` (appended in order, so contiguous)."""
+        spans = self.meta.spans
+        first = int(spans[start][0])
+        return first, int(spans[stop - 1][0] + spans[stop - 1][1]) - first
+
     def values(self, indices: Sequence[int]) -> Iterator[tuple[int, bytes | memoryview]]:
         """Yield ``(index, value)`` for ``indices``, in the order given (pass them sorted to read forward).
 
         A yielded value stays valid only until the next one is requested; decode it first.
         """
+        spans = self.meta.spans[np.asarray(indices, dtype=np.int64)].tolist() if self.meta.spans is not None else None
+        if spans is not None and len(spans) > 1:
+            self._prefetch(spans)
         if self.access == "pread":
             fd = self._data_fd()
-            spans = self.meta.spans[np.asarray(indices, dtype=np.int64)].tolist()
-            if len(spans) > 1:
-                # Ask the kernel for the whole batch up front: cold reads then overlap with the
-                # decoding of earlier records instead of stalling each pread (cheap when cached).
-                for offset, length in spans:
-                    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
             for index, (offset, length) in zip(indices, spans):
                 yield index, os.pread(fd, length, offset)
             return
@@ -116,7 +133,10 @@ class RecordReader:
         """Yield ``(index, value)`` for each half-open run ``[start, stop)`` with an LMDB cursor.
 
         The cursor is positioned once per run and then walks forward, so a run is read as a
-        sequential stream. A value stays valid until the next one is requested.
+        sequential stream. The next :data:`PREFETCH_RECORDS` records ahead of the cursor are
+        kept requested from the kernel, so the stream is read ahead whatever readahead setting
+        the process's LMDB environment was opened with. A value stays valid until the next one
+        is requested.
         """
         with self._transaction() as txn:
             _, records_db = self._environment()
@@ -128,7 +148,12 @@ class RecordReader:
                 if not cursor.set_key(fmt.encode_key(start)):
                     raise CorruptRecordError(f"{self.meta.path}: record {start} is missing",
                                              path=self.meta.path, index=start)
+                prefetched = start
                 for index in range(start, stop):
+                    if self.meta.spans is not None and prefetched < min(stop, index + PREFETCH_RECORDS):
+                        end = min(stop, index + 2 * PREFETCH_RECORDS)
+                        self._prefetch([self._run_span(prefetched, end)])
+                        prefetched = end
                     if index > start and not cursor.next():
                         raise CorruptRecordError(f"{self.meta.path}: record {index} is missing",
                                                  path=self.meta.path, index=index)

@@ -12,7 +12,7 @@ import lmdb
 import numpy as np
 
 from . import format as fmt
-from .decoding import decode_image
+from .decoding import check_decodes, decode_image
 from .environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans
 from .errors import LMDBDatasetError, NotADatasetError, SourceImageError
 
@@ -31,7 +31,8 @@ def build_record(image: bytes | memoryview | np.ndarray, label: int, *, storage:
             which are decoded to RGB.
         label: Integer class label.
         storage: ``"encoded"`` or ``"raw"``.
-        check: Decode encoded bytes to prove they are a readable image. Defaults to True.
+        check: Decode encoded bytes to prove they are a readable image (see
+            :func:`decoding.check_decodes`). Defaults to True.
 
     Raises:
         ValueError: The image is not decodable, or not of a storable shape/dtype.
@@ -41,7 +42,7 @@ def build_record(image: bytes | memoryview | np.ndarray, label: int, *, storage:
     if storage == "encoded":
         if isinstance(image, np.ndarray):
             raise ValueError("encoded storage takes the image file's bytes; use storage='raw' for arrays")
-        height, width, _ = decode_image(image).shape if check else (0, 0, 3)
+        height, width = check_decodes(image) if check else (0, 0)
         return fmt.encode_record(image, kind=fmt.KIND_ENCODED, label=label, height=height, width=width,
                                  channels=3)
     pixels = image if isinstance(image, np.ndarray) else decode_image(image)
