@@ -14,8 +14,10 @@ else
   PIP=(python -m pip)
 fi
 
-# Benchmark base (same packages as the project venv).
-"${PIP[@]}" install torchvision lmdb numpy simplejpeg tqdm Pillow matplotlib scikit-image
+# Benchmark base: this checkout of lmdb-dataset with its `bench` extras (matplotlib,
+# scikit-image, psutil).
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"${PIP[@]}" install -e "${repo}[bench]"
 
 # webdataset and litdata: their dependencies leave torch/numpy alone.
 "${PIP[@]}" install "webdataset==1.0.2" "litdata==0.2.76"
