@@ -48,6 +48,8 @@ class LMDBDatasetBase(VisionDataset):
     def reader(self) -> RecordReader:
         """This process's record reader, created on first use (and again after a fork)."""
         if self._reader is None or self._reader.stale:
+            if self._reader is not None:
+                self._reader.close()  # the copy inherited over fork
             self._reader = RecordReader(self._meta, access=self.access, readahead=self._readahead)
         return self._reader
 

@@ -116,24 +116,31 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         order = epoch_order(len(self.targets), chunk_size=self.chunk_size, seed=self.seed, epoch=self.epoch,
                             shuffle=self.shuffle)
         share = rank_share(order, rank=world.rank, num_replicas=world.num_replicas, drop_last=self.drop_last)
-        piece = self.batch_size or self.chunk_size
-        reads = share[worker_positions(len(share), piece_size=piece, worker=world.worker,
+        stream, consumed = self._stream_of(len(share), world)
+        reads = share[worker_positions(len(share), piece_size=self.batch_size or self.chunk_size, worker=stream,
                                        num_workers=world.num_workers)]
         emit = buffer_shuffle(len(reads), buffer_size=self.buffer_size if self.shuffle else 0, seed=self.seed,
-                              stream=(self.epoch, world.rank, world.worker))
-        return reads, emit[self._already_emitted(len(share), world):]
+                              stream=(self.epoch, world.rank, stream))
+        return reads, emit[consumed:]
 
-    def _already_emitted(self, share_length: int, world: World) -> int:
+    def _stream_of(self, share_length: int, world: World) -> tuple[int, int]:
+        """The stream (rank-share piece set) this worker serves, and how many of its samples were consumed.
+
+        Normally worker ``w`` serves stream ``w``. Resuming mid-epoch, the streams rotate so that
+        the DataLoader, which starts again at worker 0, continues exactly where the consumed
+        part ended.
+        """
         skip = self._progress.skip
         if skip == 0 or world.num_workers == 1:
-            return skip
+            return world.worker, skip
         if self.batch_size is None:
             raise ValueError("resuming mid-epoch with several DataLoader workers needs the DataLoader's "
                              "batch size: pass batch_size=... to LMDBIterableDataset")
-        piece = self.batch_size
-        lengths = [len(worker_positions(share_length, piece_size=piece, worker=w, num_workers=world.num_workers))
-                   for w in range(world.num_workers)]
-        return consumed_per_worker(lengths, batch_size=self.batch_size, samples_consumed=skip)[world.worker]
+        lengths = [len(worker_positions(share_length, piece_size=self.batch_size, worker=w,
+                                        num_workers=world.num_workers)) for w in range(world.num_workers)]
+        consumed, next_worker = consumed_per_worker(lengths, batch_size=self.batch_size, samples_consumed=skip)
+        stream = (world.worker + next_worker) % world.num_workers
+        return stream, consumed[stream]
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         world = current_world(self.num_replicas, self.rank)

@@ -125,23 +125,30 @@ def buffer_shuffle(length: int, *, buffer_size: int, seed: int, stream: tuple[in
     return np.asarray(out, dtype=np.int64)
 
 
-def consumed_per_worker(worker_lengths: list[int], *, batch_size: int, samples_consumed: int) -> list[int]:
-    """Samples each worker had delivered when the training loop had consumed ``samples_consumed``.
+def consumed_per_worker(worker_lengths: list[int], *, batch_size: int,
+                        samples_consumed: int) -> tuple[list[int], int]:
+    """Where each worker stood when the training loop had consumed ``samples_consumed`` samples.
 
     Replays ``torch.utils.data.DataLoader`` over an IterableDataset: worker ``w`` batches its
     own stream into ``batch_size`` pieces (its last one may be short), and the loader takes
     one batch from each worker in turn, skipping exhausted workers.
+
+    Returns:
+        ``(consumed, next_worker)``: samples each worker had delivered, and the worker whose
+        batch the loader would have taken next (a fresh loader starts at worker 0, so a
+        resumed epoch rotates streams by ``next_worker`` to continue in the same order).
 
     Raises:
         ValueError: ``samples_consumed`` does not fall on a batch boundary, or exceeds the total.
     """
     consumed = [0] * len(worker_lengths)
     remaining = samples_consumed
+    next_worker = 0
     rounds = max((math.ceil(n / batch_size) for n in worker_lengths), default=0)
     for _ in range(rounds):
         for worker, length in enumerate(worker_lengths):
             if remaining == 0:
-                return consumed
+                return consumed, next_worker
             batch = min(batch_size, length - consumed[worker])
             if batch <= 0:
                 continue
@@ -150,10 +157,11 @@ def consumed_per_worker(worker_lengths: list[int], *, batch_size: int, samples_c
                                  f"(batch_size={batch_size})")
             consumed[worker] += batch
             remaining -= batch
+            next_worker = (worker + 1) % len(worker_lengths)
     if remaining:
         raise ValueError(f"samples_consumed={samples_consumed} exceeds the {sum(worker_lengths)} samples "
                          "of the epoch")
-    return consumed
+    return consumed, next_worker
 
 
 def contiguous_runs(indices: np.ndarray) -> list[tuple[int, int]]:

@@ -105,12 +105,6 @@ class RecordReader:
         for offset, length in spans:
             os.posix_fadvise(fd, int(offset), int(length), os.POSIX_FADV_WILLNEED)
 
-    def _run_span(self, start: int, stop: int) -> tuple[int, int]:
-        """The byte span covering records ``[start, stop)`` (appended in order, so contiguous)."""
-        spans = self.meta.spans
-        first = int(spans[start][0])
-        return first, int(spans[stop - 1][0] + spans[stop - 1][1]) - first
-
     def values(self, indices: Sequence[int]) -> Iterator[tuple[int, bytes | memoryview]]:
         """Yield ``(index, value)`` for ``indices``, in the order given (pass them sorted to read forward).
 
@@ -152,7 +146,7 @@ class RecordReader:
                 for index in range(start, stop):
                     if self.meta.spans is not None and prefetched < min(stop, index + PREFETCH_RECORDS):
                         end = min(stop, index + 2 * PREFETCH_RECORDS)
-                        self._prefetch([self._run_span(prefetched, end)])
+                        self._prefetch(self.meta.spans[prefetched:end].tolist())
                         prefetched = end
                     if index > start and not cursor.next():
                         raise CorruptRecordError(f"{self.meta.path}: record {index} is missing",
@@ -160,8 +154,11 @@ class RecordReader:
                     yield index, cursor.value()
 
     def close(self) -> None:
-        """Release this reader's file handle (the environment stays shared in the process)."""
-        if self._fd is not None and not self.stale:
+        """Release this reader's file handle (the environment stays shared in the process).
+
+        Safe on a reader inherited over fork: it closes only this process's copy.
+        """
+        if self._fd is not None:
             os.close(self._fd)
         self._fd = None
         self._env = None

@@ -111,3 +111,22 @@ def copy_dataset(source: Path, target: Path) -> Path:
     """Copy a dataset directory (to damage or rewrite it without touching the cached one)."""
     shutil.copytree(source, target)
     return target
+
+
+@pytest.fixture(scope="module")
+def dataset_path(converted: Callable[..., Path]) -> Path:
+    """32 records, including grayscale, CMYK, PNG and 1x1 images."""
+    return converted(num_images=27, special=True)
+
+
+@pytest.fixture(scope="module")
+def checksums(dataset_path: Path) -> dict[int, int]:
+    """Pixel checksum -> record index, read by random access with LMDBImageDataset."""
+    from support import pixel_checksum
+
+    from lmdb_dataset import LMDBImageDataset
+
+    reference = LMDBImageDataset(dataset_path, output="numpy")
+    table = {pixel_checksum(reference[i][0]): i for i in range(len(reference))}
+    assert len(table) == len(reference) == 32
+    return table

@@ -1,0 +1,287 @@
+"""LMDBIterableDataset: worker plans across ranks and workers, exact resume, real DataLoaders, sequential reads."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from support import PROPERTY, dataloader_batches, pixel_checksum, records_of, replicas, seeds, workers
+from torch.utils.data import DataLoader
+
+from lmdb_dataset import LMDBIterableDataset
+from lmdb_dataset.ordering import rank_length
+from lmdb_dataset.world import World
+
+
+def streams_of(dataset: LMDBIterableDataset, rank: int, num_replicas: int, num_workers: int) -> list[list[int]]:
+    """Each worker's emitted record indices, from ``worker_plan`` (no records are read)."""
+    streams = []
+    for worker in range(num_workers):
+        reads, emit = dataset.worker_plan(World(rank, num_replicas, worker, num_workers))
+        streams.append(reads[emit].tolist())
+    return streams
+
+
+def planned_order(dataset: LMDBIterableDataset, batch_size: int, rank: int = 0, num_replicas: int = 1,
+                  num_workers: int = 1) -> list[int]:
+    batches = dataloader_batches(streams_of(dataset, rank, num_replicas, num_workers), batch_size)
+    return [i for _, batch in batches for i in batch]
+
+
+# --- worker_plan properties (pure: no DataLoader, no record reads) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plan_datasets(converted):
+    """Real datasets of several lengths: 24 and 60 (divisible by 1..4 and 1..5) and 29 (prime)."""
+    return {24: converted(num_images=24, special=False), 29: converted(num_images=24, special=True),
+            60: converted(num_images=60, special=False)}
+
+
+@PROPERTY
+@given(data=st.data(), num_replicas=replicas, num_workers=workers, chunk_size=st.integers(1, 40),
+       buffer_size=st.integers(0, 50), batch_size=st.one_of(st.none(), st.integers(1, 12)),
+       drop_last=st.booleans(), shuffle=st.booleans(), seed=seeds, epoch=st.integers(0, 100))
+def test_worker_plan_all_ranks_and_workers_cover_records_with_equal_rank_totals(
+        plan_datasets, data, num_replicas, num_workers, chunk_size, buffer_size, batch_size, drop_last, shuffle,
+        seed, epoch):
+    n = data.draw(st.sampled_from(sorted(plan_datasets)), label="n")
+    dataset = LMDBIterableDataset(plan_datasets[n], chunk_size=chunk_size, buffer_size=buffer_size,
+                                  batch_size=batch_size, drop_last=drop_last, shuffle=shuffle, seed=seed,
+                                  num_replicas=num_replicas, rank=0)
+    dataset.set_epoch(epoch)
+    assert len(dataset.targets) == n
+    everything = Counter()
+    for rank in range(num_replicas):
+        total = 0
+        for worker in range(num_workers):
+            reads, emit = dataset.worker_plan(World(rank, num_replicas, worker, num_workers))
+            assert sorted(emit.tolist()) == list(range(len(reads)))  # each read record emitted once
+            total += len(reads)
+            everything.update(reads[emit].tolist())
+        assert total == rank_length(n, num_replicas, drop_last) == len(dataset)
+    if n % num_replicas == 0:
+        assert everything == Counter(range(n))
+    elif drop_last:
+        assert max(everything.values()) == 1 and sum(everything.values()) == n - n % num_replicas
+    else:
+        assert set(everything) == set(range(n)) and sum(everything.values()) == len(dataset) * num_replicas
+
+
+@PROPERTY
+@given(data=st.data(), num_replicas=replicas, num_workers=workers, chunk_size=st.integers(1, 40),
+       batch_size=st.integers(1, 12), drop_last=st.booleans())
+def test_worker_plan_unshuffled_with_batch_size_dataloader_yields_index_order_split_across_ranks(
+        plan_datasets, data, num_replicas, num_workers, chunk_size, batch_size, drop_last):
+    n = data.draw(st.sampled_from(sorted(plan_datasets)), label="n")
+    dataset = LMDBIterableDataset(plan_datasets[n], shuffle=False, chunk_size=chunk_size, batch_size=batch_size,
+                                  drop_last=drop_last, num_replicas=num_replicas, rank=0)
+    per_rank = rank_length(n, num_replicas, drop_last)
+    padded = np.resize(np.arange(n), per_rank * num_replicas).tolist()
+    for rank in range(num_replicas):
+        assert planned_order(dataset, batch_size, rank, num_replicas, num_workers) == \
+            padded[rank * per_rank:(rank + 1) * per_rank]
+
+
+@PROPERTY
+@given(data=st.data(), num_replicas=replicas, num_workers=workers, chunk_size=st.integers(1, 40),
+       buffer_size=st.integers(0, 50), batch_size=st.integers(1, 12), drop_last=st.booleans(),
+       shuffle=st.booleans(), seed=seeds, epoch=st.integers(0, 100))
+def test_worker_plan_restored_after_k_dataloader_samples_yields_exactly_the_rest(
+        plan_datasets, data, num_replicas, num_workers, chunk_size, buffer_size, batch_size, drop_last, shuffle,
+        seed, epoch):
+    n = data.draw(st.sampled_from(sorted(plan_datasets)), label="n")
+    rank = data.draw(st.integers(0, num_replicas - 1), label="rank")
+    # With one worker any count is a valid resume point, and batch_size is optional.
+    given_batch_size = batch_size if num_workers > 1 else data.draw(st.sampled_from([None, batch_size]))
+    options = {"chunk_size": chunk_size, "buffer_size": buffer_size, "batch_size": given_batch_size,
+                   "drop_last": drop_last, "shuffle": shuffle, "seed": seed, "num_replicas": num_replicas, "rank": rank}
+    dataset = LMDBIterableDataset(plan_datasets[n], **options)
+    dataset.set_epoch(epoch)
+    batches = dataloader_batches(streams_of(dataset, rank, num_replicas, num_workers), batch_size)
+    full = [i for _, batch in batches for i in batch]
+    assert len(full) == len(dataset)
+    if num_workers == 1:
+        k = data.draw(st.integers(0, len(full)), label="k")
+    else:
+        boundaries = np.cumsum([0] + [len(b) for _, b in batches]).tolist()
+        k = boundaries[data.draw(st.integers(0, len(batches)), label="batches consumed")]
+
+    restored = LMDBIterableDataset(plan_datasets[n], **options)
+    restored.load_state_dict(dataset.state_dict(samples_consumed=k))
+    restored.set_epoch(epoch)  # the usual loop calls set_epoch on the resumed epoch: keeps the point
+    assert restored.epoch == epoch
+    assert len(restored) == len(full) - k
+    streams = streams_of(restored, rank, num_replicas, num_workers)
+    assert Counter(i for s in streams for i in s) == Counter(full[k:])
+    rest = [i for _, batch in dataloader_batches(streams, batch_size) for i in batch]
+    # The resumed DataLoader starts again at worker 0; the streams rotate so its order is
+    # exactly the uninterrupted one's.
+    assert rest == full[k:]
+
+    # The next epoch is whole again.
+    restored.set_epoch(epoch + 1)
+    assert len(restored) == len(full)
+    assert sum(len(s) for s in streams_of(restored, rank, num_replicas, num_workers)) == len(full)
+
+
+def test_worker_plan_resume_with_two_workers_without_batch_size_raises(plan_datasets):
+    dataset = LMDBIterableDataset(plan_datasets[24], chunk_size=4, batch_size=None)
+    dataset.load_state_dict(dataset.state_dict(samples_consumed=4))
+    with pytest.raises(ValueError, match="batch_size"):
+        dataset.worker_plan(World(0, 1, 0, 2))
+    reads, emit = dataset.worker_plan(World(0, 1, 0, 1))  # one worker needs no batch size
+    assert len(emit) == len(reads) - 4
+
+
+@pytest.mark.parametrize("samples_consumed", [1, 5, 25])
+def test_worker_plan_resume_with_two_workers_off_batch_boundary_raises(plan_datasets, samples_consumed):
+    dataset = LMDBIterableDataset(plan_datasets[24], chunk_size=4, batch_size=4)
+    dataset.load_state_dict(dataset.state_dict(samples_consumed=samples_consumed))
+    with pytest.raises(ValueError):
+        dataset.worker_plan(World(0, 1, 0, 2))
+
+
+@pytest.mark.parametrize("change", [{"chunk_size": 5}, {"buffer_size": 7}, {"batch_size": 3}, {"seed": 2},
+                                    {"shuffle": False}, {"drop_last": True}, {"num_replicas": 3, "rank": 1}])
+def test_iterable_load_state_of_another_configuration_raises(plan_datasets, change):
+    options = {"chunk_size": 4, "buffer_size": 8, "batch_size": 4, "seed": 1, "shuffle": True, "drop_last": False,
+                   "num_replicas": 2, "rank": 1}
+    state = LMDBIterableDataset(plan_datasets[29], **options).state_dict(samples_consumed=4)
+    with pytest.raises(ValueError):
+        LMDBIterableDataset(plan_datasets[29], **{**options, **change}).load_state_dict(state)
+    with pytest.raises(ValueError):
+        LMDBIterableDataset(plan_datasets[24], **options).load_state_dict(state)
+
+
+# --- through a real DataLoader -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_iterable_two_persistent_workers_each_epoch_every_record_once_and_set_epoch_changes_order(
+        start_method, dataset_path, checksums):
+    dataset = LMDBIterableDataset(dataset_path, transform=pixel_checksum, output="numpy", chunk_size=4,
+                                  buffer_size=6, batch_size=3, seed=11)
+    loader = DataLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context=start_method,
+                        persistent_workers=True)
+    orders = []
+    for epoch in range(2):
+        dataset.set_epoch(epoch)  # reaches the persistent workers through shared memory
+        indices, labels = records_of(loader, checksums)
+        assert sorted(indices) == list(range(len(dataset.targets)))
+        assert labels == dataset.targets[indices].tolist()
+        assert sorted(labels) == sorted(dataset.targets.tolist())
+        assert indices == planned_order(dataset, 3, num_workers=2)  # the plan is what the loader yields
+        orders.append(indices)
+    assert orders[0] != orders[1]
+
+
+@pytest.mark.parametrize("loader_batch_size", [1, 5])
+def test_iterable_fork_two_workers_without_batch_size_every_record_once(dataset_path, checksums,
+                                                                         loader_batch_size):
+    dataset = LMDBIterableDataset(dataset_path, transform=pixel_checksum, output="numpy", chunk_size=4,
+                                  buffer_size=6, seed=3)
+    loader = DataLoader(dataset, batch_size=loader_batch_size, num_workers=2, multiprocessing_context="fork")
+    indices, labels = records_of(loader, checksums)
+    assert sorted(indices) == list(range(32))
+    assert labels == dataset.targets[indices].tolist()
+
+
+@pytest.mark.parametrize("batches_consumed", [1, 2, 5, 11])
+def test_iterable_fork_two_workers_resume_after_k_batches_completes_epoch_without_repeats(
+        dataset_path, checksums, batches_consumed):
+    batch_size = 3
+    options = {"transform": pixel_checksum, "output": "numpy", "chunk_size": 4, "buffer_size": 6,
+               "batch_size": batch_size, "seed": 4}
+
+    def loader_for(dataset):
+        return DataLoader(dataset, batch_size=batch_size, num_workers=2, multiprocessing_context="fork")
+
+    dataset = LMDBIterableDataset(dataset_path, **options)
+    dataset.set_epoch(2)
+    full, _ = records_of(loader_for(dataset), checksums)
+    assert sorted(full) == list(range(32))
+
+    seen, consumed = [], 0
+    for step, (images, _) in enumerate(loader_for(dataset)):
+        seen.extend(checksums[int(c)] for c in images)
+        consumed += len(images)  # count samples in the loop, as the docs say
+        if step + 1 == batches_consumed:
+            break
+    state = dataset.state_dict(samples_consumed=consumed)
+
+    fresh = LMDBIterableDataset(dataset_path, **options)
+    fresh.load_state_dict(state)
+    fresh.set_epoch(2)
+    rest, _ = records_of(loader_for(fresh), checksums)
+    assert seen == full[:consumed]
+    assert len(seen) + len(rest) == 32
+    assert sorted(seen + rest) == list(range(32))  # one whole epoch, nothing repeated
+    assert Counter(rest) == Counter(full[consumed:])
+    assert rest == full[consumed:]  # even the order is the uninterrupted one
+
+
+# --- sequential reads ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sequential_path(converted):
+    return converted(num_images=200, special=False)
+
+
+def _forbid_random_access(dataset):
+    def refuse(*args, **kwargs):
+        raise AssertionError("LMDBIterableDataset read records by random access")
+
+    dataset.reader.values = refuse
+
+
+@pytest.mark.parametrize("buffer_size", [0, 16, 512])
+def test_iterable_main_process_shuffled_200_records_chunk_32_positions_cursor_at_most_once_per_chunk(
+        sequential_path, buffer_size):
+    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, buffer_size=buffer_size, output="numpy",
+                                  seed=1)
+    _forbid_random_access(dataset)
+    num_chunks = math.ceil(200 / 32)
+    for epoch in range(2):
+        dataset.set_epoch(epoch)
+        before = dataset.reader.cursor_positionings
+        labels = [label for _, label in dataset]
+        positionings = dataset.reader.cursor_positionings - before
+        assert sorted(labels) == sorted(dataset.targets.tolist()) and len(labels) == 200
+        assert 1 <= positionings <= num_chunks  # one cursor placement per contiguous run: never per record
+
+
+def test_iterable_main_process_unshuffled_positions_cursor_exactly_once_in_index_order(sequential_path):
+    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, shuffle=False, output="numpy")
+    _forbid_random_access(dataset)
+    labels = [label for _, label in dataset]
+    assert labels == dataset.targets.tolist()
+    assert dataset.reader.cursor_positionings == 1
+
+
+def test_iterable_unshuffled_any_world_size_and_rank_reads_exactly_its_slice(plan_datasets):
+    for n, path in plan_datasets.items():
+        for num_replicas in range(1, 9):
+            per_rank = n // num_replicas
+            for rank in range(num_replicas):
+                dataset = LMDBIterableDataset(path, shuffle=False, drop_last=True, num_replicas=num_replicas,
+                                              rank=rank, output="numpy")
+                labels = [label for _, label in dataset]
+                assert labels == dataset.targets[rank * per_rank:(rank + 1) * per_rank].tolist()
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_iterable_main_process_rank_of_two_resumed_midway_still_reads_in_few_runs(sequential_path, rank):
+    options = {"chunk_size": 32, "buffer_size": 16, "output": "numpy", "seed": 2, "num_replicas": 2, "rank": rank}
+    full = [label for _, label in LMDBIterableDataset(sequential_path, **options)]
+    dataset = LMDBIterableDataset(sequential_path, **options)
+    dataset.load_state_dict(dataset.state_dict(samples_consumed=37))
+    _forbid_random_access(dataset)
+    rest = [label for _, label in dataset]
+    assert rest == full[37:]
+    assert 1 <= dataset.reader.cursor_positionings <= math.ceil(100 / 32) + 1
