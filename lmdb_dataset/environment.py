@@ -178,7 +178,7 @@ def read_info(env: lmdb.Environment, meta_db: lmdb._Database, path: str | os.Pat
 
 
 def load_metadata(path: str | os.PathLike) -> DatasetMetadata:
-    """Read and validate a complete dataset's metadata (a few MB even for 1.28M records).
+    """Read and validate a complete dataset's metadata: 24 bytes a record (~31 MB for 1.28M), never the records.
 
     Raises:
         DatasetNotFoundError: ``path`` does not exist.
