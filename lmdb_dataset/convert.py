@@ -134,13 +134,14 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
             writer.set_conversion_state(state)
             writer.commit()
         first = state["next_source"]
+        prefix = os.path.join(str(src), "")  # make_dataset joins paths onto str(src)
         tasks = ((samples[i][0], samples[i][1], storage) for i in order[first:])
         bytes_read = 0
         with tqdm(total=len(samples), initial=first, unit="img", disable=not progress,
                   desc=f"convert {src.name}", dynamic_ncols=True) as bar:
             for position, (record, size, error) in enumerate(_results(tasks, workers), start=first):
                 source_path, label = samples[order[position]]
-                relative = os.path.relpath(source_path, src)
+                relative = source_path[len(prefix):]
                 if record is None and not skip_bad:
                     raise SourceImageError(
                         f"{source_path}: {error}. Remove or replace the file and run again with "
