@@ -41,10 +41,10 @@ from torchvision.io import decode_jpeg
 from torchvision.transforms import v2
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, convert_image_folder
-from lmdb_dataset.bench import evict_from_page_cache, resident_fraction
 from lmdb_dataset.decoding import decode_image
 from lmdb_dataset.environment import data_file, environments
 from lmdb_dataset.ordering import contiguous_runs
+from lmdb_dataset.pagecache import evict_from_page_cache, resident_fraction
 from lmdb_dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch, train_transform, val_transform
 from lmdb_dataset.world import World
 
@@ -912,7 +912,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", metavar="PATTERN",
                         help="run the cases whose name matches a glob or contains a substring, e.g. 'decode/*'")
     parser.add_argument("--list", action="store_true", help="list the case names and exit")
-    parser.add_argument("--batches", type=int, default=8, help="steady-state batches timed per DataLoader case")
+    parser.add_argument("--batches", type=int, default=24, help="steady-state batches timed per DataLoader case")
     parser.add_argument("--ceiling-files", type=int, default=500, help="files of the per-core decode loops")
     parser.add_argument("--cold-records", type=int, default=3000, help="records of the cold random-read cases")
     parser.add_argument("--convert-workers", type=int, default=2, help="workers of the conversion case")
