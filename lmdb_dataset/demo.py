@@ -60,7 +60,7 @@ def run_demo(workdir: str | os.PathLike | None = None, *, num_images: int = 512,
     print(f"3. Pixels and labels equal torchvision's ImageFolder on sampled records: {'yes' if same else 'NO'}")
 
     print(f"4. Reading one epoch with DataLoader(batch_size={batch_size}, num_workers={workers}), "
-          "train augmentation (RandomResizedCrop 224 + flip):")
+          "train augmentation (RandomResizedCrop 224 + flip); worker start-up included:")
     loader_options = dict(batch_size=batch_size, num_workers=workers, persistent_workers=False)
     classic = v1.Compose([v1.RandomResizedCrop(224), v1.RandomHorizontalFlip(), v1.ToTensor(),
                           v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

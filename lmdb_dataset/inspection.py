@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zlib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -80,7 +79,7 @@ def verify_dataset(path: str | os.PathLike, *, decode: bool = False, progress: b
                 bad.append(BadRecord(index, f"malformed header: {exc}"))
                 continue
             payload = fmt.payload_of(value)
-            if zlib.crc32(payload) != header.crc32:
+            if not fmt.payload_crc_matches(header, payload):
                 bad.append(BadRecord(index, "CRC32 mismatch"))
                 continue
             if decode:
