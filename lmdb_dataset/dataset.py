@@ -12,6 +12,7 @@ from torchvision.datasets import VisionDataset
 
 from .decoding import Output, Sample, check_output, to_output
 from .environment import DatasetMetadata, load_metadata, read_path_table
+from .format import PathTable
 from .reader import Access, RecordReader, check_access, record_pixels
 
 
@@ -39,6 +40,7 @@ class LMDBDatasetBase(VisionDataset):
         self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
         self.targets: np.ndarray = self._meta.labels
         self._reader: RecordReader | None = None
+        self._paths: PathTable | bool | None = None  # loaded on first source_path(); False: none stored
 
     @property
     def storage(self) -> str:
@@ -56,8 +58,9 @@ class LMDBDatasetBase(VisionDataset):
 
     def source_path(self, index: int) -> str | None:
         """The relative source path record ``index`` was converted from, if the dataset kept it."""
-        paths = read_path_table(self.path, len(self.targets))
-        return paths[index] if paths is not None else None
+        if self._paths is None:
+            self._paths = read_path_table(self.path, len(self.targets)) or False
+        return self._paths[index] if self._paths else None
 
     def _sample(self, index: int, value: bytes | memoryview | None) -> tuple[Any, Any]:
         """Decode, verify and transform one stored value into ``(image, target)``."""
@@ -76,6 +79,7 @@ class LMDBDatasetBase(VisionDataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_reader"] = None  # file handles and LMDB environments never cross a pickle
+        state["_paths"] = None  # reloaded on demand rather than shipped to every worker
         return state
 
 

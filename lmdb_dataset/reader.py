@@ -140,8 +140,7 @@ class RecordReader:
                     continue
                 self.cursor_positionings += 1
                 if not cursor.set_key(fmt.encode_key(start)):
-                    raise CorruptRecordError(f"{self.meta.path}: record {start} is missing",
-                                             path=self.meta.path, index=start)
+                    raise _corrupt(self.meta, start, "the record is missing")
                 prefetched = start
                 for index in range(start, stop):
                     if self.meta.spans is not None and prefetched < min(stop, index + PREFETCH_RECORDS):
@@ -149,8 +148,7 @@ class RecordReader:
                         self._prefetch(self.meta.spans[prefetched:end].tolist())
                         prefetched = end
                     if index > start and not cursor.next():
-                        raise CorruptRecordError(f"{self.meta.path}: record {index} is missing",
-                                                 path=self.meta.path, index=index)
+                        raise _corrupt(self.meta, index, "the record is missing")
                     yield index, cursor.value()
 
     def close(self) -> None:
