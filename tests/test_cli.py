@@ -80,7 +80,9 @@ def test_bench_reads_the_dataset(converted, capsys, loader):
 def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--workdir", str(tmp_path), "--num-images", "48", "--workers", "1",
                  "--batch-size", "16"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert captured.err.lstrip("\r").startswith("build images:"), "the first progress bar has a label"
     assert "equal torchvision's ImageFolder on sampled records: yes" in out
     assert out.count("x, 48 images)") == 3
 

@@ -1,4 +1,4 @@
-"""Every code block of README.md runs as written.
+"""Every code block of README.md and benchmarks/README.md runs as written.
 
 How each fenced block is checked (one test per block, named after its line number):
 
@@ -9,7 +9,9 @@ How each fenced block is checked (one test per block, named after its line numbe
   a ``python3 -m venv .venv && .venv/bin/pip install -e ...`` line must use exactly the set-up
   commands of ``.ci/run`` (what CI runs on a fresh machine), name only extras that setup.cfg
   defines, and whatever it runs afterwards is either ``.ci/run``'s own test command or an
-  ``lmdb-dataset`` command, run as above (``demo`` with ``--num-images 24 --workers 1``, small).
+  ``lmdb-dataset`` command, run as above (``demo`` with ``--num-images 24 --workers 1``, small);
+  ``[.venv/bin/]python benchmarks/run.py ARGS``: ARGS must parse (the suite takes minutes; it is
+  not run here); ``bash SCRIPT ARGS``: SCRIPT must exist and pass ``bash -n``.
   Any other command fails the test: teach this file how to check it, or mark the block.
 * A block without a language must be marked (below).
 
@@ -52,6 +54,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+READMES = (README, ROOT / "benchmarks" / "README.md")
 CI_SCRIPT = ROOT / ".ci" / "run"
 DEMO_SIZE = ["--num-images", "24", "--workers", "1"]
 TIMEOUT = 600
@@ -65,17 +68,18 @@ class Block:
     language: str
     code: str
     directives: dict[str, list[str]] = field(default_factory=dict)
+    file: str = "README.md"
 
     @property
     def name(self) -> str:
-        return f"L{self.line}-{self.language or 'text'}"
+        return f"{self.file}:L{self.line}-{self.language or 'text'}"
 
 
 _MARKER = re.compile(r"^<!--\s*readme-test:\s*(.*?)\s*-->\s*$")
 _DIRECTIVES = ("torchrun", "replace", "excerpt", "synopsis", "skip")
 
 
-def parse_blocks(text: str) -> list[Block]:
+def parse_blocks(text: str, file: str = "README.md") -> list[Block]:
     """The fenced blocks of a markdown text, with the directives of the marker line before each."""
     lines = text.splitlines()
     blocks: list[Block] = []
@@ -88,7 +92,7 @@ def parse_blocks(text: str) -> list[Block]:
         end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith("```"))
         marker = _MARKER.match(lines[index - 1]) if index else None
         blocks.append(Block(index + 1, opening.group(1), "\n".join(lines[index + 1:end]) + "\n",
-                            parse_directives(marker.group(1)) if marker else {}))
+                            parse_directives(marker.group(1)) if marker else {}, file))
         index = end + 1
     return blocks
 
@@ -104,7 +108,7 @@ def parse_directives(text: str) -> dict[str, list[str]]:
     return directives
 
 
-BLOCKS = parse_blocks(README.read_text())
+BLOCKS = [block for readme in READMES for block in parse_blocks(readme.read_text(), str(readme.relative_to(ROOT)))]
 
 
 def prepared(block: Block, data: Path) -> str:
@@ -154,10 +158,20 @@ def setup_extras() -> set[str]:
     return set(re.findall(r"^(\w+)\s*=", section, flags=re.MULTILINE))
 
 
-def check_bash_line(line: str, cwd: Path, data: Path) -> None:
+def check_bash_line(line: str, cwd: Path) -> None:
     """Check one command line of a bash block (see the module docstring)."""
-    if line.startswith("lmdb-dataset "):
-        run([sys.executable, "-m", "lmdb_dataset", *shlex.split(line)[1:]], cwd)
+    words = shlex.split(line, comments=True)
+    if words[0] == "lmdb-dataset":
+        run([sys.executable, "-m", "lmdb_dataset", *words[1:]], cwd)
+        return
+    if words[0] in ("python", ".venv/bin/python") and words[1] == "benchmarks/run.py":
+        run([sys.executable, "-c", "import sys; sys.path.insert(0, 'benchmarks'); import run; "
+             f"run.parse_args({words[2:]!r})"], ROOT)
+        return
+    if words[0] == "bash":
+        script = ROOT / words[1]
+        assert script.is_file(), f"{line!r}: no {words[1]}"
+        run(["bash", "-n", str(script)], ROOT)
         return
     assert "pip install" in line, f"no rule checks this README command: {line!r}"
     ci = ci_commands()
@@ -226,23 +240,25 @@ def test_readme_block(block: Block, scratch: tuple[Path, Path], converted) -> No
                 cwd)
     elif block.language in ("bash", "sh", "shell"):
         for line in command_lines(prepared(block, data)):
-            check_bash_line(line, cwd, data)
+            check_bash_line(line, cwd)
     else:
-        pytest.fail(f"README.md line {block.line}: a {block.language or 'plain'} block needs a readme-test marker")
+        pytest.fail(f"{block.name}: a {block.language or 'plain'} block needs a readme-test marker")
 
 
 def test_markers_are_understood() -> None:
     assert parse_blocks('<!-- readme-test: torchrun; replace "range(90)" "range(2)" -->\n```python\nx\n```\n') == [
         Block(2, "python", "x\n", {"torchrun": [], "replace": ["range(90)", "range(2)"]})]
+    assert [block.language for block in parse_blocks("```bash\na\n```\ntext\n```\nb\n```\n")] == ["bash", ""]
     with pytest.raises(ValueError, match="unknown readme-test directive 'torchrn'"):
         parse_directives("torchrn")
 
 
-def test_every_marker_precedes_a_block() -> None:
-    lines = README.read_text().splitlines()
+@pytest.mark.parametrize("readme", READMES, ids=lambda path: path.name)
+def test_every_marker_precedes_a_block(readme: Path) -> None:
+    lines = readme.read_text().splitlines()
     for number, line in enumerate(lines[:-1], start=1):
         if _MARKER.match(line):
-            assert lines[number].startswith("```"), f"README.md line {number}: a readme-test marker must precede a block"
+            assert lines[number].startswith("```"), f"{readme} line {number}: a readme-test marker must precede a block"
 
 
 def test_performance_table_states_storage_for_every_row() -> None:
