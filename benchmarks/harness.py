@@ -1,4 +1,4 @@
-"""The suite's frame: what a case is, the context it runs in, interleaved rounds and their statistics."""
+"""The suite's frame: what a case is, the context it runs in, page-cache control and interleaved rounds."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import argparse
 import fnmatch
 import functools
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 from torchvision.datasets import ImageFolder
 
 from lmdb_dataset.pagecache import evict_from_page_cache, resident_fraction
@@ -126,14 +124,6 @@ def run_rounds(cases: list[Case], ctx: Context, rounds: int) -> dict[str, list[R
 def values(results: dict[str, list[Result]], name: str) -> list[float]:
     """A case's value in each round (NaN where it failed or did not run)."""
     return [r["value"] for r in results.get(name, [])]
-
-
-def summary(series: list[float]) -> dict[str, float]:
-    """Median, min and max of the finite values of a series (NaN if none)."""
-    finite = [v for v in series if np.isfinite(v)]
-    if not finite:
-        return {"median": float("nan"), "min": float("nan"), "max": float("nan")}
-    return {"median": statistics.median(finite), "min": min(finite), "max": max(finite)}
 
 
 def per_round_ratio(results: dict[str, list[Result]], numerator: str, denominator: str,

@@ -47,6 +47,11 @@ def stats(series: list[float]) -> tuple[float, float, float]:
     return statistics.median(finite), min(finite), max(finite)
 
 
+def median(series: list[float]) -> float:
+    """Median of the finite values (NaN if none)."""
+    return stats(series)[0]
+
+
 def notes(rounds: list[dict[str, Any]], asked_batches: int | None) -> str:
     """Per-case details beyond the value, from the last round."""
     if not rounds:

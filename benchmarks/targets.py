@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness import CORES, Result, per_round_ratio, summary, values
+from harness import CORES, Result, per_round_ratio, values
+from report import median
 from loaders import COLD_PATHS
 
 
@@ -33,7 +34,7 @@ class Target:
     @property
     def median(self) -> float:
         """Median of the series."""
-        return summary(self.series)["median"]
+        return median(self.series)
 
     @property
     def passed(self) -> bool:
@@ -51,7 +52,7 @@ class Target:
 
 def best(results: dict[str, list[Result]], pattern: str, exclude: str = "\0") -> str | None:
     """The case matching ``pattern`` (and not containing ``exclude``) with the highest median value."""
-    medians = {name: summary(values(results, name))["median"] for name in results
+    medians = {name: median(values(results, name)) for name in results
                if fnmatch.fnmatch(name, pattern) and exclude not in name}
     medians = {name: m for name, m in medians.items() if np.isfinite(m)}
     return max(medians, key=medians.get) if medians else None

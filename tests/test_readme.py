@@ -230,7 +230,7 @@ def test_readme_block(block: Block, scratch: tuple[Path, Path], converted) -> No
         assert block.language == "python", f"{block.name}: only python blocks can be excerpts"
         compile(block.code, block.name, "exec")
     elif block.language == "python":
-        shutil.copytree(converted(24, shuffle=True), data / "train.lmdb")
+        shutil.copytree(converted(24), data / "train.lmdb")
         shutil.copytree(converted(12, special=False), data / "val.lmdb")
         script = cwd / f"readme_{block.name}.py"
         script.write_text(prepared(block, data))
