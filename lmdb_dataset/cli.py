@@ -183,7 +183,7 @@ def user_error(exc: BaseException) -> str | None:
     if isinstance(exc, (LMDBDatasetError, ValueError)):
         return str(exc)
     if isinstance(exc, lmdb.Error):
-        return f"not a readable LMDB database: {exc}"
+        return f"not a readable LMDB database ({exc}); if it is damaged, convert the images again"
     if isinstance(exc, OSError) and exc.filename is not None:
         name = os.fspath(exc.filename)
         hints = {

@@ -158,6 +158,16 @@ def test_wrong_paths_give_one_line_naming_the_path(converted, image_folder, tmp_
         assert str(path.parent if case == "file as parent" else path) in lines[0]
 
 
+@pytest.mark.parametrize("content", [b"", b"\x07" * 65536], ids=["empty", "garbage"])
+def test_a_damaged_lmdb_file_gives_one_line(tmp_path, capsys, content):
+    (tmp_path / "bad.lmdb").mkdir()
+    (tmp_path / "bad.lmdb" / "data.mdb").write_bytes(content)
+    for command in ("info", "verify"):
+        assert main([command, str(tmp_path / "bad.lmdb")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "not a readable LMDB database" in err and "bad.lmdb" in err
+
+
 @pytest.mark.parametrize("dst", ["file", "file as parent"])
 def test_convert_to_a_wrong_destination_gives_one_line(image_folder, tmp_path, capsys, dst):
     (tmp_path / "file.txt").write_text("x")
