@@ -2,8 +2,8 @@
 # Installs the benchmark dependencies and the peer loaders (see benchmarks/PEERS.md).
 #
 # Usage:
-#   python3 -m venv /work/venv-bench
-#   bash benchmarks/install_peers.sh /work/venv-bench/bin/pip
+#   python3 -m venv .venv
+#   bash benchmarks/install_peers.sh .venv/bin/pip
 # With no argument it uses `python -m pip` of the current python. Safe to re-run.
 # FFCV is optional: if it does not build, the script says so and goes on.
 set -euo pipefail

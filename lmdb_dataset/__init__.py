@@ -8,43 +8,70 @@ Public API:
 * :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
 * :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
+
+The names are imported on first use (PEP 562), so ``import lmdb_dataset`` and the commands that
+only read metadata (``lmdb-dataset info``, ``verify``) do not pay for importing torch.
+``from lmdb_dataset import X`` works as usual.
 """
 
-from .convert import ConversionReport, convert_image_folder
-from .dataset import LMDBImageDataset
-from .errors import (
-                     CorruptRecordError,
-                     DatasetChangedError,
-                     DatasetNotFoundError,
-                     IncompleteDatasetError,
-                     LMDBDatasetError,
-                     NotADatasetError,
-                     SourceImageError,
-)
-from .iterable import LMDBIterableDataset
-from .sampler import ChunkShuffleSampler
-from .samples import make_photo_folder
-from .transforms import NormalizeBatch, train_transform, val_transform
-from .writer import LMDBWriter
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ChunkShuffleSampler",
-    "LMDBIterableDataset",
-    "ConversionReport",
-    "CorruptRecordError",
-    "DatasetChangedError",
-    "DatasetNotFoundError",
-    "IncompleteDatasetError",
-    "LMDBDatasetError",
-    "LMDBImageDataset",
-    "LMDBWriter",
-    "NormalizeBatch",
-    "NotADatasetError",
-    "SourceImageError",
-    "convert_image_folder",
-    "make_photo_folder",
-    "train_transform",
-    "val_transform",
-]
+# Public name -> the module (relative to this package) that defines it.
+_EXPORTS = {
+    "ChunkShuffleSampler": "sampler",
+    "ConversionReport": "convert",
+    "CorruptRecordError": "errors",
+    "DatasetChangedError": "errors",
+    "DatasetNotFoundError": "errors",
+    "IncompleteDatasetError": "errors",
+    "LMDBDatasetError": "errors",
+    "LMDBImageDataset": "dataset",
+    "LMDBIterableDataset": "iterable",
+    "LMDBWriter": "writer",
+    "NormalizeBatch": "transforms",
+    "NotADatasetError": "errors",
+    "SourceImageError": "errors",
+    "convert_image_folder": "convert",
+    "make_photo_folder": "samples",
+    "train_transform": "transforms",
+    "val_transform": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmdb_dataset' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from .convert import ConversionReport, convert_image_folder
+    from .dataset import LMDBImageDataset
+    from .errors import (
+        CorruptRecordError,
+        DatasetChangedError,
+        DatasetNotFoundError,
+        IncompleteDatasetError,
+        LMDBDatasetError,
+        NotADatasetError,
+        SourceImageError,
+    )
+    from .iterable import LMDBIterableDataset
+    from .sampler import ChunkShuffleSampler
+    from .samples import make_photo_folder
+    from .transforms import NormalizeBatch, train_transform, val_transform
+    from .writer import LMDBWriter

@@ -1,12 +1,24 @@
-"""The ``lmdb-dataset`` command line: convert, info, verify, demo, bench."""
+"""The ``lmdb-dataset`` command line: convert, info, verify, demo, bench.
+
+Only what a command needs is imported, when it runs: ``--help``, ``--version``, ``info`` and
+``verify`` never import torch. Errors a user can cause (a wrong path, a wrong flag, a bad source
+image, an incomplete dataset) end in one line on stderr that names the fix in the command line's
+words (flags, not keyword arguments) and exit status 2; never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from . import __version__
 from .errors import LMDBDatasetError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -31,10 +43,25 @@ def _verify(args: argparse.Namespace) -> int:
     from .inspection import verify_dataset
 
     bad = verify_dataset(args.path, decode=args.decode, progress=not args.quiet)
+    source_of = _source_lookup(args.path) if bad else None
     for record in bad:
-        print(f"record {record.index}: {record.reason}")
+        source = source_of(record.index)
+        print(f"record {record.index}" + (f" ({source})" if source else "") + f": {record.reason}")
     print(f"{len(bad)} bad record(s)" if bad else "all records OK")
     return 1 if bad else 0
+
+
+def _source_lookup(path: str) -> Callable[[int], str | None]:
+    """Record index -> the source file it was converted from (None where the dataset keeps none)."""
+    from .environment import read_path_table
+    from .inspection import summarize
+
+    count = summarize(path).info.num_records
+    try:
+        paths = read_path_table(path, count)
+    except ValueError:  # a damaged or partial path table: name the records without their files
+        paths = None
+    return lambda index: paths[index] if paths is not None and 0 <= index < len(paths) else None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -52,64 +79,155 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; the smallest allowed is {minimum}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its messages
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lmdb-dataset`` command."""
     parser = argparse.ArgumentParser(prog="lmdb-dataset", description="Image datasets in LMDB for PyTorch.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser("convert", help="convert an ImageFolder tree (SRC/<class>/<image>) to LMDB")
-    convert.add_argument("src", help="ImageFolder root")
+    convert.add_argument("src", help="ImageFolder root: one sub-directory of images per class")
     convert.add_argument("dst", help="dataset directory to write, e.g. train.lmdb")
     convert.add_argument("--storage", choices=["encoded", "raw"], default="encoded",
-                         help="encoded: original file bytes (default); raw: decoded RGB pixels")
-    convert.add_argument("--workers", type=int, default=None, help="reader/checker processes (default: cores)")
+                         help="encoded: original file bytes (default); raw: decoded RGB pixels, no decoding when "
+                              "reading, ~7x the size of JPEGs")
+    convert.add_argument("--workers", type=_count(0), default=None,
+                         help="processes that read and check images (default: the usable cores; 0: this process)")
     convert.add_argument("--shuffle", action="store_true", help="write records in a seeded random order")
     convert.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
-    convert.add_argument("--resume", action="store_true", help="continue an interrupted conversion")
+    convert.add_argument("--resume", action="store_true", help="continue an interrupted conversion into DST")
     convert.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(run=_convert)
 
     info = commands.add_parser("info", help="show a dataset's size, classes, storage and completeness")
-    info.add_argument("path")
+    info.add_argument("path", help="dataset directory (e.g. train.lmdb)")
     info.set_defaults(run=_info)
 
     verify = commands.add_parser("verify", help="check every record's CRC32 (and with --decode, its image)")
-    verify.add_argument("path")
-    verify.add_argument("--decode", action="store_true", help="also decode every image")
+    verify.add_argument("path", help="dataset directory (e.g. train.lmdb)")
+    verify.add_argument("--decode", action="store_true", help="also decode every image (slower)")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(run=_verify)
 
     demo = commands.add_parser("demo", help="build a sample dataset from shipped photos, convert, read, time")
     demo.add_argument("--workdir", default=None, help="keep the files here (default: a temporary directory)")
-    demo.add_argument("--num-images", type=int, default=512)
-    demo.add_argument("--workers", type=int, default=None)
-    demo.add_argument("--batch-size", type=int, default=64)
+    demo.add_argument("--num-images", type=_count(1), default=512, help="size of the sample dataset (default 512)")
+    demo.add_argument("--workers", type=_count(0), default=None,
+                      help="DataLoader and conversion workers (default: the usable cores)")
+    demo.add_argument("--batch-size", type=_count(1), default=64, help="DataLoader batch size (default 64)")
     demo.set_defaults(run=_demo)
 
     bench = commands.add_parser("bench", help="measure reading speed of a dataset (images/s, MB/s)")
-    bench.add_argument("path")
+    bench.add_argument("path", help="dataset directory (e.g. train.lmdb)")
     bench.add_argument("--loader", choices=["random", "chunk", "iterable"], default="random",
-                       help="random: LMDBImageDataset shuffled; chunk: with ChunkShuffleSampler; iterable")
-    bench.add_argument("--workers", type=int, default=None)
-    bench.add_argument("--batch-size", type=int, default=256)
+                       help="random: LMDBImageDataset shuffled (default); chunk: with ChunkShuffleSampler; "
+                            "iterable: LMDBIterableDataset")
+    bench.add_argument("--workers", type=_count(0), default=None, help="DataLoader workers (default: the usable cores)")
+    bench.add_argument("--batch-size", type=_count(1), default=256, help="DataLoader batch size (default 256)")
     bench.add_argument("--pipeline", choices=["train", "val", "none"], default="train",
-                       help="train: RandomResizedCrop+flip; val: Resize+CenterCrop; none: read+decode only")
+                       help="train: RandomResizedCrop+flip (default); val: Resize+CenterCrop; none: read+decode only")
     bench.add_argument("--cold", action="store_true", help="evict the dataset from the page cache first")
-    bench.add_argument("--batches", type=int, default=None, help="stop after this many batches (default: an epoch)")
+    bench.add_argument("--batches", type=_count(1), default=None,
+                       help="read at most this many batches (default: one epoch); the first ones are warm-up, "
+                            "timed apart")
     bench.set_defaults(run=_bench)
     return parser
 
 
+def cli_words(message: str, parser: argparse.ArgumentParser) -> str:
+    """Rewrite a library message's Python keyword arguments as the flags of ``parser``'s commands.
+
+    ``resume=True`` becomes ``--resume``, ``seed=3`` ``--seed 3``, ``shuffle=False`` ``no --shuffle``;
+    a flag already given in parentheses after its keyword is not repeated, and a Python alternative
+    in parentheses (``(or convert_image_folder(..., resume=True))``) is dropped. Names that are no
+    command's option are left alone.
+    """
+    message = re.sub(r" \(or [\w.]+\([^()]*\)\)", "", message)
+    flags = {action.dest: action.option_strings[0] for command in commands_of(parser).values()
+             for action in command._actions if action.option_strings and action.dest != "help"}
+
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in flags:
+            return match.group(0)
+        if value == "True":
+            return flags[name]
+        if value == "False":
+            return f"no {flags[name]}"
+        return f"{flags[name]} {value}"
+
+    return re.sub(r"\b([a-z_]+)=([^\s,;:)]+?)(?:\s\(--[\w-]+\))?(?=[\s,;:)]|\.?$|\.\s)", flag, message)
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message of an error the user caused, or None for a bug (which keeps its traceback)."""
+    import lmdb
+
+    if isinstance(exc, (LMDBDatasetError, ValueError)):
+        return str(exc)
+    if isinstance(exc, lmdb.Error):
+        return f"not a readable LMDB database ({exc}); if it is damaged, convert the images again"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        name = os.fspath(exc.filename)
+        hints = {
+            FileNotFoundError: f"{name!r} does not exist; check the path",
+            FileExistsError: f"{name!r} already exists; choose another path",
+            NotADirectoryError: f"{name!r} (or a folder above it) is a file where a directory is needed; "
+                                "pass the directory",
+            IsADirectoryError: f"{name!r} is a directory where a file is needed",
+            PermissionError: f"permission denied on {name!r}; check its permissions or choose another path",
+        }
+        return next((text for kind, text in hints.items() if isinstance(exc, kind)),
+                    f"{name!r}: {exc.strerror or exc}")
+    if isinstance(exc, (FileNotFoundError, FileExistsError, PermissionError)):
+        return str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lmdb-dataset`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        return args.run(args)
-    except (LMDBDatasetError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"lmdb-dataset {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        status = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return status
+    except BrokenPipeError:
+        # The reader went away (`lmdb-dataset info PATH | head -3`): stop quietly, and point stdout
+        # at /dev/null so that the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
-        print(f"lmdb-dataset {args.command}: interrupted", file=sys.stderr)
-        return 130
+        advice = "; everything committed is kept: run the same command with --resume to continue" \
+            if args.command == "convert" else ""
+        print(f"lmdb-dataset {args.command}: interrupted{advice}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        print(f"lmdb-dataset {args.command}: error: {cli_words(message, parser)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-command parsers of ``parser`` by name."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)

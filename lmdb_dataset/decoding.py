@@ -11,18 +11,20 @@ ImageFolder's loader does.
 from __future__ import annotations
 
 import io
-from typing import Literal, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 import numpy as np
 import simplejpeg
-import torch
 from PIL import Image
 
 from .format import KIND_RAW, RecordHeader
 
+if TYPE_CHECKING:
+    import torch
+
 Output = Literal["pil", "tensor", "numpy"]
 OUTPUTS = ("pil", "tensor", "numpy")
-Sample = Union[Image.Image, torch.Tensor, np.ndarray]
+Sample = Union[Image.Image, "torch.Tensor", np.ndarray]
 
 _JPEG_SOI = b"\xff\xd8"
 
@@ -87,6 +89,8 @@ def to_output(pixels: np.ndarray, output: Output) -> Sample:
     if output == "pil":
         return Image.fromarray(pixels)
     if output == "tensor":
+        import torch  # here, so that metadata-only users (``lmdb-dataset info``) never import torch
+
         # A CHW view of HWC memory: torchvision's uint8 resize takes its fast channels-last path.
         return torch.from_numpy(pixels).permute(2, 0, 1)
     return pixels

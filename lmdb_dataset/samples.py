@@ -105,7 +105,7 @@ def make_photo_folder(
         if workers > 1:
             pool = stack.enter_context(multiprocessing.Pool(min(workers, len(chunks))))
             mapper = pool.imap_unordered
-        bar = stack.enter_context(tqdm(total=num_images, unit="img", disable=not progress))
+        bar = stack.enter_context(tqdm(total=num_images, unit="img", disable=not progress, desc="build images"))
         for done in mapper(render, chunks):
             bar.update(done)
     return spec.root

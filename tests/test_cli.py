@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+import lmdb_dataset
 from lmdb_dataset import LMDBImageDataset
-from lmdb_dataset.cli import main
+from lmdb_dataset.bench import BenchTiming, report_lines, warmup_batches
+from lmdb_dataset.cli import build_parser, cli_words, main, user_error
+
+
+def run_cli(*args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    """``python -m lmdb_dataset ARGS`` in a fresh interpreter (what a user's shell runs)."""
+    return subprocess.run([sys.executable, "-m", "lmdb_dataset", *args], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
 
 
 def test_convert_info_verify_round_trip(image_folder, tmp_path, capsys):
@@ -31,7 +40,9 @@ def test_verify_lists_bad_records_and_exits_nonzero(converted, tmp_path, capsys)
         f.write(b"\x00\x01\x02\x03")
     assert main(["verify", str(path), "--quiet"]) == 1
     out = capsys.readouterr().out
-    assert "record 6: CRC32 mismatch" in out and "1 bad record(s)" in out
+    source = LMDBImageDataset(path).source_path(6)
+    assert source.startswith("class_") and f"record 6 ({source}): CRC32 mismatch" in out
+    assert "1 bad record(s)" in out
 
 
 def test_convert_bad_file_exits_2_naming_it_and_skip_bad_succeeds(image_folder, tmp_path, capsys):
@@ -50,8 +61,7 @@ def test_info_on_incomplete_and_missing_datasets(tmp_path, capsys):
 
 
 def test_python_dash_m_entry_point_prints_help():
-    result = subprocess.run([sys.executable, "-m", "lmdb_dataset", "--help"], capture_output=True, text=True,
-                            timeout=60)
+    result = run_cli("--help")
     assert result.returncode == 0
     for command in ("convert", "info", "verify", "demo", "bench"):
         assert command in result.stdout
@@ -62,12 +72,192 @@ def test_bench_reads_the_dataset(converted, capsys, loader):
     assert main(["bench", str(converted()), "--loader", loader, "--workers", "1", "--batch-size", "8",
                  "--pipeline", "val", "--cold"]) == 0
     out = capsys.readouterr().out
-    assert "evicted" in out and "images/s" in out
+    assert "evicted" in out and "time to first batch" in out
+    # 32 records in batches of 8 are 4 batches: too few for a steady-state figure, and it says so.
+    assert "steady state: not measured" in out and "too small" in out
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--workdir", str(tmp_path), "--num-images", "48", "--workers", "1",
                  "--batch-size", "16"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert captured.err.lstrip("\r").startswith("build images:"), "the first progress bar has a label"
     assert "equal torchvision's ImageFolder on sampled records: yes" in out
     assert out.count("x, 48 images)") == 3
+
+
+def test_version_matches_the_package():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"lmdb-dataset {lmdb_dataset.__version__}"
+
+
+def test_every_option_has_help_text():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"lmdb-dataset {name} {action.dest} has no help text"
+
+
+def test_metadata_commands_do_not_import_torch(converted):
+    """`info`, `verify`, `--help` and `--version` start fast: they never import torch (checked, not timed)."""
+    script = f"""
+import sys
+from lmdb_dataset.cli import main
+assert main(["info", {str(converted())!r}]) == 0
+assert main(["verify", {str(converted())!r}, "--decode", "--quiet"]) == 0
+for flag in ("--help", "--version"):
+    try:
+        main([flag])
+    except SystemExit:
+        pass
+import lmdb_dataset
+lmdb_dataset.LMDBDatasetError  # the lazy re-exports of light modules stay light
+print("torch imported:", "torch" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stdout
+
+
+def test_package_names_import_lazily_and_completely():
+    for name in lmdb_dataset.__all__:
+        assert getattr(lmdb_dataset, name).__name__ == name
+    assert set(lmdb_dataset.__all__) <= set(dir(lmdb_dataset))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        lmdb_dataset.no_such_name  # noqa: B018
+
+
+def test_info_into_a_closed_pipe_is_quiet(converted):
+    """`lmdb-dataset info PATH | head -3`: the reader has gone; no BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE, deterministically
+    try:
+        result = run_cli("info", str(converted()), stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("case", ["data.mdb", "a file", "missing", "not a dataset", "file as parent"])
+def test_wrong_paths_give_one_line_naming_the_path(converted, image_folder, tmp_path, capsys, case):
+    """In-process: a traceback would propagate out of main() and fail the test."""
+    (tmp_path / "file.txt").write_text("not a dataset")
+    path = {"data.mdb": converted() / "data.mdb", "a file": tmp_path / "file.txt", "missing": tmp_path / "nope",
+            "not a dataset": image_folder(), "file as parent": tmp_path / "file.txt" / "train.lmdb"}[case]
+    for command in (["info"], ["verify", "--quiet"], ["bench", "--workers", "0", "--batches", "1"]):
+        status = main([command[0], str(path), *command[1:]])
+        err = capsys.readouterr().err
+        if case == "data.mdb" and status == 0:
+            continue  # the library accepts the data file itself
+        lines = err.strip().splitlines()
+        assert status == 2 and len(lines) == 1, err
+        assert lines[0].startswith(f"lmdb-dataset {command[0]}: error: ")
+        assert str(path.parent if case == "file as parent" else path) in lines[0]
+
+
+@pytest.mark.parametrize("content", [b"", b"\x07" * 65536], ids=["empty", "garbage"])
+def test_a_damaged_lmdb_file_gives_one_line(tmp_path, capsys, content):
+    (tmp_path / "bad.lmdb").mkdir()
+    (tmp_path / "bad.lmdb" / "data.mdb").write_bytes(content)
+    for command in ("info", "verify"):
+        assert main([command, str(tmp_path / "bad.lmdb")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "not a readable LMDB database" in err and "bad.lmdb" in err
+
+
+@pytest.mark.parametrize("dst", ["file", "file as parent"])
+def test_convert_to_a_wrong_destination_gives_one_line(image_folder, tmp_path, capsys, dst):
+    (tmp_path / "file.txt").write_text("x")
+    target = tmp_path / "file.txt" if dst == "file" else tmp_path / "file.txt" / "train.lmdb"
+    assert main(["convert", str(image_folder()), str(target), "--workers", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "file.txt" in err, err
+
+
+@pytest.mark.parametrize("kind", [PermissionError, NotADirectoryError, IsADirectoryError, FileNotFoundError])
+def test_os_errors_become_one_line_naming_the_file(kind):
+    message = user_error(kind(13, "os says no", "/data/train.lmdb"))
+    assert message is not None and "/data/train.lmdb" in message and "\n" not in message
+
+
+def test_a_bug_keeps_its_traceback():
+    assert user_error(RuntimeError("internal")) is None
+
+
+def test_flag_errors_are_one_line(converted, capsys):
+    for args in (["bench", str(converted()), "--batches", "0"], ["bench", str(converted()), "--workers", "-1"],
+                 ["demo", "--num-images", "zero"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"lmdb-dataset {args[0]}: error: argument --")
+
+
+def test_cli_errors_speak_flags_not_keyword_arguments(image_folder, converted, capsys):
+    assert main(["convert", str(image_folder()), str(converted()), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--resume" in err and "=True" not in err
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("run again with resume=True (--resume), or pass skip_bad=True (--skip-bad).",
+     "run again with --resume, or pass --skip-bad."),
+    ("it was started with seed=0, now seed=3. Start over with overwrite=True.",
+     "it was started with --seed 0, now --seed 3. Start over with --overwrite."),
+    ("started with shuffle=False, now shuffle=True", "started with no --shuffle, now --shuffle"),
+    ("Finish it with `lmdb-dataset convert SRC x --resume` (or convert_image_folder(..., resume=True)).",
+     "Finish it with `lmdb-dataset convert SRC x --resume`."),
+    ("source_count=514, now 513", "source_count=514, now 513"),
+])
+def test_cli_words(message, expected):
+    assert cli_words(message, build_parser()) == expected
+
+
+def test_interrupted_convert_says_how_to_resume(image_folder, tmp_path, monkeypatch, capsys):
+    import lmdb_dataset.convert
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lmdb_dataset.convert, "convert_image_folder", interrupted)
+    assert main(["convert", str(image_folder()), str(tmp_path / "t.lmdb")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "run the same command with --resume" in err
+
+
+def test_bench_batches_zero_is_an_error_in_python_too(converted):
+    from lmdb_dataset.bench import run_bench
+
+    with pytest.raises(ValueError, match="batches=0"):
+        run_bench(converted(), batches=0, workers=0)
+
+
+def test_bench_steady_state_excludes_warm_up_and_first_batch():
+    # 2 workers prefetch 2 batches each: 4 warm-up batches. The first batch took 5 s, the prefetched
+    # ones came at once, then one batch of 10 images every 0.5 s: the steady figure is 20 images/s.
+    warmup = warmup_batches(2)
+    done = [5.0, 5.0, 5.0, 5.0] + [5.0 + 0.5 * k for k in range(1, 13)]
+    timing = BenchTiming(done, [10] * len(done), warmup=warmup)
+    assert warmup == 4 and timing.first_batch_s == 5.0 and timing.steady_batches == 12
+    assert timing.steady_images_per_s == pytest.approx(20.0)
+    assert timing.end_to_end_images_per_s == pytest.approx(160 / 11.0)
+    lines = report_lines(timing, mean_record_bytes=1e5)
+    assert any("steady state: 20 images/s (2.0 MB/s" in line for line in lines)
+
+
+@pytest.mark.parametrize("measured, steady", [(9, False), (10, True)])
+def test_bench_needs_enough_batches_after_warm_up(measured, steady):
+    done = [1.0 + k for k in range(warmup_batches(0) + measured)]
+    timing = BenchTiming(done, [4] * len(done), warmup=warmup_batches(0))
+    assert (timing.steady_images_per_s is not None) == steady
+    assert any("too small for a steady-state figure" in line for line in report_lines(timing, 1.0)) != steady
+
+
+def test_bench_reports_steady_state_on_enough_batches(converted, capsys):
+    assert main(["bench", str(converted()), "--loader", "chunk", "--workers", "0", "--batch-size", "2",
+                 "--pipeline", "none", "--batches", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "over 11 batches after 1 warm-up batches" in out and "time to first batch" in out

@@ -1,0 +1,121 @@
+"""Cold-cache raw reads, no decoding: random records/s and near-sequential MB/s against the disk's own bandwidth."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+
+from decode_cases import read_file
+from harness import MB, Case, Context, Result, evict
+from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
+from lmdb_dataset.environment import data_file, environments
+from lmdb_dataset.ordering import contiguous_runs
+from lmdb_dataset.world import World
+
+
+def random_batches(count: int, limit: int, seed: int, batch_size: int) -> list[np.ndarray]:
+    """``limit`` random indices out of ``count``, in batches of ``batch_size``."""
+    order = np.random.default_rng(seed).permutation(count)[:limit]
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def read_lmdb_batches(dataset: LMDBImageDataset, batches: Iterable[np.ndarray]) -> tuple[int, int]:
+    """Read record values batch by batch, sorted within a batch as ``__getitems__`` does; (records, bytes)."""
+    records = size = 0
+    for batch in batches:
+        for _, value in dataset.reader.values(sorted(batch.tolist())):
+            size += len(bytes(value))  # bytes() touches every page of an mmap view
+            records += 1
+    return records, size
+
+
+def cold_raw_case(name: str, reader: Callable[[Context], tuple[Callable[[], tuple[int, int]], list[str]]],
+                  unit: str) -> Case:
+    """A cold-cache read case: evict the files, then time ``reader``'s work (records/s or MB/s)."""
+    def run(ctx: Context) -> Result:
+        environments.release(ctx.lmdb["encoded"])
+        work, files = reader(ctx)
+        state = evict(files)
+        started = time.perf_counter()
+        records, size = work()
+        seconds = time.perf_counter() - started
+        environments.release(ctx.lmdb["encoded"])
+        value = records / seconds if unit == "records/s" else size / seconds / MB
+        return {"value": value, "records": records, "mb_per_s": size / seconds / MB, **state}
+    return Case(name, unit, run, lambda c: 5.0)
+
+
+def lmdb_random_reader(access: str) -> Callable[[Context], tuple[Callable[[], tuple[int, int]], list[str]]]:
+    """Random-order raw record reads through ``LMDBImageDataset.reader``."""
+    def reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], list[str]]:
+        dataset = LMDBImageDataset(ctx.lmdb["encoded"], access=access)
+        batches = random_batches(len(dataset), ctx.args.cold_records, 1, ctx.args.batch_size)
+        return (lambda: read_lmdb_batches(dataset, batches)), [str(data_file(dataset.path))]
+    return reader
+
+
+def imagefolder_reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], list[str]]:
+    """Random-order open+read of ImageFolder files."""
+    files = ctx.files
+    chosen = [files[i] for batch in random_batches(len(files), ctx.args.cold_records, 1, ctx.args.batch_size) for i in batch]
+
+    def work() -> tuple[int, int]:
+        return len(chosen), sum(len(read_file(path)) for path in chosen)
+    return work, files
+
+
+def chunk_reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], list[str]]:
+    """ChunkShuffleSampler order, batch by batch through ``reader.values`` (pread)."""
+    dataset = LMDBImageDataset(ctx.lmdb["encoded"])
+    order = ChunkShuffleSampler(dataset).epoch_indices()
+    batches = [order[i:i + ctx.args.batch_size] for i in range(0, len(order), ctx.args.batch_size)]
+    return (lambda: read_lmdb_batches(dataset, batches)), [str(data_file(dataset.path))]
+
+
+def iterable_reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], list[str]]:
+    """LMDBIterableDataset's cursor plan for one worker, values copied out of the map.
+
+    Read in this process, whose LMDB environment was opened without readahead when the
+    metadata was loaded: the scan's own prefetching must make it stream.
+    """
+    dataset = LMDBIterableDataset(ctx.lmdb["encoded"], batch_size=ctx.args.batch_size)
+    reads, _ = dataset.worker_plan(World())
+
+    def work() -> tuple[int, int]:
+        records = size = 0
+        for _, value in dataset.reader.scan(contiguous_runs(reads)):
+            size += len(bytes(value))
+            records += 1
+        return records, size
+    return work, [str(data_file(dataset.path))]
+
+
+def sequential_reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], list[str]]:
+    """The disk's sequential bandwidth: data.mdb read front to back in 8 MB reads."""
+    path = str(data_file(ctx.lmdb["encoded"]))
+
+    def work() -> tuple[int, int]:
+        size = 0
+        buffer = bytearray(8 << 20)
+        with open(path, "rb", buffering=0) as file:
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            while count := file.readinto(buffer):
+                size += count
+        return 1, size
+    return work, [path]
+
+
+def cold_read_cases() -> list[Case]:
+    """Cold raw reads: random records/s (3a) and sequential-ish MB/s (3b)."""
+    return [cold_raw_case("cold-read/random/lmdb-pread", lmdb_random_reader("pread"), "records/s"),
+            cold_raw_case("cold-read/random/lmdb-mmap", lmdb_random_reader("mmap"), "records/s"),
+            cold_raw_case("cold-read/random/imagefolder", imagefolder_reader, "records/s"),
+            cold_raw_case("cold-read/seq/disk-sequential", sequential_reader, "MB/s"),
+            cold_raw_case("cold-read/seq/lmdb-chunk", chunk_reader, "MB/s"),
+            cold_raw_case("cold-read/seq/lmdb-iterable", iterable_reader, "MB/s")]
+
+
+# --------------------------------------------------------------------------- conversion

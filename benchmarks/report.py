@@ -1,0 +1,188 @@
+"""The report of a run: RESULTS.md and results.png, rendered from results.json alone.
+
+Every sentence of RESULTS.md is computed from the run's own numbers (machine, corpus, disk
+sizes, targets, cases); explanations written by hand live in NOTES.md, dated, never here.
+``python benchmarks/report.py results.json --out DIR`` renders a saved run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+Run = dict[str, Any]
+
+
+def machine(cores: int) -> dict[str, Any]:
+    """Cores, memory, CPU model and library versions of this machine."""
+    import PIL
+    import psutil
+    import simplejpeg
+    import torch
+    import torchvision
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cores": cores, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "cpu": model,
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "simplejpeg": simplejpeg.__version__, "Pillow": PIL.__version__}
+
+
+def fmt(value: float) -> str:
+    """A number with 3 significant figures."""
+    return f"{value:.3g}" if math.isfinite(value) else "n/a"
+
+
+def stats(series: list[float]) -> tuple[float, float, float]:
+    """Median, min and max of the finite values (NaNs if none)."""
+    finite = [v for v in series if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan, math.nan
+    return statistics.median(finite), min(finite), max(finite)
+
+
+def median(series: list[float]) -> float:
+    """Median of the finite values (NaN if none)."""
+    return stats(series)[0]
+
+
+def notes(rounds: list[dict[str, Any]], asked_batches: int | None) -> str:
+    """Per-case details beyond the value, from the last round."""
+    if not rounds:
+        return ""
+    last = rounds[-1]
+    if "error" in last:
+        return f"error: {last['error']}"
+    parts = []
+    if "steady_batches" in last and asked_batches and last["steady_batches"] < asked_batches:
+        parts.append(f"only {last['steady_batches']} steady-state batches (asked {asked_batches})")
+    if "resident_before" in last:
+        parts.append(f"cached {last['resident_before']:.0%} -> {last['resident_after']:.1%}")
+    if "mb_per_s" in last and "records" in last and last["records"] > 1:
+        parts.append(f"{last['mb_per_s']:.0f} MB/s")
+    for key in ("writer_peak_rss_mb", "writer_peak_anon_mb", "writer_anon_growth_mb", "worker_peak_rss_mb",
+                "source_mb"):
+        if key in last:
+            parts.append(f"{key.replace('_mb', '')} {last[key]:.0f} MB")
+    if "first_epoch_growth_pct" in last:
+        parts.append(f"1st epoch {last['first_epoch_growth_pct']:.0f}% from "
+                     + "/".join(f"{v:.0f}" for v in last["uss_first_epoch_start_mb"]) + " MB")
+    for key in ("uss_start_mb", "uss_end_mb", "anonymous_end_mb"):
+        if key in last:
+            parts.append(f"{key.replace('_mb', '')} " + "/".join(f"{v:.0f}" for v in last[key]) + " MB")
+    return "; ".join(parts)
+
+
+def disk_line(meta: dict[str, Any]) -> list[str]:
+    """The datasets' sizes on disk against the JPEG files they hold (runs that measured them)."""
+    sizes = meta.get("storage_mb")
+    if not sizes:
+        return []
+    jpeg = meta["corpus_mb"]
+    parts = [f"`{kind}` {mb:.0f} MB ({mb / jpeg:.1f}x)" for kind, mb in sorted(sizes.items())]
+    return [f"Disk: the {meta['images']} JPEG files take {jpeg:.0f} MB; the datasets: " + ", ".join(parts) + ".", ""]
+
+
+def targets_lines(targets: list[dict[str, Any]]) -> list[str]:
+    """The targets table and a count of the met and missed ones."""
+    if not targets:
+        return ["No target was measured by the selected cases."]
+    missed = [t for t in targets if not t["passed"]]
+    lines = [f"{len(targets) - len(missed)} of {len(targets)} targets met"
+             + (": missed " + "; ".join(f"{t['goal']} ({t['gap']})" for t in missed) if missed else "") + ".", "",
+             "Per-round ratios, median [min, max]; pass/fail on the median.", "",
+             "| target | measured | value | result | gap |", "|---|---|---|---|---|"]
+    for target in targets:
+        median, low, high = stats(target["series"])
+        unit = "x" if target["at_least"] else "%"
+        lines.append(f"| {target['goal']} | {target['measured']} | {fmt(median)}{unit} [{fmt(low)}, {fmt(high)}] | "
+                     f"{'pass' if target['passed'] else 'FAIL'} | {target['gap']} |")
+    return lines
+
+
+def markdown(run: Run) -> str:
+    """RESULTS.md of a run: setup, disk sizes, targets, then every case."""
+    meta = run["meta"]
+    box = meta["machine"]
+    batch = meta.get("batch_size", 256)
+    lines = ["# Benchmark results", "", f"Command: `{meta['command']}`", "",
+             f"Machine: {box['cores']} cores, {box['memory_gb']} GB, {box['cpu']}; "
+             + ", ".join(f"{k} {box[k]}" for k in ("python", "torch", "torchvision", "simplejpeg", "Pillow")), "",
+             f"Corpus: `{meta['corpus']}` ({meta['images']} images, {meta['corpus_mb']:.0f} MB); "
+             f"{meta['rounds']} interleaved round(s); batch {batch}; {meta['wall_s'] / 60:.1f} min.", "",
+             *disk_line(meta), "## Targets", "", *targets_lines(run["targets"]), "", "## Cases", "",
+             "Median [min, max] over rounds; first batch = worker start-up + one batch.", "",
+             "| case | unit | median | min | max | first batch s | notes |", "|---|---|---|---|---|---|---|"]
+    for name, case in run["cases"].items():
+        median, low, high = stats([r["value"] for r in case["rounds"]])
+        first, _, _ = stats([r.get("first_batch_s", math.nan) for r in case["rounds"]])
+        lines.append(f"| {name} | {case['unit']} | {fmt(median)} | {fmt(low)} | {fmt(high)} | "
+                     f"{fmt(first) if math.isfinite(first) else ''} | {notes(case['rounds'], meta.get('batches'))} |")
+    if meta["unavailable_peers"]:
+        lines += ["", "## Peers not measured", ""]
+        lines += [f"- {name}: {reason}" for name, reason in meta["unavailable_peers"].items()]
+    lines += ["", "![results](results.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(run: Run, path: Path) -> None:
+    """results.png: warm train throughput at 2 workers, and every target's ratio against its bound."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loaders = [n for n in run["cases"] if n.startswith("warm/train/w2/")]
+    found = run["targets"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, max(4.0, 0.4 * max(len(loaders), len(found), 1))))
+    for axis, labels, series in (
+            (left, [n.split("/", 3)[3] for n in loaders],
+             [[r["value"] for r in run["cases"][n]["rounds"]] for n in loaders]),
+            (right, [t["goal"] for t in found], [t["series"] for t in found])):
+        summaries = [stats(s) for s in series]
+        medians = [s[0] for s in summaries]
+        errors = [[m - s[1] for m, s in zip(medians, summaries)], [s[2] - m for m, s in zip(medians, summaries)]]
+        axis.barh(range(len(labels)), medians, xerr=errors, color="tab:blue")
+        axis.set_yticks(range(len(labels)), labels, fontsize=7)
+        axis.invert_yaxis()
+    for row, target in enumerate(found):
+        right.plot([target["threshold"]] * 2, [row - 0.4, row + 0.4], color="tab:red")
+    left.set_xlabel(f"images/s (warm, train, 2 workers, batch {run['meta'].get('batch_size', 256)})")
+    right.set_xlabel("measured (x, or % for memory); red: target")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def render(run: Run, out: Path) -> None:
+    """Write RESULTS.md and results.png of a run into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "RESULTS.md").write_text(markdown(run))
+    plot(run, out / "results.png")
+
+
+def write(run: Run, out: Path) -> None:
+    """Write results.json, RESULTS.md and results.png of a run into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    render(run, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render a saved results.json again."""
+    parser = argparse.ArgumentParser(description="Render RESULTS.md and results.png from a saved results.json.")
+    parser.add_argument("results", type=Path, help="a results.json written by benchmarks/run.py")
+    parser.add_argument("--out", type=Path, required=True, help="folder for RESULTS.md and results.png")
+    args = parser.parse_args(argv)
+    render(json.loads(args.results.read_text()), args.out)
+    print(f"wrote {args.out / 'RESULTS.md'} and {args.out / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
