@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +14,7 @@ def _convert(args: argparse.Namespace) -> int:
     from .convert import convert_image_folder
 
     report = convert_image_folder(args.src, args.dst, storage=args.storage, workers=args.workers,
-                                  shuffle=args.shuffle, seed=args.seed, resume=args.resume, skip_bad=args.skip_bad,
+                                  order=args.order, seed=args.seed, resume=args.resume, skip_bad=args.skip_bad,
                                   overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {report.num_records} records to {report.path} in {report.seconds:.1f} s"
           + (f"; skipped {len(report.skipped)} unreadable file(s)" if report.skipped else ""))
@@ -52,6 +53,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_flags(message: str) -> str:
+    """Python-API advice in an error message (``resume=True``) as the command's flags (``--resume``)."""
+    return re.sub(r"(?<!\.\.\., )\b(resume|overwrite|skip_bad)=True\b",
+                  lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lmdb-dataset`` command."""
     parser = argparse.ArgumentParser(prog="lmdb-dataset", description="Image datasets in LMDB for PyTorch.")
@@ -63,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--storage", choices=["encoded", "raw"], default="encoded",
                          help="encoded: original file bytes (default); raw: decoded RGB pixels")
     convert.add_argument("--workers", type=int, default=None, help="reader/checker processes (default: cores)")
-    convert.add_argument("--shuffle", action="store_true", help="write records in a seeded random order")
-    convert.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
+    convert.add_argument("--order", choices=["shuffled", "folder"], default="shuffled",
+                         help="physical record order: shuffled (seeded; default) or folder (class by class); "
+                              "the dataset index is ImageFolder's either way")
+    convert.add_argument("--seed", type=int, default=0, help="seed of the shuffled order (default 0)")
     convert.add_argument("--resume", action="store_true", help="continue an interrupted conversion")
     convert.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
@@ -105,10 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lmdb-dataset`` console script."""
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
+        getattr(stream, "reconfigure", lambda **_: None)(errors="surrogateescape")
     try:
         return args.run(args)
     except (LMDBDatasetError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"lmdb-dataset {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lmdb-dataset {args.command}: error: {_as_flags(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lmdb-dataset {args.command}: interrupted", file=sys.stderr)

@@ -16,7 +16,7 @@ from typing import Literal, Union
 import numpy as np
 import simplejpeg
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .format import KIND_RAW, RecordHeader
 
@@ -46,6 +46,8 @@ def _decode_with_pillow(data: bytes | memoryview) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError("not a decodable image (UnidentifiedImageError: no known image format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
 

@@ -14,7 +14,7 @@ from lmdb_dataset.cli import main
 
 def test_convert_info_verify_round_trip(image_folder, tmp_path, capsys):
     target = tmp_path / "train.lmdb"
-    assert main(["convert", str(image_folder()), str(target), "--workers", "2", "--shuffle", "--quiet"]) == 0
+    assert main(["convert", str(image_folder()), str(target), "--workers", "2", "--order", "folder", "--quiet"]) == 0
     assert "wrote 29 records" in capsys.readouterr().out
     assert main(["info", str(target)]) == 0
     info = capsys.readouterr().out
