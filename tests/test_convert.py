@@ -1,12 +1,11 @@
-"""convert_image_folder: ImageFolder order, shuffle, bad files, kill-and-resume."""
+"""convert_image_folder: ImageFolder index, shuffled physical order, bad files, kill-and-resume, back-pressure."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
-import subprocess
-import sys
-import textwrap
+import time
 
 import lmdb
 import numpy as np
@@ -26,9 +25,10 @@ from lmdb_dataset import (
     NotADatasetError,
     SourceImageError,
     convert_image_folder,
+    writer,
 )
 from lmdb_dataset import format as fmt
-from lmdb_dataset.convert import write_plan
+from lmdb_dataset.convert import BATCHES_PER_WORKER, TASKS_PER_BATCH, build_records, write_plan
 from lmdb_dataset.environment import begin_read, environments, open_databases
 from lmdb_dataset.inspection import summarize
 
@@ -182,6 +182,19 @@ def test_convert_skip_bad_leaves_the_file_out_and_reports_it(image_folder, tmp_p
     ds = LMDBImageDataset(tmp_path / "ds")
     assert len(ds) == 12 and summarize(tmp_path / "ds").info.skipped == report.skipped
     assert "class_001/broken.jpg" not in {ds.source_path(i) for i in range(len(ds))}
+    pixels = LMDBImageDataset(tmp_path / "ds", output="numpy")
+    assert [pixels_and_label(pixels[i]) for i in range(len(ds))] == image_folder_ids(src, {"class_001/broken.jpg"})
+
+
+def test_convert_two_identical_runs_write_identical_metadata_for_unreadable_files(image_folder, tmp_path):
+    src = copy_dataset(image_folder(12, special=False, corrupt=True), tmp_path / "src")
+    (src / "class_000" / "notes.png").write_text("not an image at all")
+    for name in ("a", "b"):
+        convert_image_folder(src, tmp_path / name, workers=2, skip_bad=True, progress=False)
+    assert logical_content(tmp_path / "a") == logical_content(tmp_path / "b")
+    errors = {entry["path"]: entry["error"] for entry in summarize(tmp_path / "a").info.skipped}
+    assert set(errors) == {"class_000/notes.png", "class_001/broken.jpg"}
+    assert "no known image format" in errors["class_000/notes.png"] and " at 0x" not in errors["class_000/notes.png"]
 
 
 @pytest.mark.parametrize("storage", ["encoded", "raw"])
@@ -192,15 +205,14 @@ def test_convert_worker_processes_give_the_same_dataset_as_in_process(image_fold
     assert logical_content(tmp_path / "a") == logical_content(tmp_path / "b")
 
 
-STEPPER = textwrap.dedent("""
-    import os, signal, sys
-    from lmdb_dataset import convert_image_folder, writer
-
-    writer.LMDBWriter.__init__.__kwdefaults__["commit_records"] = 4
-    kill_at, steps = int(sys.argv[3]), 0
+def stepped_conversion(src, dst, kill_at: int, total) -> None:
+    """Runs in a forked child: a conversion with numbered steps (before and after each record added,
+    each transaction, its body and the offset scan) that SIGKILLs itself at step ``kill_at``
+    (0: never; the number of steps goes to ``total``)."""
+    steps = 0
 
     def step():
-        global steps
+        nonlocal steps
         steps += 1
         if steps == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -217,16 +229,16 @@ STEPPER = textwrap.dedent("""
     writer.LMDBWriter._write = stepped(lambda self, body: write(self, stepped(body)))
     writer.LMDBWriter.add_record = stepped(writer.LMDBWriter.add_record)
     writer.record_spans = stepped(writer.record_spans)
-    convert_image_folder(sys.argv[1], sys.argv[2], workers=2, seed=5, skip_bad=True, progress=False)
-    print(steps)
-""")
-"""Runs a conversion with numbered steps (before and after each record added, each transaction
-starts, its body ran, it committed, the offset scan) and SIGKILLs itself at step argv[3]."""
+    writer.LMDBWriter.__init__.__kwdefaults__["commit_records"] = 4
+    convert_image_folder(src, dst, workers=2, seed=5, skip_bad=True, progress=False)
+    total.value = steps
 
 
-def run_stepper(src, dst, kill_at: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", STEPPER, str(src), str(dst), str(kill_at)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def run_stepped(src, dst, kill_at: int, total=None):
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=stepped_conversion, args=(src, dst, kill_at, total or context.Value("i")))
+    child.start()
+    return child
 
 
 def is_complete(path) -> bool:
@@ -251,16 +263,17 @@ def assert_spans_valid(path) -> None:
 def test_convert_killed_at_any_step_including_finalisation_resumes_to_the_uninterrupted_dataset(image_folder,
                                                                                                   tmp_path):
     src = image_folder(12, corrupt=True)
-    whole = run_stepper(src, tmp_path / "whole", 0)
-    out, err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, err
-    total = int(out)
-    # a few points mid-way, and every step of the last commit and of finalisation
-    points = sorted({1, total // 2, *range(total - 9, total)})
-    for group in range(0, len(points), 4):
-        children = {k: run_stepper(src, tmp_path / f"killed{k}", k) for k in points[group:group + 4]}
-        for child in children.values():
-            assert child.wait(timeout=300) == -signal.SIGKILL, child.stderr.read()
+    total = multiprocessing.get_context("fork").Value("i")
+    whole = run_stepped(src, tmp_path / "whole", 0, total)
+    whole.join(300)
+    assert whole.exitcode == 0
+    total = total.value
+    points = range(1, total)  # every step, those of finalisation included
+    for group in range(1, total, 8):
+        children = [run_stepped(src, tmp_path / f"killed{k}", k) for k in range(group, min(group + 8, total))]
+        for child in children:
+            child.join(300)
+            assert child.exitcode == -signal.SIGKILL
     expected = logical_content(tmp_path / "whole")
     for k in points:
         path = tmp_path / f"killed{k}"
@@ -327,3 +340,24 @@ def test_convert_refuses_to_overwrite_without_flag_and_missing_source(image_fold
         convert_image_folder(image_folder(), converted(), progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         convert_image_folder(tmp_path / "nope", tmp_path / "ds", progress=False)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_build_records_keeps_in_flight_work_bounded_whatever_the_dataset_size(tmp_path, workers):
+    bound = workers * BATCHES_PER_WORKER * TASKS_PER_BATCH + TASKS_PER_BATCH
+    for count in (bound, 6 * bound):
+        submitted = 0
+
+        def tasks():
+            nonlocal submitted
+            for i in range(count):
+                submitted += 1
+                yield str(tmp_path / f"missing{i}.jpg"), 0, "encoded"
+
+        peak = 0
+        results = build_records(tasks(), workers)
+        for consumed, (record, _, error) in enumerate(results, start=1):
+            assert record is None and f"missing{consumed - 1}.jpg" in error  # in order
+            peak = max(peak, submitted - consumed)
+            time.sleep(0.001)  # a slow writer: finished records must not pile up
+        assert consumed == count and peak <= bound
