@@ -122,5 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lmdb-dataset {args.command}: error: {_as_flags(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"lmdb-dataset {args.command}: interrupted", file=sys.stderr)
+        advice = "; what was committed is kept: run the same command with --resume to continue" * (
+            args.command == "convert")
+        print(f"lmdb-dataset {args.command}: interrupted{advice}", file=sys.stderr)
         return 130

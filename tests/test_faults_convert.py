@@ -64,3 +64,23 @@ def test_convert_cli_prints_file_and_class_names_that_are_not_utf8(tmp_path):
     ds = LMDBImageDataset(os.fsdecode(dst))
     assert {os.fsencode(ds.source_path(i)) for i in range(len(ds))} >= {b"caf\xe9/\xff.jpg"}
     assert ds.classes == ["caf\udce9", "class_000"]
+
+
+def test_convert_cli_interrupted_or_refused_speaks_flags(image_folder, tmp_path, monkeypatch, capsys):
+    target = tmp_path / "train.lmdb"
+    added = writer.LMDBWriter.add_record
+
+    def interrupt_after_first(self, *args, **kwargs):
+        if self.num_records:
+            raise KeyboardInterrupt
+        return added(self, *args, **kwargs)
+
+    monkeypatch.setattr(writer.LMDBWriter, "add_record", interrupt_after_first)
+    assert main(["convert", str(image_folder()), str(target), "--workers", "0", "--quiet"]) == 130
+    assert "interrupted; what was committed is kept: run the same command with --resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["convert", str(image_folder()), str(target), "--workers", "0", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "--overwrite" in error and "--resume" in error and "=True" not in error
+    assert main(["convert", str(image_folder()), str(target), "--workers", "0", "--quiet", "--resume"]) == 0
+    assert summarize(target).info.complete and summarize(target).info.num_records == 29
