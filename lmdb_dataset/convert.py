@@ -45,7 +45,8 @@ def image_folder_samples(root: str | os.PathLike) -> tuple[list[str], list[tuple
     """Class names and (path, label) samples in exactly torchvision ImageFolder's order.
 
     Uses torchvision's own ``find_classes``/``make_dataset`` with its ``IMG_EXTENSIONS``,
-    so record ``i`` of an unshuffled conversion is ``ImageFolder(root).samples[i]``.
+    so sample ``i`` of a converted dataset is ``ImageFolder(root).samples[i]`` (and so is
+    record ``i`` of an ``order="folder"`` conversion).
     """
     root = Path(root)
     if not root.is_dir():

@@ -67,7 +67,9 @@ class LMDBWriter:
     ``LMDBWriter(path, resume=True)`` continues after the last committed record. The LMDB
     map grows by doubling when full: no map size to choose. Leaving the ``with`` block
     normally marks the dataset complete; leaving it by an exception commits what was added
-    and leaves the dataset incomplete (readers refuse it until it is resumed).
+    and leaves the dataset incomplete (readers refuse it until it is resumed). Sample ``i``
+    of the dataset is record ``i`` unless :meth:`set_sample_order` says otherwise (records
+    written in a shuffled order, indexed in their source's order).
 
     Example::
 
