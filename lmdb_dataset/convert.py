@@ -16,7 +16,9 @@ import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm import tqdm
 
+from .environment import load_metadata
 from .errors import LMDBDatasetError, SourceImageError
+from .format import DatasetInfo
 from .writer import LMDBWriter, build_record
 
 
@@ -187,6 +189,10 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
     relative = [path[len(prefix):] for path, _ in samples]
     plan = write_plan(relative, order=order, seed=seed)
     state = {"source": str(src), "order": order, "seed": seed}
+    finished = _finished_conversion(dst, state, classes, storage) if resume else None
+    if finished is not None:  # e.g. killed after it completed: nothing left to do
+        return ConversionReport(Path(dst), finished.num_records, list(finished.skipped), 0,
+                                time.perf_counter() - started, 0)
     with LMDBWriter(dst, storage=storage, classes=classes, source=str(src), resume=resume,
                     overwrite=overwrite) as writer:
         if resume and (writer.info.conversion is not None or writer.num_records or writer.info.skipped):
@@ -228,6 +234,23 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
 def printable(text: str) -> str:
     """``text`` with undecodable file-name bytes (surrogate escapes) shown as ``\\xNN``."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _finished_conversion(dst: str | os.PathLike, state: dict, classes: list[str], storage: str) -> DatasetInfo | None:
+    """The info of a complete dataset at ``dst`` converted with these settings, or None if there is none.
+
+    Raises:
+        LMDBDatasetError: ``dst`` holds a complete dataset made otherwise.
+    """
+    try:
+        info = load_metadata(dst).info
+    except LMDBDatasetError:
+        return None  # absent, incomplete or damaged: the writer decides
+    if info.conversion != state or info.classes != classes or info.storage != storage:
+        raise LMDBDatasetError(f"the dataset at {str(dst)!r} is already complete, converted with other "
+                               "settings or from another source; nothing to resume (pass overwrite=True "
+                               "to write it again)")
+    return info
 
 
 def _record_of_sample(record_paths: list[str], relative: list[str]) -> np.ndarray:

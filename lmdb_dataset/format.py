@@ -23,7 +23,7 @@ named sub-databases::
     └── "meta"      small table of named values, none of them pickled:
           b"info"             JSON object (DatasetInfo): format version, number of records,
                               storage kind, class names, source description, `complete`
-                              flag, skipped source files, conversion progress
+                              flag, skipped source files, the converter's settings
           b"labels"           all labels, packed little-endian int64 (N values)
           b"paths"            relative source paths, UTF-8, joined by NUL bytes
           b"spans"            file offset and length of every record value inside
@@ -142,7 +142,8 @@ class DatasetInfo:
         source: Free-form description of where the images came from.
         complete: Set only when the writer finished; readers refuse datasets without it.
         skipped: Source files left out by a conversion, as ``{"path": ..., "error": ...}``.
-        conversion: Converter bookkeeping for resume (arguments and progress), or None.
+        conversion: The settings a converter ran with (checked when it resumes; a record of how
+            the dataset was made), or None.
         format_version: Version of this format the dataset was written with.
     """
 

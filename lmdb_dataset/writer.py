@@ -236,7 +236,7 @@ class LMDBWriter:
         self._sample_order = np.array(record_of_sample, dtype=np.int64)
 
     def set_conversion_state(self, state: dict[str, Any]) -> None:
-        """Converter bookkeeping saved atomically with the next commit (``info.conversion``)."""
+        """Converter settings saved atomically with the next commit (``info.conversion``)."""
         self.info.conversion = dict(state)
 
     def _ensure_open(self) -> None:
@@ -312,7 +312,7 @@ class LMDBWriter:
         # so no record value moves (LMDB copies on write only the pages it changes).
         spans = record_spans(self._env, self._records_db, FileIdentity.of(os.stat(self.path / DATA_FILE)))
         order = None if self._sample_order is None else self._checked_sample_order()
-        info = fmt.DatasetInfo(**{**self.info.__dict__, "complete": True, "conversion": None})
+        info = fmt.DatasetInfo(**{**self.info.__dict__, "complete": True})
 
         def finish(txn: lmdb.Transaction) -> None:
             labels, paths, keys = self._chunks(txn)

@@ -268,9 +268,9 @@ def test_convert_killed_at_any_step_including_finalisation_resumes_to_the_uninte
     whole.join(300)
     assert whole.exitcode == 0
     total = total.value
-    points = range(1, total)  # every step, those of finalisation included
-    for group in range(1, total, 8):
-        children = [run_stepped(src, tmp_path / f"killed{k}", k) for k in range(group, min(group + 8, total))]
+    points = range(1, total + 1)  # every step, those of finalisation included
+    for group in points[::8]:
+        children = [run_stepped(src, tmp_path / f"killed{k}", k) for k in points[group - 1:group + 7]]
         for child in children:
             child.join(300)
             assert child.exitcode == -signal.SIGKILL
@@ -280,7 +280,7 @@ def test_convert_killed_at_any_step_including_finalisation_resumes_to_the_uninte
         if not is_complete(path):
             with pytest.raises((IncompleteDatasetError, NotADatasetError)):  # the latter: before the 1st commit
                 LMDBImageDataset(path)
-            convert_image_folder(src, path, workers=0, seed=5, skip_bad=True, resume=True, progress=False)
+        convert_image_folder(src, path, workers=0, seed=5, skip_bad=True, resume=True, progress=False)
         assert logical_content(path) == expected, f"killed at step {k} of {total}"
         assert_spans_valid(path)
 
@@ -361,3 +361,14 @@ def test_build_records_keeps_in_flight_work_bounded_whatever_the_dataset_size(tm
             peak = max(peak, submitted - consumed)
             time.sleep(0.001)  # a slow writer: finished records must not pile up
         assert consumed == count and peak <= bound
+
+
+def test_convert_resume_of_a_complete_dataset_is_a_no_op_only_with_the_same_settings(image_folder, tmp_path):
+    src = image_folder(12, special=False)
+    first = convert_image_folder(src, tmp_path / "ds", seed=1, workers=0, progress=False)
+    before = logical_content(tmp_path / "ds")
+    again = convert_image_folder(src, tmp_path / "ds", seed=1, workers=0, resume=True, progress=False)
+    assert (again.converted, again.num_records, first.num_records) == (0, 12, 12)
+    assert logical_content(tmp_path / "ds") == before
+    with pytest.raises(LMDBDatasetError, match="already complete, converted with other settings.*overwrite=True"):
+        convert_image_folder(src, tmp_path / "ds", seed=2, workers=0, resume=True, progress=False)
