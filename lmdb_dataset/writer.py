@@ -18,6 +18,9 @@ from .errors import LMDBDatasetError, NotADatasetError, SourceImageError
 
 DISK_FULL_MARGIN = 1 << 20
 """Free bytes below which a failed commit is reported as a full disk."""
+LOCK_FILE = "lock.mdb"
+LOCK_FILE_BYTES = 16 << 10
+"""Allocated up front for LMDB's lock file (~8 KiB for its default 126 readers)."""
 
 INITIAL_MAP_SIZE = 1 << 30
 DEFAULT_COMMIT_BYTES = 64 << 20
@@ -158,6 +161,21 @@ class LMDBWriter:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def _open(self, *, map_size: int, sync: bool = True) -> lmdb.Environment:
+        # LMDB writes into its lock file through a memory map: on a full disk a page it cannot
+        # allocate kills the process with SIGBUS. Allocating the file first makes that an error.
+        lock = self.path / LOCK_FILE
+        created = not lock.exists()
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < LOCK_FILE_BYTES:
+                os.posix_fallocate(fd, 0, LOCK_FILE_BYTES)
+        except OSError as exc:
+            if created:
+                lock.unlink()  # leave the directory as it was, so the same call can be repeated
+            raise LMDBDatasetError(f"cannot write {str(self.path)!r}: {exc.strerror}; free space on its disk "
+                                   "(or choose a path on another one) and run again") from None
+        finally:
+            os.close(fd)
         return lmdb.open(str(self.path), map_size=map_size, max_dbs=2, subdir=True, sync=sync,
                          readahead=False, create=True)
 

@@ -39,6 +39,14 @@ def test_convert_disk_full_leaves_a_resumable_dataset_and_one_clear_line(image_f
     assert error.count("\n") == 1 and str(target) in error and "no space left on the device" in error
     assert "--resume" in error and "resume=True" not in error and "Traceback" not in error
     assert 0 < summarize(target).info.num_records < 29 and not summarize(target).info.complete
+    with open(small_disk / "filler", "wb", buffering=0) as filler:  # the disk full: starting anew is an error too
+        with pytest.raises(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+    assert main(["convert", str(src), str(small_disk / "other.lmdb"), "--workers", "0", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "other.lmdb" in error and "No space left on device" in error
+    assert list((small_disk / "other.lmdb").iterdir()) == []  # the same command works once there is space
     environments.release(target)
     moved = shutil.move(target, tmp_path / "train.lmdb")  # to a larger disk
     convert_image_folder(src, moved, storage="raw", workers=0, resume=True, progress=False)
