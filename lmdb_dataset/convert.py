@@ -226,12 +226,12 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
     if progress and writer.info.skipped:
         print(f"skipped {len(writer.info.skipped)} unreadable file(s):")
         for entry in writer.info.skipped:
-            print(f"  {printable(entry['path'])}: {printable(entry['error'])}")
+            print(f"  {_printable(entry['path'])}: {_printable(entry['error'])}")
     return ConversionReport(Path(dst), writer.info.num_records, list(writer.info.skipped),
                             len(samples) - first, time.perf_counter() - started, bytes_read)
 
 
-def printable(text: str) -> str:
+def _printable(text: str) -> str:
     """``text`` with undecodable file-name bytes (surrogate escapes) shown as ``\\xNN``."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
@@ -285,7 +285,7 @@ def _resume_point(writer: LMDBWriter, state: dict, classes: list[str], planned: 
     committed = writer.record_paths()
     gone = [p for p in committed if p not in position]
     if gone:
-        raise LMDBDatasetError(f"{where}: {printable(gone[0])!r} (and {len(gone) - 1} more) was converted "
+        raise LMDBDatasetError(f"{where}: {_printable(gone[0])!r} (and {len(gone) - 1} more) was converted "
                                "but is no longer in the source; restore it, or start over with overwrite=True.")
     done = committed + [entry["path"] for entry in writer.info.skipped]
     cut = 1 + max((position[p] for p in done if p in position), default=-1)
@@ -294,6 +294,6 @@ def _resume_point(writer: LMDBWriter, state: dict, classes: list[str], planned: 
     if any(position[a] > position[b] for a, b in zip(committed, committed[1:])):
         new = ["(files were renamed)"]
     if new:
-        raise LMDBDatasetError(f"{where}: the source changed in the part already converted ({printable(new[0])!r} "
+        raise LMDBDatasetError(f"{where}: the source changed in the part already converted ({_printable(new[0])!r} "
                                "is new); start over with overwrite=True.")
     return cut
