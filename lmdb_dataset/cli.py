@@ -25,7 +25,7 @@ def _convert(args: argparse.Namespace) -> int:
     from .convert import convert_image_folder
 
     report = convert_image_folder(args.src, args.dst, storage=args.storage, workers=args.workers,
-                                  shuffle=args.shuffle, seed=args.seed, resume=args.resume, skip_bad=args.skip_bad,
+                                  order=args.order, seed=args.seed, resume=args.resume, skip_bad=args.skip_bad,
                                   overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {report.num_records} records to {report.path} in {report.seconds:.1f} s"
           + (f"; skipped {len(report.skipped)} unreadable file(s)" if report.skipped else ""))
@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "reading, ~7x the size of JPEGs")
     convert.add_argument("--workers", type=_count(0), default=None,
                          help="processes that read and check images (default: the usable cores; 0: this process)")
-    convert.add_argument("--shuffle", action="store_true", help="write records in a seeded random order")
-    convert.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
+    convert.add_argument("--order", choices=["shuffled", "folder"], default="shuffled",
+                         help="physical record order: shuffled (seeded; default) or folder (class by class); "
+                              "the dataset index is ImageFolder's either way")
+    convert.add_argument("--seed", type=int, default=0, help="seed of the shuffled order (default 0)")
     convert.add_argument("--resume", action="store_true", help="continue an interrupted conversion into DST")
     convert.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_words(message: str, parser: argparse.ArgumentParser) -> str:
     """Rewrite a library message's Python keyword arguments as the flags of ``parser``'s commands.
 
-    ``resume=True`` becomes ``--resume``, ``seed=3`` ``--seed 3``, ``shuffle=False`` ``no --shuffle``;
+    ``resume=True`` becomes ``--resume``, ``seed=3`` ``--seed 3``, ``skip_bad=False`` ``no --skip-bad``;
     a flag already given in parentheses after its keyword is not repeated, and a Python alternative
     in parentheses (``(or convert_image_folder(..., resume=True))``) is dropped. Names that are no
     command's option are left alone.
@@ -205,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lmdb-dataset`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
+        getattr(stream, "reconfigure", lambda **_: None)(errors="surrogateescape")
     try:
         status = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below

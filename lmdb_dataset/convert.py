@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
+import itertools
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm import tqdm
 
+from .environment import load_metadata
 from .errors import LMDBDatasetError, SourceImageError
+from .format import DatasetInfo
 from .writer import LMDBWriter, build_record
 
 
@@ -42,7 +47,8 @@ def image_folder_samples(root: str | os.PathLike) -> tuple[list[str], list[tuple
     """Class names and (path, label) samples in exactly torchvision ImageFolder's order.
 
     Uses torchvision's own ``find_classes``/``make_dataset`` with its ``IMG_EXTENSIONS``,
-    so record ``i`` of an unshuffled conversion is ``ImageFolder(root).samples[i]``.
+    so sample ``i`` of a converted dataset is ``ImageFolder(root).samples[i]`` (and so is
+    record ``i`` of an ``order="folder"`` conversion).
     """
     root = Path(root)
     if not root.is_dir():
@@ -51,15 +57,45 @@ def image_folder_samples(root: str | os.PathLike) -> tuple[list[str], list[tuple
     return classes, make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
 
 
-def source_order(count: int, *, shuffle: bool, seed: int) -> np.ndarray:
-    """The source index written as record ``i``: identity, or a permutation seeded by ``seed``."""
-    if not shuffle:
-        return np.arange(count, dtype=np.int64)
-    return np.random.default_rng(seed).permutation(count).astype(np.int64)
+ORDERS = ("shuffled", "folder")
+"""Physical record orders ``convert_image_folder(order=...)`` writes."""
+
+TASKS_PER_BATCH = 16
+"""Source files a worker process reads and checks per task."""
+BATCHES_PER_WORKER = 2
+"""Tasks submitted ahead of the writer per worker: bounds the records held in memory."""
+
+
+def write_plan(paths: Sequence[str], *, order: str, seed: int) -> np.ndarray:
+    """The source indices in the order their records are written.
+
+    ``"folder"`` keeps the given (ImageFolder) order. ``"shuffled"`` sorts the sources by a
+    hash of their path keyed by ``seed``: a seeded random permutation that stays the same
+    for the remaining files when some are removed, so a conversion can be resumed after
+    deleting a bad file.
+
+    Args:
+        paths: Relative source paths, in ImageFolder order.
+        order: ``"shuffled"`` or ``"folder"``.
+        seed: Non-negative integer below 2**64, the key of the shuffle.
+
+    Raises:
+        ValueError: ``order`` or ``seed`` is not valid.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order={order!r} is not supported; use one of {', '.join(ORDERS)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, 2**64)")
+    if order == "folder":
+        return np.arange(len(paths), dtype=np.int64)
+    key = int(seed).to_bytes(8, "little")
+    ranks = np.fromiter((int.from_bytes(hashlib.blake2b(os.fsencode(p), key=key, digest_size=8).digest(), "little")
+                         for p in paths), dtype=np.uint64, count=len(paths))
+    return np.argsort(ranks, kind="stable").astype(np.int64)
 
 
 def _build(task: tuple[str, int, str]) -> tuple[bytes | None, int, str]:
-    """Worker: read one source file and build its record; returns (record or None, size, error)."""
+    """Read one source file and build its record; returns (record or None, size, error)."""
     path, label, storage = task
     try:
         with open(path, "rb") as file:
@@ -69,26 +105,48 @@ def _build(task: tuple[str, int, str]) -> tuple[bytes | None, int, str]:
         return None, 0, str(exc)
 
 
-def _results(tasks: Iterator[tuple[str, int, str]], workers: int) -> Iterator[tuple[bytes | None, int, str]]:
-    """Build records in ``workers`` processes (0: in this process), yielding in task order."""
+def _build_batch(tasks: list[tuple[str, int, str]]) -> list[tuple[bytes | None, int, str]]:
+    """Worker: :func:`_build` for a batch of tasks."""
+    return [_build(task) for task in tasks]
+
+
+def build_records(tasks: Iterable[tuple[str, int, str]], workers: int) -> Iterator[tuple[bytes | None, int, str]]:
+    """Build records in ``workers`` processes (0: in this process), yielding in task order.
+
+    At most ``workers * BATCHES_PER_WORKER`` batches of :data:`TASKS_PER_BATCH` tasks are
+    submitted ahead of the consumer: a slow writer holds back the readers instead of
+    letting built records pile up in memory, whatever the dataset size.
+    """
     if workers == 0:
         yield from map(_build, tasks)
         return
+    window = workers * BATCHES_PER_WORKER
+    batches = iter(lambda it=iter(tasks): list(itertools.islice(it, TASKS_PER_BATCH)), [])
     with multiprocessing.get_context().Pool(workers) as pool:
-        yield from pool.imap(_build, tasks, chunksize=16)
+        in_flight: collections.deque = collections.deque()
+        for batch in batches:
+            if len(in_flight) == window:
+                yield from in_flight.popleft().get()
+            in_flight.append(pool.apply_async(_build_batch, (batch,)))
+        while in_flight:
+            yield from in_flight.popleft().get()
 
 
 def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, storage: str = "encoded",
-                         workers: int | None = None, shuffle: bool = False, seed: int = 0,
+                         workers: int | None = None, order: str = "shuffled", seed: int = 0,
                          resume: bool = False, skip_bad: bool = False, overwrite: bool = False,
                          progress: bool = True) -> ConversionReport:
     """Convert an ImageFolder tree into an LMDB dataset.
 
-    Classes and sample order are exactly torchvision's ``ImageFolder``. Worker processes read,
-    check (every image is decoded once) and encode the images; the single writer appends
-    them in order in large crash-safe transactions. Interrupted (killed, Ctrl-C, a bad file)?
-    Run again with ``resume=True``: it continues after the last committed record, and the
-    result equals an uninterrupted run.
+    The dataset's index is exactly torchvision's ``ImageFolder``: ``LMDBImageDataset(dst)[i]``
+    is ``ImageFolder(src)[i]`` (same classes, label and pixels), while the records lie in the
+    file in a seeded shuffled order by default, so that reading the file sequentially
+    (``ChunkShuffleSampler``, ``LMDBIterableDataset``) already mixes classes. Worker
+    processes read, check (every image is decoded once) and encode the images; the single
+    writer appends them in large crash-safe transactions. Interrupted (killed, Ctrl-C, a
+    full disk, a bad file)? Run again with ``resume=True``: it continues after the last
+    committed record, and the result equals an uninterrupted run. A bad file that stopped
+    the conversion may be deleted before resuming: it is simply left out.
 
     Args:
         src: ImageFolder root, holding one sub-directory per class.
@@ -98,13 +156,15 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
             ``"encoded"``.
         workers: Processes that read and check images. Defaults to the number of usable
             cores; 0 works in this process.
-        shuffle: Write records in a random permutation of the ImageFolder order, so that
-            reading the file sequentially already mixes classes; the metadata keeps every
-            record's source path. Defaults to False.
-        seed: Seed of that permutation. Defaults to 0.
+        order: Physical order of the records in the file: ``"shuffled"`` (a random
+            permutation seeded by ``seed``; the dataset stores the mapping back to the
+            ImageFolder index) or ``"folder"`` (ImageFolder's order, class by class).
+            Defaults to ``"shuffled"``.
+        seed: Seed of the shuffled order, an integer in ``[0, 2**64)``. Defaults to 0.
         resume: Continue an interrupted conversion into ``dst``. Defaults to False.
         skip_bad: Leave unreadable images out and list them in the report and the metadata,
-            instead of stopping with an error naming the file. Defaults to False.
+            instead of stopping with an error naming the file. The dataset's index is then
+            ImageFolder's without those files. Defaults to False.
         overwrite: Replace an existing dataset at ``dst``. Defaults to False.
         progress: Show a progress bar (images/s, MB/s). Defaults to True.
 
@@ -113,8 +173,11 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
 
     Raises:
         SourceImageError: A source file is not a readable image (without ``skip_bad``); what
-            was converted before it is kept: fix or remove the file and resume.
+            was converted before it is kept: fix or delete the file and resume.
         FileExistsError: ``dst`` exists and neither ``resume`` nor ``overwrite`` was given.
+        LMDBDatasetError: Writing failed (e.g. the disk is full), or ``resume`` was asked for
+            a conversion started with other settings or from a changed source.
+        ValueError: An argument is out of range.
     """
     started = time.perf_counter()
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
@@ -122,58 +185,115 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
         raise ValueError(f"workers={workers} must be >= 0")
     src = Path(src).resolve()
     classes, samples = image_folder_samples(src)
-    order = source_order(len(samples), shuffle=shuffle, seed=seed)
-    state = {"source": str(src), "source_count": len(samples), "shuffle": shuffle, "seed": seed,
-             "next_source": 0}
+    prefix = os.path.join(str(src), "")  # make_dataset joins paths onto str(src)
+    relative = [path[len(prefix):] for path, _ in samples]
+    plan = write_plan(relative, order=order, seed=seed)
+    state = {"source": str(src), "order": order, "seed": seed}
+    finished = _finished_conversion(dst, state, classes, storage) if resume else None
+    if finished is not None:  # e.g. killed after it completed: nothing left to do
+        return ConversionReport(Path(dst), finished.num_records, list(finished.skipped), 0,
+                                time.perf_counter() - started, 0)
     with LMDBWriter(dst, storage=storage, classes=classes, source=str(src), resume=resume,
                     overwrite=overwrite) as writer:
-        if resume:
-            _check_resumable(writer, state)
-            state["next_source"] = writer.info.conversion["next_source"]
+        if resume and (writer.info.conversion is not None or writer.num_records or writer.info.skipped):
+            first = _resume_point(writer, state, classes, [relative[i] for i in plan])
         else:
+            first = 0
             writer.set_conversion_state(state)
             writer.commit()
-        first = state["next_source"]
-        prefix = os.path.join(str(src), "")  # make_dataset joins paths onto str(src)
-        tasks = ((samples[i][0], samples[i][1], storage) for i in order[first:])
+        tasks = ((samples[i][0], samples[i][1], storage) for i in plan[first:])
         bytes_read = 0
         with tqdm(total=len(samples), initial=first, unit="img", disable=not progress,
                   desc=f"convert {src.name}", dynamic_ncols=True) as bar:
-            for position, (record, size, error) in enumerate(_results(tasks, workers), start=first):
-                source_path, label = samples[order[position]]
-                relative = source_path[len(prefix):]
+            for position, (record, size, error) in enumerate(build_records(tasks, workers), start=first):
+                source = int(plan[position])
                 if record is None and not skip_bad:
                     raise SourceImageError(
-                        f"{source_path}: {error}. Remove or replace the file and run again with "
-                        "resume=True (--resume), or pass skip_bad=True (--skip-bad) to leave such "
-                        "files out.", source=source_path)
-                state["next_source"] = position + 1
-                writer.set_conversion_state(state)
+                        f"{samples[source][0]}: {error}. Delete or replace the file and run again with "
+                        "resume=True, or pass skip_bad=True to leave such files out.",
+                        source=samples[source][0])
                 if record is None:
-                    writer.skip(relative, error)
+                    writer.skip(relative[source], error)
                 else:
-                    writer.add_record(record, label, path=relative)
+                    writer.add_record(record, samples[source][1], path=relative[source])
                 bytes_read += size
                 bar.update()
                 if position % 16 == 0 or position + 1 == len(samples):
                     elapsed = max(bar.format_dict["elapsed"], 1e-9)
                     bar.set_postfix_str(f"{bytes_read / elapsed / 1e6:.1f} MB/s", refresh=False)
+        if order != "folder":
+            writer.set_sample_order(_record_of_sample(writer.record_paths(), relative))
     if progress and writer.info.skipped:
         print(f"skipped {len(writer.info.skipped)} unreadable file(s):")
         for entry in writer.info.skipped:
-            print(f"  {entry['path']}: {entry['error']}")
+            print(f"  {_printable(entry['path'])}: {_printable(entry['error'])}")
     return ConversionReport(Path(dst), writer.info.num_records, list(writer.info.skipped),
                             len(samples) - first, time.perf_counter() - started, bytes_read)
 
 
-def _check_resumable(writer: LMDBWriter, state: dict) -> None:
-    """Refuse to resume a conversion that was started from another source or order."""
+def _printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes (surrogate escapes) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _finished_conversion(dst: str | os.PathLike, state: dict, classes: list[str], storage: str) -> DatasetInfo | None:
+    """The info of a complete dataset at ``dst`` converted with these settings, or None if there is none.
+
+    Raises:
+        LMDBDatasetError: ``dst`` holds a complete dataset made otherwise.
+    """
+    try:
+        info = load_metadata(dst).info
+    except LMDBDatasetError:
+        return None  # absent, incomplete or damaged: the writer decides
+    if info.conversion != state or info.classes != classes or info.storage != storage:
+        raise LMDBDatasetError(f"the dataset at {str(dst)!r} is already complete, converted with other "
+                               "settings or from another source; nothing to resume (pass overwrite=True "
+                               "to write it again)")
+    return info
+
+
+def _record_of_sample(record_paths: list[str], relative: list[str]) -> np.ndarray:
+    """For each converted source in ImageFolder order (skipped files left out), its record."""
+    index_of = {path: i for i, path in enumerate(relative)}
+    sources = np.fromiter((index_of[p] for p in record_paths), dtype=np.int64, count=len(record_paths))
+    return np.argsort(sources, kind="stable").astype(np.int64)
+
+
+def _resume_point(writer: LMDBWriter, state: dict, classes: list[str], planned: list[str]) -> int:
+    """Where in ``planned`` (source paths in write order) an interrupted conversion continues.
+
+    The plan is identified by what was committed, not by the number of source files: files
+    deleted after the last committed one (a bad file that stopped the conversion) are
+    simply left out. Refuses (LMDBDatasetError) when the settings differ, or when the
+    source changed in the part already converted.
+    """
     saved = writer.info.conversion
-    if saved is None:
-        raise LMDBDatasetError(f"{str(writer.path)!r} was not written by convert_image_folder; "
-                               "cannot resume it from an image folder")
-    for key in ("source_count", "shuffle", "seed"):
+    where = f"cannot resume {str(writer.path)!r}"
+    if saved is None or "order" not in saved:
+        raise LMDBDatasetError(f"{where}: it was not started by this version of convert_image_folder; "
+                               "start over with overwrite=True.")
+    for key in ("order", "seed"):
         if saved.get(key) != state[key]:
-            raise LMDBDatasetError(
-                f"cannot resume {str(writer.path)!r}: it was started with {key}={saved.get(key)!r}, "
-                f"now {key}={state[key]!r} (did the source folder change?). Start over with overwrite=True.")
+            raise LMDBDatasetError(f"{where}: it was started with {key}={saved.get(key)!r}, now "
+                                   f"{key}={state[key]!r}; resume with the same {key}, or start over "
+                                   "with overwrite=True.")
+    if writer.info.classes != classes:
+        raise LMDBDatasetError(f"{where}: the class folders of the source changed since it was started; "
+                               "start over with overwrite=True.")
+    position = {path: k for k, path in enumerate(planned)}
+    committed = writer.record_paths()
+    gone = [p for p in committed if p not in position]
+    if gone:
+        raise LMDBDatasetError(f"{where}: {_printable(gone[0])!r} (and {len(gone) - 1} more) was converted "
+                               "but is no longer in the source; restore it, or start over with overwrite=True.")
+    done = committed + [entry["path"] for entry in writer.info.skipped]
+    cut = 1 + max((position[p] for p in done if p in position), default=-1)
+    done_set = set(done)
+    new = [p for p in planned[:cut] if p not in done_set]
+    if any(position[a] > position[b] for a, b in zip(committed, committed[1:])):
+        new = ["(files were renamed)"]
+    if new:
+        raise LMDBDatasetError(f"{where}: the source changed in the part already converted ({_printable(new[0])!r} "
+                               "is new); start over with overwrite=True.")
+    return cut

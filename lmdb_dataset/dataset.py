@@ -19,8 +19,8 @@ from .reader import Access, RecordReader, check_access, record_pixels
 class LMDBDatasetBase(VisionDataset):
     """Metadata, output conversion and transforms shared by both dataset classes.
 
-    Loads the dataset's metadata once (info, labels and record offsets: 24 bytes a record,
-    ~31 MB for 1.28M images, held in numpy arrays that DataLoader workers share
+    Loads the dataset's metadata once (info, labels, sample order and record offsets: ~50
+    bytes a record, ~64 MB for 1.28M images, held in numpy arrays that DataLoader workers share
     copy-on-write; the records themselves are never touched) and keeps
     the per-process :class:`RecordReader` out of pickles.
     """
@@ -38,7 +38,11 @@ class LMDBDatasetBase(VisionDataset):
         self._readahead = readahead
         self.classes: list[str] = list(self._meta.info.classes)
         self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
-        self.targets: np.ndarray = self._meta.labels
+        self.targets: np.ndarray = self._meta.labels[self._meta.record_of_sample]
+        self.file_order: np.ndarray = self._meta.file_order
+        """Logical sample indices in the order their records lie in the file (``file_order[r]``
+        is the sample held by record ``r``); identity for a dataset stored in logical order.
+        The labels in file order are ``targets[file_order]``. Treat it as read-only."""
         self._reader: RecordReader | None = None
         self._paths: PathTable | bool | None = None  # loaded on first source_path(); False: none stored
 
@@ -57,14 +61,15 @@ class LMDBDatasetBase(VisionDataset):
         return self._reader
 
     def source_path(self, index: int) -> str | None:
-        """The relative source path record ``index`` was converted from, if the dataset kept it."""
+        """The relative source path sample ``index`` was converted from, if the dataset kept it."""
+        record = int(self._meta.record_of_sample[index])
         if self._paths is None:
             self._paths = read_path_table(self.path, len(self.targets)) or False
-        return self._paths[index] if self._paths else None
+        return self._paths[record] if self._paths else None
 
-    def _sample(self, index: int, value: bytes | memoryview | None) -> tuple[Any, Any]:
-        """Decode, verify and transform one stored value into ``(image, target)``."""
-        pixels, label = record_pixels(self._meta, index, value, verify=self.verify_checksums)
+    def _sample(self, record: int, value: bytes | memoryview | None) -> tuple[Any, Any]:
+        """Decode, verify and transform the stored value of ``record`` into ``(image, target)``."""
+        pixels, label = record_pixels(self._meta, record, value, verify=self.verify_checksums)
         image: Sample = to_output(pixels, self.output)
         if self.transform is not None:
             image = self.transform(image)
@@ -86,8 +91,9 @@ class LMDBDatasetBase(VisionDataset):
 class LMDBImageDataset(LMDBDatasetBase):
     """Random access to an LMDB image dataset, a drop-in for ``torchvision.datasets.ImageFolder``.
 
-    ``dataset[i]`` is ``(image, label)`` of record ``i``; for a dataset converted without
-    shuffling that is ``ImageFolder(src)[i]``, with equal pixels. The file is opened lazily in
+    ``dataset[i]`` is ``(image, label)`` of sample ``i``: for a converted folder that is
+    ``ImageFolder(src)[i]``, with equal pixels, whatever order the records were written in
+    (the dataset maps sample ``i`` to its record). The file is opened lazily in
     the process that first reads, so each DataLoader worker (fork, spawn or forkserver,
     persistent or not) reads through its own handles. The DataLoader's batched fetch
     (``__getitems__``) reads a batch's records in file order.
@@ -139,10 +145,10 @@ class LMDBImageDataset(LMDBDatasetBase):
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, Any]]:
         """Fetch a batch: records are read in file order, samples returned in ``indices`` order."""
-        positions = [self._checked_index(i) for i in indices]
-        order = sorted(range(len(positions)), key=positions.__getitem__)
-        samples: list[Any] = [None] * len(positions)
-        values = self.reader.values([positions[k] for k in order])
-        for k, (position, value) in zip(order, values):
-            samples[k] = self._sample(position, value)
+        records = self._meta.record_of_sample[[self._checked_index(i) for i in indices]].tolist()
+        order = sorted(range(len(records)), key=records.__getitem__)
+        samples: list[Any] = [None] * len(records)
+        values = self.reader.values([records[k] for k in order])
+        for k, (record, value) in zip(order, values):
+            samples[k] = self._sample(record, value)
         return samples

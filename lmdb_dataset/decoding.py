@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal, Union
 
 import numpy as np
 import simplejpeg
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .format import KIND_RAW, RecordHeader
 
@@ -48,6 +48,8 @@ def _decode_with_pillow(data: bytes | memoryview) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError("not a decodable image (UnidentifiedImageError: no known image format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
 

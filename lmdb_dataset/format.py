@@ -23,15 +23,22 @@ named sub-databases::
     └── "meta"      small table of named values, none of them pickled:
           b"info"             JSON object (DatasetInfo): format version, number of records,
                               storage kind, class names, source description, `complete`
-                              flag, skipped source files, conversion progress
+                              flag, skipped source files, the converter's settings
           b"labels"           all labels, packed little-endian int64 (N values)
           b"paths"            relative source paths, UTF-8, joined by NUL bytes
           b"spans"            file offset and length of every record value inside
                               data.mdb, packed little-endian int64, shape (N, 2); lets a
                               reader fetch a record with one pread (written at finalise)
+          b"order"            record_of_sample: for logical sample i (the dataset index,
+                              ImageFolder's order for a converted folder), the index of the
+                              record holding it; a permutation of 0..N-1, packed little-endian
+                              int64. Absent means identity (record i holds sample i): datasets
+                              written in their logical order, and every 0.1 dataset.
+                              b"labels" and b"paths" are in record order.
           b"labels/<start>"   while a conversion runs: the labels of the records committed
           b"paths/<start>"    in one transaction starting at record <start> (16 hex digits);
-                              merged into b"labels"/b"paths" when the dataset is finalised
+                              merged into b"labels"/b"paths" by the one transaction that
+                              also writes b"spans", b"order" and sets `complete`
 
 Readers refuse a dataset whose ``info.complete`` is false (the conversion did not finish)
 and one whose ``format_version`` they do not know. This module is pure: it packs and
@@ -57,6 +64,7 @@ INFO_KEY = b"info"
 LABELS_KEY = b"labels"
 PATHS_KEY = b"paths"
 SPANS_KEY = b"spans"
+ORDER_KEY = b"order"
 
 KIND_ENCODED = 0
 KIND_RAW = 1
@@ -134,7 +142,8 @@ class DatasetInfo:
         source: Free-form description of where the images came from.
         complete: Set only when the writer finished; readers refuse datasets without it.
         skipped: Source files left out by a conversion, as ``{"path": ..., "error": ...}``.
-        conversion: Converter bookkeeping for resume (arguments and progress), or None.
+        conversion: The settings a converter ran with (checked when it resumes; a record of how
+            the dataset was made), or None.
         format_version: Version of this format the dataset was written with.
     """
 
@@ -173,13 +182,49 @@ def chunk_key(prefix: bytes, start: int) -> bytes:
 
 
 def encode_labels(labels: np.ndarray) -> bytes:
-    """Pack labels as little-endian int64."""
+    """Pack labels (or any int64 table: spans, order) as little-endian int64."""
     return np.ascontiguousarray(labels, dtype="<i8").tobytes()
 
 
 def decode_labels(data: bytes | memoryview) -> np.ndarray:
-    """Unpack labels into a (writable) native int64 array."""
+    """Unpack labels (or any :func:`encode_labels` table) into a (writable) native int64 array."""
     return np.frombuffer(data, dtype="<i8").astype(np.int64)
+
+
+def invert_order(record_of_sample: np.ndarray) -> np.ndarray:
+    """``file_order`` from ``record_of_sample`` (and back: the inverse permutation).
+
+    Raises:
+        ValueError: ``record_of_sample`` is not a permutation of ``0..N-1``.
+    """
+    order = np.asarray(record_of_sample, dtype=np.int64)
+    count = len(order)
+    if order.ndim != 1 or (count and (order.min() < 0 or order.max() >= count)):
+        raise ValueError(f"the order table is not a permutation of 0..{count - 1}: values out of range")
+    inverse = np.full(count, -1, dtype=np.int64)
+    inverse[order] = np.arange(count, dtype=np.int64)
+    if count and inverse.min() < 0:
+        raise ValueError(f"the order table is not a permutation of 0..{count - 1}: "
+                         f"{int(np.count_nonzero(inverse < 0))} record(s) hold no sample")
+    return inverse
+
+
+def encode_order(record_of_sample: np.ndarray) -> bytes:
+    """Pack ``record_of_sample`` (validated as a permutation) for ``meta/order``."""
+    invert_order(record_of_sample)
+    return encode_labels(record_of_sample)
+
+
+def decode_order(data: bytes | memoryview, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unpack ``meta/order`` into ``(record_of_sample, file_order)``, both int64 of length ``count``.
+
+    Raises:
+        ValueError: The table has the wrong size or is not a permutation.
+    """
+    if len(data) != 8 * count:
+        raise ValueError(f"the order table is {len(data)} bytes, expected {8 * count} for {count} records")
+    record_of_sample = decode_labels(data)
+    return record_of_sample, invert_order(record_of_sample)
 
 
 def encode_paths(paths: list[str]) -> bytes:
@@ -213,9 +258,9 @@ class PathTable:
 
 def encode_spans(spans: np.ndarray) -> bytes:
     """Pack an (N, 2) array of (offset, length) as little-endian int64."""
-    return np.ascontiguousarray(spans, dtype="<i8").tobytes()
+    return encode_labels(spans)
 
 
 def decode_spans(data: bytes | memoryview) -> np.ndarray:
     """Unpack :func:`encode_spans` output into an (N, 2) int64 array."""
-    return np.frombuffer(data, dtype="<i8").astype(np.int64).reshape(-1, 2)
+    return decode_labels(data).reshape(-1, 2)

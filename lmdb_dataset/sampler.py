@@ -29,8 +29,8 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
     runs the same number of steps and, when the world size divides the dataset length, each
     index appears exactly once per epoch across ranks. Call :meth:`set_epoch` every epoch.
 
-    Tip: if the dataset was written class by class (``convert`` without ``--shuffle``), a
-    chunk holds few classes; convert with ``--shuffle`` or keep ``chunk_size`` small.
+    Tip: if the dataset was written class by class (``convert --order folder``), a chunk
+    holds few classes; convert with the default shuffled order or keep ``chunk_size`` small.
 
     Args:
         data_source: The dataset (only its length is used).

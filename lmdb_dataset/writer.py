@@ -16,6 +16,12 @@ from .decoding import check_decodes, decode_image
 from .environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans
 from .errors import LMDBDatasetError, NotADatasetError, SourceImageError
 
+DISK_FULL_MARGIN = 1 << 20
+"""Free bytes below which a failed commit is reported as a full disk."""
+LOCK_FILE = "lock.mdb"
+LOCK_FILE_BYTES = 16 << 10
+"""Allocated up front for LMDB's lock file (~8 KiB for its default 126 readers)."""
+
 INITIAL_MAP_SIZE = 1 << 30
 DEFAULT_COMMIT_BYTES = 64 << 20
 DEFAULT_COMMIT_RECORDS = 4096
@@ -64,7 +70,9 @@ class LMDBWriter:
     ``LMDBWriter(path, resume=True)`` continues after the last committed record. The LMDB
     map grows by doubling when full: no map size to choose. Leaving the ``with`` block
     normally marks the dataset complete; leaving it by an exception commits what was added
-    and leaves the dataset incomplete (readers refuse it until it is resumed).
+    and leaves the dataset incomplete (readers refuse it until it is resumed). Sample ``i``
+    of the dataset is record ``i`` unless :meth:`set_sample_order` says otherwise (records
+    written in a shuffled order, indexed in their source's order).
 
     Example::
 
@@ -104,17 +112,24 @@ class LMDBWriter:
         self._pending_labels: list[int] = []
         self._pending_paths: list[str] = []
         self._pending_bytes = 0
+        self._sample_order: np.ndarray | None = None
         self._closed = False
         environments.release(self.path)
+        new_info = fmt.DatasetInfo(storage=storage, classes=list(classes or []), source=source)
         if resume:
             self._env = self._open(map_size=max(INITIAL_MAP_SIZE, 2 * self._file_size()), sync=sync)
-            self._records_db, self._meta_db = self._open_dbs(create=False)
+            # A writer killed before its first commit leaves no metadata and no records: start afresh.
+            self._records_db, self._meta_db = self._open_dbs(create=self._env.stat()["entries"] == 0)
             with begin_read(self._env) as txn:
                 raw = txn.get(fmt.INFO_KEY, db=self._meta_db)
-            self.info = fmt.DatasetInfo.from_json(raw)
+                empty = txn.stat(self._records_db)["entries"] == 0
+            if raw is None and not empty:
+                raise NotADatasetError(f"cannot resume {str(self.path)!r}: it holds records but no dataset "
+                                       "metadata; start over with overwrite=True")
+            self.info = new_info if raw is None else fmt.DatasetInfo.from_json(raw)
             if self.info.complete:
                 raise LMDBDatasetError(f"the dataset at {str(self.path)!r} is already complete; "
-                                       "nothing to resume")
+                                       "nothing to resume (pass overwrite=True to write it again)")
             if self.info.storage != storage:
                 raise ValueError(f"cannot resume {str(self.path)!r} with storage={storage!r}: it was "
                                  f"started with storage={self.info.storage!r}")
@@ -122,7 +137,7 @@ class LMDBWriter:
             self._prepare_new_directory(overwrite)
             self._env = self._open(map_size=INITIAL_MAP_SIZE, sync=sync)
             self._records_db, self._meta_db = self._open_dbs(create=True)
-            self.info = fmt.DatasetInfo(storage=storage, classes=list(classes or []), source=source)
+            self.info = new_info
             self.commit()
 
     def _file_size(self) -> int:
@@ -137,8 +152,7 @@ class LMDBWriter:
             is_dataset = (self.path / DATA_FILE).exists()
             if is_dataset and not overwrite:
                 raise FileExistsError(f"a dataset already exists at {str(self.path)!r}; pass "
-                                      "overwrite=True (--overwrite) to replace it or resume=True "
-                                      "(--resume) to continue it")
+                                      "overwrite=True to replace it or resume=True to continue it")
             if not is_dataset and (not self.path.is_dir() or any(self.path.iterdir())):
                 raise FileExistsError(f"{str(self.path)!r} exists and is not a dataset; refusing to "
                                       "write into it (choose a new path)")
@@ -147,6 +161,21 @@ class LMDBWriter:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def _open(self, *, map_size: int, sync: bool = True) -> lmdb.Environment:
+        # LMDB writes into its lock file through a memory map: on a full disk a page it cannot
+        # allocate kills the process with SIGBUS. Allocating the file first makes that an error.
+        lock = self.path / LOCK_FILE
+        created = not lock.exists()
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < LOCK_FILE_BYTES:
+                os.posix_fallocate(fd, 0, LOCK_FILE_BYTES)
+        except OSError as exc:
+            if created:
+                lock.unlink()  # leave the directory as it was, so the same call can be repeated
+            raise LMDBDatasetError(f"cannot write {str(self.path)!r}: {exc.strerror}; free space on its disk "
+                                   "(or choose a path on another one) and run again") from None
+        finally:
+            os.close(fd)
         return lmdb.open(str(self.path), map_size=map_size, max_dbs=2, subdir=True, sync=sync,
                          readahead=False, create=True)
 
@@ -183,8 +212,16 @@ class LMDBWriter:
         return self.add_record(record, label, path=path)
 
     def add_record(self, record: bytes, label: int, *, path: str | None = None) -> int:
-        """Append a record already built by :func:`build_record` (e.g. in a worker process)."""
+        """Append a record already built by :func:`build_record` (e.g. in a worker process).
+
+        Raises:
+            ValueError: ``classes`` were given and ``label`` is not in ``range(len(classes))``.
+        """
         self._ensure_open()
+        if self.info.classes and not 0 <= label < len(self.info.classes):
+            name = path if path is not None else f"image #{self.num_records}"
+            raise ValueError(f"{name}: label={label} is out of range for the {len(self.info.classes)} "
+                             f"classes (labels 0..{len(self.info.classes) - 1})")
         index = self.num_records
         self._pending.append(record)
         self._pending_labels.append(label)
@@ -199,8 +236,25 @@ class LMDBWriter:
         self._ensure_open()
         self.info.skipped.append({"path": path, "error": error})
 
+    def record_paths(self) -> list[str]:
+        """The source path of every record added so far (committed or pending), in record order."""
+        with begin_read(self._env) as txn:
+            _, paths, _ = self._chunks(txn)
+        committed = fmt.PathTable(b"\0".join(paths), self.info.num_records) if paths else []
+        return [committed[i] for i in range(len(committed))] + self._pending_paths
+
+    def set_sample_order(self, record_of_sample: np.ndarray) -> None:
+        """Store a logical sample order, written as ``meta/order`` when the dataset is finalised.
+
+        Args:
+            record_of_sample: For logical sample ``i``, the index of the record holding it; a
+                permutation of all records (checked when the dataset is finalised). Without
+                it, sample ``i`` is record ``i``.
+        """
+        self._sample_order = np.array(record_of_sample, dtype=np.int64)
+
     def set_conversion_state(self, state: dict[str, Any]) -> None:
-        """Converter bookkeeping saved atomically with the next commit (``info.conversion``)."""
+        """Converter settings saved atomically with the next commit (``info.conversion``)."""
         self.info.conversion = dict(state)
 
     def _ensure_open(self) -> None:
@@ -228,7 +282,12 @@ class LMDBWriter:
         txn.put(fmt.INFO_KEY, info.to_json(), db=self._meta_db)
 
     def _write(self, body) -> None:
-        """Run ``body(txn)`` in a write transaction, doubling the map until it fits."""
+        """Run ``body(txn)`` in a write transaction, doubling the map until it fits.
+
+        Raises:
+            LMDBDatasetError: The transaction could not be written (a full disk, an I/O
+                error); what was committed before it is kept and can be resumed.
+        """
         while True:
             try:
                 with self._env.begin(write=True) as txn:
@@ -236,12 +295,25 @@ class LMDBWriter:
                 return
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            except lmdb.Error as exc:
+                raise self._write_failed(exc) from None
+
+    def _write_failed(self, exc: lmdb.Error) -> LMDBDatasetError:
+        free = shutil.disk_usage(self.path).free
+        cause = (f"no space left on the device holding it ({free / 2**20:.1f} MiB free)"
+                 if free < self._pending_bytes + DISK_FULL_MARGIN else f"{exc}")
+        return LMDBDatasetError(
+            f"writing {str(self.path)!r} failed: {cause}. The {self.info.num_records} records committed "
+            "before are kept: free space (or move the dataset directory to a larger disk) and continue "
+            "with resume=True.")
 
     def close(self, *, complete: bool = True) -> None:
         """Commit pending records; with ``complete`` also finalise and mark the dataset complete.
 
-        Finalising merges the per-commit label/path chunks into one table each and records
-        each value's (offset, length) in the data file for one-``pread`` reads.
+        Finalising merges the per-commit label/path chunks into one table each, records each
+        value's (offset, length) in the data file for one-``pread`` reads and stores the
+        sample order, all in the one transaction that marks the dataset complete: killed at
+        any instant, the dataset is either complete or resumable as it was before.
         """
         if self._closed:
             return
@@ -254,50 +326,52 @@ class LMDBWriter:
             self._env.close()
 
     def _finalise(self) -> None:
-        labels, paths = self._merge_chunks()
-        if len(labels) != 8 * self.info.num_records:
-            raise LMDBDatasetError(f"{str(self.path)!r}: {len(labels) // 8} labels for "
-                                   f"{self.info.num_records} records; the dataset is damaged")
-
-        def put_tables(txn: lmdb.Transaction) -> None:
-            txn.put(fmt.LABELS_KEY, labels, db=self._meta_db)
-            txn.put(fmt.PATHS_KEY, paths, db=self._meta_db)
-
-        self._write(put_tables)
+        # Offsets are read before the final transaction: it writes only the meta database,
+        # so no record value moves (LMDB copies on write only the pages it changes).
         spans = record_spans(self._env, self._records_db, FileIdentity.of(os.stat(self.path / DATA_FILE)))
-        info = fmt.DatasetInfo(**{**self.info.__dict__, "complete": True, "conversion": None})
+        order = None if self._sample_order is None else self._checked_sample_order()
+        info = fmt.DatasetInfo(**{**self.info.__dict__, "complete": True})
 
-        def put_spans_and_complete(txn: lmdb.Transaction) -> None:
+        def finish(txn: lmdb.Transaction) -> None:
+            labels, paths, keys = self._chunks(txn)
+            labels_blob = b"".join(labels)
+            if len(labels_blob) != 8 * info.num_records:
+                raise LMDBDatasetError(f"{str(self.path)!r}: {len(labels_blob) // 8} labels for "
+                                       f"{info.num_records} records; the dataset is damaged")
+            for key in keys:
+                txn.delete(key, db=self._meta_db)
+            txn.put(fmt.LABELS_KEY, labels_blob, db=self._meta_db)
+            txn.put(fmt.PATHS_KEY, b"\0".join(paths), db=self._meta_db)
+            if order is not None:
+                txn.put(fmt.ORDER_KEY, order, db=self._meta_db)
             if spans is not None:
                 txn.put(fmt.SPANS_KEY, fmt.encode_spans(spans), db=self._meta_db)
             txn.put(fmt.INFO_KEY, info.to_json(), db=self._meta_db)
 
-        self._write(put_spans_and_complete)
+        self._write(finish)
         self.info = info
 
-    def _merge_chunks(self) -> tuple[bytes, bytes]:
-        """Concatenate and delete the ``labels/*`` and ``paths/*`` chunks, in record order."""
+    def _checked_sample_order(self) -> bytes:
+        if len(self._sample_order) != self.info.num_records:
+            raise ValueError(f"the sample order of {str(self.path)!r} has {len(self._sample_order)} "
+                             f"entries for {self.info.num_records} records")
+        return fmt.encode_order(self._sample_order)
+
+    def _chunks(self, txn: lmdb.Transaction) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """The ``labels/*`` and ``paths/*`` chunk values in record order, and all their keys."""
         labels: list[bytes] = []
         paths: list[bytes] = []
-
-        def take(txn: lmdb.Transaction) -> None:
-            labels.clear()
-            paths.clear()
-            for prefix, out in ((fmt.LABELS_KEY, labels), (fmt.PATHS_KEY, paths)):
-                cursor = txn.cursor(db=self._meta_db)
-                marker = prefix + b"/"
-                keys = []
-                if cursor.set_range(marker):
-                    for key, value in cursor:
-                        if not key.startswith(marker):
-                            break
-                        out.append(value)
-                        keys.append(key)
-                for key in keys:
-                    txn.delete(key, db=self._meta_db)
-
-        self._write(take)
-        return b"".join(labels), b"\0".join(paths)
+        keys: list[bytes] = []
+        for prefix, out in ((fmt.LABELS_KEY, labels), (fmt.PATHS_KEY, paths)):
+            cursor = txn.cursor(db=self._meta_db)
+            marker = prefix + b"/"
+            if cursor.set_range(marker):
+                for key, value in cursor:
+                    if not key.startswith(marker):
+                        break
+                    out.append(bytes(value))
+                    keys.append(bytes(key))
+        return labels, paths, keys
 
     def __enter__(self) -> LMDBWriter:
         return self

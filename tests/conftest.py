@@ -88,19 +88,21 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path
 
 @pytest.fixture(scope="session")
 def converted(image_folder: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """Factory: ``converted(num_images=24, storage="encoded", shuffle=False, special=True)`` -> dataset path.
+    """Factory: ``converted(num_images=24, storage="encoded", order="folder", special=True)`` -> dataset path.
 
-    Cached per session; treat the result as read-only (copy it with ``copy_dataset`` to modify).
+    ``order="folder"`` (record ``i`` holds sample ``i``) unless asked for, unlike ``convert``'s
+    default (``"shuffled"``). Cached per session; treat the result as read-only (copy it with
+    ``copy_dataset`` to modify).
     """
     cache: dict[tuple, Path] = {}
 
-    def build(num_images: int = 24, *, storage: str = "encoded", shuffle: bool = False,
+    def build(num_images: int = 24, *, storage: str = "encoded", order: str = "folder",
               special: bool = True) -> Path:
-        key = (num_images, storage, shuffle, special)
+        key = (num_images, storage, order, special)
         if key not in cache:
             target = tmp_path_factory.mktemp("lmdb") / "data.lmdb"
             convert_image_folder(image_folder(num_images, special=special), target, storage=storage,
-                                 shuffle=shuffle, workers=0, progress=False)
+                                 order=order, workers=0, progress=False)
             cache[key] = target
         return cache[key]
 

@@ -23,7 +23,7 @@ def run_cli(*args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
 
 def test_convert_info_verify_round_trip(image_folder, tmp_path, capsys):
     target = tmp_path / "train.lmdb"
-    assert main(["convert", str(image_folder()), str(target), "--workers", "2", "--shuffle", "--quiet"]) == 0
+    assert main(["convert", str(image_folder()), str(target), "--workers", "2", "--order", "folder", "--quiet"]) == 0
     assert "wrote 29 records" in capsys.readouterr().out
     assert main(["info", str(target)]) == 0
     info = capsys.readouterr().out
@@ -207,7 +207,7 @@ def test_cli_errors_speak_flags_not_keyword_arguments(image_folder, converted, c
      "run again with --resume, or pass --skip-bad."),
     ("it was started with seed=0, now seed=3. Start over with overwrite=True.",
      "it was started with --seed 0, now --seed 3. Start over with --overwrite."),
-    ("started with shuffle=False, now shuffle=True", "started with no --shuffle, now --shuffle"),
+    ("started with skip_bad=False, now skip_bad=True", "started with no --skip-bad, now --skip-bad"),
     ("Finish it with `lmdb-dataset convert SRC x --resume` (or convert_image_folder(..., resume=True)).",
      "Finish it with `lmdb-dataset convert SRC x --resume`."),
     ("source_count=514, now 513", "source_count=514, now 513"),

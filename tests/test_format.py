@@ -101,3 +101,23 @@ def test_dataset_info_rejects_foreign_json_and_future_versions():
     future = fmt.DatasetInfo().to_json().replace(b'"format_version": 1', b'"format_version": 2')
     with pytest.raises(ValueError, match="format version 2 is not supported"):
         fmt.DatasetInfo.from_json(future)
+
+
+@given(data=st.data(), n=st.integers(0, 300))
+def test_order_table_round_trips_and_inverts(data, n):
+    record_of_sample = np.array(data.draw(st.permutations(range(n))), dtype=np.int64)
+    decoded, file_order = fmt.decode_order(fmt.encode_order(record_of_sample), n)
+    assert decoded.tolist() == record_of_sample.tolist()
+    assert file_order[record_of_sample].tolist() == list(range(n))
+    assert record_of_sample[file_order].tolist() == list(range(n))
+    assert fmt.invert_order(file_order).tolist() == record_of_sample.tolist()
+
+
+@given(values=st.lists(st.integers(-3, 12), min_size=1, max_size=10))
+def test_order_table_that_is_not_a_permutation_is_refused(values):
+    if sorted(values) == list(range(len(values))):
+        return
+    with pytest.raises(ValueError, match="not a permutation"):
+        fmt.decode_order(fmt.encode_labels(np.array(values)), len(values))
+    with pytest.raises(ValueError, match="bytes, expected"):
+        fmt.decode_order(fmt.encode_labels(np.array(values)), len(values) + 1)

@@ -97,3 +97,41 @@ def test_writer_refuses_existing_dataset_unless_overwrite_and_non_dataset_dirs(t
 def test_writer_invalid_arguments_raise_value_error(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         LMDBWriter(tmp_path / "ds", **kwargs)
+
+
+def test_writer_rejects_labels_outside_its_classes_naming_label_and_path(tmp_path):
+    with LMDBWriter(tmp_path / "ds", classes=["a", "b"]) as w:
+        w.add(_jpeg(0), 1, path="b/0.jpg")
+        for label in (2, -1):
+            with pytest.raises(ValueError, match=rf"x/{label}\.jpg: label={label} is out of range for the 2 classes"):
+                w.add(_jpeg(1), label, path=f"x/{label}.jpg")
+    assert LMDBImageDataset(tmp_path / "ds").targets.tolist() == [1]
+    with LMDBWriter(tmp_path / "free") as w:  # no classes given: any integer label
+        w.add(_jpeg(0), 7)
+
+
+def test_writer_sample_order_maps_logical_indices_to_records(tmp_path):
+    images = [_jpeg(i, size=(20 + i, 30)) for i in range(4)]
+    with LMDBWriter(tmp_path / "ds", classes=["a", "b", "c", "d"]) as w:
+        for i in (2, 0, 3, 1):  # record r holds sample file_order[r]
+            w.add(images[i], i, path=f"{i}.jpg")
+        w.set_sample_order([1, 3, 0, 2])
+    ds = LMDBImageDataset(tmp_path / "ds", output="numpy")
+    assert ds.file_order.tolist() == [2, 0, 3, 1] and ds.targets.tolist() == [0, 1, 2, 3]
+    assert [ds.source_path(i) for i in range(4)] == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+    assert [ds[i][0].shape[1] for i in range(4)] == [20, 21, 22, 23]
+    assert [s[1] for s in ds.__getitems__([3, 0, 3])] == [3, 0, 3]
+
+
+def test_writer_refuses_a_sample_order_that_is_not_a_permutation_and_stays_resumable(tmp_path):
+    with pytest.raises(ValueError, match="not a permutation"):
+        with LMDBWriter(tmp_path / "ds") as w:
+            w.add(_jpeg(0), 0)
+            w.add(_jpeg(1), 1)
+            w.set_sample_order([0, 0])
+    with pytest.raises(IncompleteDatasetError):
+        LMDBImageDataset(tmp_path / "ds")
+    with LMDBWriter(tmp_path / "ds", resume=True) as w:
+        assert w.record_paths() == ["", ""]
+        w.set_sample_order([1, 0])
+    assert LMDBImageDataset(tmp_path / "ds").targets.tolist() == [1, 0]
