@@ -8,6 +8,7 @@ Public API:
 * :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
 * :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
+* :func:`order_quality`, :class:`ClassLocalityWarning` - how well a sample order mixes.
 """
 
 from .convert import ConversionReport, convert_image_folder
@@ -22,6 +23,7 @@ from .errors import (
                      SourceImageError,
 )
 from .iterable import LMDBIterableDataset
+from .order_quality import ClassLocalityWarning, OrderQuality, order_quality
 from .sampler import ChunkShuffleSampler
 from .samples import make_photo_folder
 from .transforms import NormalizeBatch, train_transform, val_transform
@@ -31,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChunkShuffleSampler",
+    "ClassLocalityWarning",
     "LMDBIterableDataset",
     "ConversionReport",
     "CorruptRecordError",
@@ -42,9 +45,11 @@ __all__ = [
     "LMDBWriter",
     "NormalizeBatch",
     "NotADatasetError",
+    "OrderQuality",
     "SourceImageError",
     "convert_image_folder",
     "make_photo_folder",
+    "order_quality",
     "train_transform",
     "val_transform",
 ]

@@ -21,8 +21,8 @@ def streams_of(dataset: LMDBIterableDataset, rank: int, num_replicas: int, num_w
     """Each worker's emitted record indices, from ``worker_plan`` (no records are read)."""
     streams = []
     for worker in range(num_workers):
-        reads, emit = dataset.worker_plan(World(rank, num_replicas, worker, num_workers))
-        streams.append(reads[emit].tolist())
+        records, _, _ = dataset.worker_plan(World(rank, num_replicas, worker, num_workers))
+        streams.append(records.tolist())
     return streams
 
 
@@ -44,13 +44,13 @@ def plan_datasets(converted):
 
 @PROPERTY
 @given(data=st.data(), num_replicas=replicas, num_workers=workers, chunk_size=st.integers(1, 40),
-       buffer_size=st.integers(0, 50), batch_size=st.one_of(st.none(), st.integers(1, 12)),
+       pool_size=st.integers(1, 50), batch_size=st.one_of(st.none(), st.integers(1, 12)),
        drop_last=st.booleans(), shuffle=st.booleans(), seed=seeds, epoch=st.integers(0, 100))
 def test_worker_plan_all_ranks_and_workers_cover_records_with_equal_rank_totals(
-        plan_datasets, data, num_replicas, num_workers, chunk_size, buffer_size, batch_size, drop_last, shuffle,
+        plan_datasets, data, num_replicas, num_workers, chunk_size, pool_size, batch_size, drop_last, shuffle,
         seed, epoch):
     n = data.draw(st.sampled_from(sorted(plan_datasets)), label="n")
-    dataset = LMDBIterableDataset(plan_datasets[n], chunk_size=chunk_size, buffer_size=buffer_size,
+    dataset = LMDBIterableDataset(plan_datasets[n], chunk_size=chunk_size, pool_size=pool_size,
                                   batch_size=batch_size, drop_last=drop_last, shuffle=shuffle, seed=seed,
                                   num_replicas=num_replicas, rank=0)
     dataset.set_epoch(epoch)
@@ -59,10 +59,12 @@ def test_worker_plan_all_ranks_and_workers_cover_records_with_equal_rank_totals(
     for rank in range(num_replicas):
         total = 0
         for worker in range(num_workers):
-            reads, emit = dataset.worker_plan(World(rank, num_replicas, worker, num_workers))
-            assert sorted(emit.tolist()) == list(range(len(reads)))  # each read record emitted once
-            total += len(reads)
-            everything.update(reads[emit].tolist())
+            records, pools, runs = dataset.worker_plan(World(rank, num_replicas, worker, num_workers))
+            assert len(pools) == len(records) and np.all(np.diff(pools) >= 0)
+            for pool in set(pools.tolist()):  # each record lies in its pool's prefetched runs
+                assert set(records[pools == pool].tolist()) <= {i for a, b in runs[pool] for i in range(a, b)}
+            total += len(records)
+            everything.update(records.tolist())
         assert total == rank_length(n, num_replicas, drop_last) == len(dataset)
     if n % num_replicas == 0:
         assert everything == Counter(range(n))
@@ -89,16 +91,16 @@ def test_worker_plan_unshuffled_with_batch_size_dataloader_yields_index_order_sp
 
 @PROPERTY
 @given(data=st.data(), num_replicas=replicas, num_workers=workers, chunk_size=st.integers(1, 40),
-       buffer_size=st.integers(0, 50), batch_size=st.integers(1, 12), drop_last=st.booleans(),
+       pool_size=st.integers(1, 50), batch_size=st.integers(1, 12), drop_last=st.booleans(),
        shuffle=st.booleans(), seed=seeds, epoch=st.integers(0, 100))
 def test_worker_plan_restored_after_k_dataloader_samples_yields_exactly_the_rest(
-        plan_datasets, data, num_replicas, num_workers, chunk_size, buffer_size, batch_size, drop_last, shuffle,
+        plan_datasets, data, num_replicas, num_workers, chunk_size, pool_size, batch_size, drop_last, shuffle,
         seed, epoch):
     n = data.draw(st.sampled_from(sorted(plan_datasets)), label="n")
     rank = data.draw(st.integers(0, num_replicas - 1), label="rank")
     # With one worker any count is a valid resume point, and batch_size is optional.
     given_batch_size = batch_size if num_workers > 1 else data.draw(st.sampled_from([None, batch_size]))
-    options = {"chunk_size": chunk_size, "buffer_size": buffer_size, "batch_size": given_batch_size,
+    options = {"chunk_size": chunk_size, "pool_size": pool_size, "batch_size": given_batch_size,
                    "drop_last": drop_last, "shuffle": shuffle, "seed": seed, "num_replicas": num_replicas, "rank": rank}
     dataset = LMDBIterableDataset(plan_datasets[n], **options)
     dataset.set_epoch(epoch)
@@ -134,8 +136,8 @@ def test_worker_plan_resume_with_two_workers_without_batch_size_raises(plan_data
     dataset.load_state_dict(dataset.state_dict(samples_consumed=4))
     with pytest.raises(ValueError, match="batch_size"):
         dataset.worker_plan(World(0, 1, 0, 2))
-    reads, emit = dataset.worker_plan(World(0, 1, 0, 1))  # one worker needs no batch size
-    assert len(emit) == len(reads) - 4
+    records, _, _ = dataset.worker_plan(World(0, 1, 0, 1))  # one worker needs no batch size
+    assert len(records) == 24 - 4
 
 
 @pytest.mark.parametrize("samples_consumed", [1, 5, 25])
@@ -146,10 +148,10 @@ def test_worker_plan_resume_with_two_workers_off_batch_boundary_raises(plan_data
         dataset.worker_plan(World(0, 1, 0, 2))
 
 
-@pytest.mark.parametrize("change", [{"chunk_size": 5}, {"buffer_size": 7}, {"batch_size": 3}, {"seed": 2},
+@pytest.mark.parametrize("change", [{"chunk_size": 5}, {"pool_size": 7}, {"batch_size": 3}, {"seed": 2},
                                     {"shuffle": False}, {"drop_last": True}, {"num_replicas": 3, "rank": 1}])
 def test_iterable_load_state_of_another_configuration_raises(plan_datasets, change):
-    options = {"chunk_size": 4, "buffer_size": 8, "batch_size": 4, "seed": 1, "shuffle": True, "drop_last": False,
+    options = {"chunk_size": 4, "pool_size": 8, "batch_size": 4, "seed": 1, "shuffle": True, "drop_last": False,
                    "num_replicas": 2, "rank": 1}
     state = LMDBIterableDataset(plan_datasets[29], **options).state_dict(samples_consumed=4)
     with pytest.raises(ValueError):
@@ -165,7 +167,7 @@ def test_iterable_load_state_of_another_configuration_raises(plan_datasets, chan
 def test_iterable_two_persistent_workers_each_epoch_every_record_once_and_set_epoch_changes_order(
         start_method, dataset_path, checksums):
     dataset = LMDBIterableDataset(dataset_path, transform=pixel_checksum, output="numpy", chunk_size=4,
-                                  buffer_size=6, batch_size=3, seed=11)
+                                  pool_size=6, batch_size=3, seed=11)
     loader = DataLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context=start_method,
                         persistent_workers=True)
     orders = []
@@ -184,7 +186,7 @@ def test_iterable_two_persistent_workers_each_epoch_every_record_once_and_set_ep
 def test_iterable_fork_two_workers_without_batch_size_every_record_once(dataset_path, checksums,
                                                                          loader_batch_size):
     dataset = LMDBIterableDataset(dataset_path, transform=pixel_checksum, output="numpy", chunk_size=4,
-                                  buffer_size=6, seed=3)
+                                  pool_size=6, seed=3)
     loader = DataLoader(dataset, batch_size=loader_batch_size, num_workers=2, multiprocessing_context="fork")
     indices, labels = records_of(loader, checksums)
     assert sorted(indices) == list(range(32))
@@ -195,7 +197,7 @@ def test_iterable_fork_two_workers_without_batch_size_every_record_once(dataset_
 def test_iterable_fork_two_workers_resume_after_k_batches_completes_epoch_without_repeats(
         dataset_path, checksums, batches_consumed):
     batch_size = 3
-    options = {"transform": pixel_checksum, "output": "numpy", "chunk_size": 4, "buffer_size": 6,
+    options = {"transform": pixel_checksum, "output": "numpy", "chunk_size": 4, "pool_size": 6,
                "batch_size": batch_size, "seed": 4}
 
     def loader_for(dataset):
@@ -233,35 +235,49 @@ def sequential_path(converted):
     return converted(num_images=200, special=False)
 
 
-def _forbid_random_access(dataset):
-    def refuse(*args, **kwargs):
-        raise AssertionError("LMDBIterableDataset read records by random access")
+def _log_reads(dataset) -> list[tuple[str, list]]:
+    """Record, in order, the runs ``dataset.prefetch`` is asked for and the records ``reader.values`` reads."""
+    events = []
+    prefetch, values = dataset.prefetch, dataset.reader.values
+    dataset.prefetch = lambda runs: (events.append(("prefetch", list(runs))), prefetch(runs))[1]
+    dataset.reader.values = lambda indices: (events.append(("read", list(indices))), values(indices))[1]
+    return events
 
-    dataset.reader.values = refuse
+
+def _check_prefetched_before_read(events, num_records: int) -> int:
+    """Every record is read after a prefetch covering it; returns the number of prefetched runs."""
+    prefetched, runs = set(), 0
+    for kind, items in events:
+        if kind == "prefetch":
+            runs += len(items)
+            prefetched.update(i for start, stop in items for i in range(start, stop))
+        else:
+            assert set(items) <= prefetched
+    assert prefetched == set(range(num_records))
+    return runs
 
 
-@pytest.mark.parametrize("buffer_size", [0, 16, 512])
-def test_iterable_main_process_shuffled_200_records_chunk_32_positions_cursor_at_most_once_per_chunk(
-        sequential_path, buffer_size):
-    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, buffer_size=buffer_size, output="numpy",
-                                  seed=1)
-    _forbid_random_access(dataset)
-    num_chunks = math.ceil(200 / 32)
+@pytest.mark.parametrize("pool_size", [1, 16, 512])
+def test_iterable_main_process_shuffled_200_records_chunk_32_prefetches_whole_chunks_before_reading(
+        sequential_path, pool_size):
+    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, pool_size=pool_size, output="numpy", seed=1)
+    events = _log_reads(dataset)
     for epoch in range(2):
         dataset.set_epoch(epoch)
-        before = dataset.reader.cursor_positionings
+        events.clear()
         labels = [label for _, label in dataset]
-        positionings = dataset.reader.cursor_positionings - before
         assert sorted(labels) == sorted(dataset.targets.tolist()) and len(labels) == 200
-        assert 1 <= positionings <= num_chunks  # one cursor placement per contiguous run: never per record
+        # One sequential run per chunk of this epoch's shifted grid (two neighbouring chunks may merge).
+        assert 1 <= _check_prefetched_before_read(events, 200) <= math.ceil(200 / 32) + 1
 
 
-def test_iterable_main_process_unshuffled_positions_cursor_exactly_once_in_index_order(sequential_path):
-    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, shuffle=False, output="numpy")
-    _forbid_random_access(dataset)
+def test_iterable_main_process_unshuffled_reads_in_index_order_prefetching_chunk_runs(sequential_path):
+    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, pool_size=64, shuffle=False, output="numpy")
+    events = _log_reads(dataset)
     labels = [label for _, label in dataset]
     assert labels == dataset.targets.tolist()
-    assert dataset.reader.cursor_positionings == 1
+    assert [i for kind, items in events if kind == "read" for i in items] == list(range(200))
+    assert _check_prefetched_before_read(events, 200) == math.ceil(200 / 64)
 
 
 def test_iterable_unshuffled_any_world_size_and_rank_reads_exactly_its_slice(plan_datasets):
@@ -276,12 +292,15 @@ def test_iterable_unshuffled_any_world_size_and_rank_reads_exactly_its_slice(pla
 
 
 @pytest.mark.parametrize("rank", [0, 1])
-def test_iterable_main_process_rank_of_two_resumed_midway_still_reads_in_few_runs(sequential_path, rank):
-    options = {"chunk_size": 32, "buffer_size": 16, "output": "numpy", "seed": 2, "num_replicas": 2, "rank": rank}
+def test_iterable_main_process_rank_of_two_resumed_midway_yields_the_rest_prefetching_its_pools(sequential_path,
+                                                                                            rank):
+    options = {"chunk_size": 32, "pool_size": 16, "output": "numpy", "seed": 2, "num_replicas": 2, "rank": rank}
     full = [label for _, label in LMDBIterableDataset(sequential_path, **options)]
     dataset = LMDBIterableDataset(sequential_path, **options)
     dataset.load_state_dict(dataset.state_dict(samples_consumed=37))
-    _forbid_random_access(dataset)
+    events = _log_reads(dataset)
     rest = [label for _, label in dataset]
     assert rest == full[37:]
-    assert 1 <= dataset.reader.cursor_positionings <= math.ceil(100 / 32) + 1
+    read = [i for kind, items in events if kind == "read" for i in items]
+    prefetched = {i for kind, items in events if kind == "prefetch" for a, b in items for i in range(a, b)}
+    assert len(read) == 100 - 37 and set(read) <= prefetched
