@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from support import PROPERTY, dataloader_batches, pixel_checksum, records_of, replicas, seeds, workers
 from torch.utils.data import DataLoader
 
-from lmdb_dataset import LMDBIterableDataset
+from lmdb_dataset import ChunkShuffleSampler, ClassLocalityWarning, LMDBIterableDataset
 from lmdb_dataset.ordering import rank_length
 from lmdb_dataset.world import World
 
@@ -304,3 +305,40 @@ def test_iterable_main_process_rank_of_two_resumed_midway_yields_the_rest_prefet
     read = [i for kind, items in events if kind == "read" for i in items]
     prefetched = {i for kind, items in events if kind == "prefetch" for a, b in items for i in range(a, b)}
     assert len(read) == 100 - 37 and set(read) <= prefetched
+
+
+# --- class locality and agreement with the sampler -----------------------------------------------------------
+
+
+def test_iterable_class_sorted_file_warns_once_per_object_with_the_fix(converted):
+    path = converted(num_images=96, special=False)
+    with pytest.warns(ClassLocalityWarning, match=r"holds 1\.\d distinct classes .* default shuffled order") as caught:
+        LMDBIterableDataset(path, chunk_size=8)
+    assert len(caught) == 1
+
+
+def test_iterable_shuffled_file_or_unshuffled_reading_does_not_warn(converted):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LMDBIterableDataset(converted(num_images=96, special=False, shuffle=True), chunk_size=8)
+        LMDBIterableDataset(converted(num_images=96, special=False), chunk_size=8, shuffle=False)
+
+
+@PROPERTY
+@given(data=st.data(), num_replicas=replicas, num_workers=workers, chunk_size=st.integers(1, 40),
+       pool_size=st.integers(1, 50), batch_size=st.integers(1, 12), drop_last=st.booleans(), seed=seeds,
+       epoch=st.integers(0, 100))
+def test_iterable_with_batch_size_dataloader_order_is_the_samplers(plan_datasets, data, num_replicas, num_workers,
+                                                                   chunk_size, pool_size, batch_size, drop_last,
+                                                                   seed, epoch):
+    n = data.draw(st.sampled_from(sorted(plan_datasets)), label="n")
+    rank = data.draw(st.integers(0, num_replicas - 1), label="rank")
+    options = {"chunk_size": chunk_size, "pool_size": pool_size, "drop_last": drop_last, "seed": seed,
+               "num_replicas": num_replicas, "rank": rank}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClassLocalityWarning)
+        dataset = LMDBIterableDataset(plan_datasets[n], batch_size=batch_size, **options)
+        sampler = ChunkShuffleSampler(range(n), **options)
+    dataset.set_epoch(epoch)
+    sampler.set_epoch(epoch)
+    assert planned_order(dataset, batch_size, rank, num_replicas, num_workers) == list(sampler)

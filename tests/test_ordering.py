@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from support import PROPERTY, chunk_sizes, dataloader_batches, epochs, replicas, seeds, sizes, workers
 from torch.utils.data import DistributedSampler
 
+from lmdb_dataset.order_quality import chunk_class_counts, order_quality, repeat_cooccurrence
 from lmdb_dataset.ordering import (
     chunk_bounds,
     consumed_per_worker,
@@ -306,3 +307,51 @@ def test_contiguous_runs_expand_back_to_input_with_maximal_runs(indices):
     assert [i for start, stop in runs for i in range(start, stop)] == indices
     for (_, stop), (start, _) in itertools.pairwise(runs):
         assert start != stop  # a run that could continue is not split
+
+
+# --- order_quality (hand-computed cases) ---------------------------------------------------------------------
+
+
+def test_order_quality_two_epochs_of_four_samples_hand_computed():
+    labels = np.array([0, 0, 1, 1])  # dataset histogram (1/2, 1/2)
+    epoch0 = [np.array([0, 1]), np.array([2, 3])]  # one class per batch: TV 1/2 each
+    epoch1 = [np.array([0, 2]), np.array([1, 3])]  # both classes per batch: TV 0
+    quality = order_quality([epoch0, epoch1], labels, reads=[np.array([0, 1, 2, 3]), np.array([3, 1, 2])])
+    assert quality.distinct_classes == (1 + 1 + 2 + 2) / 4
+    assert quality.tv_distance == (0.5 + 0.5 + 0 + 0) / 4
+    assert quality.repeat_cooccurrence == 0.0  # pairs {0,1} and {2,3} never meet again
+    assert quality.seeks_per_1000 == 1000 * (1 + 2) / 7  # one run, then 3 | 1,2
+
+
+def test_order_quality_same_batches_again_repeat_cooccurrence_is_one_and_padding_counts_once():
+    labels = np.arange(6) % 3
+    batches = [np.array([0, 1, 2]), np.array([3, 4, 5, 0])]  # 0 repeated (padding): counted in its first batch
+    quality = order_quality([batches, batches], labels)
+    assert quality.repeat_cooccurrence == 1.0
+    assert repeat_cooccurrence(batches, batches, 6) == (3 + 3, 6)
+    assert repeat_cooccurrence(batches, [np.array([0, 3]), np.array([1, 4]), np.array([2, 5])], 6) == (6, 0)
+    assert repeat_cooccurrence(batches, [np.array([0, 1, 3, 4]), np.array([2, 5])], 6) == (6, 1 + 1)
+    assert np.isnan(quality.seeks_per_1000) and np.isnan(order_quality([batches], labels).repeat_cooccurrence)
+
+
+@PROPERTY
+@given(n=st.integers(2, 60), batch=st.integers(1, 8), seed=seeds)
+def test_repeat_cooccurrence_equals_brute_force_pair_count(n, batch, seed):
+    rng = np.random.default_rng(seed)
+    first, second = (list(np.array_split(rng.permutation(n), max(1, n // batch))) for _ in range(2))
+    pairs = [{frozenset((int(a), int(b))) for bt in epoch for a, b in itertools.combinations(bt.tolist(), 2)}
+             for epoch in (first, second)]
+    assert repeat_cooccurrence(first, second, n) == (len(pairs[0]), len(pairs[0] & pairs[1]))
+
+
+def test_order_quality_rejects_out_of_range_samples_and_no_epochs():
+    with pytest.raises(ValueError, match="outside"):
+        order_quality([[np.array([0, 4])]], np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match="empty"):
+        order_quality([], np.zeros(4, dtype=np.int64))
+
+
+def test_chunk_class_counts_class_sorted_versus_interleaved_hand_computed():
+    sorted_labels = np.repeat(np.arange(4), 8)  # chunks of 8: one class each
+    assert chunk_class_counts(sorted_labels, 8) == (1.0, pytest.approx(4 * (1 - 0.75 ** 8)))
+    assert chunk_class_counts(np.tile(np.arange(4), 8), 8)[0] == 4.0
