@@ -67,7 +67,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             again in a batch the next epoch. Defaults to 64 (~7 MB of ImageNet JPEGs).
         pool_size: Records of a rank mixed together. The excess of pairs meeting again over
             random sampling falls as ``1 / pool_size**2`` (about
-            ``2/3 * chunk_size * N / pool_size**2``: 0.8 for ImageNet at the defaults); the page
+            ``chunk_size * N / (2 * pool_size**2)``: 0.6 for ImageNet at the defaults); the page
             cache holds up to two pools per rank (2 x 8192 x ~110 KB = 1.8 GB for ImageNet),
             shared by the rank's workers; nothing is held in the workers' memory.
             Defaults to 8192.
@@ -109,7 +109,8 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         if shuffle:
             file_order = getattr(self, "file_order", None)
             check_class_locality(self.targets if file_order is None else self.targets[file_order],
-                                 chunk_size=chunk_size, reader=type(self).__name__)
+                                 chunk_size=chunk_size, pool_size=pool_size,
+                                 reader=type(self).__name__)
 
     def __len__(self) -> int:
         """Samples this rank yields in the next iteration (its share of an epoch, less any resumed part)."""

@@ -180,21 +180,23 @@ def chunk_class_counts(labels_in_file_order: np.ndarray, chunk_size: int) -> tup
     return float(per_chunk.mean()), float(expected.mean())
 
 
-def check_class_locality(labels_in_file_order: np.ndarray | None, *, chunk_size: int, reader: str) -> None:
+def check_class_locality(labels_in_file_order: np.ndarray | None, *, chunk_size: int, pool_size: int,
+                         reader: str) -> None:
     """Warn (:class:`ClassLocalityWarning`) if neighbouring records hold under half the classes of a shuffle.
 
-    A sequential reader mixes a few hundred chunks at a time; if each chunk holds one or two
-    classes, every batch then holds only the classes of those chunks (batch statistics and
-    gradients go wrong). ``labels_in_file_order`` None (labels unknown) does nothing.
+    A sequential reader mixes about ``pool_size / chunk_size`` chunks at a time; if each chunk
+    holds one or two classes, every batch then holds only the classes of those chunks (batch
+    statistics and gradients go wrong). Nothing is checked when the labels are unknown
+    (None) or when one pool holds the whole dataset (a full shuffle).
     """
-    if labels_in_file_order is None or len(labels_in_file_order) == 0:
+    if labels_in_file_order is None or len(labels_in_file_order) <= pool_size:
         return
     measured, expected = chunk_class_counts(labels_in_file_order, chunk_size)
     if expected >= 1.5 and measured < 0.5 * expected:
         warnings.warn(
             f"{reader}: the dataset's records are stored grouped by class: a chunk of {chunk_size} neighbouring "
             f"records holds {measured:.1f} distinct classes on average where a shuffled file would hold "
-            f"{expected:.1f}, so batches will hold few classes. Re-convert with the default shuffled order "
+            f"{expected:.1f}, so batches (drawn from pools of {pool_size} records) will hold few classes. Re-convert with the default shuffled order "
             "(convert_image_folder / `lmdb-dataset convert` without the folder-order option), or use "
             "LMDBImageDataset with a random sampler, or a much smaller chunk_size.",
             ClassLocalityWarning, stacklevel=3)

@@ -33,8 +33,8 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
 
     On a file written in the default shuffled order, batches hold as many classes as random
     sampling's and pairs of samples meet again in a batch the next epoch about
-    ``1 + 2/3 * chunk_size * N / pool_size**2`` times as often as under random sampling
-    (1.8x for ImageNet at the defaults; see benchmarks/RESULTS.md "Order quality"). On a file
+    ``1 + chunk_size * N / (2 * pool_size**2)`` times as often as under random sampling
+    (1.6x measured for ImageNet at the defaults; see benchmarks/RESULTS.md "Order quality"). On a file
     stored class by class a chunk holds one class, so the sampler warns
     (:class:`ClassLocalityWarning`).
 
@@ -86,7 +86,8 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
         if shuffle and targets is not None:
             targets = np.asarray(targets)
             check_class_locality(targets if self.file_order is None else targets[self.file_order],
-                                 chunk_size=chunk_size, reader=type(self).__name__)
+                                 chunk_size=chunk_size, pool_size=pool_size,
+                                 reader=type(self).__name__)
 
     def _rank_order(self) -> RankOrder:
         return rank_order(self.length, chunk_size=self.chunk_size, pool_size=self.pool_size, seed=self.seed,

@@ -313,15 +313,16 @@ def test_iterable_main_process_rank_of_two_resumed_midway_yields_the_rest_prefet
 def test_iterable_class_sorted_file_warns_once_per_object_with_the_fix(converted):
     path = converted(num_images=96, special=False)
     with pytest.warns(ClassLocalityWarning, match=r"holds 1\.\d distinct classes .* default shuffled order") as caught:
-        LMDBIterableDataset(path, chunk_size=8)
+        LMDBIterableDataset(path, chunk_size=8, pool_size=16)
     assert len(caught) == 1
 
 
-def test_iterable_shuffled_file_or_unshuffled_reading_does_not_warn(converted):
+def test_iterable_shuffled_file_or_unshuffled_reading_or_one_pool_does_not_warn(converted):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        LMDBIterableDataset(converted(num_images=96, special=False, shuffle=True), chunk_size=8)
-        LMDBIterableDataset(converted(num_images=96, special=False), chunk_size=8, shuffle=False)
+        LMDBIterableDataset(converted(num_images=96, special=False, shuffle=True), chunk_size=8, pool_size=16)
+        LMDBIterableDataset(converted(num_images=96, special=False), chunk_size=8, pool_size=16, shuffle=False)
+        LMDBIterableDataset(converted(num_images=96, special=False), chunk_size=8, pool_size=96)
 
 
 @PROPERTY

@@ -118,17 +118,18 @@ def test_sampler_class_sorted_file_warns_with_measured_classes_per_chunk(convert
     dataset = LMDBImageDataset(converted(num_images=96, special=False))
     assert list(dataset.targets) == sorted(dataset.targets)  # stored class by class
     with pytest.warns(ClassLocalityWarning, match=r"a chunk of 8 neighbouring records holds 1\.\d distinct classes"):
-        ChunkShuffleSampler(dataset, chunk_size=8, seed=0)
+        ChunkShuffleSampler(dataset, chunk_size=8, pool_size=16, seed=0)
 
 
-def test_sampler_shuffled_file_or_unlabelled_source_or_no_shuffle_does_not_warn(converted):
+def test_sampler_shuffled_file_or_unlabelled_source_or_no_shuffle_or_one_pool_does_not_warn(converted):
     shuffled = LMDBImageDataset(converted(num_images=96, special=False, shuffle=True))
     class_sorted = LMDBImageDataset(converted(num_images=96, special=False))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ChunkShuffleSampler(shuffled, chunk_size=8, seed=0)
-        ChunkShuffleSampler(range(96), chunk_size=8, seed=0)  # no labels: nothing to measure
-        ChunkShuffleSampler(class_sorted, chunk_size=8, shuffle=False)  # storage order was asked for
+        ChunkShuffleSampler(shuffled, chunk_size=8, pool_size=16, seed=0)
+        ChunkShuffleSampler(range(96), chunk_size=8, pool_size=16, seed=0)  # no labels: nothing to measure
+        ChunkShuffleSampler(class_sorted, chunk_size=8, pool_size=16, shuffle=False)  # storage order asked for
+        ChunkShuffleSampler(class_sorted, chunk_size=8, pool_size=96)  # one pool: a full shuffle
 
 
 def test_sampler_class_ordered_dataset_pool_of_24_mixes_three_chunks_and_changes_every_epoch(converted):
