@@ -56,7 +56,8 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
             the page cache holds up to two pools per rank (the current one and the
             prefetched next one: 2 x 8192 x ~110 KB = 1.8 GB for ImageNet at the default).
             A pool of at least the rank's share is a full shuffle of it. Defaults to 8192.
-        shuffle: Shuffle at all; False yields ``0..N-1`` (split across ranks). Defaults to True.
+        shuffle: Shuffle at all; False yields the samples in storage order (``0..N-1`` for a
+            dataset without ``file_order``), split across ranks. Defaults to True.
         seed: Non-negative seed, identical on every rank. Defaults to 0.
         num_replicas: DDP world size. Defaults to torch.distributed's, else 1.
         rank: This rank. Defaults to torch.distributed's, else 0.
