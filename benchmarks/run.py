@@ -431,7 +431,7 @@ def iterable_reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], list[s
     dataset = LMDBIterableDataset(ctx.lmdb["encoded"], batch_size=BATCH)
     records, pools, runs = dataset.worker_plan(World())
 
-    def work() -> tuple[int, int]:  # as LMDBIterableDataset.__iter__: prefetch the next pool as one starts
+    def work() -> tuple[int, int]:  # as LMDBIterableDataset.__iter__, less the next epoch's lookahead
         count = size = 0
         dataset.prefetch(runs[0])
         for pool in range(len(runs)):

@@ -12,7 +12,7 @@ from torch.utils.data import IterableDataset
 from .dataset import LMDBDatasetBase
 from .decoding import Output
 from .order_quality import check_class_locality
-from .ordering import check_seed, consumed_per_worker, rank_length, rank_order, worker_positions
+from .ordering import RankOrder, check_seed, consumed_per_worker, rank_length, rank_order, worker_positions
 from .progress import EpochProgress, EpochResumable
 from .world import World, current_world, resolve_replicas
 
@@ -31,8 +31,9 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     ``pool_size / chunk_size`` random chunks) is a mixing pool delivered in a uniformly
     random order, and the rank's DataLoader workers take pieces of that order round-robin.
     As a pool starts, the workers ask the kernel to read the next pool's chunks into the
-    page cache (``posix_fadvise(WILLNEED)``: one sequential read per chunk), so the records
-    of a pool, read in shuffled order, come from memory: the file is read as sequential
+    page cache (``posix_fadvise(WILLNEED)``: one sequential read per chunk; as the last pool
+    starts, epoch ``epoch + 1``'s first pool), so the records of a pool, read in shuffled
+    order, come from memory (only the first pool of a run, or of a resumed epoch, is cold): the file is read as sequential
     streams, yet no shuffle buffer holds images in the workers' memory. The order is
     exactly :class:`ChunkShuffleSampler`'s with the same arguments (with ``batch_size`` set,
     the DataLoader's batches are the sampler's). With ``shuffle=False`` records come in
@@ -125,13 +126,16 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             each; ``runs[q]`` the contiguous record runs ``[start, stop)`` of the rank's pool
             ``q``, in the order they are prefetched.
         """
-        plan = rank_order(len(self.targets), chunk_size=self.chunk_size, pool_size=self.pool_size, seed=self.seed,
-                          epoch=self.epoch, rank=world.rank, num_replicas=world.num_replicas,
-                          drop_last=self.drop_last, shuffle=self.shuffle)
+        plan = self._rank_order(world, self.epoch)
         stream, consumed = self._stream_of(len(plan.order), world)
         positions = worker_positions(len(plan.order), piece_size=self.batch_size or self.chunk_size, worker=stream,
                                      num_workers=world.num_workers)[consumed:]
         return plan.order[positions], plan.pool_of(positions), plan.runs()
+
+    def _rank_order(self, world: World, epoch: int) -> RankOrder:
+        return rank_order(len(self.targets), chunk_size=self.chunk_size, pool_size=self.pool_size, seed=self.seed,
+                          epoch=epoch, rank=world.rank, num_replicas=world.num_replicas, drop_last=self.drop_last,
+                          shuffle=self.shuffle)
 
     def _stream_of(self, share_length: int, world: World) -> tuple[int, int]:
         """The stream (rank-share piece set) this worker serves, and how many of its samples were consumed.
@@ -160,8 +164,11 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         starts = np.flatnonzero(np.diff(pools, prepend=-1))
         self.prefetch(runs[pools[0]])
         for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(records)]):
-            if pools[start] + 1 < len(runs):
-                self.prefetch(runs[pools[start] + 1])
+            pool = int(pools[start])
+            if pool + 1 < len(runs):
+                self.prefetch(runs[pool + 1])
+            else:  # the last pool: the next epoch's first
+                self.prefetch(self._rank_order(world, self.epoch + 1).pool_runs(0))
             for index, value in self.reader.values(records[start:stop].tolist()):
                 yield self._sample(index, value)
 

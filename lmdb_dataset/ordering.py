@@ -156,9 +156,13 @@ class RankOrder:
         """The pool of each position (int64, same shape)."""
         return np.searchsorted(self.starts, positions, side="right").astype(np.int64) - 1
 
+    def pool_runs(self, pool: int) -> list[tuple[int, int]]:
+        """Pool ``pool``'s contiguous record runs ``[start, stop)`` in read order: one positioning each."""
+        return contiguous_runs(self.reads[self.starts[pool]:self.starts[pool + 1]])
+
     def runs(self) -> list[list[tuple[int, int]]]:
-        """Each pool's contiguous record runs ``[start, stop)`` in read order: one positioning each."""
-        return [contiguous_runs(self.reads[a:b]) for a, b in zip(self.starts[:-1], self.starts[1:])]
+        """Every pool's :meth:`pool_runs`, shape ``[num_pools][runs]``."""
+        return [self.pool_runs(pool) for pool in range(len(self.starts) - 1)]
 
 
 def rank_order(n: int, *, chunk_size: int, pool_size: int, seed: int, epoch: int, rank: int, num_replicas: int,

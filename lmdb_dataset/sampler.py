@@ -25,9 +25,10 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
     ``pool_size`` records of a rank's share (about ``pool_size / chunk_size`` random chunks)
     forms a mixing pool whose records are yielded in a uniformly random order. When the
     dataset can prefetch (:class:`LMDBImageDataset`), the sampler asks the kernel to read
-    the next pool's chunks into the page cache as the current pool starts: one sequential
-    read per chunk, after which the DataLoader workers' random reads inside the pool hit
-    memory. It replaces ``RandomSampler`` / ``DistributedSampler`` in a DataLoader over
+    the next pool's chunks into the page cache as the current pool starts (and, as the last
+    pool starts, the first pool of epoch ``epoch + 1``): one sequential read per chunk,
+    after which the DataLoader workers' random reads inside the pool hit memory. Only the
+    first pool of a run (or of a resumed epoch) is read cold. It replaces ``RandomSampler`` / ``DistributedSampler`` in a DataLoader over
     :class:`LMDBImageDataset` (or any map-style dataset with ``file_order``, or whose
     neighbouring indices are stored together).
 
@@ -90,10 +91,10 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
                                  chunk_size=chunk_size, pool_size=pool_size,
                                  reader=type(self).__name__)
 
-    def _rank_order(self) -> RankOrder:
+    def _rank_order(self, epoch: int | None = None) -> RankOrder:
         return rank_order(self.length, chunk_size=self.chunk_size, pool_size=self.pool_size, seed=self.seed,
-                          epoch=self.epoch, rank=self.rank, num_replicas=self.num_replicas,
-                          drop_last=self.drop_last, shuffle=self.shuffle)
+                          epoch=self.epoch if epoch is None else epoch, rank=self.rank,
+                          num_replicas=self.num_replicas, drop_last=self.drop_last, shuffle=self.shuffle)
 
     def _samples(self, records: np.ndarray) -> np.ndarray:
         return records if self.file_order is None else self.file_order[records]
@@ -112,7 +113,11 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
 
     def _prefetching(self, plan: RankOrder, skip: int,
                      prefetch: Callable[[list[tuple[int, int]]], None]) -> Iterator[int]:
-        """Yield the epoch's indices from ``skip`` on; prefetch each pool's runs and, as it starts, the next pool's."""
+        """Yield the epoch's indices from ``skip`` on, prefetching pools one ahead.
+
+        As pool ``q`` starts, pool ``q + 1``'s runs are requested; as the last pool starts,
+        the first pool of epoch ``epoch + 1``'s, so that only a run's first pool starts cold.
+        """
         indices, runs = self._samples(plan.order), plan.runs()
         first = int(plan.pool_of(np.asarray(skip)))
         if first < len(runs):
@@ -120,6 +125,8 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
         for pool in range(first, len(runs)):
             if pool + 1 < len(runs):
                 prefetch(runs[pool + 1])
+            else:  # the last pool: the next epoch's first
+                prefetch(self._rank_order(self.epoch + 1).pool_runs(0))
             yield from indices[max(skip, plan.starts[pool]):plan.starts[pool + 1]].tolist()
 
     def __len__(self) -> int:

@@ -14,7 +14,7 @@ from support import PROPERTY, dataloader_batches, pixel_checksum, records_of, re
 from torch.utils.data import DataLoader
 
 from lmdb_dataset import ChunkShuffleSampler, ClassLocalityWarning, LMDBIterableDataset
-from lmdb_dataset.ordering import rank_length
+from lmdb_dataset.ordering import rank_length, rank_order
 from lmdb_dataset.world import World
 
 
@@ -245,22 +245,22 @@ def _log_reads(dataset) -> list[tuple[str, list]]:
     return events
 
 
-def _check_prefetched_before_read(events, num_records: int) -> int:
-    """Every record is read after a prefetch covering it; returns the number of prefetched runs."""
-    prefetched, runs = set(), 0
-    for kind, items in events:
-        if kind == "prefetch":
-            runs += len(items)
-            prefetched.update(i for start, stop in items for i in range(start, stop))
-        else:
-            assert set(items) <= prefetched
-    assert prefetched == set(range(num_records))
-    return runs
+def _expected_events(n: int, epoch: int, **options) -> list[tuple[str, list]]:
+    """One worker reading a whole epoch: pool 0 prefetched, then for each pool the next pool's runs
+    (for the last, the next epoch's first pool's) prefetched before its records are read."""
+    plan, following = (rank_order(n, epoch=e, rank=0, num_replicas=1, drop_last=False, **options)
+                       for e in (epoch, epoch + 1))
+    pools = len(plan.starts) - 1
+    events = [("prefetch", plan.pool_runs(0))]
+    for q in range(pools):
+        events.append(("prefetch", plan.pool_runs(q + 1) if q + 1 < pools else following.pool_runs(0)))
+        events.append(("read", plan.order[plan.starts[q]:plan.starts[q + 1]].tolist()))
+    return events
 
 
 @pytest.mark.parametrize("pool_size", [1, 16, 512])
-def test_iterable_main_process_shuffled_200_records_chunk_32_prefetches_whole_chunks_before_reading(
-        sequential_path, pool_size):
+def test_iterable_main_process_shuffled_200_records_prefetches_chunk_runs_one_pool_ahead(sequential_path,
+                                                                                         pool_size):
     dataset = LMDBIterableDataset(sequential_path, chunk_size=32, pool_size=pool_size, output="numpy", seed=1)
     events = _log_reads(dataset)
     for epoch in range(2):
@@ -268,8 +268,9 @@ def test_iterable_main_process_shuffled_200_records_chunk_32_prefetches_whole_ch
         events.clear()
         labels = [label for _, label in dataset]
         assert sorted(labels) == sorted(dataset.targets.tolist()) and len(labels) == 200
-        # One sequential run per chunk of this epoch's shifted grid (two neighbouring chunks may merge).
-        assert 1 <= _check_prefetched_before_read(events, 200) <= math.ceil(200 / 32) + 1
+        assert events == _expected_events(200, epoch, chunk_size=32, pool_size=pool_size, seed=1, shuffle=True)
+        runs = sum(len(items) for kind, items in events[:-2] if kind == "prefetch")  # this epoch's
+        assert runs <= math.ceil(200 / 32) + 1  # one sequential run per chunk of the shifted grid, at most
 
 
 def test_iterable_main_process_unshuffled_reads_in_index_order_prefetching_chunk_runs(sequential_path):
@@ -278,18 +279,9 @@ def test_iterable_main_process_unshuffled_reads_in_index_order_prefetching_chunk
     labels = [label for _, label in dataset]
     assert labels == dataset.targets.tolist()
     assert [i for kind, items in events if kind == "read" for i in items] == list(range(200))
-    assert _check_prefetched_before_read(events, 200) == math.ceil(200 / 64)
-
-
-def test_iterable_unshuffled_any_world_size_and_rank_reads_exactly_its_slice(plan_datasets):
-    for n, path in plan_datasets.items():
-        for num_replicas in range(1, 9):
-            per_rank = n // num_replicas
-            for rank in range(num_replicas):
-                dataset = LMDBIterableDataset(path, shuffle=False, drop_last=True, num_replicas=num_replicas,
-                                              rank=rank, output="numpy")
-                labels = [label for _, label in dataset]
-                assert labels == dataset.targets[rank * per_rank:(rank + 1) * per_rank].tolist()
+    assert events == _expected_events(200, 0, chunk_size=32, pool_size=64, seed=0, shuffle=False)
+    assert [items for kind, items in events if kind == "prefetch"] == [[(0, 64)], [(64, 128)], [(128, 192)],
+                                                                        [(192, 200)], [(0, 64)]]
 
 
 @pytest.mark.parametrize("rank", [0, 1])

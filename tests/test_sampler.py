@@ -146,28 +146,36 @@ def test_sampler_class_ordered_dataset_pool_of_24_mixes_three_chunks_and_changes
     assert pools[0] != pools[1]  # chunk composition and grouping change between epochs
 
 
-def test_sampler_prefetches_each_pool_before_yielding_it_and_the_next_as_it_starts():
+@pytest.mark.parametrize("samples_consumed", [0, 130])
+def test_sampler_prefetches_each_pool_before_yielding_it_the_next_as_it_starts_then_next_epochs_first(
+        samples_consumed):
     class Source:
         def __init__(self):
-            self.prefetched: list[set[int]] = []
+            self.prefetched: list[list[tuple[int, int]]] = []
 
         def __len__(self):
             return 500
 
         def prefetch(self, runs):
-            self.prefetched.append({i for start, stop in runs for i in range(start, stop)})
+            self.prefetched.append(list(runs))
 
     source = Source()
     sampler = ChunkShuffleSampler(source, chunk_size=10, pool_size=100, seed=4)
-    yielded = []
-    for index in sampler:
-        assert any(index in pool for pool in source.prefetched)
-        yielded.append(index)
-        pools_started = len(source.prefetched) - 1  # pool q starts: pools 0..q+1 have been requested
-        assert pools_started >= 1
-    assert sorted(yielded) == list(range(500))
-    assert sorted(i for pool in source.prefetched for i in pool) == list(range(500))  # each record once
-    assert 5 <= len(source.prefetched) <= 6
+    sampler.set_epoch(2)
+    sampler.load_state_dict(sampler.state_dict(samples_consumed=samples_consumed))
+    plan, following = (rank_order(500, chunk_size=10, pool_size=100, seed=4, epoch=e, rank=0, num_replicas=1,
+                                  drop_last=False, shuffle=True) for e in (2, 3))
+    first = int(plan.pool_of(np.asarray(samples_consumed)))
+    for position, index in enumerate(sampler, start=samples_consumed):
+        pool = int(plan.pool_of(np.asarray(position)))
+        # Pools first..pool+1 requested (or, in the last pool, the next epoch's first too), nothing more.
+        expected = [plan.pool_runs(q) for q in range(first, min(pool + 2, len(plan.starts) - 1))]
+        if pool == len(plan.starts) - 2:
+            expected.append(following.pool_runs(0))
+        assert source.prefetched == expected
+        assert any(plan.starts[q] <= position < plan.starts[q + 1] and any(a <= index < b for a, b in runs)
+                   for q, runs in zip(range(first, pool + 2), source.prefetched))
+    assert len(plan.starts) - 1 == 5
 
 
 @PROPERTY
