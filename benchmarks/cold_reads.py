@@ -12,7 +12,6 @@ from decode_cases import read_file
 from harness import MB, Case, Context, Result, evict
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
 from lmdb_dataset.environment import data_file, environments
-from lmdb_dataset.ordering import contiguous_runs
 from lmdb_dataset.world import World
 
 
@@ -67,29 +66,36 @@ def imagefolder_reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], lis
     return work, files
 
 
+def sampler_batches(sampler: ChunkShuffleSampler, batch_size: int) -> Iterable[np.ndarray]:
+    """The sampler's indices in batches, drawn lazily (iterating it prefetches its pools as a DataLoader would)."""
+    indices = iter(sampler)
+    while len(batch := np.fromiter((i for _, i in zip(range(batch_size), indices)), dtype=np.int64)):
+        yield batch
+
+
 def chunk_reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], list[str]]:
-    """ChunkShuffleSampler order, batch by batch through ``reader.values`` (pread)."""
+    """ChunkShuffleSampler order, batch by batch through ``reader.values`` (pread), pools prefetched."""
     dataset = LMDBImageDataset(ctx.lmdb["encoded"])
-    order = ChunkShuffleSampler(dataset).epoch_indices()
-    batches = [order[i:i + ctx.args.batch_size] for i in range(0, len(order), ctx.args.batch_size)]
+    sampler = ChunkShuffleSampler(dataset)
+    batches = sampler_batches(sampler, ctx.args.batch_size)
     return (lambda: read_lmdb_batches(dataset, batches)), [str(data_file(dataset.path))]
 
 
 def iterable_reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], list[str]]:
-    """LMDBIterableDataset's cursor plan for one worker, values copied out of the map.
-
-    Read in this process, whose LMDB environment was opened without readahead when the
-    metadata was loaded: the scan's own prefetching must make it stream.
-    """
+    """LMDBIterableDataset's plan for one worker: pools prefetched as chunk runs, records read in its order."""
     dataset = LMDBIterableDataset(ctx.lmdb["encoded"], batch_size=ctx.args.batch_size)
-    reads, _ = dataset.worker_plan(World())
+    records, pools, runs = dataset.worker_plan(World())
 
-    def work() -> tuple[int, int]:
-        records = size = 0
-        for _, value in dataset.reader.scan(contiguous_runs(reads)):
-            size += len(bytes(value))
-            records += 1
-        return records, size
+    def work() -> tuple[int, int]:  # as LMDBIterableDataset.__iter__, less the next epoch's lookahead
+        count = size = 0
+        dataset.prefetch(runs[0])
+        for pool in range(len(runs)):
+            if pool + 1 < len(runs):
+                dataset.prefetch(runs[pool + 1])
+            for _, value in dataset.reader.values(records[pools == pool].tolist()):
+                size += len(bytes(value))
+                count += 1
+        return count, size
     return work, [str(data_file(dataset.path))]
 
 

@@ -8,6 +8,7 @@ Public API:
 * :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
 * :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
+* :func:`order_quality`, :class:`ClassLocalityWarning` - how well a sample order mixes.
 
 The names are imported on first use (PEP 562), so ``import lmdb_dataset`` and the commands that
 only read metadata (``lmdb-dataset info``, ``verify``) do not pay for importing torch.
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 # Public name -> the module (relative to this package) that defines it.
 _EXPORTS = {
     "ChunkShuffleSampler": "sampler",
+    "ClassLocalityWarning": "mixing",
     "ConversionReport": "convert",
     "CorruptRecordError": "errors",
     "DatasetChangedError": "errors",
@@ -35,9 +37,11 @@ _EXPORTS = {
     "LMDBWriter": "writer",
     "NormalizeBatch": "transforms",
     "NotADatasetError": "errors",
+    "OrderQuality": "mixing",
     "SourceImageError": "errors",
     "convert_image_folder": "convert",
     "make_photo_folder": "samples",
+    "order_quality": "mixing",
     "train_transform": "transforms",
     "val_transform": "transforms",
 }
@@ -71,6 +75,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         SourceImageError,
     )
     from .iterable import LMDBIterableDataset
+    from .mixing import ClassLocalityWarning, OrderQuality, order_quality
     from .sampler import ChunkShuffleSampler
     from .samples import make_photo_folder
     from .transforms import NormalizeBatch, train_transform, val_transform

@@ -60,6 +60,18 @@ class LMDBDatasetBase(VisionDataset):
             self._reader = RecordReader(self._meta, access=self.access, readahead=self._readahead)
         return self._reader
 
+    def prefetch(self, runs: Sequence[tuple[int, int]]) -> None:
+        """Ask the kernel to read the records of these storage runs ``[start, stop)`` into the page cache.
+
+        Returns at once (``posix_fadvise(WILLNEED)`` per record); each run is read as one
+        sequential stream. The sequential readers call it for their next mixing pool. Does
+        nothing for datasets without a record offset table.
+        """
+        spans = self._meta.spans
+        if spans is not None:
+            for start, stop in runs:
+                self.reader._prefetch(spans[start:stop].tolist())
+
     def source_path(self, index: int) -> str | None:
         """The relative source path sample ``index`` was converted from, if the dataset kept it."""
         record = int(self._meta.record_of_sample[index])

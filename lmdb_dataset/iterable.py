@@ -1,4 +1,4 @@
-"""LMDBIterableDataset: sequential cursor reads, sharded across DDP ranks and DataLoader workers."""
+"""LMDBIterableDataset: sequential reads in mixing pools, sharded across DDP ranks and DataLoader workers."""
 
 from __future__ import annotations
 
@@ -11,35 +11,37 @@ from torch.utils.data import IterableDataset
 
 from .dataset import LMDBDatasetBase
 from .decoding import Output
-from .ordering import (
-    buffer_shuffle,
-    check_seed,
-    consumed_per_worker,
-    contiguous_runs,
-    epoch_order,
-    rank_length,
-    rank_share,
-    worker_positions,
-)
+from .mixing import check_class_locality
+from .ordering import RankOrder, check_seed, consumed_per_worker, rank_length, rank_order, worker_positions
 from .progress import EpochProgress, EpochResumable
 from .world import World, current_world, resolve_replicas
 
-DEFAULT_CHUNK_SIZE = 256
-DEFAULT_BUFFER_SIZE = 512
+DEFAULT_CHUNK_SIZE = 64
+DEFAULT_POOL_SIZE = 8192
 
 
 class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
-    """Streams an LMDB image dataset with cursor reads, in a chunk-shuffled order.
+    """Streams an LMDB image dataset as a few sequential reads, in a well-mixed order.
 
-    Each epoch the records are cut into contiguous chunks whose order is shuffled
-    (``seed``, ``epoch``); each DDP rank takes a contiguous slice of that order
-    (``DistributedSampler``'s lengths and ``drop_last`` rules, so all ranks yield the same
-    number of samples and DDP never waits on a rank that ran dry), and each DataLoader
-    worker takes pieces of its rank's slice round-robin. A worker positions an LMDB cursor
-    once per contiguous run and walks forward, so the file is read as a few sequential
-    streams, and mixes what it reads through a shuffle buffer of ``buffer_size`` records.
-    With ``shuffle=False`` records come in index order (and, with ``batch_size`` set, the
-    DataLoader yields exactly ``0..N-1`` split across ranks).
+    Each epoch the stored records are cut into chunks of ``chunk_size`` neighbours on a grid
+    that shifts every epoch, and the chunks are shuffled (``seed``, ``epoch``); each DDP
+    rank takes a contiguous slice of that order (``DistributedSampler``'s lengths and
+    ``drop_last`` rules, so all ranks yield the same number of samples and DDP never waits
+    on a rank that ran dry). Each run of ``pool_size`` records of a rank's slice (about
+    ``pool_size / chunk_size`` random chunks) is a mixing pool delivered in a uniformly
+    random order, and the rank's DataLoader workers take pieces of that order round-robin.
+    As a pool starts, the workers ask the kernel to read the next pool's chunks into the
+    page cache (``posix_fadvise(WILLNEED)``: one sequential read per chunk; as the last pool
+    starts, epoch ``epoch + 1``'s first pool), so the records of a pool, read in shuffled
+    order, come from memory (only the first pool of a run, or of a resumed epoch, is cold): the file is read as sequential
+    streams, yet no shuffle buffer holds images in the workers' memory. The order is
+    exactly :class:`ChunkShuffleSampler`'s with the same arguments (with ``batch_size`` set,
+    the DataLoader's batches are the sampler's). With ``shuffle=False`` records come in
+    storage order (and, with ``batch_size`` set, the DataLoader yields exactly the records
+    ``0..N-1`` split across ranks).
+
+    A file stored class by class (neighbouring records of one class) makes every pool, so
+    every batch, hold few classes: the constructor warns (:class:`ClassLocalityWarning`).
 
     Usage under DDP::
 
@@ -59,13 +61,17 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         path: Dataset directory.
         transform: Applied to each image. Defaults to None.
         target_transform: Applied to each label. Defaults to None.
-        shuffle: Chunk-shuffle and buffer-shuffle; False streams records in index order.
+        shuffle: Shuffle chunks and mix them in pools; False streams records in storage order.
             Defaults to True.
-        chunk_size: Records per chunk. Larger chunks read more sequentially (fewer seeks)
-            but mix less. Defaults to 256 (~28 MB of ImageNet JPEGs).
-        buffer_size: Records a worker holds to shuffle across the chunks it reads; more
-            mixes better but holds ``buffer_size`` encoded images (~110 KB each for ImageNet)
-            per worker. Defaults to 512.
+        chunk_size: Records per chunk, the unit of sequential reading: one positioning (seek)
+            per chunk. Larger chunks read longer streams but more pairs of neighbours meet
+            again in a batch the next epoch. Defaults to 64 (~7 MB of ImageNet JPEGs).
+        pool_size: Records of a rank mixed together. The excess of pairs meeting again over
+            random sampling falls as ``1 / pool_size**2`` (about
+            ``chunk_size * N / (2 * pool_size**2)``: 0.6 for ImageNet at the defaults); the page
+            cache holds up to two pools per rank (2 x 8192 x ~110 KB = 1.8 GB for ImageNet),
+            shared by the rank's workers; nothing is held in the workers' memory.
+            Defaults to 8192.
         seed: Non-negative seed, identical on every rank. Defaults to 0.
         num_replicas: DDP world size. Defaults to torch.distributed's, else 1.
         rank: This rank. Defaults to torch.distributed's, else 0.
@@ -75,19 +81,19 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         batch_size: The DataLoader's batch size, if known. Workers then take whole batches,
             which makes the DataLoader's output order a pure function of the arguments
             and exact mid-epoch resume possible with several workers. Defaults to None
-            (workers take pieces of ``chunk_size``).
+            (workers take pieces of ``chunk_size`` positions).
         verify_checksums: Check each record's CRC32. Defaults to True.
     """
 
     def __init__(self, path: str | os.PathLike, transform: Callable | None = None,
                  target_transform: Callable | None = None, *, shuffle: bool = True,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, buffer_size: int = DEFAULT_BUFFER_SIZE, seed: int = 0,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, pool_size: int = DEFAULT_POOL_SIZE, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False,
                  output: Output = "pil", batch_size: int | None = None, verify_checksums: bool = True) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size} must be >= 1")
-        if buffer_size < 0:
-            raise ValueError(f"buffer_size={buffer_size} must be >= 0")
+        if pool_size < 1:
+            raise ValueError(f"pool_size={pool_size} must be >= 1")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         check_seed(seed)
@@ -95,33 +101,41 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
                          access="mmap", readahead=True)
         self.shuffle = shuffle
         self.chunk_size = chunk_size
-        self.buffer_size = buffer_size
+        self.pool_size = pool_size
         self.seed = seed
         self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
         self.drop_last = drop_last
         self.batch_size = batch_size
         self._progress = EpochProgress()
+        if shuffle:
+            file_order = getattr(self, "file_order", None)
+            check_class_locality(self.targets if file_order is None else self.targets[file_order],
+                                 chunk_size=chunk_size, pool_size=pool_size,
+                                 reader=type(self).__name__)
 
     def __len__(self) -> int:
         """Samples this rank yields in the next iteration (its share of an epoch, less any resumed part)."""
         return rank_length(len(self.targets), self.num_replicas, self.drop_last) - self._progress.skip
 
-    def worker_plan(self, world: World) -> tuple[np.ndarray, np.ndarray]:
-        """What one worker reads and emits this epoch, skipping a resumed epoch's consumed part.
+    def worker_plan(self, world: World) -> tuple[np.ndarray, np.ndarray, list[list[tuple[int, int]]]]:
+        """What one worker reads this epoch, skipping a resumed epoch's consumed part.
 
         Returns:
-            ``(reads, emit)``: ``reads`` the record indices the worker's cursor walks, in
-            order; ``emit`` the positions into ``reads`` in the order samples are yielded.
+            ``(records, pools, runs)``: ``records`` (int64, shape ``(k,)``) the stored records
+            the worker yields, in order; ``pools`` (int64, shape ``(k,)``) the mixing pool of
+            each; ``runs[q]`` the contiguous record runs ``[start, stop)`` of the rank's pool
+            ``q``, in the order they are prefetched.
         """
-        order = epoch_order(len(self.targets), chunk_size=self.chunk_size, seed=self.seed, epoch=self.epoch,
-                            shuffle=self.shuffle)
-        share = rank_share(order, rank=world.rank, num_replicas=world.num_replicas, drop_last=self.drop_last)
-        stream, consumed = self._stream_of(len(share), world)
-        reads = share[worker_positions(len(share), piece_size=self.batch_size or self.chunk_size, worker=stream,
-                                       num_workers=world.num_workers)]
-        emit = buffer_shuffle(len(reads), buffer_size=self.buffer_size if self.shuffle else 0, seed=self.seed,
-                              stream=(self.epoch, world.rank, stream))
-        return reads, emit[consumed:]
+        plan = self._rank_order(world, self.epoch)
+        stream, consumed = self._stream_of(len(plan.order), world)
+        positions = worker_positions(len(plan.order), piece_size=self.batch_size or self.chunk_size, worker=stream,
+                                     num_workers=world.num_workers)[consumed:]
+        return plan.order[positions], plan.pool_of(positions), plan.runs()
+
+    def _rank_order(self, world: World, epoch: int) -> RankOrder:
+        return rank_order(len(self.targets), chunk_size=self.chunk_size, pool_size=self.pool_size, seed=self.seed,
+                          epoch=epoch, rank=world.rank, num_replicas=world.num_replicas, drop_last=self.drop_last,
+                          shuffle=self.shuffle)
 
     def _stream_of(self, share_length: int, world: World) -> tuple[int, int]:
         """The stream (rank-share piece set) this worker serves, and how many of its samples were consumed.
@@ -144,26 +158,21 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         world = current_world(self.num_replicas, self.rank)
-        reads, emit = self.worker_plan(world)
-        if len(emit) == 0:
+        records, pools, runs = self.worker_plan(world)
+        if len(records) == 0:
             return
-        first = int(emit.min())
-        wanted = np.zeros(len(reads), dtype=bool)
-        wanted[emit] = True
-        held: dict[int, tuple[int, bytes]] = {}
-        records = self.reader.scan(contiguous_runs(reads[first:]))
-        next_read = first
-        for position in emit.tolist():
-            while position not in held:
-                index, value = next(records)
-                if wanted[next_read]:
-                    held[next_read] = (index, bytes(value))
-                next_read += 1
-            index, value = held.pop(position)
-            yield self._sample(index, value)
-        records.close()
+        starts = np.flatnonzero(np.diff(pools, prepend=-1))
+        self.prefetch(runs[pools[0]])
+        for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(records)]):
+            pool = int(pools[start])
+            if pool + 1 < len(runs):
+                self.prefetch(runs[pool + 1])
+            else:  # the last pool: the next epoch's first
+                self.prefetch(self._rank_order(world, self.epoch + 1).pool_runs(0))
+            for index, value in self.reader.values(records[start:stop].tolist()):
+                yield self._sample(index, value)
 
     def _identity(self) -> dict[str, Any]:
         return {"seed": self.seed, "length": len(self.targets), "chunk_size": self.chunk_size,
-                "buffer_size": self.buffer_size, "num_replicas": self.num_replicas, "shuffle": self.shuffle,
+                "pool_size": self.pool_size, "num_replicas": self.num_replicas, "shuffle": self.shuffle,
                 "drop_last": self.drop_last, "batch_size": self.batch_size}

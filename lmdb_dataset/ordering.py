@@ -2,15 +2,17 @@
 
 One epoch's order over records ``0..n-1``:
 
-1. :func:`epoch_order` cuts ``0..n-1`` into contiguous chunks of ``chunk_size`` records and
-   permutes the chunks with a generator seeded by ``(seed, epoch)``; optionally it also
-   shuffles the records inside each chunk (the sampler does; reads still stay in one chunk).
+1. :func:`epoch_order` cuts ``0..n-1`` into contiguous chunks of ``chunk_size`` records on a
+   grid whose offset changes every epoch (:func:`chunk_bounds`), and permutes the chunks
+   with a generator seeded by ``(seed, epoch)``.
 2. :func:`rank_share` pads (by repeating from the start) or truncates that order to a
    multiple of ``num_replicas``, exactly like ``torch.utils.data.DistributedSampler``, and
    hands each rank a *contiguous* slice, so every rank reads whole chunks.
 3. :func:`worker_positions` splits a rank's slice among DataLoader workers in pieces of
    ``piece_size`` positions, dealt round-robin.
-4. :func:`buffer_shuffle` is the shuffle buffer a worker applies to the records it reads.
+4. :func:`pool_starts` groups a rank's share into mixing pools of about ``pool_size``
+   records (whole chunk pieces) and :func:`pool_shuffle` permutes records within each
+   pool; :func:`rank_order` composes 1, 2 and 4 into a :class:`RankOrder`.
 5. :func:`consumed_per_worker` replays the DataLoader's round-robin over worker batches to
    tell how many samples each worker had delivered after the training loop consumed ``k``.
 
@@ -20,6 +22,7 @@ same arrays on every run and machine (NumPy's PCG64 via ``default_rng``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -35,32 +38,45 @@ def check_seed(seed: int) -> None:
         raise ValueError(f"seed={seed!r} must be a non-negative integer")
 
 
-def epoch_order(n: int, *, chunk_size: int, seed: int, epoch: int, shuffle: bool,
-                shuffle_within_chunks: bool = False) -> np.ndarray:
-    """Record indices of one epoch: shuffled contiguous chunks (int64, shape ``(n,)``).
+def chunk_bounds(n: int, *, chunk_size: int, seed: int, epoch: int) -> np.ndarray:
+    """Where this epoch's chunks begin and end (int64, shape ``(num_chunks + 1,)``, from 0 to ``n``).
+
+    The grid of ``chunk_size`` records is shifted by an offset in ``[0, chunk_size)`` drawn
+    from ``(seed, epoch)``: chunks ``[0, offset)``, ``[offset, offset + chunk_size)``, ...,
+    so the first and last chunks may be shorter. Records that shared a chunk in one epoch
+    share it in the next only if no shifted boundary falls between them (for two records
+    of a chunk, about 2/3 of the time), so chunk composition changes from epoch to epoch
+    while every chunk is still one contiguous run.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    offset = int(_rng(seed, epoch, 3).integers(chunk_size)) if n > chunk_size else 0
+    inner = np.arange(offset or chunk_size, n, chunk_size, dtype=np.int64)
+    return np.concatenate(([0], inner, [n])).astype(np.int64)
+
+
+def epoch_order(n: int, *, chunk_size: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Record indices of one epoch: this epoch's chunks in a shuffled order (int64, shape ``(n,)``).
 
     Args:
         n: Number of records.
-        chunk_size: Records per chunk (the last chunk may be shorter).
-        seed: Non-negative seed; with ``epoch`` it seeds the chunk permutation.
+        chunk_size: Records per chunk (see :func:`chunk_bounds`: the grid shifts every epoch).
+        seed: Non-negative seed; with ``epoch`` it seeds the grid offset and the chunk permutation.
         epoch: Epoch number (non-negative).
         shuffle: False returns ``0..n-1`` unchanged.
-        shuffle_within_chunks: Also permute the records inside each chunk.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
     if not shuffle or n == 0:
         return np.arange(n, dtype=np.int64)
-    num_chunks = math.ceil(n / chunk_size)
-    chunks = _rng(seed, epoch, 0).permutation(num_chunks)
-    lengths = np.minimum(chunk_size, n - chunks * chunk_size)
-    segment = np.repeat(np.arange(num_chunks), lengths)
+    bounds = chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=epoch)
+    chunks = _rng(seed, epoch, 0).permutation(len(bounds) - 1)
+    lengths = np.diff(bounds)[chunks]
+    segment = np.repeat(np.arange(len(chunks)), lengths)
     segment_start = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    order = chunks[segment] * chunk_size + (np.arange(n) - segment_start[segment])
-    if shuffle_within_chunks:
-        keys = _rng(seed, epoch, 1).random(n)
-        order = order[np.lexsort((keys, segment))]
-    return order.astype(np.int64)
+    return (bounds[chunks][segment] + (np.arange(n) - segment_start[segment])).astype(np.int64)
 
 
 def rank_length(n: int, num_replicas: int, drop_last: bool) -> int:
@@ -87,6 +103,94 @@ def rank_share(order: np.ndarray, *, rank: int, num_replicas: int, drop_last: bo
     return order[rank * per_rank:(rank + 1) * per_rank]
 
 
+def pool_starts(reads: np.ndarray, *, chunk_starts: np.ndarray, pool_size: int) -> np.ndarray:
+    """Where a rank's mixing pools begin: int64 positions, shape ``(num_pools + 1,)``, ending with ``len(reads)``.
+
+    A pool begins at the first chunk start at or after each multiple of ``pool_size``, so a
+    pool holds whole chunk pieces (``pool_size`` records give or take less than a chunk)
+    and each chunk piece is read in one go.
+
+    Args:
+        reads: A rank's records in storage-read order (its share of :func:`epoch_order`).
+        chunk_starts: The first record of every chunk of the epoch (``chunk_bounds(...)[:-1]``).
+        pool_size: Records per pool (>= 1).
+    """
+    if pool_size < 1:
+        raise ValueError(f"pool_size={pool_size} must be >= 1")
+    starts = np.union1d([0], np.flatnonzero(np.isin(reads, chunk_starts))) if len(reads) else np.zeros(0, np.int64)
+    wanted = np.searchsorted(starts, np.arange(pool_size, len(reads), pool_size))
+    cuts = np.unique(starts[wanted[wanted < len(starts)]])
+    return np.concatenate(([0], cuts[cuts > 0], [len(reads)])).astype(np.int64)
+
+
+def pool_shuffle(starts: np.ndarray, *, seed: int, stream: tuple[int, ...]) -> np.ndarray:
+    """Positions ``0..starts[-1]-1`` permuted uniformly at random within each pool (int64).
+
+    Args:
+        starts: Pool boundaries from :func:`pool_starts`: pool ``q`` is ``[starts[q], starts[q+1])``.
+        seed: Non-negative seed.
+        stream: Further words that make the generator unique (epoch, rank).
+    """
+    length = int(starts[-1])
+    keys = _rng(seed, *stream, 2).random(length)
+    return np.lexsort((keys, np.repeat(np.arange(len(starts) - 1), np.diff(starts)))).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class RankOrder:
+    """One rank's records for one epoch (see :func:`rank_order`).
+
+    Attributes:
+        order: The records in delivery order, int64 shape ``(k,)``.
+        reads: The same records pool by pool in storage order (chunk pieces one after
+            another), int64 shape ``(k,)``; ``order[a:b]`` is a permutation of ``reads[a:b]``
+            for each pool ``[a, b)``.
+        starts: Pool boundaries, int64 shape ``(num_pools + 1,)``, from 0 to ``k``.
+    """
+
+    order: np.ndarray
+    reads: np.ndarray
+    starts: np.ndarray
+
+    def pool_of(self, positions: np.ndarray) -> np.ndarray:
+        """The pool of each position (int64, same shape)."""
+        return np.searchsorted(self.starts, positions, side="right").astype(np.int64) - 1
+
+    def pool_runs(self, pool: int) -> list[tuple[int, int]]:
+        """Pool ``pool``'s contiguous record runs ``[start, stop)`` in read order: one positioning each."""
+        return contiguous_runs(self.reads[self.starts[pool]:self.starts[pool + 1]])
+
+    def runs(self) -> list[list[tuple[int, int]]]:
+        """Every pool's :meth:`pool_runs`, shape ``[num_pools][runs]``."""
+        return [self.pool_runs(pool) for pool in range(len(self.starts) - 1)]
+
+
+def rank_order(n: int, *, chunk_size: int, pool_size: int, seed: int, epoch: int, rank: int, num_replicas: int,
+               drop_last: bool, shuffle: bool) -> RankOrder:
+    """One rank's records for one epoch, in the order to deliver them and in the order to read them.
+
+    :func:`epoch_order` (this epoch's shifted chunks, shuffled), then :func:`rank_share`
+    (``DistributedSampler``'s lengths and padding), then :func:`pool_shuffle` over the
+    rank's share: about ``pool_size`` records of whole chunk pieces (about
+    ``pool_size / chunk_size`` randomly drawn chunks) form a mixing pool whose records are
+    delivered in a uniformly random order. A reader asks the kernel to read each pool's
+    chunks sequentially into the page cache (one positioning per chunk) and then reads its
+    records in delivery order. Without ``shuffle`` the delivery order is the storage order
+    (pools then only pace the prefetching).
+
+    Returns:
+        The :class:`RankOrder`; its arrays have ``rank_length(n, num_replicas, drop_last)`` items.
+    """
+    order = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=shuffle)
+    reads = rank_share(order, rank=rank, num_replicas=num_replicas, drop_last=drop_last)
+    chunk_starts = (chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=epoch)[:-1] if shuffle
+                    else np.arange(0, n, chunk_size))
+    starts = pool_starts(reads, chunk_starts=chunk_starts, pool_size=pool_size)
+    if not shuffle:
+        return RankOrder(reads, reads, starts)
+    return RankOrder(reads[pool_shuffle(starts, seed=seed, stream=(epoch, rank))], reads, starts)
+
+
 def worker_positions(length: int, *, piece_size: int, worker: int, num_workers: int) -> np.ndarray:
     """Positions of a rank's slice that a worker handles: pieces dealt round-robin."""
     if piece_size < 1:
@@ -95,34 +199,6 @@ def worker_positions(length: int, *, piece_size: int, worker: int, num_workers: 
         raise ValueError(f"worker={worker} must be in [0, num_workers={num_workers})")
     positions = np.arange(length, dtype=np.int64)
     return positions[(positions // piece_size) % num_workers == worker]
-
-
-def buffer_shuffle(length: int, *, buffer_size: int, seed: int, stream: tuple[int, ...]) -> np.ndarray:
-    """The emission order of a shuffle buffer over a stream of ``length`` items.
-
-    Items enter in order 0, 1, 2, ...; once ``buffer_size`` are held, each new item replaces
-    a uniformly chosen held item, which is emitted; at the end the rest leave in random
-    order. Returns the input positions in emission order (a permutation of
-    ``range(length)``): every output is at most ``buffer_size - 1`` positions ahead of the
-    input, so a reader needs to hold at most ``buffer_size`` items.
-
-    Args:
-        length: Items in the stream.
-        buffer_size: Items held; 0 or 1 means no shuffling.
-        seed: Non-negative seed.
-        stream: Further words that make the stream's generator unique (epoch, rank, worker).
-    """
-    if buffer_size <= 1 or length <= 1:
-        return np.arange(length, dtype=np.int64)
-    rng = _rng(seed, *stream, 2)
-    held = list(range(min(buffer_size, length)))
-    out = []
-    picks = rng.integers(0, len(held), size=max(0, length - len(held))).tolist()
-    for incoming, pick in zip(range(len(held), length), picks):
-        out.append(held[pick])
-        held[pick] = incoming
-    out.extend(np.asarray(held)[rng.permutation(len(held))].tolist())
-    return np.asarray(out, dtype=np.int64)
 
 
 def consumed_per_worker(worker_lengths: list[int], *, batch_size: int,

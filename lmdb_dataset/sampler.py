@@ -2,75 +2,137 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
-from .ordering import check_seed, epoch_order, rank_length, rank_share
+from .mixing import check_class_locality
+from .ordering import RankOrder, check_seed, rank_length, rank_order
 from .progress import EpochProgress, EpochResumable
 from .world import resolve_replicas
 
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_CHUNK_SIZE = 64
+DEFAULT_POOL_SIZE = 8192
 
 
 class ChunkShuffleSampler(EpochResumable, Sampler[int]):
-    """Shuffles contiguous chunks of records, and records within each chunk.
+    """Shuffled batches read as a few sequential streams: random chunks, mixed in page-cache pools.
 
-    Reads stay inside one chunk (``chunk_size`` neighbouring records, ~28 MB of ImageNet
-    JPEGs at the default) at a time, so a spinning disk or network filesystem streams
-    instead of seeking, while the training loop sees a shuffled order. It replaces
-    ``RandomSampler`` / ``DistributedSampler`` in a DataLoader over :class:`LMDBImageDataset`
-    (or any map-style dataset whose neighbouring indices are stored together).
+    Each epoch the records (in storage order) are cut into chunks of ``chunk_size``
+    neighbours on a grid that shifts every epoch, the chunks are shuffled, and each run of
+    ``pool_size`` records of a rank's share (about ``pool_size / chunk_size`` random chunks)
+    forms a mixing pool whose records are yielded in a uniformly random order. When the
+    dataset can prefetch (:class:`LMDBImageDataset`), the sampler asks the kernel to read
+    the next pool's chunks into the page cache as the current pool starts (and, as the last
+    pool starts, the first pool of epoch ``epoch + 1``): one sequential read per chunk,
+    after which the DataLoader workers' random reads inside the pool hit memory. Only the
+    first pool of a run (or of a resumed epoch) is read cold. It replaces ``RandomSampler`` / ``DistributedSampler`` in a DataLoader over
+    :class:`LMDBImageDataset` (or any map-style dataset with ``file_order``, or whose
+    neighbouring indices are stored together).
+
+    On a file written in the default shuffled order, batches hold as many classes as random
+    sampling's and pairs of samples meet again in a batch the next epoch about
+    ``1 + chunk_size * N / (2 * pool_size**2)`` times as often as under random sampling
+    (1.6x measured for ImageNet at the defaults; see benchmarks/RESULTS.md "Order quality"). On a file
+    stored class by class a chunk holds one class, so the sampler warns
+    (:class:`ClassLocalityWarning`).
 
     Under DDP each rank takes a contiguous slice of the epoch order; the slice lengths and
     the ``drop_last`` padding/truncation are those of ``DistributedSampler``, so every rank
     runs the same number of steps and, when the world size divides the dataset length, each
     index appears exactly once per epoch across ranks. Call :meth:`set_epoch` every epoch.
 
-    Tip: if the dataset was written class by class (``convert --order folder``), a chunk
-    holds few classes; convert with the default shuffled order or keep ``chunk_size`` small.
-
     Args:
-        data_source: The dataset (only its length is used).
-        chunk_size: Records per chunk. Larger means longer sequential reads but less mixing
-            across the dataset within a stretch of batches. Defaults to 256.
-        shuffle: Shuffle at all; False yields ``0..N-1`` (split across ranks). Defaults to True.
+        data_source: The dataset: its length; its ``file_order`` (the sample each stored record
+            holds) and ``targets`` if it has them, for the storage order and the class-locality
+            check; its ``prefetch(runs)`` if it has one.
+        chunk_size: Records per chunk, the unit of sequential reading: one positioning
+            (seek) per chunk. Larger means longer sequential reads (on a spinning disk a
+            64-record chunk of ImageNet, ~7 MB, reads in ~50 ms after a ~10 ms seek) but
+            more pairs of neighbours that meet again the next epoch. Defaults to 64.
+        pool_size: Records mixed together: a batch is a random draw from a pool. The
+            repeat co-occurrence excess over random sampling falls as ``1 / pool_size**2``;
+            the page cache holds up to two pools per rank (the current one and the
+            prefetched next one: 2 x 8192 x ~110 KB = 1.8 GB for ImageNet at the default).
+            A pool of at least the rank's share is a full shuffle of it. Defaults to 8192.
+        shuffle: Shuffle at all; False yields the samples in storage order (``0..N-1`` for a
+            dataset without ``file_order``), split across ranks. Defaults to True.
         seed: Non-negative seed, identical on every rank. Defaults to 0.
         num_replicas: DDP world size. Defaults to torch.distributed's, else 1.
         rank: This rank. Defaults to torch.distributed's, else 0.
         drop_last: Drop the tail instead of padding so ranks are equal. Defaults to False.
     """
 
-    def __init__(self, data_source: Sized, *, chunk_size: int = DEFAULT_CHUNK_SIZE, shuffle: bool = True,
-                 seed: int = 0, num_replicas: int | None = None, rank: int | None = None,
-                 drop_last: bool = False) -> None:
+    def __init__(self, data_source: Sized, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 pool_size: int = DEFAULT_POOL_SIZE, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+        if pool_size < 1:
+            raise ValueError(f"pool_size={pool_size} must be >= 1")
         check_seed(seed)
+        self.data_source = data_source
         self.length = len(data_source)
+        self.file_order: np.ndarray | None = getattr(data_source, "file_order", None)
         self.chunk_size = chunk_size
+        self.pool_size = pool_size
         self.shuffle = shuffle
         self.seed = seed
         self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
         self.drop_last = drop_last
         self.num_samples = rank_length(self.length, self.num_replicas, drop_last)
         self._progress = EpochProgress()
+        targets = getattr(data_source, "targets", None)
+        if shuffle and targets is not None:
+            targets = np.asarray(targets)
+            check_class_locality(targets if self.file_order is None else targets[self.file_order],
+                                 chunk_size=chunk_size, pool_size=pool_size,
+                                 reader=type(self).__name__)
+
+    def _rank_order(self, epoch: int | None = None) -> RankOrder:
+        return rank_order(self.length, chunk_size=self.chunk_size, pool_size=self.pool_size, seed=self.seed,
+                          epoch=self.epoch if epoch is None else epoch, rank=self.rank,
+                          num_replicas=self.num_replicas, drop_last=self.drop_last, shuffle=self.shuffle)
+
+    def _samples(self, records: np.ndarray) -> np.ndarray:
+        return records if self.file_order is None else self.file_order[records]
 
     def epoch_indices(self) -> np.ndarray:
-        """This rank's full index order for the current epoch."""
-        order = epoch_order(self.length, chunk_size=self.chunk_size, seed=self.seed, epoch=self.epoch,
-                            shuffle=self.shuffle, shuffle_within_chunks=True)
-        return rank_share(order, rank=self.rank, num_replicas=self.num_replicas, drop_last=self.drop_last)
+        """This rank's full index order for the current epoch (int64, shape ``(num_samples,)``)."""
+        return self._samples(self._rank_order().order)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices()[self._progress.skip:].tolist())
+        plan = self._rank_order()
+        skip = self._progress.skip
+        prefetch = getattr(self.data_source, "prefetch", None)
+        if prefetch is None or not self.shuffle:
+            return iter(self._samples(plan.order[skip:]).tolist())
+        return self._prefetching(plan, skip, prefetch)
+
+    def _prefetching(self, plan: RankOrder, skip: int,
+                     prefetch: Callable[[list[tuple[int, int]]], None]) -> Iterator[int]:
+        """Yield the epoch's indices from ``skip`` on, prefetching pools one ahead.
+
+        As pool ``q`` starts, pool ``q + 1``'s runs are requested; as the last pool starts,
+        the first pool of epoch ``epoch + 1``'s, so that only a run's first pool starts cold.
+        """
+        indices, runs = self._samples(plan.order), plan.runs()
+        first = int(plan.pool_of(np.asarray(skip)))
+        if first < len(runs):
+            prefetch(runs[first])
+        for pool in range(first, len(runs)):
+            if pool + 1 < len(runs):
+                prefetch(runs[pool + 1])
+            else:  # the last pool: the next epoch's first
+                prefetch(self._rank_order(self.epoch + 1).pool_runs(0))
+            yield from indices[max(skip, plan.starts[pool]):plan.starts[pool + 1]].tolist()
 
     def __len__(self) -> int:
         """Indices the next iteration yields (fewer than ``num_samples`` when resuming mid-epoch)."""
         return self.num_samples - self._progress.skip
 
     def _identity(self) -> dict[str, Any]:
-        return {"seed": self.seed, "length": self.length, "chunk_size": self.chunk_size,
+        return {"seed": self.seed, "length": self.length, "chunk_size": self.chunk_size, "pool_size": self.pool_size,
                 "num_replicas": self.num_replicas, "shuffle": self.shuffle, "drop_last": self.drop_last}

@@ -55,7 +55,7 @@ def _iterable_scenario(dataset_path: str, drop_last: bool) -> dict:
     from lmdb_dataset import LMDBIterableDataset
 
     dataset = LMDBIterableDataset(dataset_path, transform=pixel_checksum, output="numpy", chunk_size=4,
-                                  buffer_size=6, batch_size=3, seed=7, drop_last=drop_last)  # world from the group
+                                  pool_size=6, batch_size=3, seed=7, drop_last=drop_last)  # world from the group
     loader = DataLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context="fork",
                         persistent_workers=True)
     epochs = []
@@ -85,7 +85,7 @@ def _training_scenario(path: str) -> dict:
 
     torch.manual_seed(1234 + dist.get_rank())  # different initial weights: DDP must broadcast rank 0's
     dataset = LMDBIterableDataset(path, transform=val_transform(size=16, resize=16), output="tensor", chunk_size=4,
-                                  buffer_size=8, batch_size=4, seed=3)
+                                  pool_size=8, batch_size=4, seed=3)
     loader = DataLoader(dataset, batch_size=4, num_workers=1, multiprocessing_context="fork")
     model = DistributedDataParallel(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, len(dataset.classes))))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -243,14 +243,14 @@ def test_ddp_two_ranks_iterable_two_workers_every_record_once_per_epoch_in_plann
         assert [len(p) for p in per_rank] == [16, 16] == [r["len"] for r in ranks]
         assert sorted(per_rank[0] + per_rank[1]) == list(range(32))
         for rank in range(WORLD_SIZE):
-            plan = LMDBIterableDataset(paths["even"], chunk_size=4, buffer_size=6, batch_size=3, seed=7,
+            plan = LMDBIterableDataset(paths["even"], chunk_size=4, pool_size=6, batch_size=3, seed=7,
                                        num_replicas=WORLD_SIZE, rank=rank)
             plan.set_epoch(epoch)
             assert labels[rank] == plan.targets[per_rank[rank]].tolist()
             streams = []
             for worker in range(2):
-                reads, emit = plan.worker_plan(World(rank, WORLD_SIZE, worker, 2))
-                streams.append(reads[emit].tolist())
+                records, _, _ = plan.worker_plan(World(rank, WORLD_SIZE, worker, 2))
+                streams.append(records.tolist())
             assert per_rank[rank] == [i for _, b in dataloader_batches(streams, 3) for i in b]
         orders.append(per_rank)
     assert orders[0] != orders[1]  # set_epoch reached the persistent workers on both ranks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -12,8 +13,8 @@ from hypothesis import strategies as st
 from support import PROPERTY, dataloader_batches, pixel_checksum, records_of, replicas, seeds, workers
 from torch.utils.data import DataLoader
 
-from lmdb_dataset import LMDBIterableDataset
-from lmdb_dataset.ordering import rank_length
+from lmdb_dataset import ChunkShuffleSampler, ClassLocalityWarning, LMDBIterableDataset
+from lmdb_dataset.ordering import rank_length, rank_order
 from lmdb_dataset.world import World
 
 
@@ -21,8 +22,8 @@ def streams_of(dataset: LMDBIterableDataset, rank: int, num_replicas: int, num_w
     """Each worker's emitted record indices, from ``worker_plan`` (no records are read)."""
     streams = []
     for worker in range(num_workers):
-        reads, emit = dataset.worker_plan(World(rank, num_replicas, worker, num_workers))
-        streams.append(reads[emit].tolist())
+        records, _, _ = dataset.worker_plan(World(rank, num_replicas, worker, num_workers))
+        streams.append(records.tolist())
     return streams
 
 
@@ -44,13 +45,13 @@ def plan_datasets(converted):
 
 @PROPERTY
 @given(data=st.data(), num_replicas=replicas, num_workers=workers, chunk_size=st.integers(1, 40),
-       buffer_size=st.integers(0, 50), batch_size=st.one_of(st.none(), st.integers(1, 12)),
+       pool_size=st.integers(1, 50), batch_size=st.one_of(st.none(), st.integers(1, 12)),
        drop_last=st.booleans(), shuffle=st.booleans(), seed=seeds, epoch=st.integers(0, 100))
 def test_worker_plan_all_ranks_and_workers_cover_records_with_equal_rank_totals(
-        plan_datasets, data, num_replicas, num_workers, chunk_size, buffer_size, batch_size, drop_last, shuffle,
+        plan_datasets, data, num_replicas, num_workers, chunk_size, pool_size, batch_size, drop_last, shuffle,
         seed, epoch):
     n = data.draw(st.sampled_from(sorted(plan_datasets)), label="n")
-    dataset = LMDBIterableDataset(plan_datasets[n], chunk_size=chunk_size, buffer_size=buffer_size,
+    dataset = LMDBIterableDataset(plan_datasets[n], chunk_size=chunk_size, pool_size=pool_size,
                                   batch_size=batch_size, drop_last=drop_last, shuffle=shuffle, seed=seed,
                                   num_replicas=num_replicas, rank=0)
     dataset.set_epoch(epoch)
@@ -59,10 +60,12 @@ def test_worker_plan_all_ranks_and_workers_cover_records_with_equal_rank_totals(
     for rank in range(num_replicas):
         total = 0
         for worker in range(num_workers):
-            reads, emit = dataset.worker_plan(World(rank, num_replicas, worker, num_workers))
-            assert sorted(emit.tolist()) == list(range(len(reads)))  # each read record emitted once
-            total += len(reads)
-            everything.update(reads[emit].tolist())
+            records, pools, runs = dataset.worker_plan(World(rank, num_replicas, worker, num_workers))
+            assert len(pools) == len(records) and np.all(np.diff(pools) >= 0)
+            for pool in set(pools.tolist()):  # each record lies in its pool's prefetched runs
+                assert set(records[pools == pool].tolist()) <= {i for a, b in runs[pool] for i in range(a, b)}
+            total += len(records)
+            everything.update(records.tolist())
         assert total == rank_length(n, num_replicas, drop_last) == len(dataset)
     if n % num_replicas == 0:
         assert everything == Counter(range(n))
@@ -89,16 +92,16 @@ def test_worker_plan_unshuffled_with_batch_size_dataloader_yields_index_order_sp
 
 @PROPERTY
 @given(data=st.data(), num_replicas=replicas, num_workers=workers, chunk_size=st.integers(1, 40),
-       buffer_size=st.integers(0, 50), batch_size=st.integers(1, 12), drop_last=st.booleans(),
+       pool_size=st.integers(1, 50), batch_size=st.integers(1, 12), drop_last=st.booleans(),
        shuffle=st.booleans(), seed=seeds, epoch=st.integers(0, 100))
 def test_worker_plan_restored_after_k_dataloader_samples_yields_exactly_the_rest(
-        plan_datasets, data, num_replicas, num_workers, chunk_size, buffer_size, batch_size, drop_last, shuffle,
+        plan_datasets, data, num_replicas, num_workers, chunk_size, pool_size, batch_size, drop_last, shuffle,
         seed, epoch):
     n = data.draw(st.sampled_from(sorted(plan_datasets)), label="n")
     rank = data.draw(st.integers(0, num_replicas - 1), label="rank")
     # With one worker any count is a valid resume point, and batch_size is optional.
     given_batch_size = batch_size if num_workers > 1 else data.draw(st.sampled_from([None, batch_size]))
-    options = {"chunk_size": chunk_size, "buffer_size": buffer_size, "batch_size": given_batch_size,
+    options = {"chunk_size": chunk_size, "pool_size": pool_size, "batch_size": given_batch_size,
                    "drop_last": drop_last, "shuffle": shuffle, "seed": seed, "num_replicas": num_replicas, "rank": rank}
     dataset = LMDBIterableDataset(plan_datasets[n], **options)
     dataset.set_epoch(epoch)
@@ -134,8 +137,8 @@ def test_worker_plan_resume_with_two_workers_without_batch_size_raises(plan_data
     dataset.load_state_dict(dataset.state_dict(samples_consumed=4))
     with pytest.raises(ValueError, match="batch_size"):
         dataset.worker_plan(World(0, 1, 0, 2))
-    reads, emit = dataset.worker_plan(World(0, 1, 0, 1))  # one worker needs no batch size
-    assert len(emit) == len(reads) - 4
+    records, _, _ = dataset.worker_plan(World(0, 1, 0, 1))  # one worker needs no batch size
+    assert len(records) == 24 - 4
 
 
 @pytest.mark.parametrize("samples_consumed", [1, 5, 25])
@@ -146,10 +149,10 @@ def test_worker_plan_resume_with_two_workers_off_batch_boundary_raises(plan_data
         dataset.worker_plan(World(0, 1, 0, 2))
 
 
-@pytest.mark.parametrize("change", [{"chunk_size": 5}, {"buffer_size": 7}, {"batch_size": 3}, {"seed": 2},
+@pytest.mark.parametrize("change", [{"chunk_size": 5}, {"pool_size": 7}, {"batch_size": 3}, {"seed": 2},
                                     {"shuffle": False}, {"drop_last": True}, {"num_replicas": 3, "rank": 1}])
 def test_iterable_load_state_of_another_configuration_raises(plan_datasets, change):
-    options = {"chunk_size": 4, "buffer_size": 8, "batch_size": 4, "seed": 1, "shuffle": True, "drop_last": False,
+    options = {"chunk_size": 4, "pool_size": 8, "batch_size": 4, "seed": 1, "shuffle": True, "drop_last": False,
                    "num_replicas": 2, "rank": 1}
     state = LMDBIterableDataset(plan_datasets[29], **options).state_dict(samples_consumed=4)
     with pytest.raises(ValueError):
@@ -165,7 +168,7 @@ def test_iterable_load_state_of_another_configuration_raises(plan_datasets, chan
 def test_iterable_two_persistent_workers_each_epoch_every_record_once_and_set_epoch_changes_order(
         start_method, dataset_path, checksums):
     dataset = LMDBIterableDataset(dataset_path, transform=pixel_checksum, output="numpy", chunk_size=4,
-                                  buffer_size=6, batch_size=3, seed=11)
+                                  pool_size=6, batch_size=3, seed=11)
     loader = DataLoader(dataset, batch_size=3, num_workers=2, multiprocessing_context=start_method,
                         persistent_workers=True)
     orders = []
@@ -184,7 +187,7 @@ def test_iterable_two_persistent_workers_each_epoch_every_record_once_and_set_ep
 def test_iterable_fork_two_workers_without_batch_size_every_record_once(dataset_path, checksums,
                                                                          loader_batch_size):
     dataset = LMDBIterableDataset(dataset_path, transform=pixel_checksum, output="numpy", chunk_size=4,
-                                  buffer_size=6, seed=3)
+                                  pool_size=6, seed=3)
     loader = DataLoader(dataset, batch_size=loader_batch_size, num_workers=2, multiprocessing_context="fork")
     indices, labels = records_of(loader, checksums)
     assert sorted(indices) == list(range(32))
@@ -195,7 +198,7 @@ def test_iterable_fork_two_workers_without_batch_size_every_record_once(dataset_
 def test_iterable_fork_two_workers_resume_after_k_batches_completes_epoch_without_repeats(
         dataset_path, checksums, batches_consumed):
     batch_size = 3
-    options = {"transform": pixel_checksum, "output": "numpy", "chunk_size": 4, "buffer_size": 6,
+    options = {"transform": pixel_checksum, "output": "numpy", "chunk_size": 4, "pool_size": 6,
                "batch_size": batch_size, "seed": 4}
 
     def loader_for(dataset):
@@ -233,55 +236,102 @@ def sequential_path(converted):
     return converted(num_images=200, special=False)
 
 
-def _forbid_random_access(dataset):
-    def refuse(*args, **kwargs):
-        raise AssertionError("LMDBIterableDataset read records by random access")
+def _log_reads(dataset) -> list[tuple[str, list]]:
+    """Record, in order, the runs ``dataset.prefetch`` is asked for and the records ``reader.values`` reads."""
+    events = []
+    prefetch, values = dataset.prefetch, dataset.reader.values
+    dataset.prefetch = lambda runs: (events.append(("prefetch", list(runs))), prefetch(runs))[1]
+    dataset.reader.values = lambda indices: (events.append(("read", list(indices))), values(indices))[1]
+    return events
 
-    dataset.reader.values = refuse
+
+def _expected_events(n: int, epoch: int, **options) -> list[tuple[str, list]]:
+    """One worker reading a whole epoch: pool 0 prefetched, then for each pool the next pool's runs
+    (for the last, the next epoch's first pool's) prefetched before its records are read."""
+    plan, following = (rank_order(n, epoch=e, rank=0, num_replicas=1, drop_last=False, **options)
+                       for e in (epoch, epoch + 1))
+    pools = len(plan.starts) - 1
+    events = [("prefetch", plan.pool_runs(0))]
+    for q in range(pools):
+        events.append(("prefetch", plan.pool_runs(q + 1) if q + 1 < pools else following.pool_runs(0)))
+        events.append(("read", plan.order[plan.starts[q]:plan.starts[q + 1]].tolist()))
+    return events
 
 
-@pytest.mark.parametrize("buffer_size", [0, 16, 512])
-def test_iterable_main_process_shuffled_200_records_chunk_32_positions_cursor_at_most_once_per_chunk(
-        sequential_path, buffer_size):
-    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, buffer_size=buffer_size, output="numpy",
-                                  seed=1)
-    _forbid_random_access(dataset)
-    num_chunks = math.ceil(200 / 32)
+@pytest.mark.parametrize("pool_size", [1, 16, 512])
+def test_iterable_main_process_shuffled_200_records_prefetches_chunk_runs_one_pool_ahead(sequential_path,
+                                                                                         pool_size):
+    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, pool_size=pool_size, output="numpy", seed=1)
+    events = _log_reads(dataset)
     for epoch in range(2):
         dataset.set_epoch(epoch)
-        before = dataset.reader.cursor_positionings
+        events.clear()
         labels = [label for _, label in dataset]
-        positionings = dataset.reader.cursor_positionings - before
         assert sorted(labels) == sorted(dataset.targets.tolist()) and len(labels) == 200
-        assert 1 <= positionings <= num_chunks  # one cursor placement per contiguous run: never per record
+        assert events == _expected_events(200, epoch, chunk_size=32, pool_size=pool_size, seed=1, shuffle=True)
+        runs = sum(len(items) for kind, items in events[:-2] if kind == "prefetch")  # this epoch's
+        assert runs <= math.ceil(200 / 32) + 1  # one sequential run per chunk of the shifted grid, at most
 
 
-def test_iterable_main_process_unshuffled_positions_cursor_exactly_once_in_index_order(sequential_path):
-    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, shuffle=False, output="numpy")
-    _forbid_random_access(dataset)
+def test_iterable_main_process_unshuffled_reads_in_index_order_prefetching_chunk_runs(sequential_path):
+    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, pool_size=64, shuffle=False, output="numpy")
+    events = _log_reads(dataset)
     labels = [label for _, label in dataset]
     assert labels == dataset.targets.tolist()
-    assert dataset.reader.cursor_positionings == 1
-
-
-def test_iterable_unshuffled_any_world_size_and_rank_reads_exactly_its_slice(plan_datasets):
-    for n, path in plan_datasets.items():
-        for num_replicas in range(1, 9):
-            per_rank = n // num_replicas
-            for rank in range(num_replicas):
-                dataset = LMDBIterableDataset(path, shuffle=False, drop_last=True, num_replicas=num_replicas,
-                                              rank=rank, output="numpy")
-                labels = [label for _, label in dataset]
-                assert labels == dataset.targets[rank * per_rank:(rank + 1) * per_rank].tolist()
+    assert [i for kind, items in events if kind == "read" for i in items] == list(range(200))
+    assert events == _expected_events(200, 0, chunk_size=32, pool_size=64, seed=0, shuffle=False)
+    assert [items for kind, items in events if kind == "prefetch"] == [[(0, 64)], [(64, 128)], [(128, 192)],
+                                                                        [(192, 200)], [(0, 64)]]
 
 
 @pytest.mark.parametrize("rank", [0, 1])
-def test_iterable_main_process_rank_of_two_resumed_midway_still_reads_in_few_runs(sequential_path, rank):
-    options = {"chunk_size": 32, "buffer_size": 16, "output": "numpy", "seed": 2, "num_replicas": 2, "rank": rank}
+def test_iterable_main_process_rank_of_two_resumed_midway_yields_the_rest_prefetching_its_pools(sequential_path,
+                                                                                            rank):
+    options = {"chunk_size": 32, "pool_size": 16, "output": "numpy", "seed": 2, "num_replicas": 2, "rank": rank}
     full = [label for _, label in LMDBIterableDataset(sequential_path, **options)]
     dataset = LMDBIterableDataset(sequential_path, **options)
     dataset.load_state_dict(dataset.state_dict(samples_consumed=37))
-    _forbid_random_access(dataset)
+    events = _log_reads(dataset)
     rest = [label for _, label in dataset]
     assert rest == full[37:]
-    assert 1 <= dataset.reader.cursor_positionings <= math.ceil(100 / 32) + 1
+    read = [i for kind, items in events if kind == "read" for i in items]
+    prefetched = {i for kind, items in events if kind == "prefetch" for a, b in items for i in range(a, b)}
+    assert len(read) == 100 - 37 and set(read) <= prefetched
+
+
+# --- class locality and agreement with the sampler -----------------------------------------------------------
+
+
+def test_iterable_class_sorted_file_warns_once_per_object_with_the_fix(converted):
+    path = converted(num_images=96, special=False)
+    with pytest.warns(ClassLocalityWarning, match=r"holds 1\.\d distinct classes .* default shuffled order") as caught:
+        LMDBIterableDataset(path, chunk_size=8, pool_size=16)
+    assert len(caught) == 1
+
+
+def test_iterable_shuffled_file_or_unshuffled_reading_or_one_pool_does_not_warn(converted):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LMDBIterableDataset(converted(num_images=96, special=False, order="shuffled"), chunk_size=8, pool_size=16)
+        LMDBIterableDataset(converted(num_images=96, special=False), chunk_size=8, pool_size=16, shuffle=False)
+        LMDBIterableDataset(converted(num_images=96, special=False), chunk_size=8, pool_size=96)
+
+
+@PROPERTY
+@given(data=st.data(), num_replicas=replicas, num_workers=workers, chunk_size=st.integers(1, 40),
+       pool_size=st.integers(1, 50), batch_size=st.integers(1, 12), drop_last=st.booleans(), seed=seeds,
+       epoch=st.integers(0, 100))
+def test_iterable_with_batch_size_dataloader_order_is_the_samplers(plan_datasets, data, num_replicas, num_workers,
+                                                                   chunk_size, pool_size, batch_size, drop_last,
+                                                                   seed, epoch):
+    n = data.draw(st.sampled_from(sorted(plan_datasets)), label="n")
+    rank = data.draw(st.integers(0, num_replicas - 1), label="rank")
+    options = {"chunk_size": chunk_size, "pool_size": pool_size, "drop_last": drop_last, "seed": seed,
+               "num_replicas": num_replicas, "rank": rank}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClassLocalityWarning)
+        dataset = LMDBIterableDataset(plan_datasets[n], batch_size=batch_size, **options)
+        sampler = ChunkShuffleSampler(range(n), **options)
+    dataset.set_epoch(epoch)
+    sampler.set_epoch(epoch)
+    assert planned_order(dataset, batch_size, rank, num_replicas, num_workers) == list(sampler)

@@ -13,72 +13,94 @@ from hypothesis import strategies as st
 from support import PROPERTY, chunk_sizes, dataloader_batches, epochs, replicas, seeds, sizes, workers
 from torch.utils.data import DistributedSampler
 
+from lmdb_dataset.mixing import chunk_class_counts, order_quality, repeat_cooccurrence
 from lmdb_dataset.ordering import (
-    buffer_shuffle,
+    chunk_bounds,
     consumed_per_worker,
     contiguous_runs,
     epoch_order,
+    pool_shuffle,
+    pool_starts,
     rank_length,
+    rank_order,
     rank_share,
     worker_positions,
 )
 
 
-def assert_chunk_structure(order: np.ndarray, n: int, chunk_size: int, *, sorted_inside: bool) -> None:
-    """``order`` is whole chunks ``[c*chunk_size, min(n, (c+1)*chunk_size))``, one after another."""
+def assert_chunk_structure(order: np.ndarray, bounds: np.ndarray) -> None:
+    """``order`` is the chunks ``[bounds[c], bounds[c+1])``, each whole and in order, one after another."""
     position, seen = 0, set()
-    while position < n:
-        chunk = int(order[position]) // chunk_size
-        assert chunk not in seen
+    while position < len(order):
+        chunk = int(np.searchsorted(bounds, order[position], side="right")) - 1
+        assert chunk not in seen and order[position] == bounds[chunk]
         seen.add(chunk)
-        expected = np.arange(chunk * chunk_size, min(n, (chunk + 1) * chunk_size))
-        block = order[position:position + len(expected)]
-        if sorted_inside:
-            np.testing.assert_array_equal(block, expected)
-        else:
-            np.testing.assert_array_equal(np.sort(block), expected)
+        expected = np.arange(bounds[chunk], bounds[chunk + 1])
+        np.testing.assert_array_equal(order[position:position + len(expected)], expected)
         position += len(expected)
-    assert position == n
-    assert len(seen) == math.ceil(n / chunk_size)
+    assert len(seen) == len(bounds) - 1
 
 
-# --- epoch_order ---------------------------------------------------------------------------------------------
+# --- chunk_bounds / epoch_order ------------------------------------------------------------------------------
 
 
 @PROPERTY
-@given(n=sizes, chunk_size=chunk_sizes, seed=seeds, epoch=epochs, within=st.booleans())
-def test_epoch_order_shuffled_is_permutation_of_whole_contiguous_chunks(n, chunk_size, seed, epoch, within):
-    order = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=True,
-                        shuffle_within_chunks=within)
+@given(n=sizes, chunk_size=chunk_sizes, seed=seeds, epoch=epochs)
+def test_chunk_bounds_cover_records_with_chunks_of_at_most_chunk_size_on_a_shifted_grid(n, chunk_size, seed, epoch):
+    bounds = chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=epoch)
+    assert bounds.dtype == np.int64 and bounds[0] == 0 and bounds[-1] == n
+    lengths = np.diff(bounds)
+    assert np.all(lengths >= 1) and np.all(lengths <= chunk_size)
+    inner = bounds[1:-1]
+    if len(inner):  # one grid: every inner boundary is offset + k * chunk_size
+        assert len(set((inner % chunk_size).tolist())) == 1
+        assert np.all(np.diff(inner) == chunk_size)
+    assert len(bounds) - 1 <= math.ceil(n / chunk_size) + 1
+
+
+@PROPERTY
+@given(num_chunks=st.integers(20, 300), chunk_size=st.integers(2, 10), seed=seeds, epoch=epochs)
+def test_chunk_bounds_grid_offset_changes_between_epochs(num_chunks, chunk_size, seed, epoch):
+    # The composition of chunks changes from epoch to epoch: over 20 epochs the offsets take
+    # several values (all equal by chance: probability chunk_size ** -19 <= 2 ** -19).
+    n = num_chunks * chunk_size
+    offsets = {int(chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=e)[1]) % chunk_size
+               for e in range(epoch, epoch + 20)}
+    assert len(offsets) > 1
+
+
+@PROPERTY
+@given(n=sizes, chunk_size=chunk_sizes, seed=seeds, epoch=epochs)
+def test_epoch_order_shuffled_is_permutation_of_this_epochs_whole_contiguous_chunks(n, chunk_size, seed, epoch):
+    order = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=True)
     assert order.dtype == np.int64 and order.shape == (n,)
     np.testing.assert_array_equal(np.sort(order), np.arange(n))
-    assert_chunk_structure(order, n, chunk_size, sorted_inside=not within)
+    assert_chunk_structure(order, chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=epoch))
 
 
 @PROPERTY
-@given(n=sizes, chunk_size=chunk_sizes, seed=seeds, epoch=epochs, within=st.booleans())
-def test_epoch_order_unshuffled_is_identity(n, chunk_size, seed, epoch, within):
-    order = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=False,
-                        shuffle_within_chunks=within)
+@given(n=sizes, chunk_size=chunk_sizes, seed=seeds, epoch=epochs)
+def test_epoch_order_unshuffled_is_identity(n, chunk_size, seed, epoch):
+    order = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=False)
     np.testing.assert_array_equal(order, np.arange(n))
     assert order.dtype == np.int64
 
 
 @PROPERTY
-@given(n=sizes, chunk_size=chunk_sizes, seed=seeds, epoch=epochs, within=st.booleans())
-def test_epoch_order_same_arguments_same_array(n, chunk_size, seed, epoch, within):
-    args = {"chunk_size": chunk_size, "seed": seed, "epoch": epoch, "shuffle": True, "shuffle_within_chunks": within}
+@given(n=sizes, chunk_size=chunk_sizes, seed=seeds, epoch=epochs)
+def test_epoch_order_same_arguments_same_array(n, chunk_size, seed, epoch):
+    args = {"chunk_size": chunk_size, "seed": seed, "epoch": epoch, "shuffle": True}
     np.testing.assert_array_equal(epoch_order(n, **args), epoch_order(n, **args))
 
 
 @PROPERTY
 @given(num_chunks=st.integers(20, 300), chunk_size=st.integers(1, 10), last=st.integers(1, 10), seed=seeds,
-       epoch=epochs, within=st.booleans())
+       epoch=epochs)
 def test_epoch_order_twenty_or_more_chunks_differs_between_consecutive_epochs(num_chunks, chunk_size, last,
-                                                                             seed, epoch, within):
+                                                                             seed, epoch):
     # >= 20 chunks: equal chunk permutations by chance have probability <= 1/20! (~4e-19).
     n = (num_chunks - 1) * chunk_size + min(last, chunk_size)
-    args = {"chunk_size": chunk_size, "seed": seed, "shuffle": True, "shuffle_within_chunks": within}
+    args = {"chunk_size": chunk_size, "seed": seed, "shuffle": True}
     first, second = epoch_order(n, epoch=epoch, **args), epoch_order(n, epoch=epoch + 1, **args)
     assert not np.array_equal(first, second)
     assert not np.array_equal(epoch_order(n, epoch=epoch, **{**args, "seed": seed + 1}), first)
@@ -86,10 +108,12 @@ def test_epoch_order_twenty_or_more_chunks_differs_between_consecutive_epochs(nu
 
 def test_epoch_order_pinned_small_example_is_reproducible_across_runs_and_machines():
     # A pure function of its arguments (PCG64 via default_rng): a saved resume point stays valid.
-    assert epoch_order(10, chunk_size=3, seed=0, epoch=0, shuffle=True).tolist() == [6, 7, 8, 0, 1, 2, 3, 4, 5, 9]
-    assert epoch_order(10, chunk_size=3, seed=0, epoch=0, shuffle=True,
-                       shuffle_within_chunks=True).tolist() == [7, 6, 8, 1, 2, 0, 4, 3, 5, 9]
-    assert buffer_shuffle(10, buffer_size=3, seed=0, stream=(0, 0, 0)).tolist() == [1, 2, 3, 0, 4, 5, 6, 9, 8, 7]
+    assert chunk_bounds(10, chunk_size=3, seed=0, epoch=0).tolist() == [0, 2, 5, 8, 10]
+    assert epoch_order(10, chunk_size=3, seed=0, epoch=0, shuffle=True).tolist() == [5, 6, 7, 0, 1, 2, 3, 4, 8, 9]
+    plan = rank_order(10, chunk_size=3, pool_size=4, seed=0, epoch=0, rank=0, num_replicas=1, drop_last=False,
+                      shuffle=True)
+    assert plan.starts.tolist() == [0, 5, 8, 10]
+    assert plan.order.tolist() == [0, 6, 1, 5, 7, 2, 3, 4, 9, 8]
 
 
 def test_epoch_order_rejects_chunk_size_zero():
@@ -167,25 +191,87 @@ def test_worker_positions_invalid_worker_or_piece_raises(worker, num_workers, pi
         worker_positions(10, piece_size=piece_size, worker=worker, num_workers=num_workers)
 
 
-# --- buffer_shuffle ------------------------------------------------------------------------------------------
+# --- pool_starts / pool_shuffle / rank_order ----------------------------------------------------------------
 
 
 @PROPERTY
-@given(length=sizes, buffer_size=st.integers(0, 600), seed=seeds,
-       stream=st.tuples(st.integers(0, 100), st.integers(0, 4), st.integers(0, 3)))
-def test_buffer_shuffle_is_permutation_never_more_than_buffer_minus_one_ahead(length, buffer_size, seed, stream):
-    out = buffer_shuffle(length, buffer_size=buffer_size, seed=seed, stream=stream)
-    np.testing.assert_array_equal(np.sort(out), np.arange(length))
-    assert np.all(out <= np.arange(length) + max(buffer_size, 1) - 1)
-    if buffer_size <= 1:
-        np.testing.assert_array_equal(out, np.arange(length))
-    np.testing.assert_array_equal(out, buffer_shuffle(length, buffer_size=buffer_size, seed=seed, stream=stream))
+@given(n=sizes, chunk_size=chunk_sizes, pool_size=st.integers(1, 700), num_replicas=replicas, seed=seeds,
+       epoch=epochs)
+def test_pool_starts_pools_hold_whole_chunk_pieces_within_a_chunk_of_pool_size(n, chunk_size, pool_size, num_replicas,
+                                                                         seed, epoch):
+    bounds = chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=epoch)
+    order = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=True)
+    reads = rank_share(order, rank=num_replicas - 1, num_replicas=num_replicas, drop_last=False)
+    starts = pool_starts(reads, chunk_starts=bounds[:-1], pool_size=pool_size)
+    assert starts[0] == 0 and starts[-1] == len(reads) and np.all(np.diff(starts) >= 1 if len(reads) else True)
+    sizes_ = np.diff(starts)
+    assert np.all(sizes_[:-1] > pool_size - chunk_size) and np.all(sizes_ < pool_size + chunk_size)
+    assert np.all(np.isin(reads[starts[1:-1]], bounds[:-1]))  # every pool but the first starts a chunk
 
 
-def test_buffer_shuffle_large_buffer_actually_reorders():
-    out = buffer_shuffle(500, buffer_size=64, seed=3, stream=(0, 0, 0))
+@PROPERTY
+@given(starts=st.lists(st.integers(1, 40), max_size=20).map(lambda s: np.cumsum([0, *s])), seed=seeds,
+       stream=st.tuples(st.integers(0, 100), st.integers(0, 4)))
+def test_pool_shuffle_permutes_within_each_pool_only_and_is_deterministic(starts, seed, stream):
+    out = pool_shuffle(starts, seed=seed, stream=stream)
+    for a, b in itertools.pairwise(starts.tolist()):
+        assert sorted(out[a:b].tolist()) == list(range(a, b))
+    np.testing.assert_array_equal(out, pool_shuffle(starts, seed=seed, stream=stream))
+
+
+def test_pool_shuffle_large_pool_actually_reorders():
+    out = pool_shuffle(np.array([0, 500]), seed=3, stream=(0, 0))
     assert not np.array_equal(out, np.arange(500))
-    assert not np.array_equal(out, buffer_shuffle(500, buffer_size=64, seed=3, stream=(0, 0, 1)))
+    assert not np.array_equal(out, pool_shuffle(np.array([0, 500]), seed=3, stream=(0, 1)))
+
+
+@PROPERTY
+@given(n=sizes, chunk_size=chunk_sizes, pool_size=st.integers(1, 700), num_replicas=replicas,
+       drop_last=st.booleans(), shuffle=st.booleans(), seed=seeds, epoch=epochs)
+def test_rank_order_ranks_get_distributed_sampler_shares_delivered_as_pool_permutations_of_reads(
+        n, chunk_size, pool_size, num_replicas, drop_last, shuffle, seed, epoch):
+    base = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=shuffle)
+    for rank in range(num_replicas):
+        plan = rank_order(n, chunk_size=chunk_size, pool_size=pool_size, seed=seed, epoch=epoch, rank=rank,
+                          num_replicas=num_replicas, drop_last=drop_last, shuffle=shuffle)
+        share = rank_share(base, rank=rank, num_replicas=num_replicas, drop_last=drop_last)
+        assert len(plan.order) == rank_length(n, num_replicas, drop_last)
+        np.testing.assert_array_equal(plan.reads, share)
+        for a, b in zip(plan.starts[:-1], plan.starts[1:]):
+            assert sorted(plan.order[a:b].tolist()) == sorted(plan.reads[a:b].tolist())
+        runs = plan.runs()
+        assert [i for pool in runs for start, stop in pool for i in range(start, stop)] == share.tolist()
+        if not shuffle:
+            np.testing.assert_array_equal(plan.order, share)
+
+
+@PROPERTY
+@given(per_rank=st.integers(0, 600), chunk_size=chunk_sizes, pool_size=st.integers(1, 700),
+       num_replicas=replicas, drop_last=st.booleans(), seed=seeds, epoch=epochs)
+def test_rank_order_divisible_length_every_record_exactly_once_across_ranks(per_rank, chunk_size, pool_size,
+                                                                           num_replicas, drop_last, seed, epoch):
+    n = per_rank * num_replicas
+    orders = [rank_order(n, chunk_size=chunk_size, pool_size=pool_size, seed=seed, epoch=epoch, rank=r,
+                         num_replicas=num_replicas, drop_last=drop_last, shuffle=True).order
+              for r in range(num_replicas)]
+    assert [len(o) for o in orders] == [per_rank] * num_replicas
+    np.testing.assert_array_equal(np.sort(np.concatenate(orders)), np.arange(n))
+
+
+@PROPERTY
+@given(num_chunks=st.integers(40, 200), chunk_size=st.integers(4, 10), seed=seeds, epoch=epochs)
+def test_rank_order_chunk_mates_are_split_by_the_next_epochs_grid(num_chunks, chunk_size, seed, epoch):
+    # Chunk composition changes between epochs: some records that shared a chunk in epoch e are
+    # in different chunks in epoch e + 1 unless both grids have the same offset.
+    n = num_chunks * chunk_size
+    first, second = (chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=e) for e in (epoch, epoch + 1))
+    chunk_of = [np.searchsorted(b, np.arange(n), side="right") for b in (first, second)]
+    same_before = chunk_of[0][1:] == chunk_of[0][:-1]
+    same_after = chunk_of[1][1:] == chunk_of[1][:-1]
+    if first[1] % chunk_size != second[1] % chunk_size:
+        assert np.any(same_before & ~same_after)
+    else:
+        np.testing.assert_array_equal(same_before, same_after)
 
 
 # --- consumed_per_worker -------------------------------------------------------------------------------------
@@ -221,3 +307,51 @@ def test_contiguous_runs_expand_back_to_input_with_maximal_runs(indices):
     assert [i for start, stop in runs for i in range(start, stop)] == indices
     for (_, stop), (start, _) in itertools.pairwise(runs):
         assert start != stop  # a run that could continue is not split
+
+
+# --- order_quality (hand-computed cases) ---------------------------------------------------------------------
+
+
+def test_order_quality_two_epochs_of_four_samples_hand_computed():
+    labels = np.array([0, 0, 1, 1])  # dataset histogram (1/2, 1/2)
+    epoch0 = [np.array([0, 1]), np.array([2, 3])]  # one class per batch: TV 1/2 each
+    epoch1 = [np.array([0, 2]), np.array([1, 3])]  # both classes per batch: TV 0
+    quality = order_quality([epoch0, epoch1], labels, reads=[np.array([0, 1, 2, 3]), np.array([3, 1, 2])])
+    assert quality.distinct_classes == (1 + 1 + 2 + 2) / 4
+    assert quality.tv_distance == (0.5 + 0.5 + 0 + 0) / 4
+    assert quality.repeat_cooccurrence == 0.0  # pairs {0,1} and {2,3} never meet again
+    assert quality.seeks_per_1000 == 1000 * (1 + 2) / 7  # one run, then 3 | 1,2
+
+
+def test_order_quality_same_batches_again_repeat_cooccurrence_is_one_and_padding_counts_once():
+    labels = np.arange(6) % 3
+    batches = [np.array([0, 1, 2]), np.array([3, 4, 5, 0])]  # 0 repeated (padding): counted in its first batch
+    quality = order_quality([batches, batches], labels)
+    assert quality.repeat_cooccurrence == 1.0
+    assert repeat_cooccurrence(batches, batches, 6) == (3 + 3, 6)
+    assert repeat_cooccurrence(batches, [np.array([0, 3]), np.array([1, 4]), np.array([2, 5])], 6) == (6, 0)
+    assert repeat_cooccurrence(batches, [np.array([0, 1, 3, 4]), np.array([2, 5])], 6) == (6, 1 + 1)
+    assert np.isnan(quality.seeks_per_1000) and np.isnan(order_quality([batches], labels).repeat_cooccurrence)
+
+
+@PROPERTY
+@given(n=st.integers(2, 60), batch=st.integers(1, 8), seed=seeds)
+def test_repeat_cooccurrence_equals_brute_force_pair_count(n, batch, seed):
+    rng = np.random.default_rng(seed)
+    first, second = (list(np.array_split(rng.permutation(n), max(1, n // batch))) for _ in range(2))
+    pairs = [{frozenset((int(a), int(b))) for bt in epoch for a, b in itertools.combinations(bt.tolist(), 2)}
+             for epoch in (first, second)]
+    assert repeat_cooccurrence(first, second, n) == (len(pairs[0]), len(pairs[0] & pairs[1]))
+
+
+def test_order_quality_rejects_out_of_range_samples_and_no_epochs():
+    with pytest.raises(ValueError, match="outside"):
+        order_quality([[np.array([0, 4])]], np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match="empty"):
+        order_quality([], np.zeros(4, dtype=np.int64))
+
+
+def test_chunk_class_counts_class_sorted_versus_interleaved_hand_computed():
+    sorted_labels = np.repeat(np.arange(4), 8)  # chunks of 8: one class each
+    assert chunk_class_counts(sorted_labels, 8) == (1.0, pytest.approx(4 * (1 - 0.75 ** 8)))
+    assert chunk_class_counts(np.tile(np.arange(4), 8), 8)[0] == 4.0

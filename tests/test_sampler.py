@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -11,8 +13,8 @@ from hypothesis import strategies as st
 from support import PROPERTY, chunk_sizes, epochs, pixel_checksum, records_of, replicas, seeds, sizes
 from torch.utils.data import DataLoader
 
-from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset
-from lmdb_dataset.ordering import rank_length
+from lmdb_dataset import ChunkShuffleSampler, ClassLocalityWarning, LMDBImageDataset
+from lmdb_dataset.ordering import chunk_bounds, rank_length, rank_order
 
 
 def samplers(n: int, num_replicas: int, **options) -> list[ChunkShuffleSampler]:
@@ -86,17 +88,21 @@ def test_sampler_set_epoch_twenty_or_more_chunks_changes_order_and_is_reproducib
 
 
 @PROPERTY
-@given(n=st.integers(0, 2000), chunk_size=chunk_sizes, seed=seeds, epoch=epochs)
-def test_sampler_single_rank_order_is_shuffled_whole_chunks(n, chunk_size, seed, epoch):
-    (sampler,) = samplers(n, 1, chunk_size=chunk_size, seed=seed)
+@given(n=st.integers(0, 2000), chunk_size=chunk_sizes, pool_size=st.integers(1, 700), seed=seeds, epoch=epochs)
+def test_sampler_single_rank_order_is_pools_of_whole_chunks_of_the_epochs_grid(n, chunk_size, pool_size, seed,
+                                                                               epoch):
+    (sampler,) = samplers(n, 1, chunk_size=chunk_size, pool_size=pool_size, seed=seed)
     sampler.set_epoch(epoch)
     order = np.asarray(list(sampler), dtype=np.int64)
-    position = 0
-    while position < n:
-        chunk = int(order[position]) // chunk_size
-        expected = np.arange(chunk * chunk_size, min(n, (chunk + 1) * chunk_size))
-        np.testing.assert_array_equal(np.sort(order[position:position + len(expected)]), expected)
-        position += len(expected)
+    plan = rank_order(n, chunk_size=chunk_size, pool_size=pool_size, seed=seed, epoch=epoch, rank=0, num_replicas=1,
+                      drop_last=False, shuffle=True)
+    np.testing.assert_array_equal(order, plan.order)
+    bounds = chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=epoch)
+    chunk_of = np.searchsorted(bounds, order, side="right") - 1
+    for a, b in itertools.pairwise(plan.starts.tolist()):  # each pool: a permutation of whole chunks
+        whole = [i for c in np.unique(chunk_of[a:b]).tolist() for i in range(bounds[c], bounds[c + 1])]
+        assert sorted(order[a:b].tolist()) == whole
+        assert b - a < pool_size + chunk_size
 
 
 @PROPERTY
@@ -108,18 +114,68 @@ def test_sampler_unshuffled_is_index_order_split_across_ranks(n, chunk_size, num
     assert got == np.resize(np.arange(n), total).tolist()
 
 
-def test_sampler_class_ordered_dataset_chunk_of_eight_shuffles_within_chunks(converted):
+def test_sampler_class_sorted_file_warns_with_measured_classes_per_chunk(converted):
     dataset = LMDBImageDataset(converted(num_images=96, special=False))
-    assert list(dataset.targets) == sorted(dataset.targets)  # written class by class
-    sampler = ChunkShuffleSampler(dataset, chunk_size=8, seed=0)
-    order = np.asarray(list(sampler))
-    chunks = order.reshape(-1, 8)
-    assert sorted(order.tolist()) == list(range(96))
-    assert all(len(set(c // 8)) == 1 for c in chunks)  # each block of 8 is one chunk ...
-    unsorted = sum(not np.all(np.diff(c) > 0) for c in chunks)
-    assert unsorted == len(chunks)  # ... and no chunk comes out in stored order
-    successors = int(np.sum(np.diff(order) == 1))
-    assert successors < len(order) // 4  # consecutive indices are not simply increasing
+    assert list(dataset.targets) == sorted(dataset.targets)  # stored class by class
+    with pytest.warns(ClassLocalityWarning, match=r"a chunk of 8 neighbouring records holds 1\.\d distinct classes"):
+        ChunkShuffleSampler(dataset, chunk_size=8, pool_size=16, seed=0)
+
+
+def test_sampler_shuffled_file_or_unlabelled_source_or_no_shuffle_or_one_pool_does_not_warn(converted):
+    shuffled = LMDBImageDataset(converted(num_images=96, special=False, order="shuffled"))
+    class_sorted = LMDBImageDataset(converted(num_images=96, special=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ChunkShuffleSampler(shuffled, chunk_size=8, pool_size=16, seed=0)
+        ChunkShuffleSampler(range(96), chunk_size=8, pool_size=16, seed=0)  # no labels: nothing to measure
+        ChunkShuffleSampler(class_sorted, chunk_size=8, pool_size=16, shuffle=False)  # storage order asked for
+        ChunkShuffleSampler(class_sorted, chunk_size=8, pool_size=96)  # one pool: a full shuffle
+
+
+def test_sampler_class_ordered_dataset_pool_of_24_mixes_three_chunks_and_changes_every_epoch(converted):
+    dataset = LMDBImageDataset(converted(num_images=96, special=False))
+    with pytest.warns(ClassLocalityWarning):
+        sampler = ChunkShuffleSampler(dataset, chunk_size=8, pool_size=24, seed=0)
+    pools = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        order = np.asarray(list(sampler))
+        assert sorted(order.tolist()) == list(range(96))
+        assert int(np.sum(np.diff(order) == 1)) < len(order) // 4  # not stored order
+        pools.append({frozenset(order[i:i + 24].tolist()) for i in range(0, 96, 24)})
+    assert pools[0] != pools[1]  # chunk composition and grouping change between epochs
+
+
+@pytest.mark.parametrize("samples_consumed", [0, 130])
+def test_sampler_prefetches_each_pool_before_yielding_it_the_next_as_it_starts_then_next_epochs_first(
+        samples_consumed):
+    class Source:
+        def __init__(self):
+            self.prefetched: list[list[tuple[int, int]]] = []
+
+        def __len__(self):
+            return 500
+
+        def prefetch(self, runs):
+            self.prefetched.append(list(runs))
+
+    source = Source()
+    sampler = ChunkShuffleSampler(source, chunk_size=10, pool_size=100, seed=4)
+    sampler.set_epoch(2)
+    sampler.load_state_dict(sampler.state_dict(samples_consumed=samples_consumed))
+    plan, following = (rank_order(500, chunk_size=10, pool_size=100, seed=4, epoch=e, rank=0, num_replicas=1,
+                                  drop_last=False, shuffle=True) for e in (2, 3))
+    first = int(plan.pool_of(np.asarray(samples_consumed)))
+    for position, index in enumerate(sampler, start=samples_consumed):
+        pool = int(plan.pool_of(np.asarray(position)))
+        # Pools first..pool+1 requested (or, in the last pool, the next epoch's first too), nothing more.
+        expected = [plan.pool_runs(q) for q in range(first, min(pool + 2, len(plan.starts) - 1))]
+        if pool == len(plan.starts) - 2:
+            expected.append(following.pool_runs(0))
+        assert source.prefetched == expected
+        assert any(plan.starts[q] <= position < plan.starts[q + 1] and any(a <= index < b for a, b in runs)
+                   for q, runs in zip(range(first, pool + 2), source.prefetched))
+    assert len(plan.starts) - 1 == 5
 
 
 @PROPERTY
