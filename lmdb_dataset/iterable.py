@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 from .dataset import LMDBDatasetBase
 from .decoding import Output
@@ -21,11 +22,22 @@ from .ordering import (
     rank_share,
     worker_positions,
 )
-from .progress import EpochProgress, EpochResumable
-from .world import World, current_world, resolve_replicas
+from .progress import EpochProgress, EpochResumable, check_identity
+from .world import Replicas, World, current_world
 
 DEFAULT_CHUNK_SIZE = 256
 DEFAULT_BUFFER_SIZE = 512
+
+
+@dataclasses.dataclass
+class StreamPosition:
+    """Where this process's current pass stands: the stream it serves and the samples it emitted."""
+
+    epoch: int
+    stream: int
+    start: int
+    num_workers: int
+    emitted: int = 0
 
 
 class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
@@ -49,11 +61,21 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             dataset.set_epoch(epoch)
             for images, labels in loader: ...
 
-    Resuming mid-epoch: count the samples the loop consumed and save
+    Resuming mid-epoch, stock DataLoader: count the samples the loop consumed and save
     ``dataset.state_dict(samples_consumed=count)`` with the checkpoint; after restarting,
-    ``dataset.load_state_dict(state)`` makes the next epoch iteration yield exactly the
-    samples not yet consumed. With ``num_workers > 1`` this needs ``batch_size`` (equal to
-    the DataLoader's) and the same ``num_workers`` as before.
+    ``dataset.load_state_dict(state)`` makes the next pass yield exactly the samples not yet
+    consumed (later passes are whole). With ``num_workers > 1`` this needs ``batch_size``
+    (equal to the DataLoader's) and the same ``num_workers`` as before.
+
+    Resuming mid-epoch, torchdata's ``StatefulDataLoader``: nothing to count. Its
+    ``state_dict()`` asks each worker for its own position (``state_dict()`` without
+    arguments, called in a worker) and restores each worker from its own; any
+    ``num_workers`` (the same before and after) and ``batch_size`` work.
+
+    Unless given, ``num_replicas`` and ``rank`` are read from torch.distributed when
+    iteration starts (spawned workers get the parent's), so the dataset may be built before
+    the process group exists. Frameworks that do not call ``set_epoch`` on datasets need a
+    hook: :class:`lmdb_dataset.integrations.lightning.SetEpochCallback` for Lightning.
 
     Args:
         path: Dataset directory.
@@ -67,8 +89,8 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             mixes better but holds ``buffer_size`` encoded images (~110 KB each for ImageNet)
             per worker. Defaults to 512.
         seed: Non-negative seed, identical on every rank. Defaults to 0.
-        num_replicas: DDP world size. Defaults to torch.distributed's, else 1.
-        rank: This rank. Defaults to torch.distributed's, else 0.
+        num_replicas: DDP world size. Defaults to torch.distributed's when iterating, else 1.
+        rank: This rank. Defaults to torch.distributed's when iterating, else 0.
         drop_last: Drop the tail instead of padding so ranks are equal. Defaults to False.
         output: ``"pil"``, ``"tensor"`` or ``"numpy"``, as in :class:`LMDBImageDataset`.
             Defaults to ``"pil"``.
@@ -97,10 +119,14 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         self.chunk_size = chunk_size
         self.buffer_size = buffer_size
         self.seed = seed
-        self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
+        self._replicas = Replicas(num_replicas, rank)
         self.drop_last = drop_last
         self.batch_size = batch_size
         self._progress = EpochProgress()
+        self._resume: StreamPosition | None = None  # a worker's own position, loaded in this process
+        self._position: StreamPosition | None = None  # this process's current pass
+
+    _PROCESS_LOCAL = {"_resume": None, "_position": None}
 
     def __len__(self) -> int:
         """Samples this rank yields in the next iteration (its share of an epoch, less any resumed part)."""
@@ -130,7 +156,12 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         the DataLoader, which starts again at worker 0, continues exactly where the consumed
         part ended.
         """
-        skip = self._progress.skip
+        if self._resume is not None:
+            if self._resume.num_workers != world.num_workers:
+                raise ValueError(f"this worker's state was saved with num_workers={self._resume.num_workers}, "
+                                 f"the DataLoader now has num_workers={world.num_workers}")
+            return self._resume.stream, self._resume.start
+        skip = self._progress.skip_for(world.worker)
         if skip == 0 or world.num_workers == 1:
             return world.worker, skip
         if self.batch_size is None:
@@ -143,8 +174,23 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         return stream, consumed[stream]
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        """Plans the pass at once (so a state asked for before the first sample is this pass's start)."""
         world = current_world(self.num_replicas, self.rank)
+        stream, start = self._stream_of(rank_length(len(self.targets), world.num_replicas, self.drop_last), world)
         reads, emit = self.worker_plan(world)
+        self._progress.start_pass(world, in_worker=get_worker_info() is not None)
+        self._resume = None
+        self._position = StreamPosition(self.epoch, stream, start, world.num_workers)
+        return self._counted(self._position, self._read(reads, emit))
+
+    @staticmethod
+    def _counted(position: StreamPosition, samples: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+        for sample in samples:
+            position.emitted += 1
+            yield sample
+
+    def _read(self, reads: np.ndarray, emit: np.ndarray) -> Iterator[tuple[Any, Any]]:
+        """Walk the cursor over ``reads`` and yield the samples at positions ``emit``, in that order."""
         if len(emit) == 0:
             return
         first = int(emit.min())
@@ -162,6 +208,35 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             index, value = held.pop(position)
             yield self._sample(index, value)
         records.close()
+
+    def _own_state(self) -> dict[str, Any]:
+        position = self._position
+        if get_worker_info() is not None and position is not None:
+            return {"epoch": position.epoch, "stream": position.stream, "stream_position": position.start +
+                    position.emitted, "num_workers": position.num_workers, **self._identity()}
+        if position is not None:  # iterated in this process, without workers: what it yielded is what was consumed
+            return {"epoch": position.epoch, "samples_consumed": position.start + position.emitted,
+                    **self._identity()}
+        if self._progress.workers_iterated:
+            raise ValueError("DataLoader workers read ahead of the training loop, so the dataset cannot tell "
+                             "which samples were consumed: pass state_dict(samples_consumed=<samples the loop "
+                             "consumed this epoch>), or use torchdata's StatefulDataLoader, which asks each "
+                             "worker for its own position")
+        return self._progress.state_dict(0, **self._identity())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: the next pass yields exactly the rest of that epoch.
+
+        A worker's own state (from ``state_dict()`` inside a DataLoader worker, as torchdata's
+        ``StatefulDataLoader`` saves them) resumes that worker only.
+        """
+        if "stream" not in state:
+            super().load_state_dict(state)
+            return
+        check_identity(state, self._identity())
+        self._progress.set_epoch(int(state["epoch"]))
+        self._resume = StreamPosition(int(state["epoch"]), int(state["stream"]), int(state["stream_position"]),
+                                      int(state["num_workers"]))
 
     def _identity(self) -> dict[str, Any]:
         return {"seed": self.seed, "length": len(self.targets), "chunk_size": self.chunk_size,

@@ -1,0 +1,221 @@
+"""Framework protocols in one process: torchdata's StatefulDataLoader resume, resume points, copies, world.
+
+The two-process Lightning / Accelerate runs are in ``test_frameworks_ddp.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import warnings
+
+import pytest
+import torch.distributed as dist
+from support import pixel_checksum
+from torch.utils.data import DataLoader, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
+
+BATCH = 3
+
+
+def _indices(batches, checksums) -> list[int]:
+    return [checksums[int(c)] for images, _ in batches for c in images]
+
+
+def _take(loader, count: int) -> list:
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == count:
+            break
+    return batches
+
+
+def _sampler_loader(path, num_workers: int, epoch: int):
+    dataset = LMDBImageDataset(path, transform=pixel_checksum, output="numpy")
+    sampler = ChunkShuffleSampler(dataset, chunk_size=4, seed=11)
+    sampler.set_epoch(epoch)
+    context = "fork" if num_workers else None
+    return sampler, StatefulDataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=num_workers,
+                                       multiprocessing_context=context)
+
+
+def _iterable_loader(path, num_workers: int, epoch: int):
+    dataset = LMDBIterableDataset(path, transform=pixel_checksum, output="numpy", chunk_size=4, buffer_size=5,
+                                  seed=11)  # no batch_size: torchdata's resume does not need it
+    dataset.set_epoch(epoch)
+    context = "fork" if num_workers else None
+    return dataset, StatefulDataLoader(dataset, batch_size=BATCH, num_workers=num_workers,
+                                       multiprocessing_context=context)
+
+
+@pytest.mark.parametrize("make_loader", [_sampler_loader, _iterable_loader], ids=["sampler", "iterable"])
+@pytest.mark.parametrize("num_workers", [0, 2, 3])
+def test_torchdata_stateful_dataloader_saved_after_5_batches_resumes_with_exactly_the_rest(
+        make_loader, num_workers, dataset_path, checksums):
+    _, reference = make_loader(dataset_path, num_workers, epoch=4)
+    full = _indices(reference, checksums)
+    assert sorted(full) == list(range(len(checksums)))
+
+    _, loader = make_loader(dataset_path, num_workers, epoch=4)
+    seen = _indices(_take(loader, 5), checksums)
+    state = loader.state_dict()  # torchdata asks the sampler / each worker; nobody counts samples
+    del loader
+
+    source, resumed = make_loader(dataset_path, num_workers, epoch=4)
+    resumed.load_state_dict(state)
+    rest = _indices(resumed, checksums)
+    assert len(seen) == 5 * BATCH
+    assert seen + rest == full  # no repeats, no losses, the same order
+    source.set_epoch(5)  # the next epoch is whole
+    assert sorted(_indices(resumed, checksums)) == list(range(len(checksums)))
+
+
+def test_torchdata_iterable_two_workers_state_resumes_each_worker_from_its_own_position(dataset_path, checksums):
+    dataset, loader = _iterable_loader(dataset_path, 2, epoch=1)
+    _take(loader, 3)  # worker 0 delivered 2 batches, worker 1 one (plus what they prefetched)
+    snapshots = loader.state_dict()["_snapshot"]["_worker_snapshots"].values()
+    worker_states = [s["dataset_state"] for s in snapshots]
+    assert sorted((s["stream"], s["stream_position"]) for s in worker_states) == [(0, 2 * BATCH), (1, BATCH)]
+    assert all(s["epoch"] == 1 and s["num_workers"] == 2 for s in worker_states)
+
+
+# --- the stock DataLoader recipe and the resume point -------------------------------------------------------
+
+
+def test_sampler_loaded_resume_point_applies_to_the_next_pass_only_without_set_epoch():
+    sampler = ChunkShuffleSampler(range(20), chunk_size=4, shuffle=False)
+    full = list(sampler)
+    restored = ChunkShuffleSampler(range(20), chunk_size=4, shuffle=False)
+    restored.load_state_dict(sampler.state_dict(samples_consumed=7))
+    assert len(restored) == 13
+    assert list(restored) == full[7:]
+    assert len(restored) == 20
+    assert list(restored) == full  # set_epoch never called: the second pass is whole
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_iterable_loaded_resume_point_two_workers_applies_to_the_next_pass_only(persistent, dataset_path,
+                                                                                 checksums):
+    options = {"transform": pixel_checksum, "output": "numpy", "shuffle": False, "batch_size": BATCH}
+    full = list(range(len(checksums)))
+    dataset = LMDBIterableDataset(dataset_path, **options)
+    dataset.load_state_dict(LMDBIterableDataset(dataset_path, **options).state_dict(samples_consumed=2 * BATCH))
+    loader = DataLoader(dataset, batch_size=BATCH, num_workers=2, multiprocessing_context="fork",
+                        persistent_workers=persistent)
+    assert _indices(loader, checksums) == full[2 * BATCH:]
+    assert len(dataset) == len(full)
+    assert _indices(loader, checksums) == full  # the same epoch again, set_epoch not called: whole
+
+
+def test_iterable_state_saved_during_resumed_pass_counts_from_the_epoch_start(dataset_path, checksums):
+    options = {"transform": pixel_checksum, "output": "numpy", "chunk_size": 4, "seed": 2, "batch_size": BATCH}
+    full = _indices(DataLoader(LMDBIterableDataset(dataset_path, **options), batch_size=BATCH, num_workers=2,
+                               multiprocessing_context="fork"), checksums)
+    first = LMDBIterableDataset(dataset_path, **options)
+    first.load_state_dict(first.state_dict(samples_consumed=BATCH))
+    loader = DataLoader(first, batch_size=BATCH, num_workers=2, multiprocessing_context="fork")
+    seen = _indices(_take(loader, 2), checksums)
+    state = first.state_dict(samples_consumed=len(seen))  # consumed in this pass, on top of the first batch
+    second = LMDBIterableDataset(dataset_path, **options)
+    second.load_state_dict(state)
+    rest = _indices(DataLoader(second, batch_size=BATCH, num_workers=2, multiprocessing_context="fork"), checksums)
+    assert full[BATCH:BATCH + len(seen)] == seen and full[BATCH + len(seen):] == rest
+
+
+def test_iterable_state_dict_without_count_in_main_process_after_workers_read_raises(dataset_path):
+    dataset = LMDBIterableDataset(dataset_path, transform=pixel_checksum, output="numpy", batch_size=BATCH)
+    assert dataset.state_dict()["samples_consumed"] == 0  # nothing read yet: the epoch's start
+    _take(DataLoader(dataset, batch_size=BATCH, num_workers=2, multiprocessing_context="fork"), 1)
+    with pytest.raises(ValueError, match="samples_consumed"):
+        dataset.state_dict()
+    assert dataset.state_dict(samples_consumed=BATCH)["samples_consumed"] == BATCH
+    dataset.set_epoch(1)
+    assert dataset.state_dict() == {**dataset.state_dict(samples_consumed=0)}
+
+
+def test_iterable_main_process_state_dict_without_count_is_what_it_yielded(dataset_path, checksums):
+    options = {"transform": pixel_checksum, "output": "numpy", "chunk_size": 4, "seed": 3}
+    dataset = LMDBIterableDataset(dataset_path, **options)
+    iterator = iter(dataset)
+    seen = [checksums[int(next(iterator)[0])] for _ in range(7)]
+    state = dataset.state_dict()
+    assert state["samples_consumed"] == 7
+    restored = LMDBIterableDataset(dataset_path, **options)
+    restored.load_state_dict(state)
+    assert seen + [checksums[int(image)] for image, _ in restored] == [checksums[int(i)] for i, _ in
+                                                                        LMDBIterableDataset(dataset_path, **options)]
+
+
+# --- copies ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy], ids=["copy", "deepcopy"])
+def test_copied_sampler_and_dataset_have_their_own_epoch_and_resume_point(copier, dataset_path):
+    for original in (ChunkShuffleSampler(range(40), chunk_size=4),
+                     LMDBIterableDataset(dataset_path, batch_size=BATCH)):
+        original.set_epoch(2)
+        clone = copier(original)
+        assert clone.epoch == 2
+        clone.set_epoch(5)
+        clone.load_state_dict(clone.state_dict(samples_consumed=BATCH))
+        assert original.epoch == 2 and len(original) == len(clone) + BATCH
+        original.set_epoch(3)
+        assert clone.epoch == 5
+
+
+@pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy], ids=["copy", "deepcopy"])
+def test_copied_dataset_set_epoch_reaches_its_persistent_workers(copier, dataset_path, checksums):
+    dataset = LMDBIterableDataset(dataset_path, transform=pixel_checksum, output="numpy", chunk_size=4, seed=8)
+    view = copier(dataset)
+    loader = DataLoader(view, batch_size=BATCH, num_workers=2, multiprocessing_context="fork",
+                        persistent_workers=True)
+    orders = []
+    for epoch in range(2):
+        view.set_epoch(epoch)
+        orders.append(_indices(loader, checksums))
+        assert sorted(orders[-1]) == list(range(len(checksums)))
+    assert orders[0] != orders[1]
+
+
+# --- DistributedSampler semantics and world resolution -------------------------------------------------------
+
+
+def test_sampler_is_a_distributed_sampler_with_its_attributes():
+    sampler = ChunkShuffleSampler(range(29), chunk_size=4, num_replicas=2, rank=1, drop_last=True, seed=4)
+    assert isinstance(sampler, DistributedSampler)
+    assert (sampler.num_replicas, sampler.rank, sampler.num_samples, sampler.total_size) == (2, 1, 14, 28)
+    assert (sampler.drop_last, sampler.shuffle, sampler.seed, sampler.epoch) == (True, True, 4, 0)
+    sampler.set_epoch(3)
+    assert sampler.epoch == 3 and len(list(sampler)) == len(sampler) == 14
+
+
+@pytest.mark.parametrize("options", [{"num_replicas": 0}, {"rank": -1}, {"num_replicas": 2, "rank": 2}])
+def test_invalid_world_raises_naming_the_value(options, dataset_path):
+    with pytest.raises(ValueError, match="num_replicas|rank"):
+        ChunkShuffleSampler(range(10), **options)
+    with pytest.raises(ValueError, match="num_replicas|rank"):
+        LMDBIterableDataset(dataset_path, **options)
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=30))
+    yield
+    dist.destroy_process_group()
+
+
+def test_world_resolved_when_asked_and_explicit_world_differing_from_process_group_warns(one_process_group,
+                                                                                        dataset_path):
+    explicit = ChunkShuffleSampler(range(10), num_replicas=2, rank=1)
+    with pytest.warns(UserWarning, match="num_replicas=2, rank=1"):
+        assert len(list(explicit)) == 5
+    with pytest.warns(UserWarning, match="process group of 1"):
+        len(LMDBIterableDataset(dataset_path, num_replicas=2, rank=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the whole dataset on this process, or following the group: no warning
+        assert len(ChunkShuffleSampler(range(10), num_replicas=1, rank=0)) == 10
+        assert len(ChunkShuffleSampler(range(10))) == 10
