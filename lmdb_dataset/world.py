@@ -72,7 +72,10 @@ class Replicas:
         """
         seen = distributed_world() or self.inherited
         num_replicas = self.num_replicas if self.num_replicas is not None else (seen[0] if seen else 1)
-        rank = self.rank if self.rank is not None else (seen[1] if seen else 0)
+        if self.rank is not None:
+            rank = self.rank
+        else:  # num_replicas=1 alone means the whole dataset, on any rank
+            rank = seen[1] if seen and num_replicas != 1 else 0
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
         explicit = self.num_replicas is not None or self.rank is not None
