@@ -219,3 +219,41 @@ def test_world_resolved_when_asked_and_explicit_world_differing_from_process_gro
         warnings.simplefilter("error")  # the whole dataset on this process, or following the group: no warning
         assert len(ChunkShuffleSampler(range(10), num_replicas=1, rank=0)) == 10
         assert len(ChunkShuffleSampler(range(10))) == 10
+
+
+# --- timm -----------------------------------------------------------------------------------------------------
+
+
+def test_timm_image_dataset_with_lmdb_reader_pixels_labels_and_names_equal_the_dataset(dataset_path):
+    import numpy as np
+    from timm.data import ImageDataset
+
+    from lmdb_dataset.integrations.timm import ReaderLMDB
+
+    reference = LMDBImageDataset(dataset_path, output="numpy")
+    dataset = ImageDataset(str(dataset_path), reader=ReaderLMDB(dataset_path))
+    assert len(dataset) == len(reference) == 32
+    for index in range(len(reference)):
+        image, label = dataset[index]
+        np.testing.assert_array_equal(np.asarray(image), reference[index][0])
+        assert label == reference.targets[index]
+    assert dataset.filenames() == [reference.source_path(i) for i in range(32)]
+    assert dataset.filename(0, basename=True) == reference.source_path(0).split("/")[-1]
+
+
+@pytest.mark.parametrize("through_reader", [True, False], ids=["ImageDataset", "LMDBImageDataset"])
+def test_timm_create_loader_two_workers_one_epoch_every_record_once_at_input_size(through_reader, dataset_path):
+    from timm.data import ImageDataset, create_loader
+
+    from lmdb_dataset.integrations.timm import ReaderLMDB
+
+    reference = LMDBImageDataset(dataset_path)
+    dataset = (ImageDataset(str(dataset_path), reader=ReaderLMDB(dataset_path)) if through_reader
+               else LMDBImageDataset(dataset_path))
+    loader = create_loader(dataset, input_size=(3, 32, 32), batch_size=4, is_training=True, use_prefetcher=False,
+                           num_workers=2)
+    labels = []
+    for images, targets in loader:
+        assert tuple(images.shape[1:]) == (3, 32, 32) and images.dtype.is_floating_point
+        labels.extend(targets.tolist())
+    assert sorted(labels) == sorted(reference.targets.tolist()) and len(labels) == 32

@@ -9,16 +9,14 @@ multisets (each rank its share, together every record once) and a new order ever
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import socket
-import time
 import traceback
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import pixel_checksum
+from support import pixel_checksum, run_ranks
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBIterableDataset
 from lmdb_dataset.world import World
@@ -131,23 +129,9 @@ def _free_port() -> int:
 
 
 def _launch(scenario, path: Path, out_dir: Path) -> list[dict]:
-    context = multiprocessing.get_context("spawn")
     port = _free_port()
-    processes = [context.Process(target=_rank_main, args=(scenario, rank, port, str(path), str(out_dir)))
-                 for rank in range(WORLD_SIZE)]
-    for process in processes:
-        process.start()
-    deadline = time.monotonic() + DEADLINE_S
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-    hung = [rank for rank, process in enumerate(processes) if process.is_alive()]
-    for rank in hung:
-        processes[rank].kill()
-        processes[rank].join(10)
-    errors = "\n".join(p.read_text() for p in sorted(out_dir.glob("rank*.error")))
-    if hung or any(p.exitcode for p in processes):
-        pytest.fail(f"ranks hung: {hung}, exit codes {[p.exitcode for p in processes]}\n{errors}")
-    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+    return run_ranks(_rank_main, lambda rank: (scenario, rank, port, str(path), str(out_dir)), WORLD_SIZE, out_dir,
+                     DEADLINE_S)
 
 
 @pytest.fixture(scope="module")
