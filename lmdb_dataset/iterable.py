@@ -162,6 +162,11 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
                                  f"the DataLoader now has num_workers={world.num_workers}")
             return self._resume.stream, self._resume.start
         skip = self._progress.skip_for(world.worker)
+        saved_workers = self._progress.pass_workers
+        if skip and saved_workers and saved_workers != world.num_workers:
+            raise ValueError(f"the resume point was saved from a DataLoader with num_workers={saved_workers} "
+                             f"(0 counts as 1), this pass has {world.num_workers}: resume with the same "
+                             "num_workers")
         if skip == 0 or world.num_workers == 1:
             return world.worker, skip
         if self.batch_size is None:
@@ -209,20 +214,23 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             yield self._sample(index, value)
         records.close()
 
+    def _loop_state(self, samples_consumed: int) -> dict[str, Any]:
+        return {**super()._loop_state(samples_consumed), "num_workers": self._progress.pass_workers}
+
     def _own_state(self) -> dict[str, Any]:
         position = self._position
         if get_worker_info() is not None and position is not None:
             return {"epoch": position.epoch, "stream": position.stream, "stream_position": position.start +
                     position.emitted, "num_workers": position.num_workers, **self._identity()}
-        if position is not None:  # iterated in this process, without workers: what it yielded is what was consumed
-            return {"epoch": position.epoch, "samples_consumed": position.start + position.emitted,
-                    **self._identity()}
         if self._progress.workers_iterated:
             raise ValueError("DataLoader workers read ahead of the training loop, so the dataset cannot tell "
                              "which samples were consumed: pass state_dict(samples_consumed=<samples the loop "
                              "consumed this epoch>), or use torchdata's StatefulDataLoader, which asks each "
                              "worker for its own position")
-        return self._progress.state_dict(0, **self._identity())
+        if position is not None:  # iterated in this process, without workers: what it yielded is what was consumed
+            return {"epoch": position.epoch, "samples_consumed": position.start + position.emitted,
+                    "num_workers": 1, **self._identity()}
+        return self._loop_state(0)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`: the next pass yields exactly the rest of that epoch.

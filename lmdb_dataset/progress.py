@@ -36,8 +36,9 @@ class EpochProgress:
     """
 
     def __init__(self) -> None:
-        # [epoch, pending resume point, point the current pass started from, workers iterated]
-        self._values = torch.zeros(4, dtype=torch.int64).share_memory_()
+        # [epoch, pending resume point, point the current pass started from, workers iterated,
+        #  DataLoader workers of the current pass (or of the pass a loaded point was saved in; 0: unknown)]
+        self._values = torch.zeros(5, dtype=torch.int64).share_memory_()
         self._started = torch.zeros(MAX_WORKERS, dtype=torch.uint8).share_memory_()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> EpochProgress:
@@ -61,16 +62,21 @@ class EpochProgress:
         """Whether DataLoader workers began a pass since the epoch or resume point was set."""
         return bool(self._values[3])
 
+    @property
+    def pass_workers(self) -> int:
+        """Workers per rank of the current pass, or of the pass a loaded resume point came from (0: unknown)."""
+        return int(self._values[4])
+
     def set_epoch(self, epoch: int) -> None:
         """Switch to ``epoch``; a resume point of another epoch is dropped."""
         if epoch < 0:
             raise ValueError(f"epoch={epoch} must be >= 0")
         if epoch != self.epoch:
-            self._reset(epoch, 0)
+            self._reset(epoch, 0, 0)
 
-    def _reset(self, epoch: int, point: int) -> None:
+    def _reset(self, epoch: int, point: int, workers: int) -> None:
         self._started.zero_()
-        self._values.copy_(torch.tensor([epoch, point, point, 0], dtype=torch.int64))
+        self._values.copy_(torch.tensor([epoch, point, point, 0, workers], dtype=torch.int64))
 
     def skip_for(self, worker: int) -> int:
         """Samples of the resume point worker slot ``worker`` has yet to skip (0 once it began a pass)."""
@@ -89,6 +95,7 @@ class EpochProgress:
             self._values[2] = 0
         if in_worker:
             self._values[3] = 1
+        self._values[4] = world.num_workers
 
     def state_dict(self, samples_consumed: int, **identity: Any) -> dict[str, Any]:
         """The resume state after ``samples_consumed`` samples of the current pass.
@@ -104,7 +111,7 @@ class EpochProgress:
         check_identity(state, identity)
         if int(state["samples_consumed"]) < 0:
             raise ValueError(f"samples_consumed={state['samples_consumed']} in the state must be >= 0")
-        self._reset(int(state["epoch"]), int(state["samples_consumed"]))
+        self._reset(int(state["epoch"]), int(state["samples_consumed"]), int(state.get("num_workers", 0)))
 
 
 def check_identity(state: dict[str, Any], identity: dict[str, Any]) -> None:
@@ -133,6 +140,10 @@ class EpochResumable:
 
     def _own_state(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _loop_state(self, samples_consumed: int) -> dict[str, Any]:
+        """The state after the training loop consumed ``samples_consumed`` samples of the current pass."""
+        return self._progress.state_dict(samples_consumed, **self._identity())
 
     @property
     def num_replicas(self) -> int:
@@ -169,7 +180,7 @@ class EpochResumable:
         """
         if samples_consumed is None:
             return self._own_state()
-        return self._progress.state_dict(samples_consumed, **self._identity())
+        return self._loop_state(samples_consumed)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`: the next pass yields exactly the rest of that epoch."""

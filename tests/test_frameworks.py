@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
+from lmdb_dataset.world import World
 
 BATCH = 3
 
@@ -123,6 +124,36 @@ def test_iterable_state_saved_during_resumed_pass_counts_from_the_epoch_start(da
     second.load_state_dict(state)
     rest = _indices(DataLoader(second, batch_size=BATCH, num_workers=2, multiprocessing_context="fork"), checksums)
     assert full[BATCH:BATCH + len(seen)] == seen and full[BATCH + len(seen):] == rest
+
+
+def test_iterable_resume_point_saved_with_two_workers_refuses_a_loader_with_three(dataset_path, checksums):
+    options = {"transform": pixel_checksum, "output": "numpy", "batch_size": BATCH}
+    dataset = LMDBIterableDataset(dataset_path, **options)
+    _take(DataLoader(dataset, batch_size=BATCH, num_workers=2, multiprocessing_context="fork"), 2)
+    state = dataset.state_dict(samples_consumed=2 * BATCH)
+    assert state["num_workers"] == 2
+    restored = LMDBIterableDataset(dataset_path, **options)
+    restored.load_state_dict(state)
+    with pytest.raises(ValueError, match="num_workers=2"):
+        list(restored.worker_plan(World(0, 1, 0, 3)))
+    assert len(_indices(DataLoader(restored, batch_size=BATCH, num_workers=2, multiprocessing_context="fork"),
+                        checksums)) == len(checksums) - 2 * BATCH
+
+
+@pytest.mark.parametrize("workers_before, workers_after", [(2, 0), (0, 3)])
+def test_sampler_stock_dataloader_resume_with_another_num_workers_is_exact(workers_before, workers_after,
+                                                                           dataset_path, checksums):
+    def loader(sampler, num_workers):
+        dataset = LMDBImageDataset(dataset_path, transform=pixel_checksum, output="numpy")
+        return DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=num_workers,
+                          multiprocessing_context="fork" if num_workers else None)
+
+    sampler = ChunkShuffleSampler(range(len(checksums)), chunk_size=4, seed=6)
+    full = list(sampler)
+    seen = _indices(_take(loader(sampler, workers_before), 3), checksums)
+    restored = ChunkShuffleSampler(range(len(checksums)), chunk_size=4, seed=6)
+    restored.load_state_dict(sampler.state_dict(samples_consumed=len(seen)))
+    assert seen + _indices(loader(restored, workers_after), checksums) == full
 
 
 def test_iterable_state_dict_without_count_in_main_process_after_workers_read_raises(dataset_path):
