@@ -80,9 +80,13 @@ class EpochProgress:
 
     def skip_for(self, worker: int) -> int:
         """Samples of the resume point worker slot ``worker`` has yet to skip (0 once it began a pass)."""
+        skip = self.skip
+        if skip == 0:
+            return 0
         if worker >= MAX_WORKERS:
-            raise ValueError(f"DataLoader worker {worker}: at most {MAX_WORKERS} workers per rank are supported")
-        return 0 if self._started[worker] else self.skip
+            raise ValueError(f"DataLoader worker {worker}: resuming mid-epoch supports at most {MAX_WORKERS} "
+                             "workers per rank")
+        return 0 if self._started[worker] else skip
 
     def start_pass(self, world: World, *, in_worker: bool) -> None:
         """Record that ``world.worker`` begins a pass: its part of a pending resume point is used up."""

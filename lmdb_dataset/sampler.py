@@ -44,7 +44,7 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
     chunk holds few classes; convert with ``--shuffle`` or keep ``chunk_size`` small.
 
     Args:
-        data_source: The dataset (only its length is used).
+        data_source: The dataset (its length is used; kept as ``dataset``, as in ``DistributedSampler``).
         chunk_size: Records per chunk. Larger means longer sequential reads but less mixing
             across the dataset within a stretch of batches. Defaults to 256.
         shuffle: Shuffle at all; False yields ``0..N-1`` (split across ranks). Defaults to True.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import pickle
 import warnings
 
 import pytest
@@ -174,6 +175,8 @@ def test_iterable_main_process_state_dict_without_count_is_what_it_yielded(datas
     seen = [checksums[int(next(iterator)[0])] for _ in range(7)]
     state = dataset.state_dict()
     assert state["samples_consumed"] == 7
+    copied = pickle.loads(pickle.dumps(dataset))  # a worker's copy starts without this process's position
+    assert copied.state_dict() == {**state, "samples_consumed": 0} and copied._replicas.inherited is None
     restored = LMDBIterableDataset(dataset_path, **options)
     restored.load_state_dict(state)
     assert seen + [checksums[int(image)] for image, _ in restored] == [checksums[int(i)] for i, _ in
