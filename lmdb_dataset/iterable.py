@@ -65,7 +65,8 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     ``dataset.state_dict(samples_consumed=count)`` with the checkpoint; after restarting,
     ``dataset.load_state_dict(state)`` makes the next pass yield exactly the samples not yet
     consumed (later passes are whole). With ``num_workers > 1`` this needs ``batch_size``
-    (equal to the DataLoader's) and the same ``num_workers`` as before.
+    (equal to the DataLoader's). Resuming with another ``num_workers`` is exact too; that
+    one pass then comes in another order than an uninterrupted run would have.
 
     Resuming mid-epoch, torchdata's ``StatefulDataLoader``: nothing to count. Its
     ``state_dict()`` asks each worker for its own position (``state_dict()`` without
@@ -181,12 +182,37 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         """Plans the pass at once (so a state asked for before the first sample is this pass's start)."""
         world = current_world(self.num_replicas, self.rank)
-        stream, start = self._stream_of(rank_length(len(self.targets), world.num_replicas, self.drop_last), world)
-        reads, emit = self.worker_plan(world)
-        self._progress.start_pass(world, in_worker=get_worker_info() is not None)
+        saved_workers = self._progress.pass_workers
+        position: StreamPosition | None = None
+        regrouped = bool(self._resume is None and self._progress.skip_for(world.worker) and saved_workers
+                         and saved_workers != world.num_workers)
+        if regrouped:
+            reads, emit = self._regrouped_plan(world, saved_workers)
+        else:
+            stream, start = self._stream_of(rank_length(len(self.targets), world.num_replicas, self.drop_last),
+                                            world)
+            reads, emit = self.worker_plan(world)
+            position = StreamPosition(self.epoch, stream, start, world.num_workers)
+        self._progress.start_pass(world, in_worker=get_worker_info() is not None, regrouped=regrouped)
         self._resume = None
-        self._position = StreamPosition(self.epoch, stream, start, world.num_workers)
-        return self._counted(self._position, self._read(reads, emit))
+        self._position = position
+        samples = self._read(reads, emit)
+        return samples if position is None else self._counted(position, samples)
+
+    def _regrouped_plan(self, world: World, saved_workers: int) -> tuple[np.ndarray, np.ndarray]:
+        """Resuming with another ``num_workers`` than the resume point was saved with.
+
+        The rest of the epoch is what each of the ``saved_workers`` streams had left; this
+        worker serves the saved streams ``worker, worker + num_workers, ...`` one after the
+        other. Exactly the unconsumed samples, in another order than an uninterrupted run.
+        """
+        plans = [self.worker_plan(dataclasses.replace(world, worker=old, num_workers=saved_workers))
+                 for old in range(world.worker, saved_workers, world.num_workers)]
+        if not plans:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        offsets = np.cumsum([0] + [len(reads) for reads, _ in plans[:-1]])
+        return (np.concatenate([reads for reads, _ in plans]),
+                np.concatenate([emit + offset for (_, emit), offset in zip(plans, offsets)]))
 
     @staticmethod
     def _counted(position: StreamPosition, samples: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
@@ -215,7 +241,13 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         records.close()
 
     def _loop_state(self, samples_consumed: int) -> dict[str, Any]:
-        return {**super()._loop_state(samples_consumed), "num_workers": self._progress.pass_workers}
+        progress = self._progress
+        remaining = rank_length(len(self.targets), self.num_replicas, self.drop_last) - progress.base
+        if progress.regrouped and 0 < samples_consumed < remaining:
+            raise ValueError(f"this pass resumed a state saved with num_workers={progress.pass_workers} using "
+                             "another num_workers, so it runs in another order: a state within it cannot be "
+                             f"saved (save at the epoch's end, or resume with num_workers={progress.pass_workers})")
+        return {**super()._loop_state(samples_consumed), "num_workers": progress.pass_workers}
 
     def _own_state(self) -> dict[str, Any]:
         position = self._position

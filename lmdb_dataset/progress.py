@@ -37,8 +37,9 @@ class EpochProgress:
 
     def __init__(self) -> None:
         # [epoch, pending resume point, point the current pass started from, workers iterated,
-        #  DataLoader workers of the current pass (or of the pass a loaded point was saved in; 0: unknown)]
-        self._values = torch.zeros(5, dtype=torch.int64).share_memory_()
+        #  DataLoader workers of the current pass (or of the pass a loaded point was saved in; 0: unknown),
+        #  whether the current pass resumed that point with another number of workers]
+        self._values = torch.zeros(6, dtype=torch.int64).share_memory_()
         self._started = torch.zeros(MAX_WORKERS, dtype=torch.uint8).share_memory_()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> EpochProgress:
@@ -63,6 +64,16 @@ class EpochProgress:
         return bool(self._values[3])
 
     @property
+    def base(self) -> int:
+        """Samples of the current epoch consumed before the current (resumed) pass began."""
+        return int(self._values[2])
+
+    @property
+    def regrouped(self) -> bool:
+        """Whether the current pass resumed a point saved with another number of DataLoader workers."""
+        return bool(self._values[5])
+
+    @property
     def pass_workers(self) -> int:
         """Workers per rank of the current pass, or of the pass a loaded resume point came from (0: unknown)."""
         return int(self._values[4])
@@ -76,7 +87,7 @@ class EpochProgress:
 
     def _reset(self, epoch: int, point: int, workers: int) -> None:
         self._started.zero_()
-        self._values.copy_(torch.tensor([epoch, point, point, 0, workers], dtype=torch.int64))
+        self._values.copy_(torch.tensor([epoch, point, point, 0, workers, 0], dtype=torch.int64))
 
     def skip_for(self, worker: int) -> int:
         """Samples of the resume point worker slot ``worker`` has yet to skip (0 once it began a pass)."""
@@ -88,8 +99,12 @@ class EpochProgress:
                              "workers per rank")
         return 0 if self._started[worker] else skip
 
-    def start_pass(self, world: World, *, in_worker: bool) -> None:
-        """Record that ``world.worker`` begins a pass: its part of a pending resume point is used up."""
+    def start_pass(self, world: World, *, in_worker: bool, regrouped: bool = False) -> None:
+        """Record that ``world.worker`` begins a pass: its part of a pending resume point is used up.
+
+        ``regrouped``: the pass resumes a point saved with another number of workers (which stays
+        recorded, so that every worker of the pass sees it).
+        """
         if self.skip_for(world.worker):
             self._started[world.worker] = 1
             if bool(self._started[:world.num_workers].all()):
@@ -99,7 +114,11 @@ class EpochProgress:
             self._values[2] = 0
         if in_worker:
             self._values[3] = 1
-        self._values[4] = world.num_workers
+        if regrouped:
+            self._values[5] = 1
+        else:
+            self._values[4] = world.num_workers
+            self._values[5] = 0
 
     def state_dict(self, samples_consumed: int, **identity: Any) -> dict[str, Any]:
         """The resume state after ``samples_consumed`` samples of the current pass.
@@ -108,7 +127,7 @@ class EpochProgress:
         """
         if samples_consumed < 0:
             raise ValueError(f"samples_consumed={samples_consumed} must be >= 0")
-        return {"epoch": self.epoch, "samples_consumed": int(samples_consumed) + int(self._values[2]), **identity}
+        return {"epoch": self.epoch, "samples_consumed": int(samples_consumed) + self.base, **identity}
 
     def load_state_dict(self, state: dict[str, Any], **identity: Any) -> None:
         """Restore a :meth:`state_dict`; raises ValueError if it belongs to another configuration."""

@@ -127,18 +127,32 @@ def test_iterable_state_saved_during_resumed_pass_counts_from_the_epoch_start(da
     assert full[BATCH:BATCH + len(seen)] == seen and full[BATCH + len(seen):] == rest
 
 
-def test_iterable_resume_point_saved_with_two_workers_refuses_a_loader_with_three(dataset_path, checksums):
-    options = {"transform": pixel_checksum, "output": "numpy", "batch_size": BATCH}
+@pytest.mark.parametrize("workers_before, workers_after", [(2, 3), (3, 2), (2, 0), (0, 2)])
+def test_iterable_stock_dataloader_resume_with_another_num_workers_yields_exactly_the_rest(
+        workers_before, workers_after, dataset_path, checksums):
+    options = {"transform": pixel_checksum, "output": "numpy", "chunk_size": 4, "buffer_size": 5, "seed": 9,
+               "batch_size": BATCH}
+
+    def loader(dataset, num_workers):
+        return DataLoader(dataset, batch_size=BATCH, num_workers=num_workers,
+                          multiprocessing_context="fork" if num_workers else None)
+
     dataset = LMDBIterableDataset(dataset_path, **options)
-    _take(DataLoader(dataset, batch_size=BATCH, num_workers=2, multiprocessing_context="fork"), 2)
-    state = dataset.state_dict(samples_consumed=2 * BATCH)
-    assert state["num_workers"] == 2
+    seen = _indices(_take(loader(dataset, workers_before), 4), checksums)
+    state = dataset.state_dict(samples_consumed=len(seen))
+    assert state["num_workers"] == max(1, workers_before)
     restored = LMDBIterableDataset(dataset_path, **options)
     restored.load_state_dict(state)
-    with pytest.raises(ValueError, match="num_workers=2"):
-        list(restored.worker_plan(World(0, 1, 0, 3)))
-    assert len(_indices(DataLoader(restored, batch_size=BATCH, num_workers=2, multiprocessing_context="fork"),
-                        checksums)) == len(checksums) - 2 * BATCH
+    with pytest.raises(ValueError, match=f"num_workers={max(1, workers_before)}"):
+        restored.worker_plan(World(0, 1, 0, 5))  # a plan for another worker count is not this state's
+    batches = iter(loader(restored, workers_after))
+    rest = _indices([next(batches)], checksums)
+    with pytest.raises(ValueError, match="another order"):  # this pass runs in an order no state describes
+        restored.state_dict(samples_consumed=len(rest))
+    rest += _indices(batches, checksums)
+    assert restored.state_dict(samples_consumed=len(rest))["samples_consumed"] == len(checksums)  # epoch done
+    assert sorted(seen + rest) == list(range(len(checksums)))  # no repeats, no losses
+    assert len(_indices(loader(restored, workers_after), checksums)) == len(checksums)  # the next pass: whole
 
 
 @pytest.mark.parametrize("workers_before, workers_after", [(2, 0), (0, 3)])
