@@ -24,6 +24,11 @@ MAX_WORKERS = 1024
 """DataLoader workers per rank that can take part of a resume point."""
 
 
+def _shared_value(index: int, kind: type, doc: str) -> property:
+    """A read-only property: element ``index`` of the shared values, as ``kind``."""
+    return property(lambda self: kind(self._values[index]), doc=doc)
+
+
 class EpochProgress:
     """The epoch to produce and a pending resume point, in shared memory.
 
@@ -36,9 +41,7 @@ class EpochProgress:
     """
 
     def __init__(self) -> None:
-        # [epoch, pending resume point, point the current pass started from, workers iterated,
-        #  DataLoader workers of the current pass (or of the pass a loaded point was saved in; 0: unknown),
-        #  whether the current pass resumed that point with another number of workers]
+        # [epoch, skip, base, workers_iterated, pass_workers, regrouped]: the properties below
         self._values = torch.zeros(6, dtype=torch.int64).share_memory_()
         self._started = torch.zeros(MAX_WORKERS, dtype=torch.uint8).share_memory_()
 
@@ -48,35 +51,15 @@ class EpochProgress:
         clone._started.copy_(self._started)
         return clone
 
-    @property
-    def epoch(self) -> int:
-        """The current epoch."""
-        return int(self._values[0])
-
-    @property
-    def skip(self) -> int:
-        """Samples of the current epoch the next pass skips (a pending resume point)."""
-        return int(self._values[1])
-
-    @property
-    def workers_iterated(self) -> bool:
-        """Whether DataLoader workers began a pass since the epoch or resume point was set."""
-        return bool(self._values[3])
-
-    @property
-    def base(self) -> int:
-        """Samples of the current epoch consumed before the current (resumed) pass began."""
-        return int(self._values[2])
-
-    @property
-    def regrouped(self) -> bool:
-        """Whether the current pass resumed a point saved with another number of DataLoader workers."""
-        return bool(self._values[5])
-
-    @property
-    def pass_workers(self) -> int:
-        """Workers per rank of the current pass, or of the pass a loaded resume point came from (0: unknown)."""
-        return int(self._values[4])
+    epoch = _shared_value(0, int, "The current epoch.")
+    skip = _shared_value(1, int, "Samples of the current epoch the next pass skips (a pending resume point).")
+    base = _shared_value(2, int, "Samples of the current epoch consumed before the current (resumed) pass began.")
+    workers_iterated = _shared_value(3, bool, "Whether DataLoader workers began a pass since the epoch or resume "
+                                              "point was set.")
+    pass_workers = _shared_value(4, int, "Workers per rank of the current pass, or of the pass a loaded resume "
+                                         "point came from (0: unknown).")
+    regrouped = _shared_value(5, bool, "Whether the current pass resumed a point saved with another number of "
+                                       "DataLoader workers.")
 
     def set_epoch(self, epoch: int) -> None:
         """Switch to ``epoch``; a resume point of another epoch is dropped."""
