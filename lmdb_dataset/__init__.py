@@ -8,6 +8,9 @@ Public API:
 * :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
 * :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
+
+Framework glue lives in :mod:`lmdb_dataset.integrations` (``.lightning.SetEpochCallback``,
+``.timm.ReaderLMDB``), imported on its own so the package never imports those frameworks.
 """
 
 from .convert import ConversionReport, convert_image_folder
