@@ -44,16 +44,21 @@ def _sampler_loader(path, num_workers: int, epoch: int):
                                        multiprocessing_context=context)
 
 
-def _iterable_loader(path, num_workers: int, epoch: int):
+def _iterable_loader(path, num_workers: int, epoch: int, persistent: bool = False):
     dataset = LMDBIterableDataset(path, transform=pixel_checksum, output="numpy", chunk_size=4, buffer_size=5,
                                   seed=11)  # no batch_size: torchdata's resume does not need it
     dataset.set_epoch(epoch)
     context = "fork" if num_workers else None
     return dataset, StatefulDataLoader(dataset, batch_size=BATCH, num_workers=num_workers,
-                                       multiprocessing_context=context)
+                                       multiprocessing_context=context, persistent_workers=persistent)
 
 
-@pytest.mark.parametrize("make_loader", [_sampler_loader, _iterable_loader], ids=["sampler", "iterable"])
+def _persistent_iterable_loader(path, num_workers: int, epoch: int):
+    return _iterable_loader(path, num_workers, epoch, persistent=num_workers > 0)
+
+
+@pytest.mark.parametrize("make_loader", [_sampler_loader, _iterable_loader, _persistent_iterable_loader],
+                         ids=["sampler", "iterable", "iterable-persistent"])
 @pytest.mark.parametrize("num_workers", [0, 2, 3])
 def test_torchdata_stateful_dataloader_saved_after_5_batches_resumes_with_exactly_the_rest(
         make_loader, num_workers, dataset_path, checksums):
@@ -75,7 +80,7 @@ def test_torchdata_stateful_dataloader_saved_after_5_batches_resumes_with_exactl
     assert sorted(_indices(resumed, checksums)) == list(range(len(checksums)))
 
 
-def test_torchdata_iterable_two_workers_state_resumes_each_worker_from_its_own_position(dataset_path, checksums):
+def test_torchdata_iterable_two_workers_state_holds_each_workers_own_position(dataset_path, checksums):
     dataset, loader = _iterable_loader(dataset_path, 2, epoch=1)
     _take(loader, 3)  # worker 0 delivered 2 batches, worker 1 one (plus what they prefetched)
     snapshots = loader.state_dict()["_snapshot"]["_worker_snapshots"].values()
