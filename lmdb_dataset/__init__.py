@@ -3,7 +3,7 @@
 Public API:
 
 * :class:`LMDBImageDataset` - map-style random access (drop-in for ``ImageFolder``).
-* :class:`LMDBIterableDataset` - sequential cursor reads, sharded over workers and ranks.
+* :class:`LMDBIterableDataset` - sequential reads in mixing pools, sharded over workers and ranks.
 * :class:`ChunkShuffleSampler` - near-sequential shuffled order for map-style datasets.
 * :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
 * :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
@@ -13,6 +13,9 @@ Public API:
 The names are imported on first use (PEP 562), so ``import lmdb_dataset`` and the commands that
 only read metadata (``lmdb-dataset info``, ``verify``) do not pay for importing torch.
 ``from lmdb_dataset import X`` works as usual.
+
+Framework glue lives in :mod:`lmdb_dataset.integrations` (``.lightning.SetEpochCallback``,
+``.timm.ReaderLMDB``), imported on its own so the package never imports those frameworks.
 """
 
 from __future__ import annotations

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 from .dataset import LMDBDatasetBase
 from .decoding import Output
 from .mixing import check_class_locality
 from .ordering import RankOrder, check_seed, consumed_per_worker, rank_length, rank_order, worker_positions
-from .progress import EpochProgress, EpochResumable
-from .world import World, current_world, resolve_replicas
+from .progress import EpochProgress, EpochResumable, check_identity
+from .world import Replicas, World, current_world
 
 DEFAULT_CHUNK_SIZE = 64
 DEFAULT_POOL_SIZE = 8192
+
+
+@dataclasses.dataclass
+class StreamPosition:
+    """Where this process's current pass stands: the stream it serves and the samples it emitted."""
+
+    epoch: int
+    stream: int
+    start: int
+    num_workers: int
+    emitted: int = 0
 
 
 class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
@@ -51,11 +63,22 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             dataset.set_epoch(epoch)
             for images, labels in loader: ...
 
-    Resuming mid-epoch: count the samples the loop consumed and save
+    Resuming mid-epoch, stock DataLoader: count the samples the loop consumed and save
     ``dataset.state_dict(samples_consumed=count)`` with the checkpoint; after restarting,
-    ``dataset.load_state_dict(state)`` makes the next epoch iteration yield exactly the
-    samples not yet consumed. With ``num_workers > 1`` this needs ``batch_size`` (equal to
-    the DataLoader's) and the same ``num_workers`` as before.
+    ``dataset.load_state_dict(state)`` makes the next pass yield exactly the samples not yet
+    consumed (later passes are whole). With ``num_workers > 1`` this needs ``batch_size``
+    (equal to the DataLoader's). Resuming with another ``num_workers`` is exact too; that
+    one pass then comes in another order than an uninterrupted run would have.
+
+    Resuming mid-epoch, torchdata's ``StatefulDataLoader``: nothing to count. Its
+    ``state_dict()`` asks each worker for its own position (``state_dict()`` without
+    arguments, called in a worker) and restores each worker from its own; any
+    ``num_workers`` (the same before and after) and ``batch_size`` work.
+
+    Unless given, ``num_replicas`` and ``rank`` are read from torch.distributed when
+    iteration starts (spawned workers get the parent's), so the dataset may be built before
+    the process group exists. Frameworks that do not call ``set_epoch`` on datasets need a
+    hook: :class:`lmdb_dataset.integrations.lightning.SetEpochCallback` for Lightning.
 
     Args:
         path: Dataset directory.
@@ -73,8 +96,8 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             shared by the rank's workers; nothing is held in the workers' memory.
             Defaults to 8192.
         seed: Non-negative seed, identical on every rank. Defaults to 0.
-        num_replicas: DDP world size. Defaults to torch.distributed's, else 1.
-        rank: This rank. Defaults to torch.distributed's, else 0.
+        num_replicas: DDP world size. Defaults to torch.distributed's when iterating, else 1.
+        rank: This rank. Defaults to torch.distributed's when iterating, else 0.
         drop_last: Drop the tail instead of padding so ranks are equal. Defaults to False.
         output: ``"pil"``, ``"tensor"`` or ``"numpy"``, as in :class:`LMDBImageDataset`.
             Defaults to ``"pil"``.
@@ -103,7 +126,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         self.chunk_size = chunk_size
         self.pool_size = pool_size
         self.seed = seed
-        self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
+        self._replicas = Replicas(num_replicas, rank)
         self.drop_last = drop_last
         self.batch_size = batch_size
         self._progress = EpochProgress()
@@ -112,6 +135,10 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             check_class_locality(self.targets if file_order is None else self.targets[file_order],
                                  chunk_size=chunk_size, pool_size=pool_size,
                                  reader=type(self).__name__)
+        self._resume: StreamPosition | None = None  # a worker's own position, loaded in this process
+        self._position: StreamPosition | None = None  # this process's current pass
+
+    _PROCESS_LOCAL = {"_resume": None, "_position": None}
 
     def __len__(self) -> int:
         """Samples this rank yields in the next iteration (its share of an epoch, less any resumed part)."""
@@ -144,7 +171,17 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         the DataLoader, which starts again at worker 0, continues exactly where the consumed
         part ended.
         """
-        skip = self._progress.skip
+        if self._resume is not None:
+            if self._resume.num_workers != world.num_workers:
+                raise ValueError(f"this worker's state was saved with num_workers={self._resume.num_workers}, "
+                                 f"the DataLoader now has num_workers={world.num_workers}")
+            return self._resume.stream, self._resume.start
+        skip = self._progress.skip_for(world.worker)
+        saved_workers = self._progress.pass_workers
+        if skip and saved_workers and saved_workers != world.num_workers:
+            raise ValueError(f"the resume point was saved from a DataLoader with num_workers={saved_workers} "
+                             f"(0 counts as 1), this pass has {world.num_workers}: resume with the same "
+                             "num_workers")
         if skip == 0 or world.num_workers == 1:
             return world.worker, skip
         if self.batch_size is None:
@@ -157,8 +194,48 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         return stream, consumed[stream]
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        """Plans the pass at once (so a state asked for before the first sample is this pass's start)."""
         world = current_world(self.num_replicas, self.rank)
-        records, pools, runs = self.worker_plan(world)
+        saved_workers = self._progress.pass_workers
+        position: StreamPosition | None = None
+        regrouped = bool(self._resume is None and self._progress.skip_for(world.worker) and saved_workers
+                         and saved_workers != world.num_workers)
+        records, pools, runs = self._regrouped_plan(world, saved_workers) if regrouped else self.worker_plan(world)
+        if not regrouped:
+            stream, start = self._stream_of(rank_length(len(self.targets), world.num_replicas, self.drop_last),
+                                            world)
+            position = StreamPosition(self.epoch, stream, start, world.num_workers)
+        self._progress.start_pass(world, in_worker=get_worker_info() is not None, regrouped=regrouped)
+        self._resume = None
+        self._position = position
+        samples = self._read(world, records, pools, runs)
+        return samples if position is None else self._counted(position, samples)
+
+    def _regrouped_plan(self, world: World, saved_workers: int) -> tuple[np.ndarray, np.ndarray,
+                                                                           list[list[tuple[int, int]]]]:
+        """Resuming with another ``num_workers`` than the resume point was saved with.
+
+        The rest of the epoch is what each of the ``saved_workers`` streams had left; this
+        worker serves the saved streams ``worker, worker + num_workers, ...`` one after the
+        other. Exactly the unconsumed samples, in another order than an uninterrupted run.
+        Returns what :meth:`worker_plan` returns.
+        """
+        plans = [self.worker_plan(dataclasses.replace(world, worker=old, num_workers=saved_workers))
+                 for old in range(world.worker, saved_workers, world.num_workers)]
+        if not plans:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), []
+        return (np.concatenate([records for records, _, _ in plans]),
+                np.concatenate([pools for _, pools, _ in plans]), plans[0][2])
+
+    @staticmethod
+    def _counted(position: StreamPosition, samples: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+        for sample in samples:
+            position.emitted += 1
+            yield sample
+
+    def _read(self, world: World, records: np.ndarray, pools: np.ndarray,
+              runs: list[list[tuple[int, int]]]) -> Iterator[tuple[Any, Any]]:
+        """Yield the samples of ``records`` in order, prefetching the next pool's runs as each pool starts."""
         if len(records) == 0:
             return
         starts = np.flatnonzero(np.diff(pools, prepend=-1))
@@ -171,6 +248,44 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
                 self.prefetch(self._rank_order(world, self.epoch + 1).pool_runs(0))
             for index, value in self.reader.values(records[start:stop].tolist()):
                 yield self._sample(index, value)
+
+    def _loop_state(self, samples_consumed: int) -> dict[str, Any]:
+        progress = self._progress
+        remaining = rank_length(len(self.targets), self.num_replicas, self.drop_last) - progress.base
+        if progress.regrouped and 0 < samples_consumed < remaining:
+            raise ValueError(f"this pass resumed a state saved with num_workers={progress.pass_workers} using "
+                             "another num_workers, so it runs in another order: a state within it cannot be "
+                             f"saved (save at the epoch's end, or resume with num_workers={progress.pass_workers})")
+        return {**super()._loop_state(samples_consumed), "num_workers": progress.pass_workers}
+
+    def _own_state(self) -> dict[str, Any]:
+        position = self._position
+        if get_worker_info() is not None and position is not None:
+            return {"epoch": position.epoch, "stream": position.stream, "stream_position": position.start +
+                    position.emitted, "num_workers": position.num_workers, **self._identity()}
+        if self._progress.workers_iterated:
+            raise ValueError("DataLoader workers read ahead of the training loop, so the dataset cannot tell "
+                             "which samples were consumed: pass state_dict(samples_consumed=<samples the loop "
+                             "consumed this epoch>), or use torchdata's StatefulDataLoader, which asks each "
+                             "worker for its own position")
+        if position is not None:  # iterated in this process, without workers: what it yielded is what was consumed
+            return {"epoch": position.epoch, "samples_consumed": position.start + position.emitted,
+                    "num_workers": 1, **self._identity()}
+        return self._loop_state(0)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: the next pass yields exactly the rest of that epoch.
+
+        A worker's own state (from ``state_dict()`` inside a DataLoader worker, as torchdata's
+        ``StatefulDataLoader`` saves them) resumes that worker only.
+        """
+        if "stream" not in state:
+            super().load_state_dict(state)
+            return
+        check_identity(state, self._identity())
+        self._progress.set_epoch(int(state["epoch"]))
+        self._resume = StreamPosition(int(state["epoch"]), int(state["stream"]), int(state["stream_position"]),
+                                      int(state["num_workers"]))
 
     def _identity(self) -> dict[str, Any]:
         return {"seed": self.seed, "length": len(self.targets), "chunk_size": self.chunk_size,

@@ -196,7 +196,8 @@ def check_class_locality(labels_in_file_order: np.ndarray | None, *, chunk_size:
         warnings.warn(
             f"{reader}: the dataset's records are stored grouped by class: a chunk of {chunk_size} neighbouring "
             f"records holds {measured:.1f} distinct classes on average where a shuffled file would hold "
-            f"{expected:.1f}, so batches (drawn from pools of {pool_size} records) will hold few classes. Re-convert with the default shuffled order "
-            "(convert_image_folder / `lmdb-dataset convert` without the folder-order option), or use "
-            "LMDBImageDataset with a random sampler, or a much smaller chunk_size.",
+            f"{expected:.1f}, so batches (drawn from pools of {pool_size} records) will hold few classes. "
+            "Re-convert with the default shuffled order (`lmdb-dataset convert` without `--order folder`, or "
+            "convert_image_folder(order='shuffled')), or use LMDBImageDataset with a random sampler, or a much "
+            "smaller chunk_size.",
             ClassLocalityWarning, stacklevel=3)

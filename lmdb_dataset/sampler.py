@@ -6,18 +6,18 @@ from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from .mixing import check_class_locality
 from .ordering import RankOrder, check_seed, rank_length, rank_order
 from .progress import EpochProgress, EpochResumable
-from .world import resolve_replicas
+from .world import Replicas, World
 
 DEFAULT_CHUNK_SIZE = 64
 DEFAULT_POOL_SIZE = 8192
 
 
-class ChunkShuffleSampler(EpochResumable, Sampler[int]):
+class ChunkShuffleSampler(EpochResumable, DistributedSampler):
     """Shuffled batches read as a few sequential streams: random chunks, mixed in page-cache pools.
 
     Each epoch the records (in storage order) are cut into chunks of ``chunk_size``
@@ -28,8 +28,8 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
     the next pool's chunks into the page cache as the current pool starts (and, as the last
     pool starts, the first pool of epoch ``epoch + 1``): one sequential read per chunk,
     after which the DataLoader workers' random reads inside the pool hit memory. Only the
-    first pool of a run (or of a resumed epoch) is read cold. It replaces ``RandomSampler`` / ``DistributedSampler`` in a DataLoader over
-    :class:`LMDBImageDataset` (or any map-style dataset with ``file_order``, or whose
+    first pool of a run (or of a resumed epoch) is read cold. It replaces ``RandomSampler`` /
+    ``DistributedSampler`` in a DataLoader over :class:`LMDBImageDataset` (or any map-style dataset with ``file_order``, or whose
     neighbouring indices are stored together).
 
     On a file written in the default shuffled order, batches hold as many classes as random
@@ -44,8 +44,19 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
     runs the same number of steps and, when the world size divides the dataset length, each
     index appears exactly once per epoch across ranks. Call :meth:`set_epoch` every epoch.
 
+    It is a ``torch.utils.data.DistributedSampler`` (same ``num_replicas``, ``rank``,
+    ``num_samples``, ``total_size``, ``set_epoch`` and ``drop_last``), so frameworks that
+    special-case one (PyTorch Lightning) keep it instead of re-sharding. Unless given,
+    ``num_replicas`` and ``rank`` are read from torch.distributed when iteration starts, so
+    the sampler may be built before the process group exists.
+
+    Resuming mid-epoch: ``state_dict(samples_consumed=k)`` with the ``k`` samples the loop
+    consumed (stock DataLoader), or plain ``state_dict()``, the indices the iterator yielded
+    (what torchdata's ``StatefulDataLoader`` expects). After ``load_state_dict`` the next
+    pass yields exactly the rest of that epoch; later passes are whole.
+
     Args:
-        data_source: The dataset: its length; its ``file_order`` (the sample each stored record
+        data_source: The dataset (kept as ``dataset``, as in ``DistributedSampler``): its length; its ``file_order`` (the sample each stored record
             holds) and ``targets`` if it has them, for the storage order and the class-locality
             check; its ``prefetch(runs)`` if it has one.
         chunk_size: Records per chunk, the unit of sequential reading: one positioning
@@ -60,8 +71,10 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
         shuffle: Shuffle at all; False yields the samples in storage order (``0..N-1`` for a
             dataset without ``file_order``), split across ranks. Defaults to True.
         seed: Non-negative seed, identical on every rank. Defaults to 0.
-        num_replicas: DDP world size. Defaults to torch.distributed's, else 1.
-        rank: This rank. Defaults to torch.distributed's, else 0.
+        num_replicas: DDP world size. Defaults to torch.distributed's when iterating, else 1.
+            Pass 1 to yield the whole epoch on every process (for a framework that splits
+            batches across processes itself, e.g. Accelerate's ``prepare``).
+        rank: This rank. Defaults to torch.distributed's when iterating, else 0.
         drop_last: Drop the tail instead of padding so ranks are equal. Defaults to False.
     """
 
@@ -73,23 +86,35 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
         if pool_size < 1:
             raise ValueError(f"pool_size={pool_size} must be >= 1")
         check_seed(seed)
-        self.data_source = data_source
+        self.dataset = data_source
         self.length = len(data_source)
         self.file_order: np.ndarray | None = getattr(data_source, "file_order", None)
         self.chunk_size = chunk_size
         self.pool_size = pool_size
         self.shuffle = shuffle
         self.seed = seed
-        self.num_replicas, self.rank = resolve_replicas(num_replicas, rank)
+        self._replicas = Replicas(num_replicas, rank)
         self.drop_last = drop_last
-        self.num_samples = rank_length(self.length, self.num_replicas, drop_last)
         self._progress = EpochProgress()
+        self._yielded = 0  # indices the current pass's iterator yielded
         targets = getattr(data_source, "targets", None)
         if shuffle and targets is not None:
             targets = np.asarray(targets)
             check_class_locality(targets if self.file_order is None else targets[self.file_order],
                                  chunk_size=chunk_size, pool_size=pool_size,
                                  reader=type(self).__name__)
+
+    _PROCESS_LOCAL = {"_yielded": 0}
+
+    @property
+    def num_samples(self) -> int:
+        """Indices per rank and epoch (``DistributedSampler.num_samples``)."""
+        return rank_length(self.length, self.num_replicas, self.drop_last)
+
+    @property
+    def total_size(self) -> int:
+        """Indices per epoch over all ranks, padding included (``DistributedSampler.total_size``)."""
+        return self.num_samples * self.num_replicas
 
     def _rank_order(self, epoch: int | None = None) -> RankOrder:
         return rank_order(self.length, chunk_size=self.chunk_size, pool_size=self.pool_size, seed=self.seed,
@@ -104,9 +129,17 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
         return self._samples(self._rank_order().order)
 
     def __iter__(self) -> Iterator[int]:
+        skip = self._progress.skip_for(0)
+        self._progress.start_pass(World(), in_worker=False)
+        self._yielded = 0
+        for index in self._indices_from(skip):
+            self._yielded += 1
+            yield index
+
+    def _indices_from(self, skip: int) -> Iterator[int]:
+        """This epoch's indices from position ``skip`` on, prefetching pools when the dataset can."""
         plan = self._rank_order()
-        skip = self._progress.skip
-        prefetch = getattr(self.data_source, "prefetch", None)
+        prefetch = getattr(self.dataset, "prefetch", None)
         if prefetch is None or not self.shuffle:
             return iter(self._samples(plan.order[skip:]).tolist())
         return self._prefetching(plan, skip, prefetch)
@@ -132,6 +165,9 @@ class ChunkShuffleSampler(EpochResumable, Sampler[int]):
     def __len__(self) -> int:
         """Indices the next iteration yields (fewer than ``num_samples`` when resuming mid-epoch)."""
         return self.num_samples - self._progress.skip
+
+    def _own_state(self) -> dict[str, Any]:
+        return self._progress.state_dict(self._yielded, **self._identity())
 
     def _identity(self) -> dict[str, Any]:
         return {"seed": self.seed, "length": self.length, "chunk_size": self.chunk_size, "pool_size": self.pool_size,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import time
 import zlib
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 
@@ -48,3 +54,30 @@ def records_of(loader, checksums) -> tuple[list[int], list[int]]:
         indices.extend(checksums[int(c)] for c in images)
         labels.extend(int(t) for t in targets)
     return indices, labels
+
+
+def run_ranks(target: Callable, args_of: Callable[[int], tuple], world_size: int, out_dir: Path,
+              deadline_s: float) -> list[dict]:
+    """Run ``target(*args_of(rank))`` in one spawned process per rank and return each rank's JSON result.
+
+    Each rank writes ``out_dir/rank{r}.json`` (or ``rank{r}.error`` with its traceback). A rank
+    still running after ``deadline_s`` is killed and the test fails as a hang, with the tracebacks.
+    """
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=target, args=args_of(rank)) for rank in range(world_size)]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + deadline_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    hung = [rank for rank, process in enumerate(processes) if process.is_alive()]
+    for rank in hung:
+        processes[rank].kill()
+        processes[rank].join(10)
+    errors = "\n".join(p.read_text() for p in sorted(out_dir.glob("rank*.error")))
+    if hung:
+        pytest.fail(f"ranks {hung} still running after {deadline_s}s (a hang)\n{errors}")
+    codes = [process.exitcode for process in processes]
+    if codes != [0] * world_size:
+        pytest.fail(f"ranks exited with {codes}\n{errors}")
+    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(world_size)]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import multiprocessing
-import time
 import traceback
 import zlib
 from collections import Counter
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import dataloader_batches, pixel_checksum
+from support import dataloader_batches, pixel_checksum, run_ranks
 
 WORLD_SIZE = 2
 DEADLINE_S = 240
@@ -164,26 +162,8 @@ def ddp(paths, tmp_path_factory):
     """Run the scenarios on a two-rank gloo process group; returns each rank's results."""
     out_dir = tmp_path_factory.mktemp("ddp")
     init_file = out_dir / "filestore"
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_rank_main, args=(rank, WORLD_SIZE, str(init_file), str(paths["even"]),
-                                                          str(paths["odd"]), str(out_dir)))
-                 for rank in range(WORLD_SIZE)]
-    for process in processes:
-        process.start()
-    deadline = time.monotonic() + DEADLINE_S
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-    hung = [rank for rank, process in enumerate(processes) if process.is_alive()]
-    for rank in hung:
-        processes[rank].kill()
-        processes[rank].join(10)
-    errors = "\n".join(p.read_text() for p in sorted(out_dir.glob("rank*.error")))
-    if hung:
-        pytest.fail(f"DDP ranks {hung} still running after {DEADLINE_S}s (a hang)\n{errors}")
-    codes = [process.exitcode for process in processes]
-    if codes != [0] * WORLD_SIZE:
-        pytest.fail(f"DDP ranks exited with {codes}\n{errors}")
-    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+    return run_ranks(_rank_main, lambda rank: (rank, WORLD_SIZE, str(init_file), str(paths["even"]),
+                                               str(paths["odd"]), str(out_dir)), WORLD_SIZE, out_dir, DEADLINE_S)
 
 
 def _indices(checksums: list[int], table: dict[int, int]) -> list[int]:
