@@ -5,9 +5,11 @@ whose second is the integer label (extra elements are ignored):
 
 * the image file's bytes: ``bytes``, or a 1-D uint8 array of them (tensorpack's
   ``BinaryILSVRC12``, cjsg's ``jpeg``/``raw`` modes) - kept as-is;
-* decoded pixels: a uint8 array of shape HxW, HxWx{1,3} or {1,3}xHxW (cjsg's ``numpy`` mode
-  writes CHW) - transposed to HxWxC when the first axis has 1 or 3 entries and the last
-  does not.
+* decoded pixels: a uint8 array of shape HxW, {1,3}xHxW or HxWx{1,3}. The known writers
+  (cjsg's ``numpy`` mode) store CHW, so a 3-D array whose first axis has 1 or 3 entries is
+  read as CHW and transposed to HxWxC; otherwise one whose last axis has 1 or 3 entries is
+  read as HxWxC. (An HxWxC image only 1 or 3 pixels tall is therefore misread: no writer
+  known to us stores such arrays.)
 
 The label is an int (or a numpy integer scalar, or a 0-d/1-element integer array).
 """
@@ -50,7 +52,7 @@ def _image(image: Any, where: str) -> Image:
                                     "not file bytes or a uint8 array")
     if image.ndim == 1:
         return image.tobytes()
-    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[2] not in (1, 3):
+    if image.ndim == 3 and image.shape[0] in (1, 3):
         image = image.transpose(1, 2, 0)
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3)):
         return np.ascontiguousarray(image)
