@@ -6,6 +6,7 @@ Public API:
 * :class:`LMDBIterableDataset` - sequential cursor reads, sharded over workers and ranks.
 * :class:`ChunkShuffleSampler` - near-sequential shuffled order for map-style datasets.
 * :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
+* :func:`convert_source` - converting legacy LMDBs, tar archives, list files and HDF5, safely.
 * :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
 """
@@ -23,6 +24,7 @@ from .errors import (
 )
 from .iterable import LMDBIterableDataset
 from .sampler import ChunkShuffleSampler
+from .sources.conversion import convert_source
 from .samples import make_photo_folder
 from .transforms import NormalizeBatch, train_transform, val_transform
 from .writer import LMDBWriter
@@ -44,6 +46,7 @@ __all__ = [
     "NotADatasetError",
     "SourceImageError",
     "convert_image_folder",
+    "convert_source",
     "make_photo_folder",
     "train_transform",
     "val_transform",
