@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import lmdb
@@ -12,10 +16,10 @@ from legacy_writers import (caffe_datum, source_images, write_caffe, write_folde
                             write_tensorpack)
 from test_safe_decoders import RunsCommand
 
-from lmdb_dataset import LMDBImageDataset, SourceImageError
+from lmdb_dataset import LMDBDatasetError, LMDBImageDataset, SourceImageError
 from lmdb_dataset import format as fmt
 from lmdb_dataset.decoding import decode_image
-from lmdb_dataset.inspection import verify_dataset
+from lmdb_dataset.inspection import summarize, verify_dataset
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.legacy_lmdb import LegacyLMDBSource, ordered_keys
 
@@ -24,6 +28,24 @@ from lmdb_dataset.sources.legacy_lmdb import LegacyLMDBSource, ordered_keys
 def images(image_folder) -> Path:
     """14 images: JPEGs of varied sizes, grayscale, CMYK, progressive, a PNG, a 1x1."""
     return image_folder(9, special=True)
+
+
+@pytest.fixture(scope="module")
+def tensorpack_lmdb(images, tmp_path_factory):
+    """Factory: ``tensorpack_lmdb(serializer="pickle", mode="jpeg", layout="file")`` -> an LMDB written by
+    tensorpack's LMDBSerializer (each written once per module: conversion only reads it)."""
+    cache: dict[tuple[str, str, str], Path] = {}
+
+    def build(serializer: str = "pickle", mode: str = "jpeg", layout: str = "file") -> Path:
+        key = (serializer, mode, layout)
+        if key not in cache:
+            target = tmp_path_factory.mktemp("tensorpack") / "tp.lmdb"
+            if layout == "directory":
+                target.mkdir()  # LMDBSerializer.save writes subdir=True into an existing directory
+            cache[key] = write_tensorpack(images, target, serializer=serializer, mode=mode)
+        return cache[key]
+
+    return build
 
 
 def stored_payloads(path: Path) -> list[bytes]:
@@ -42,14 +64,11 @@ def assert_kept(dataset_path: Path, images: Path, *, classes: list[str] | None =
     assert verify_dataset(dataset_path, decode=True, progress=False) == []
 
 
-@pytest.mark.parametrize("serializer", ["pickle", "msgpack"])
-@pytest.mark.parametrize("layout", ["file", "directory"])
-def test_tensorpack_lmdb_converts_with_original_bytes(images, tmp_path, serializer: str, layout: str) -> None:
-    target = tmp_path / "tp.lmdb"
-    if layout == "directory":
-        target.mkdir()  # LMDBSerializer.save writes subdir=True into an existing directory
-    write_tensorpack(images, target, serializer=serializer)
-    assert (layout == "file") == (tmp_path / "tp.lmdb-lock").exists()
+@pytest.mark.parametrize("layout, serializer", [("file", "pickle"), ("file", "msgpack"), ("directory", "pickle")])
+def test_tensorpack_lmdb_converts_with_original_bytes(images, tensorpack_lmdb, tmp_path, serializer: str,
+                                                     layout: str) -> None:
+    target = tensorpack_lmdb(serializer=serializer, layout=layout)
+    assert (layout == "file") == target.with_name("tp.lmdb-lock").exists()
     source = LegacyLMDBSource(target)
     assert source.kind == "tensorpack" and source.count() == 14
     report = convert_source(target, tmp_path / "out", workers=0, progress=False)
@@ -78,10 +97,11 @@ def test_caffe_encoded_lmdb_keeps_file_bytes(images, tmp_path) -> None:
 
 @pytest.mark.parametrize("kind, write", [
     ("caffe", lambda images, target: write_caffe(images, target, encoded=False)),
-    ("tensorpack", lambda images, target: write_tensorpack(images, target, mode="numpy")),
+    ("tensorpack", None),
 ], ids=["caffe-raw-bgr", "cjsg-numpy-chw"])
-def test_pixel_lmdbs_become_raw_datasets_with_the_same_pixels(images, tmp_path, kind: str, write) -> None:
-    source = write(images, tmp_path / "pixels")
+def test_pixel_lmdbs_become_raw_datasets_with_the_same_pixels(images, tensorpack_lmdb, tmp_path, kind: str,
+                                                               write) -> None:
+    source = write(images, tmp_path / "pixels") if write else tensorpack_lmdb(mode="numpy")
     convert_source(source, tmp_path / "out", kind=kind, workers=0, progress=False)
     dataset = LMDBImageDataset(tmp_path / "out", output="numpy")
     assert dataset.storage == "raw" and len(dataset) == 14
@@ -149,11 +169,10 @@ def test_key_order_follows_the_writers_numbering() -> None:
 
 
 @pytest.mark.parametrize("kind", [None, "tensorpack"], ids=["detected", "from-tensorpack"])
-def test_cli_converts_a_single_file_tensorpack_lmdb(images, tmp_path, capsys, kind) -> None:
+def test_cli_converts_a_single_file_tensorpack_lmdb(images, tensorpack_lmdb, tmp_path, capsys, kind) -> None:
     from lmdb_dataset.cli import main
 
-    write_tensorpack(images, tmp_path / "train.lmdb")
-    argv = ["convert", str(tmp_path / "train.lmdb"), str(tmp_path / "out"), "--workers", "1", "--quiet"]
+    argv = ["convert", str(tensorpack_lmdb()), str(tmp_path / "out"), "--workers", "1", "--quiet"]
     assert main(argv + (["--from", kind] if kind else [])) == 0
     assert "wrote 14 records" in capsys.readouterr().out
     assert_kept(tmp_path / "out", images)
@@ -168,3 +187,54 @@ def test_cli_names_the_refused_record_and_the_fix(images, tmp_path, capsys) -> N
     error = capsys.readouterr().err
     assert "record b'12': pickle asks for global posix.system" in error and "--skip-bad" in error
     assert not (tmp_path / "pwned").exists()
+
+
+KILLER = """
+import os, signal, sys
+from lmdb_dataset import writer
+from lmdb_dataset.sources.conversion import convert_source
+writer.LMDBWriter.__init__.__kwdefaults__["commit_records"] = 4
+add = writer.LMDBWriter.add_record
+die_at = int(sys.argv[3])  # SIGKILL when adding this (1-based) record: no cleanup runs
+writer.LMDBWriter.add_record = lambda self, *args, **kwargs: (
+    os.kill(os.getpid(), signal.SIGKILL) if self.num_records + 1 == die_at else add(self, *args, **kwargs))
+convert_source(sys.argv[1], sys.argv[2], workers=2, skip_bad=True, progress=False)
+"""
+
+
+def dataset_content(path: Path) -> tuple:
+    dataset = LMDBImageDataset(path)
+    return (stored_payloads(path), dataset.targets.tolist(), [dataset.source_path(i) for i in range(len(dataset))],
+            dataset.classes, summarize(path).info.skipped)
+
+
+@pytest.mark.parametrize("kind, kill_after", [("folder2lmdb", 2), ("folder2lmdb", 7), ("tar", 6), ("tar", 13)])
+def test_killed_conversion_resumes_to_the_same_dataset_as_an_uninterrupted_run(images, tmp_path, kind, kill_after):
+    from test_other_sources import ilsvrc_train_tar
+
+    if kind == "tar":
+        source = tmp_path / "train.tar"
+        ilsvrc_train_tar(source_images(images), source, ["class_001", "class_000", "class_002"])
+    else:
+        source = write_folder2lmdb(images, tmp_path / "f2l.lmdb", protocol=5)
+        poison(source, b"3", pickle.dumps((b"\xff\xd8", RunsCommand(str(tmp_path / "pwned"))), protocol=5))
+    package = str(Path(__file__).resolve().parent.parent)
+    result = subprocess.run([sys.executable, "-c", KILLER, str(source), str(tmp_path / "killed"), str(kill_after)],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": package})
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    committed = summarize(tmp_path / "killed").info
+    assert not committed.complete and committed.num_records == 4 * ((kill_after - 1) // 4)
+    convert_source(source, tmp_path / "killed", workers=2, skip_bad=True, resume=True, progress=False)
+    convert_source(source, tmp_path / "whole", workers=0, skip_bad=True, progress=False)
+    assert dataset_content(tmp_path / "killed") == dataset_content(tmp_path / "whole")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_refuses_a_changed_source(images, tmp_path) -> None:
+    source = write_folder2lmdb(images, tmp_path / "f2l.lmdb", protocol=4)
+    poison(source, b"5", b"not a pickle")
+    with pytest.raises(SourceImageError, match=r"record b'5'.*--resume.*--skip-bad"):
+        convert_source(source, tmp_path / "out", workers=0, progress=False)
+    poison(source, b"5", pickle.dumps((source_images(images)[5][1], 0), protocol=4))
+    with pytest.raises(LMDBDatasetError, match="source_files.*the source changed"):
+        convert_source(source, tmp_path / "out", workers=0, progress=False, resume=True)

@@ -69,6 +69,17 @@ def _first_storage(records: Iterator[SourceRecord]) -> tuple[str, Iterator[Sourc
     return storage, itertools.chain(peeked, records)
 
 
+def source_fingerprint(path: Path) -> list[list]:
+    """(name, size, mtime_ns) of the source file, or of each file directly in a source directory.
+
+    Saved with the conversion's progress, so ``resume`` refuses a source that changed (its
+    records would no longer line up). LMDB lock files are left out: readers touch them.
+    """
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files
+            if f.name != "lock.mdb" and not f.name.endswith("-lock")]
+
+
 def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None = None,
                    classes: str | os.PathLike | None = None, storage: str | None = None,
                    workers: int | None = None, resume: bool = False, skip_bad: bool = False,
@@ -122,7 +133,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     names = read_classes_file(classes) if classes is not None else source.classes
     count = source.count()
     state = {"source": str(source.path), "source_kind": source.kind, "source_count": count,
-             "next_source": 0, "max_label": -1}
+             "source_files": source_fingerprint(source.path), "next_source": 0, "max_label": -1}
     detected, records = _first_storage(source.records())
     storage = storage or detected
     with LMDBWriter(dst, storage=storage, classes=names, source=f"{source.kind}:{source.path}",
@@ -146,8 +157,8 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                              f"(the classes are {len(names)})")
                 if error and not skip_bad:
                     raise SourceImageError(
-                        f"{source.path}: {error}. Fix the source and run again with resume=True (--resume), "
-                        "or pass skip_bad=True (--skip-bad) to leave such records out.", source=record.name)
+                        f"{source.path}: {error}. The records before it are kept: run again with resume=True "
+                        "(--resume) and skip_bad=True (--skip-bad) to leave such records out.", source=record.name)
                 state.update(next_source=position + 1, max_label=max(state["max_label"], record.label))
                 writer.set_conversion_state(state)
                 if error:
@@ -172,8 +183,9 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
 def _check_resumable(writer: LMDBWriter, state: dict) -> None:
     """Refuse to resume a conversion started from another source."""
     saved = writer.info.conversion or {}
-    for key in ("source_kind", "source_count"):
+    for key in ("source_kind", "source_count", "source_files"):
         if key not in saved or saved[key] != state[key]:
             raise LMDBDatasetError(
                 f"cannot resume {str(writer.path)!r}: it was started with {key}={saved.get(key)!r}, now "
-                f"{key}={state[key]!r} (is this the same source?). Start over with overwrite=True.")
+                f"{key}={state[key]!r} (the source changed, or is another one). Start over with "
+                "overwrite=True (--overwrite).")
