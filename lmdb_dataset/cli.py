@@ -15,6 +15,9 @@ def _convert(args: argparse.Namespace) -> int:
 
     if (args.source_kind or detect_kind(args.src)) != "folder":
         return _convert_source(args)
+    for name in ("classes", "root", "images", "labels"):
+        if getattr(args, name):
+            raise ValueError(f"--{name} applies to other sources (see --from), not to the image folder {args.src!r}")
     report = convert_image_folder(args.src, args.dst, storage=args.storage or "encoded", workers=args.workers,
                                   shuffle=args.shuffle, seed=args.seed, resume=args.resume, skip_bad=args.skip_bad,
                                   overwrite=args.overwrite, progress=not args.quiet)

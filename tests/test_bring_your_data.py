@@ -65,6 +65,7 @@ def test_readme_bring_your_data_commands_run(image_folder, tmp_path, monkeypatch
 @pytest.mark.parametrize("argv, message", [
     (["--from", "hdf5", "--root", "x"], "root do not apply to hdf5 sources (they take images, labels)"),
     (["--from", "tensorpack"], "is not an LMDB"),
+    (["--from", "folder", "--classes", "c.txt"], "--classes applies to other sources (see --from), not to the image"),
 ])
 def test_cli_source_errors_are_clear(tmp_path, capsys, argv, message) -> None:
     (tmp_path / "x.h5").write_bytes(b"\x89HDF\r\n\x1a\n")

@@ -172,3 +172,12 @@ def test_hdf5_of_pixels_becomes_raw(images, tmp_path, layout: str) -> None:
     numpy_view = LMDBImageDataset(tmp_path / "out", output="numpy")
     assert dataset.storage == "raw" and dataset.targets.tolist() == (np.arange(len(pixels)) % 3).tolist()
     np.testing.assert_array_equal(np.stack([numpy_view[i][0] for i in range(len(pixels))]), pixels)
+
+
+def test_hdf5_negative_label_is_a_bad_record(images, tmp_path) -> None:
+    path = tmp_path / "neg.h5"
+    with h5py.File(path, "w") as file:
+        file["images"] = np.zeros((2, 4, 4, 3), np.uint8)
+        file["labels"] = np.array([0, -3])
+    with pytest.raises(SourceImageError, match=r"record 'images\[1\]': label -3 is negative"):
+        convert(path, tmp_path / "out")

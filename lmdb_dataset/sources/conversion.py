@@ -152,7 +152,9 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                   desc=f"convert {source.path.name}", dynamic_ncols=True) as bar:
             for position, (record, built, error) in enumerate(_built(records, storage, workers), start=first):
                 error = record.error or (f"record {record.name!r}: {error}" if error else "")
-                if not error and names is not None and record.label >= len(names):
+                if not error and record.label < 0:
+                    error = f"record {record.name!r}: label {record.label} is negative"
+                elif not error and names is not None and record.label >= len(names):
                     error = (f"record {record.name!r}: label {record.label} has no class name "
                              f"(the classes are {len(names)})")
                 if error and not skip_bad:

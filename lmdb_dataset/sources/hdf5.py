@@ -40,7 +40,8 @@ def _is_bytes_dataset(dataset) -> bool:
     import h5py
 
     base = h5py.check_vlen_dtype(dataset.dtype)
-    return dataset.ndim == 1 and ((base is not None and base == np.uint8) or dataset.dtype.kind == "V")
+    opaque = dataset.dtype.kind == "V" and dataset.dtype.names is None
+    return dataset.ndim == 1 and ((base is not None and base == np.uint8) or opaque)
 
 
 def _is_pixels_dataset(dataset) -> bool:
@@ -131,7 +132,5 @@ class HDF5Source:
             image = image.tobytes()
         elif self._channels_first:
             image = np.ascontiguousarray(image.transpose(1, 2, 0))
-        if label < 0:
-            return SourceRecord(name, None, -1, f"{name}: label {label} is negative", 0)
         size = len(image) if isinstance(image, bytes) else image.nbytes
         return SourceRecord(name, image, label, "", size)
