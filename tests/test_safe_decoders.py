@@ -54,6 +54,14 @@ def test_pickles_of_real_writers_parse_to_what_pickle_loads_returns(value, proto
     assert_same(safe_pickle.loads(data), pickle.loads(data))
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_array_referenced_twice_is_one_array(protocol: int) -> None:
+    array = np.arange(5, dtype=np.uint8)
+    first, second = safe_pickle.loads(pickle.dumps([array, array], protocol=protocol))
+    assert first is second
+    np.testing.assert_array_equal(first, array)
+
+
 def test_parsed_arrays_are_fresh_writable_copies() -> None:
     data = pickle.dumps([np.zeros(4, np.uint8), 1], protocol=5)
     array = safe_pickle.loads(data)[0]

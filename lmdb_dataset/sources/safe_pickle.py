@@ -68,7 +68,14 @@ class _Dtype:
 
 
 class _PendingArray:
-    """``_reconstruct(ndarray, (0,), b'b')``: an empty array waiting for its BUILD state."""
+    """``_reconstruct(ndarray, (0,), b'b')``: an empty array waiting for its BUILD state.
+
+    The memo holds this placeholder (pickle memoizes the REDUCE result before BUILD), so a
+    later reference to the same array finds the built array in ``array``.
+    """
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
 
 
 class _Mark:
@@ -171,7 +178,8 @@ class _Parser:
     def memo_get(self, index: int) -> None:
         if index not in self.memo:
             raise self.fail(f"pickle reads memo index {index} that was never stored")
-        self.push(self.memo[index])
+        value = self.memo[index]
+        self.push(value.array if isinstance(value, _PendingArray) and value.array is not None else value)
 
     def global_(self, module: str, name: str) -> None:
         allowed = _GLOBALS.get((module, name))
@@ -245,11 +253,12 @@ class _Parser:
                 raise self.fail("numpy dtype state is not the one numpy writes for numeric dtypes")
             target.dtype = np.dtype(("" if state[1] == "|" else state[1]) + target.code)
             self.push(target)
-        elif isinstance(target, _PendingArray):
+        elif isinstance(target, _PendingArray) and target.array is None:
             if (not isinstance(state, tuple) or len(state) != 5 or state[0] != _ARRAY_STATE_VERSION
                     or not isinstance(state[3], bool) or not isinstance(state[4], bytes)):
                 raise self.fail("numpy array state is not the one numpy writes for numeric arrays")
-            self.push(self.array(state[4], state[2], state[1], fortran=state[3]))
+            target.array = self.array(state[4], state[2], state[1], fortran=state[3])
+            self.push(target.array)
         else:
             raise self.fail("pickle BUILD on something other than a numpy array or dtype")
 
