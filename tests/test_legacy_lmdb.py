@@ -144,6 +144,14 @@ def test_skip_bad_leaves_out_undecodable_and_refused_records(images, tmp_path) -
     assert "float_data" in report.skipped[0]["error"]
 
 
+@pytest.mark.parametrize("fixture", ["pyarrow11-folder2lmdb-value.bin", "pyarrow11-tensorpack-value.bin"])
+def test_pyarrow_serialized_values_are_refused_with_the_reason(images, tmp_path, fixture: str) -> None:
+    source = write_folder2lmdb(images, tmp_path / "f2l.lmdb", protocol=4)
+    poison(source, b"0", (Path(__file__).parent / "data" / fixture).read_bytes())
+    with pytest.raises(SourceImageError, match=r"record b'0': looks like pyarrow's removed serialize\(\) format"):
+        convert_source(source, tmp_path / "out", workers=0, progress=False)
+
+
 def test_labels_beyond_the_classes_file_name_the_record(images, tmp_path) -> None:
     source = write_folder2lmdb(images, tmp_path / "f2l.lmdb", protocol=4)
     (tmp_path / "classes.txt").write_text("cat\ndog\n")

@@ -79,6 +79,15 @@ def ordered_keys(keys: list[bytes]) -> np.ndarray:
     return np.asarray(keys, dtype=bytes)[order] if keys else np.empty(0, dtype="S1")
 
 
+def _looks_like_pyarrow(value: bytes) -> bool:
+    """pyarrow ``serialize``: a header of small int32 counts, then an Arrow IPC stream (``ff ff ff ff``)."""
+    for offset in (4, 8, 12, 16):
+        counts = np.frombuffer(value[:offset], dtype="<u4") if len(value) >= offset + 4 else None
+        if counts is not None and value[offset:offset + 4] == b"\xff" * 4 and (counts < 1 << 16).all():
+            return True
+    return False
+
+
 def decode_datapoint(value: bytes, *, where: str) -> tuple[bytes | np.ndarray, int]:
     """The (image, label) of a tensorpack / folder2lmdb value: a pickle or msgpack datapoint.
 
@@ -89,7 +98,7 @@ def decode_datapoint(value: bytes, *, where: str) -> tuple[bytes | np.ndarray, i
         return image_and_label(safe_pickle.loads(value, where=where), where=where)
     if value[:1] and value[0] in _MSGPACK_ARRAY_STARTS:
         return image_and_label(msgpack_values.loads(value, where=where), where=where)
-    if len(value) >= 12 and int.from_bytes(value[:4], "little") in (2, 3, 4):
+    if _looks_like_pyarrow(value):
         raise UnsupportedValueError(
             f"{where}: looks like pyarrow's removed serialize() format, which is not supported (its "
             "reader can run pickle, and pyarrow < 12 does not install on current Python); re-export "
