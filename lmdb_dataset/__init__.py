@@ -7,6 +7,7 @@ Public API:
 * :class:`ChunkShuffleSampler` - near-sequential shuffled order for map-style datasets.
 * :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
 * :func:`convert_source` - converting legacy LMDBs, tar archives, list files and HDF5, safely.
+* :class:`LegacyLMDBDataset` - a tensorpack / folder2lmdb / Caffe LMDB read in place, safely.
 * :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
 """
@@ -25,6 +26,7 @@ from .errors import (
 from .iterable import LMDBIterableDataset
 from .sampler import ChunkShuffleSampler
 from .sources.conversion import convert_source
+from .sources.in_place import LegacyLMDBDataset
 from .samples import make_photo_folder
 from .transforms import NormalizeBatch, train_transform, val_transform
 from .writer import LMDBWriter
@@ -42,6 +44,7 @@ __all__ = [
     "LMDBDatasetError",
     "LMDBImageDataset",
     "LMDBWriter",
+    "LegacyLMDBDataset",
     "NormalizeBatch",
     "NotADatasetError",
     "SourceImageError",

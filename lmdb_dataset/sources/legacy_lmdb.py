@@ -162,6 +162,18 @@ class LegacyLMDBSource:
         """Number of records (bookkeeping keys excluded)."""
         return len(self.keys)
 
+    def open_environment(self) -> lmdb.Environment:
+        """The source LMDB, opened read-only without locking (the caller closes it)."""
+        return _open(self.path)
+
+    def decode(self, key: bytes, value: bytes) -> tuple[bytes | np.ndarray, int]:
+        """The (image, label) of the value stored under ``key``.
+
+        Raises:
+            UnsupportedValueError: The value is malformed or refused (the message names ``key``).
+        """
+        return self._decode(value, where=f"record {key!r}")
+
     def records(self, start: int = 0) -> Iterator[SourceRecord]:
         """Decode the records from position ``start`` on, in write order; bad values carry their error."""
         env = _open(self.path)
@@ -171,12 +183,11 @@ class LegacyLMDBSource:
                     key = bytes(key)
                     value = txn.get(key)
                     name = key.decode("utf-8", "backslashreplace")
-                    where = f"record {key!r}"
                     if value is None:
-                        yield SourceRecord(name, None, -1, f"{where} vanished from the LMDB while reading", 0)
+                        yield SourceRecord(name, None, -1, f"record {key!r} vanished from the LMDB while reading", 0)
                         continue
                     try:
-                        image, label = self._decode(value, where=where)
+                        image, label = self.decode(key, value)
                     except UnsupportedValueError as exc:
                         yield SourceRecord(name, None, -1, str(exc), len(value))
                         continue
