@@ -13,7 +13,9 @@ def _convert(args: argparse.Namespace) -> int:
     from .convert import convert_image_folder
     from .sources.detect import detect_kind
 
-    if (args.source_kind or detect_kind(args.src)) != "folder":
+    if args.source_kind in (None, "auto"):
+        args.source_kind = detect_kind(args.src)
+    if args.source_kind != "folder":
         return _convert_source(args)
     for name in ("classes", "root", "images", "labels"):
         if getattr(args, name):
@@ -31,8 +33,7 @@ def _convert_source(args: argparse.Namespace) -> int:
     from .sources.conversion import convert_source
 
     options = {name: getattr(args, name) for name in ("root", "images", "labels") if getattr(args, name)}
-    kind = None if args.source_kind in (None, "auto") else args.source_kind
-    report = convert_source(args.src, args.dst, kind=kind, classes=args.classes, storage=args.storage,
+    report = convert_source(args.src, args.dst, kind=args.source_kind, classes=args.classes, storage=args.storage,
                             workers=args.workers, resume=args.resume, skip_bad=args.skip_bad,
                             overwrite=args.overwrite, progress=not args.quiet, **options)
     print(f"wrote {report.num_records} records to {report.path} in {report.seconds:.1f} s"

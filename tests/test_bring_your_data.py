@@ -71,3 +71,10 @@ def test_cli_source_errors_are_clear(tmp_path, capsys, argv, message) -> None:
     (tmp_path / "x.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
     assert main(["convert", str(tmp_path / "x.h5"), str(tmp_path / "out"), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["auto", "folder"])
+def test_cli_from_auto_or_folder_converts_an_image_folder(image_folder, tmp_path, kind: str) -> None:
+    folder = image_folder(9, special=True)
+    assert main(["convert", str(folder), str(tmp_path / "out"), "--from", kind, "--workers", "0", "--quiet"]) == 0
+    assert LMDBImageDataset(tmp_path / "out").classes == ["class_000", "class_001", "class_002"]

@@ -181,3 +181,15 @@ def test_hdf5_negative_label_is_a_bad_record(images, tmp_path) -> None:
         file["labels"] = np.array([0, -3])
     with pytest.raises(SourceImageError, match=r"record 'images\[1\]': label -3 is negative"):
         convert(path, tmp_path / "out")
+
+
+def test_hdf5_of_opaque_rows_keeps_each_rows_bytes(images, tmp_path) -> None:
+    """Opaque (np.void) rows have one fixed size: shorter files are zero-padded, which decoders ignore."""
+    width = max(len(data) for _, data, _ in images)
+    rows = np.array([np.void(data.ljust(width, b"\0")) for _, data, _ in images])
+    path = tmp_path / "opaque.h5"
+    with h5py.File(path, "w") as file:
+        file["images"] = rows
+        file["labels"] = [label for _, _, label in images]
+    convert(path, tmp_path / "out")
+    assert stored_payloads(tmp_path / "out") == [data.ljust(width, b"\0") for _, data, _ in images]
