@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import tarfile
 from pathlib import Path
@@ -9,7 +10,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from legacy_writers import source_images
+from support import PROPERTY
 from test_legacy_lmdb import stored_payloads
 
 from lmdb_dataset import LMDBImageDataset, SourceImageError
@@ -17,6 +21,7 @@ from lmdb_dataset.cli import main
 from lmdb_dataset.decoding import decode_image
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.detect import detect_kind, open_source
+from lmdb_dataset.sources.listfile import HEADER_FIELDS, read_list
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +198,26 @@ def test_hdf5_of_opaque_rows_keeps_each_rows_bytes(images, tmp_path) -> None:
         file["labels"] = [label for _, _, label in images]
     convert(path, tmp_path / "out")
     assert stored_payloads(tmp_path / "out") == [data.ljust(width, b"\0") for _, data, _ in images]
+
+
+path_names = st.text(st.characters(codec="utf-8", exclude_characters="\r\n\x00\x1c\x1d\x1e\x85\u2028\u2029\x0b\x0c"),
+                     min_size=1, max_size=20).filter(lambda p: p == p.strip() and not p.startswith("#"))
+
+
+@PROPERTY
+@given(rows=st.lists(st.tuples(path_names, st.integers(0, 10**6)), min_size=1, max_size=8),
+       separator=st.sampled_from([",", "\t", " "]))
+def test_property_list_files_read_back_what_was_written(tmp_path_factory, rows, separator: str) -> None:
+    assume(rows[0][0].lower() not in HEADER_FIELDS)
+    if separator == "\t":
+        assume(all("\t" not in p and "," not in p for p, _ in rows))
+    if separator == " ":
+        assume(all("\t" not in p and "," not in p for p, _ in rows))
+    listing = tmp_path_factory.mktemp("list") / "list.txt"
+    with open(listing, "w", newline="", encoding="utf-8") as file:
+        if separator == ",":
+            csv.writer(file, lineterminator="\n").writerows(rows)
+        else:
+            file.writelines(f"{path}{separator}{label}\n" for path, label in rows)
+    entries, classes = read_list(listing)
+    assert classes is None and entries == [(path, str(label)) for path, label in rows]

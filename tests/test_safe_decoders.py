@@ -245,3 +245,15 @@ def test_datapoints_with_chw_pixels_become_hwc() -> None:
 def test_datapoints_of_other_shapes_are_refused(value, reason: str) -> None:
     with pytest.raises(UnsupportedValueError, match=reason):
         image_and_label(value, where="record b'3'")
+
+
+@PROPERTY
+@given(height=st.integers(1, 300), width=st.integers(1, 300), channels=st.sampled_from([1, 3]),
+       label=st.integers(0, 2**31 - 1), seed=st.integers(0, 2**32 - 1))
+def test_property_raw_caffe_datums_give_back_the_rgb_pixels(height, width, channels, label, seed) -> None:
+    from legacy_writers import caffe_datum
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    datum = caffe.parse_datum(caffe_datum(label=label, pixels=pixels))
+    assert datum.label == label and (datum.channels, datum.height, datum.width) == (channels, height, width)
+    np.testing.assert_array_equal(datum.image(), pixels)
