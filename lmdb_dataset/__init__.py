@@ -26,6 +26,7 @@ from .errors import (
 from .iterable import LMDBIterableDataset
 from .sampler import ChunkShuffleSampler
 from .sources.conversion import convert_source
+from .sources.errors import UnsupportedValueError
 from .sources.in_place import LegacyLMDBDataset
 from .samples import make_photo_folder
 from .transforms import NormalizeBatch, train_transform, val_transform
@@ -48,6 +49,7 @@ __all__ = [
     "NormalizeBatch",
     "NotADatasetError",
     "SourceImageError",
+    "UnsupportedValueError",
     "convert_image_folder",
     "convert_source",
     "make_photo_folder",

@@ -1,4 +1,4 @@
-"""Legacy LMDBs written the way earlier tools write them, for the conversion tests.
+"""Legacy sources written the way earlier tools write them, and helpers shared by the source tests.
 
 tensorpack's ``LMDBSerializer.save`` runs for real (in a subprocess, since tensorpack picks
 its serializer from the environment at import time). The folder2lmdb scripts are not
@@ -9,8 +9,10 @@ packages: :func:`write_folder2lmdb` repeats their few writing lines (Lyken17/Eff
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import tarfile
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,8 @@ import lmdb
 import numpy as np
 
 import lmdb_dataset
+from lmdb_dataset import LMDBImageDataset
+from lmdb_dataset import format as fmt
 from lmdb_dataset.convert import image_folder_samples
 
 TENSORPACK_SCRIPT = """
@@ -97,3 +101,60 @@ def write_caffe(root: Path, target: Path, *, encoded: bool) -> Path:
             txn.put(f"{idx:08d}_{path}".encode(), value)
     db.close()
     return target
+
+
+class RunsCommand:
+    """Unpickling this runs ``touch <marker>`` (what a hostile LMDB would do)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def stored_payloads(path: Path) -> list[bytes]:
+    """The payloads of a dataset's records, in record order."""
+    dataset = LMDBImageDataset(path)
+    return [bytes(fmt.payload_of(value)) for _, value in dataset.reader.values(range(len(dataset)))]
+
+
+def poison(path: Path, key: bytes, value: bytes) -> None:
+    """Put ``value`` under ``key`` in a source LMDB (a damaged or hostile record)."""
+    env = lmdb.open(str(path), subdir=path.is_dir(), map_size=1 << 28)
+    with env.begin(write=True) as txn:
+        txn.put(key, value)
+    env.close()
+
+
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """An uncompressed tar holding ``(name, data)`` members, in that order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def ilsvrc_train_tar(images, target: Path, class_order: list[str]) -> list[tuple[str, bytes, int]]:
+    """ILSVRC2012_img_train.tar's layout: one tar of per-class tars; returns the images in archive order."""
+    members, order = [], []
+    for folder in class_order:
+        inside = [(Path(p).name, data, label) for p, data, label in images if p.startswith(folder + "/")]
+        members.append((f"{folder}.tar", tar_bytes([(name, data) for name, data, _ in inside])))
+        order += inside
+    target.write_bytes(tar_bytes(members))
+    return order
+
+
+def write_shards(images, folder: Path, per_shard: int = 5) -> None:
+    """webdataset's TarWriter layout: members <key>.<ext> grouped by key, here .jpg/.png + .cls."""
+    folder.mkdir()
+    for shard in range(0, len(images), per_shard):
+        members = []
+        for index, (path, data, label) in enumerate(images[shard:shard + per_shard], start=shard):
+            members += [(f"sample{index:06d}.{Path(path).suffix[1:].lower()}", data),
+                        (f"sample{index:06d}.cls", str(label).encode())]
+        (folder / f"shard-{shard // per_shard:05d}.tar").write_bytes(tar_bytes(members))

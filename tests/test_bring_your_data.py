@@ -9,8 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from legacy_writers import source_images, write_caffe, write_tensorpack
-from test_other_sources import ilsvrc_train_tar, write_shards
+from legacy_writers import ilsvrc_train_tar, source_images, write_caffe, write_shards, write_tensorpack
 
 from lmdb_dataset import LMDBImageDataset
 from lmdb_dataset.cli import main

@@ -7,9 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from legacy_writers import source_images, write_caffe, write_folder2lmdb
-from test_legacy_lmdb import poison
-from test_safe_decoders import RunsCommand
+from legacy_writers import RunsCommand, poison, write_caffe, write_folder2lmdb
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 

@@ -9,15 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import pytest
-from legacy_writers import (caffe_datum, source_images, write_caffe, write_folder2lmdb,
-                            write_tensorpack)
-from test_safe_decoders import RunsCommand
+from legacy_writers import (RunsCommand, caffe_datum, ilsvrc_train_tar, poison, source_images, stored_payloads,
+                            write_caffe, write_folder2lmdb, write_tensorpack)
 
 from lmdb_dataset import LMDBDatasetError, LMDBImageDataset, SourceImageError
-from lmdb_dataset import format as fmt
 from lmdb_dataset.decoding import decode_image
 from lmdb_dataset.inspection import summarize, verify_dataset
 from lmdb_dataset.sources.conversion import convert_source
@@ -46,12 +43,6 @@ def tensorpack_lmdb(images, tmp_path_factory):
         return cache[key]
 
     return build
-
-
-def stored_payloads(path: Path) -> list[bytes]:
-    """The payloads of a dataset's records, in record order."""
-    dataset = LMDBImageDataset(path)
-    return [bytes(fmt.payload_of(value)) for _, value in dataset.reader.values(range(len(dataset)))]
 
 
 def assert_kept(dataset_path: Path, images: Path, *, classes: list[str] | None = None) -> None:
@@ -111,13 +102,6 @@ def test_pixel_lmdbs_become_raw_datasets_with_the_same_pixels(images, tensorpack
         assert target == label
     with pytest.raises(SourceImageError, match=r"record '00000000.*decoded pixels.*--storage raw"):
         convert_source(source, tmp_path / "encoded", kind=kind, storage="encoded", workers=0, progress=False)
-
-
-def poison(path: Path, key: bytes, value: bytes) -> None:
-    env = lmdb.open(str(path), subdir=path.is_dir(), map_size=1 << 28)
-    with env.begin(write=True) as txn:
-        txn.put(key, value)
-    env.close()
 
 
 def test_a_pickle_that_runs_a_command_stops_conversion_naming_the_key(images, tmp_path) -> None:
@@ -218,8 +202,6 @@ def dataset_content(path: Path) -> tuple:
 
 @pytest.mark.parametrize("kind, kill_after", [("folder2lmdb", 2), ("folder2lmdb", 7), ("tar", 6), ("tar", 13)])
 def test_killed_conversion_resumes_to_the_same_dataset_as_an_uninterrupted_run(images, tmp_path, kind, kill_after):
-    from test_other_sources import ilsvrc_train_tar
-
     if kind == "tar":
         source = tmp_path / "train.tar"
         ilsvrc_train_tar(source_images(images), source, ["class_001", "class_000", "class_002"])

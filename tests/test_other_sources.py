@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
-import tarfile
 from pathlib import Path
 
 import h5py
@@ -12,12 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from legacy_writers import source_images
+from legacy_writers import ilsvrc_train_tar, source_images, stored_payloads, tar_bytes, write_shards
 from support import PROPERTY
-from test_legacy_lmdb import stored_payloads
 
 from lmdb_dataset import LMDBImageDataset, SourceImageError
-from lmdb_dataset.cli import main
 from lmdb_dataset.decoding import decode_image
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.detect import detect_kind, open_source
@@ -78,27 +74,6 @@ def test_list_file_refuses_mixed_labels_and_bad_lines(tmp_path) -> None:
         open_source(tmp_path / "bad.txt")
 
 
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def ilsvrc_train_tar(images, target: Path, class_order: list[str]) -> list[tuple[str, bytes, int]]:
-    """ILSVRC2012_img_train.tar's layout: one tar of per-class tars; returns the images in archive order."""
-    members, order = [], []
-    for folder in class_order:
-        inside = [(Path(p).name, data, label) for p, data, label in images if p.startswith(folder + "/")]
-        members.append((f"{folder}.tar", tar_bytes([(name, data) for name, data, _ in inside])))
-        order += inside
-    target.write_bytes(tar_bytes(members))
-    return order
-
-
 def test_ilsvrc_tar_of_tars_streams_with_sorted_class_labels(images, tmp_path) -> None:
     archive = tmp_path / "ILSVRC2012_img_train.tar"
     expected = ilsvrc_train_tar(images, archive, ["class_002", "class_000", "class_001"])
@@ -119,17 +94,6 @@ def test_tar_with_a_corrupt_image_stops_then_resumes_with_skip_bad(images, tmp_p
     report = convert_source(archive, tmp_path / "out", resume=True, skip_bad=True, workers=1, progress=False)
     assert [s["path"] for s in report.skipped] == ["class_000/cut.jpg"]
     assert stored_payloads(tmp_path / "out") == [data for name, data, _ in expected if name != "cut.jpg"]
-
-
-def write_shards(images, folder: Path, per_shard: int = 5) -> None:
-    """webdataset's TarWriter layout: members <key>.<ext> grouped by key, here .jpg/.png + .cls."""
-    folder.mkdir()
-    for shard in range(0, len(images), per_shard):
-        members = []
-        for index, (path, data, label) in enumerate(images[shard:shard + per_shard], start=shard):
-            members += [(f"sample{index:06d}.{Path(path).suffix[1:].lower()}", data),
-                        (f"sample{index:06d}.cls", str(label).encode())]
-        (folder / f"shard-{shard // per_shard:05d}.tar").write_bytes(tar_bytes(members))
 
 
 def test_webdataset_shards_convert_in_shard_order(images, tmp_path) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from legacy_writers import RunsCommand
 from support import PROPERTY
 
 from lmdb_dataset.sources import caffe, msgpack_values, safe_pickle
@@ -103,16 +104,6 @@ def test_property_random_bytes_parse_or_raise_the_module_error(blob: bytes) -> N
             decode(blob)
         except UnsupportedValueError:
             pass
-
-
-class RunsCommand:
-    """Unpickling this runs ``touch <marker>`` (what a hostile LMDB would do)."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def malicious_pickles(marker: str) -> dict[str, bytes]:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..convert import ConversionReport
 from ..errors import LMDBDatasetError, SourceImageError
 from ..writer import LMDBWriter, build_record
-from .base import Image, Source, SourceRecord, read_classes_file
+from .base import Image, SourceRecord, read_classes_file
 from .detect import open_source
 
 
@@ -178,8 +178,9 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
         print(f"skipped {len(writer.info.skipped)} bad record(s):")
         for entry in writer.info.skipped:
             print(f"  {entry['path']}: {entry['error']}")
-    return ConversionReport(Path(dst), writer.info.num_records, list(writer.info.skipped),
-                            state["next_source"] - first, time.perf_counter() - started, bytes_read)
+    return ConversionReport(path=Path(dst), num_records=writer.info.num_records, skipped=list(writer.info.skipped),
+                            converted=state["next_source"] - first, seconds=time.perf_counter() - started,
+                            bytes_read=bytes_read)
 
 
 def _check_resumable(writer: LMDBWriter, state: dict) -> None:
