@@ -18,6 +18,7 @@ from lmdb_dataset import LMDBDatasetError, LMDBImageDataset, SourceImageError
 from lmdb_dataset.decoding import decode_image
 from lmdb_dataset.inspection import summarize, verify_dataset
 from lmdb_dataset.sources.conversion import convert_source
+from lmdb_dataset.sources.errors import MissingDependencyError
 from lmdb_dataset.sources.legacy_lmdb import LegacyLMDBSource, ordered_keys
 
 
@@ -185,6 +186,7 @@ KILLER = """
 import os, signal, sys
 from lmdb_dataset import writer
 from lmdb_dataset.sources.conversion import convert_source
+from lmdb_dataset.sources.errors import MissingDependencyError
 writer.LMDBWriter.__init__.__kwdefaults__["commit_records"] = 4
 add = writer.LMDBWriter.add_record
 die_at = int(sys.argv[3])  # SIGKILL when adding this (1-based) record: no cleanup runs
@@ -228,3 +230,10 @@ def test_resume_refuses_a_changed_source(images, tmp_path) -> None:
     poison(source, b"5", pickle.dumps((source_images(images)[5][1], 0), protocol=4))
     with pytest.raises(LMDBDatasetError, match="source_files.*the source changed"):
         convert_source(source, tmp_path / "out", workers=0, progress=False, resume=True)
+
+
+def test_a_missing_optional_package_stops_even_with_skip_bad(tensorpack_lmdb, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "msgpack", None)  # as if the msgpack extra were not installed
+    with pytest.raises(MissingDependencyError, match=r'pip install "lmdb-dataset\[msgpack\]"'):
+        convert_source(tensorpack_lmdb(serializer="msgpack"), tmp_path / "out", skip_bad=True, workers=0,
+                       progress=False)

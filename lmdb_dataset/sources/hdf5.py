@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import SourceRecord
+from .errors import optional_import
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ROWS_PER_READ = 256
@@ -37,9 +38,7 @@ def is_hdf5(path: Path) -> bool:
 
 
 def _is_bytes_dataset(dataset) -> bool:
-    import h5py
-
-    base = h5py.check_vlen_dtype(dataset.dtype)
+    base = optional_import("h5py", "hdf5").check_vlen_dtype(dataset.dtype)
     opaque = dataset.dtype.kind == "V" and dataset.dtype.names is None
     return dataset.ndim == 1 and ((base is not None and base == np.uint8) or opaque)
 
@@ -76,8 +75,7 @@ class HDF5Source:
     kind = "hdf5"
 
     def __init__(self, path: str | os.PathLike, *, images: str | None = None, labels: str | None = None) -> None:
-        import h5py
-
+        h5py = optional_import("h5py", "hdf5")
         self.path = Path(path)
         with h5py.File(self.path, "r") as file:
             datasets: list[str] = []
@@ -114,8 +112,7 @@ class HDF5Source:
 
     def records(self, start: int = 0) -> Iterator[SourceRecord]:
         """Read rows from ``start`` on, :data:`ROWS_PER_READ` at a time."""
-        import h5py
-
+        h5py = optional_import("h5py", "hdf5")
         with h5py.File(self.path, "r") as file:
             images, labels = file[self.images], file[self.labels]
             for first in range(start, self._rows, ROWS_PER_READ):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UnsupportedValueError
+from .errors import UnsupportedValueError, optional_import
 from .safe_pickle import MAX_DEPTH, NUMERIC_DTYPES
 
 
@@ -33,8 +33,7 @@ def loads(data: bytes | memoryview, *, where: str = "value") -> Any:
     Raises:
         UnsupportedValueError: Not msgpack, an ext type, an object array, or malformed.
     """
-    import msgpack
-
+    msgpack = optional_import("msgpack", "msgpack")
     data = bytes(data)
     try:
         try:

@@ -12,7 +12,9 @@ name up to the first dot of its base name, as webdataset groups them. SRC is one
 a directory of ``*.tar`` shards, read in name order.
 
 Both are streamed with ``tarfile``'s ``r|*`` mode (gzip and others are decompressed on the
-fly), records in archive order.
+fly), records in archive order. A resumed conversion streams the archive again from its start
+and skips the records already converted (reading them, not decoding them). Neither kind knows
+its length before the end, so the progress bar counts without a total.
 """
 
 from __future__ import annotations
