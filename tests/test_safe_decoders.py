@@ -248,3 +248,16 @@ def test_property_raw_caffe_datums_give_back_the_rgb_pixels(height, width, chann
     datum = caffe.parse_datum(caffe_datum(label=label, pixels=pixels))
     assert datum.label == label and (datum.channels, datum.height, datum.width) == (channels, height, width)
     np.testing.assert_array_equal(datum.image(), pixels)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_pickles_written_by_numpy_1_name_numpy_core(protocol: int) -> None:
+    """numpy < 2 wrote ``numpy.core.*`` where numpy 2 writes ``numpy._core.*``: both parse the same."""
+    value = [np.frombuffer(JPEG_LIKE, dtype=np.uint8), np.int64(3)]
+    data = pickle.dumps(value, protocol=protocol)
+    for module in (b"multiarray", b"numeric"):
+        new, old = b"numpy._core." + module, b"numpy.core." + module
+        data = data.replace(bytes([0x8C, len(new)]) + new, bytes([0x8C, len(old)]) + old)  # protocol 4-5
+        data = data.replace(b"c" + new + b"\n", b"c" + old + b"\n")  # protocol 2-3 GLOBAL
+    assert b"numpy._core" not in data and b"numpy.core" in data
+    assert_same(safe_pickle.loads(data), value)
