@@ -101,8 +101,8 @@ def decode_datapoint(value: bytes, *, where: str) -> tuple[bytes | np.ndarray, i
     if _looks_like_pyarrow(value):
         raise UnsupportedValueError(
             f"{where}: looks like pyarrow's removed serialize() format, which is not supported (its "
-            "reader can run pickle, and pyarrow < 12 does not install on current Python); re-export "
-            "the records with pickle or msgpack")
+            "reader can run pickle, and pyarrow < 12, the last with serialize, cannot be imported next "
+            "to numpy 2); re-export the records with pickle or msgpack (e.g. with pyarrow 11 and numpy 1.26)")
     raise UnsupportedValueError(f"{where}: value is neither a pickle nor msgpack (starts {value[:8].hex(' ')})")
 
 
