@@ -19,9 +19,14 @@ from .base import Image, SourceRecord, read_classes_file
 from .detect import open_source
 
 
-def _build(task: tuple[Image, int, str]) -> tuple[bytes | None, str]:
-    """Worker: check and build one record from an in-memory image; returns (record or None, error)."""
+def _build(task: tuple[Image | None, int, str]) -> tuple[bytes | None, str]:
+    """Worker: check and build one record from an in-memory image; returns (record or None, error).
+
+    A record the source could not read (image None) is passed through: its error is the source's.
+    """
     image, label, storage = task
+    if image is None:
+        return None, ""
     if storage == "encoded" and isinstance(image, np.ndarray):
         return None, (f"holds decoded pixels ({'x'.join(map(str, image.shape))} uint8), not an image file; "
                       "convert with storage='raw' (--storage raw)")
@@ -42,8 +47,8 @@ def _built(records: Iterator[SourceRecord], storage: str, workers: int) -> Itera
     Records go to the workers in batches, one batch checked while the previous one is
     written, so memory stays bounded however large the source is.
     """
-    def tasks(batch: list[SourceRecord]) -> list[tuple[Image, int, str]]:
-        return [(r.image if r.image is not None else b"", r.label, storage) for r in batch]
+    def tasks(batch: list[SourceRecord]) -> list[tuple[Image | None, int, str]]:
+        return [(r.image, r.label, storage) for r in batch]
 
     if workers == 0:
         for batch in _batches(records, 64):
