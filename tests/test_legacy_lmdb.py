@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from legacy_writers import (RunsCommand, caffe_datum, ilsvrc_train_tar, poison, source_images, stored_payloads,
                             write_caffe, write_folder2lmdb, write_tensorpack)
+from support import PROPERTY
 
 from lmdb_dataset import LMDBDatasetError, LMDBImageDataset, SourceImageError
 from lmdb_dataset.decoding import decode_image
@@ -237,3 +240,11 @@ def test_a_missing_optional_package_stops_even_with_skip_bad(tensorpack_lmdb, tm
     with pytest.raises(MissingDependencyError, match=r'pip install "lmdb-dataset\[msgpack\]"'):
         convert_source(tensorpack_lmdb(serializer="msgpack"), tmp_path / "out", skip_bad=True, workers=0,
                        progress=False)
+
+
+@PROPERTY
+@given(numbers=st.sets(st.integers(0, 10**9), max_size=50), padded=st.booleans())
+def test_property_numeric_keys_come_out_in_number_order(numbers: set[int], padded: bool) -> None:
+    keys = [(f"{n:08}" if padded else str(n)).encode() for n in numbers]
+    cursor_order = sorted(keys + [b"__keys__"])  # an LMDB cursor walks keys in byte order
+    assert ordered_keys(cursor_order).tolist() == sorted(keys, key=int)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 from pathlib import Path
 
 import h5py
@@ -185,3 +186,13 @@ def test_property_list_files_read_back_what_was_written(tmp_path_factory, rows, 
             file.writelines(f"{path}{separator}{label}\n" for path, label in rows)
     entries, classes = read_list(listing)
     assert classes is None and entries == [(path, str(label)) for path, label in rows]
+
+
+def test_gzipped_webdataset_shards_stream_too(images, tmp_path) -> None:
+    write_shards(images, tmp_path / "plain")
+    (tmp_path / "gz").mkdir()
+    for shard in sorted((tmp_path / "plain").iterdir()):
+        (tmp_path / "gz" / (shard.name + ".gz")).write_bytes(gzip.compress(shard.read_bytes()))
+    assert detect_kind(tmp_path / "gz") == "webdataset"
+    convert(tmp_path / "gz", tmp_path / "out")
+    assert stored_payloads(tmp_path / "out") == [data for _, data, _ in images]

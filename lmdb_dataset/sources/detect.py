@@ -11,7 +11,7 @@ from . import legacy_lmdb
 from .base import Source
 from .hdf5 import HDF5Source, is_hdf5
 from .listfile import ListFileSource
-from .tar import ClassTarsSource, WebDatasetSource, is_tar_of_tars
+from .tar import SHARD_SUFFIXES, ClassTarsSource, WebDatasetSource, is_tar_of_tars
 
 LIST_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".lst"})
 
@@ -38,7 +38,7 @@ def detect_kind(path: str | os.PathLike) -> str:
     """The kind of source at ``path``: one of :data:`KINDS`, or ``"folder"`` for an image folder.
 
     A directory is an LMDB if it holds ``data.mdb``, webdataset shards if it holds ``.tar``
-    files and no sub-directory, else an image folder. A file is an LMDB, HDF5 or tar by its
+    (``.tar.gz``, ``.tgz``) files and no sub-directory, else an image folder. A file is an LMDB, HDF5 or tar by its
     first bytes, a list file by its suffix (``.txt``, ``.csv``, ``.tsv``, ``.lst``); a tar is
     ILSVRC2012's layout when its first member is a ``.tar``, else webdataset.
 
@@ -53,7 +53,8 @@ def detect_kind(path: str | os.PathLike) -> str:
         return "lmdb"
     if path.is_dir():
         entries = list(path.iterdir())
-        shards = any(e.suffix == ".tar" and e.is_file() for e in entries) and not any(e.is_dir() for e in entries)
+        shards = (any(e.name.endswith(SHARD_SUFFIXES) and e.is_file() for e in entries)
+                  and not any(e.is_dir() for e in entries))
         return "webdataset" if shards else "folder"
     if is_hdf5(path):
         return "hdf5"

@@ -9,7 +9,7 @@ from header to header).
 ``webdataset`` kind - shards whose members are grouped by key: ``<key>.jpg`` (or another
 image extension) and ``<key>.cls`` (the integer label as text); the key is the member
 name up to the first dot of its base name, as webdataset groups them. SRC is one shard or
-a directory of ``*.tar`` shards, read in name order.
+a directory of shards (``.tar``, ``.tar.gz``, ``.tgz``), read in name order.
 
 Both are streamed with ``tarfile``'s ``r|*`` mode (gzip and others are decompressed on the
 fly), records in archive order. A resumed conversion streams the archive again from its start
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .base import SourceRecord
 
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif"})
 
 
@@ -101,9 +102,10 @@ class WebDatasetSource:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.shards = sorted(self.path.glob("*.tar")) if self.path.is_dir() else [self.path]
+        self.shards = (sorted(p for p in self.path.iterdir() if p.name.endswith(SHARD_SUFFIXES))
+                       if self.path.is_dir() else [self.path])
         if not self.shards:
-            raise FileNotFoundError(f"{str(self.path)!r} holds no .tar shards")
+            raise FileNotFoundError(f"{str(self.path)!r} holds no shards ({', '.join(SHARD_SUFFIXES)} files)")
 
     def count(self) -> None:
         """Unknown until streamed."""
