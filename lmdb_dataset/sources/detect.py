@@ -80,6 +80,8 @@ def open_source(path: str | os.PathLike, *, kind: str | None = None, **options: 
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not a source kind; use one of {', '.join(KINDS)}")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"source {str(path)!r} does not exist")
     kind = kind or detect_kind(path)
     if kind == "folder":
         raise ValueError(f"{str(path)!r} is an image folder: convert it with convert_image_folder")

@@ -49,8 +49,8 @@ class LegacyLMDBDataset(VisionDataset):
         output: ``"pil"``, ``"tensor"`` (CHW uint8) or ``"numpy"`` (HWC uint8). Defaults to ``"pil"``.
 
     Raises:
-        FileNotFoundError: ``path`` is not an LMDB.
-        UnsupportedValueError: Its writer cannot be detected (pass ``kind``).
+        FileNotFoundError: ``path`` does not exist.
+        UnsupportedValueError: ``path`` is not an LMDB, or its writer cannot be detected (pass ``kind``).
     """
 
     def __init__(self, path: str | os.PathLike, transform: Callable | None = None,

@@ -120,14 +120,18 @@ class LegacyLMDBSource:
         kind: One of :data:`KINDS`, or None to detect it.
 
     Raises:
-        FileNotFoundError: ``path`` is not an LMDB.
-        UnsupportedValueError: The kind cannot be detected, or ``path`` is an lmdb-dataset dataset.
+        FileNotFoundError: ``path`` does not exist.
+        UnsupportedValueError: ``path`` is not an LMDB, its kind cannot be detected, or it is an
+            lmdb-dataset dataset.
     """
 
     def __init__(self, path: str | Path, *, kind: str | None = None) -> None:
         self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"legacy LMDB {str(self.path)!r} does not exist")
         if not is_lmdb(self.path):
-            raise FileNotFoundError(f"{str(self.path)!r} is not an LMDB (no data.mdb directory or LMDB file)")
+            raise UnsupportedValueError(f"{str(self.path)!r} is not an LMDB (neither a directory holding "
+                                        "data.mdb nor an LMDB data file)")
         if kind is not None and kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not a legacy LMDB kind; use one of {', '.join(KINDS)}")
         self.classes: list[str] | None = None
