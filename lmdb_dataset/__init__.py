@@ -6,6 +6,8 @@ Public API:
 * :class:`LMDBIterableDataset` - sequential reads in mixing pools, sharded over workers and ranks.
 * :class:`ChunkShuffleSampler` - near-sequential shuffled order for map-style datasets.
 * :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
+* :func:`convert_source` - converting legacy LMDBs, tar archives, list files and HDF5, safely.
+* :class:`LegacyLMDBDataset` - a tensorpack / folder2lmdb / Caffe LMDB read in place, safely.
 * :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
 * :func:`order_quality`, :class:`ClassLocalityWarning` - how well a sample order mixes.
@@ -38,11 +40,14 @@ _EXPORTS = {
     "LMDBImageDataset": "dataset",
     "LMDBIterableDataset": "iterable",
     "LMDBWriter": "writer",
+    "LegacyLMDBDataset": "sources.in_place",
     "NormalizeBatch": "transforms",
     "NotADatasetError": "errors",
     "OrderQuality": "mixing",
     "SourceImageError": "errors",
+    "UnsupportedValueError": "sources.errors",
     "convert_image_folder": "convert",
+    "convert_source": "sources.conversion",
     "make_photo_folder": "samples",
     "order_quality": "mixing",
     "train_transform": "transforms",
@@ -81,5 +86,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .mixing import ClassLocalityWarning, OrderQuality, order_quality
     from .sampler import ChunkShuffleSampler
     from .samples import make_photo_folder
+    from .sources.conversion import convert_source
+    from .sources.errors import UnsupportedValueError
+    from .sources.in_place import LegacyLMDBDataset
     from .transforms import NormalizeBatch, train_transform, val_transform
     from .writer import LMDBWriter

@@ -23,13 +23,49 @@ EXIT_INTERRUPTED = 130
 
 def _convert(args: argparse.Namespace) -> int:
     from .convert import convert_image_folder
+    from .sources.detect import detect_kind
 
-    report = convert_image_folder(args.src, args.dst, storage=args.storage, workers=args.workers,
-                                  order=args.order, seed=args.seed, resume=args.resume, skip_bad=args.skip_bad,
-                                  overwrite=args.overwrite, progress=not args.quiet)
+    if args.source_kind in (None, "auto"):
+        args.source_kind = detect_kind(args.src)
+    if args.source_kind != "folder":
+        if args.order is not None:
+            raise ValueError(f"--order applies to image folders; a {args.source_kind} source keeps its own order")
+        return _convert_source(args)
+    for name in ("classes", "root", "images", "labels"):
+        if getattr(args, name):
+            raise ValueError(f"--{name} applies to other sources (see --from), not to the image folder {args.src!r}")
+    report = convert_image_folder(args.src, args.dst, storage=args.storage or "encoded", workers=args.workers,
+                                  order=args.order or "shuffled", seed=args.seed, resume=args.resume,
+                                  skip_bad=args.skip_bad, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {report.num_records} records to {report.path} in {report.seconds:.1f} s"
           + (f"; skipped {len(report.skipped)} unreadable file(s)" if report.skipped else ""))
     return 0
+
+
+def _convert_source(args: argparse.Namespace) -> int:
+    """``convert --from KIND``: a legacy LMDB, tar archive, list file or HDF5 file."""
+    from .sources.conversion import convert_source
+
+    options = {name: getattr(args, name) for name in ("root", "images", "labels") if getattr(args, name)}
+    report = convert_source(args.src, args.dst, kind=args.source_kind, classes=args.classes, storage=args.storage,
+                            workers=args.workers, resume=args.resume, skip_bad=args.skip_bad,
+                            overwrite=args.overwrite, progress=not args.quiet, **options)
+    print(f"wrote {report.num_records} records to {report.path} in {report.seconds:.1f} s"
+          + (f"; skipped {len(report.skipped)} bad record(s)" if report.skipped else ""))
+    return 0
+
+
+def _add_source_arguments(convert: argparse.ArgumentParser) -> None:
+    """The ``convert`` options for sources other than an ImageFolder tree (see lmdb_dataset.sources)."""
+    from .sources.detect import KINDS
+
+    group = convert.add_argument_group("other sources", "legacy LMDBs, tar archives, list files, HDF5")
+    group.add_argument("--from", dest="source_kind", choices=["auto", "folder", *KINDS], default=None,
+                       help="what SRC is (default: detected from its content)")
+    group.add_argument("--classes", default=None, help="text file of class names, one a line (label i = line i)")
+    group.add_argument("--root", default=None, help="list files: folder the listed paths are relative to")
+    group.add_argument("--images", default=None, help="HDF5: name of the images dataset")
+    group.add_argument("--labels", default=None, help="HDF5: name of the labels dataset")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -100,22 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    convert = commands.add_parser("convert", help="convert an ImageFolder tree (SRC/<class>/<image>) to LMDB")
-    convert.add_argument("src", help="ImageFolder root: one sub-directory of images per class")
+    convert = commands.add_parser("convert", help="convert an ImageFolder tree (SRC/<class>/<image>), a legacy LMDB, "
+                                     "tar, list file or HDF5 file to LMDB")
+    convert.add_argument("src", help="ImageFolder root: one sub-directory of images per class (or another "
+                                     "source: see --from)")
     convert.add_argument("dst", help="dataset directory to write, e.g. train.lmdb")
-    convert.add_argument("--storage", choices=["encoded", "raw"], default="encoded",
+    convert.add_argument("--storage", choices=["encoded", "raw"], default=None,
                          help="encoded: original file bytes (default); raw: decoded RGB pixels, no decoding when "
-                              "reading, ~7x the size of JPEGs")
+                              "reading, ~7x the size of JPEGs (the default for sources that store pixels)")
     convert.add_argument("--workers", type=_count(0), default=None,
                          help="processes that read and check images (default: the usable cores; 0: this process)")
-    convert.add_argument("--order", choices=["shuffled", "folder"], default="shuffled",
-                         help="physical record order: shuffled (seeded; default) or folder (class by class); "
-                              "the dataset index is ImageFolder's either way")
+    convert.add_argument("--order", choices=["shuffled", "folder"], default=None,
+                         help="image folders: physical record order, shuffled (seeded; default) or folder (class "
+                              "by class); the dataset index is ImageFolder's either way. Other sources keep "
+                              "their own order")
     convert.add_argument("--seed", type=int, default=0, help="seed of the shuffled order (default 0)")
     convert.add_argument("--resume", action="store_true", help="continue an interrupted conversion into DST")
     convert.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_source_arguments(convert)
     convert.set_defaults(run=_convert)
 
     info = commands.add_parser("info", help="show a dataset's size, classes, storage and completeness")

@@ -1,0 +1,73 @@
+"""What every source reader yields: records in the source's order, with the reason a record is bad."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+Image = bytes | np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceRecord:
+    """One record read from a source.
+
+    Attributes:
+        name: The record's key or member name: kept as the record's source path and used
+            in every error message about it.
+        image: The image file's bytes (kept as-is), or decoded pixels as an HxW / HxWxC
+            uint8 array (sources that store pixels); None when the record is bad.
+        label: Integer class label (-1 when the record is bad).
+        error: Why the record is bad (it could not be read or decoded); ``""`` when good.
+        size: Bytes read from the source for this record.
+    """
+
+    name: str
+    image: Image | None
+    label: int
+    error: str = ""
+    size: int = 0
+
+
+class Source(Protocol):
+    """A reader of one kind of source (a legacy LMDB, a tar archive, a list file, an HDF5 file).
+
+    Attributes:
+        kind: The ``--from`` name of its kind (e.g. ``"tensorpack"``).
+        path: The source path.
+        classes: Class names stored in the source, or None when it stores only labels.
+    """
+
+    kind: str
+    path: Path
+    classes: list[str] | None
+
+    def count(self) -> int | None:
+        """Number of records, or None when it is only known after reading (streamed tars)."""
+
+    def records(self, start: int = 0) -> Iterator[SourceRecord]:
+        """The records from position ``start`` on, in the source's order."""
+
+
+def read_classes_file(path: str | os.PathLike) -> list[str]:
+    """Class names from a text file, one per line (blank lines ignored); label ``i`` is line ``i``.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file names no class, or a class twice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classes file {str(path)!r} does not exist")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"classes file {str(path)!r} names no class (expected one name per line)")
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise ValueError(f"classes file {str(path)!r} names class {duplicate!r} twice")
+    return names

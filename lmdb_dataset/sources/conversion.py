@@ -1,0 +1,199 @@
+"""Converting a non-ImageFolder source (legacy LMDB, tar, list file, HDF5) into a dataset."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..convert import ConversionReport
+from ..errors import LMDBDatasetError, SourceImageError
+from ..writer import LMDBWriter, build_record
+from .base import Image, SourceRecord, read_classes_file
+from .detect import open_source
+
+
+def _build(task: tuple[Image | None, int, str]) -> tuple[bytes | None, str]:
+    """Worker: check and build one record from an in-memory image; returns (record or None, error).
+
+    A record the source could not read (image None) is passed through: its error is the source's.
+    """
+    image, label, storage = task
+    if image is None:
+        return None, ""
+    if storage == "encoded" and isinstance(image, np.ndarray):
+        return None, (f"holds decoded pixels ({'x'.join(map(str, image.shape))} uint8), not an image file; "
+                      "convert with storage='raw' (--storage raw)")
+    try:
+        return build_record(image, label, storage=storage), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def _batches(records: Iterator[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
+    while batch := list(itertools.islice(records, size)):
+        yield batch
+
+
+def _built(records: Iterator[SourceRecord], storage: str, workers: int) -> Iterator[tuple[SourceRecord, bytes | None, str]]:
+    """(source record, built record or None, error) in source order; checks run in ``workers`` processes.
+
+    Records go to the workers in batches, one batch checked while the previous one is
+    written, so memory stays bounded however large the source is.
+    """
+    def tasks(batch: list[SourceRecord]) -> list[tuple[Image | None, int, str]]:
+        return [(r.image, r.label, storage) for r in batch]
+
+    if workers == 0:
+        for batch in _batches(records, 64):
+            yield from ((r, *_build(task)) for r, task in zip(batch, tasks(batch)))
+        return
+    with multiprocessing.get_context().Pool(workers) as pool:
+        pending = None
+        for batch in itertools.chain(_batches(records, 64 * workers), [None]):
+            submitted = batch and (batch, pool.map_async(_build, tasks(batch), chunksize=16))
+            if pending:
+                yield from ((r, *result) for r, result in zip(pending[0], pending[1].get()))
+            pending = submitted
+
+
+def _first_storage(records: Iterator[SourceRecord]) -> tuple[str, Iterator[SourceRecord]]:
+    """``"raw"`` if the first readable record holds pixels, else ``"encoded"``; and the records, unconsumed."""
+    peeked: list[SourceRecord] = []
+    for record in records:
+        peeked.append(record)
+        if record.image is not None:
+            break
+    storage = "raw" if peeked and isinstance(peeked[-1].image, np.ndarray) else "encoded"
+    return storage, itertools.chain(peeked, records)
+
+
+def source_fingerprint(path: Path) -> list[list]:
+    """(name, size, mtime_ns) of the source file, or of each file directly in a source directory.
+
+    Saved with the conversion's progress, so ``resume`` refuses a source that changed (its
+    records would no longer line up). LMDB lock files are left out: readers touch them.
+    """
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files
+            if f.name != "lock.mdb" and not f.name.endswith("-lock")]
+
+
+def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None = None,
+                   classes: str | os.PathLike | None = None, storage: str | None = None,
+                   workers: int | None = None, resume: bool = False, skip_bad: bool = False,
+                   overwrite: bool = False, progress: bool = True, **options: str) -> ConversionReport:
+    """Convert a legacy LMDB, tar archive, list file or HDF5 file into an LMDB dataset.
+
+    Records keep the source's order (an LMDB's key order, an archive's member order, a list
+    file's line order) and its labels; image files' bytes are kept as-is (JPEG not
+    re-encoded) and decoded once to check them. Values stored with pickle or msgpack are
+    parsed by decoders that never execute anything (:mod:`.safe_pickle`,
+    :mod:`.msgpack_values`): a value they refuse is a bad record, named by its key. The
+    guarantees of :func:`~lmdb_dataset.convert_image_folder` hold: crash-safe commits,
+    ``resume``, ``skip_bad``, a progress bar.
+
+    Args:
+        src: The source: an LMDB directory or file, a ``.tar`` archive (or a directory of
+            webdataset ``.tar`` shards), a list file, an HDF5 file.
+        dst: Dataset directory to write.
+        kind: The source kind (see :data:`lmdb_dataset.sources.detect.KINDS`). Defaults to
+            detecting it from the content.
+        classes: A text file of class names, one a line (line ``i`` names label ``i``), for
+            sources that store only labels. Without it such sources get the names
+            ``"0"`` .. ``"K-1"``, K being one more than the largest label.
+        storage: ``"encoded"`` or ``"raw"``. Defaults to ``"encoded"``, or ``"raw"`` when the
+            source stores decoded pixels (raw Caffe datums, numpy-mode LMDBs, HDF5 image
+            arrays), which cannot be kept as image files.
+        workers: Processes that check images. Defaults to the number of usable cores; 0
+            works in this process.
+        resume: Continue an interrupted conversion into ``dst``. Defaults to False.
+        skip_bad: Leave bad records out (listed in the report and the metadata) instead of
+            stopping with an error naming the record. Defaults to False.
+        overwrite: Replace an existing dataset at ``dst``. Defaults to False.
+        progress: Show a progress bar. Defaults to True.
+        **options: Options of the source kind: ``root`` (list files: the folder paths are
+            relative to; defaults to the list file's folder), ``images`` and ``labels``
+            (HDF5: dataset names; detected when there is one obvious choice).
+
+    Returns:
+        A :class:`~lmdb_dataset.ConversionReport`.
+
+    Raises:
+        SourceImageError: A record is bad (without ``skip_bad``); the message names its key.
+        FileExistsError: ``dst`` exists and neither ``resume`` nor ``overwrite`` was given.
+        ValueError: Unknown ``kind`` or options, or labels beyond the classes file.
+    """
+    started = time.perf_counter()
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    if workers < 0:
+        raise ValueError(f"workers={workers} must be >= 0")
+    source = open_source(src, kind=kind, **options)
+    names = read_classes_file(classes) if classes is not None else source.classes
+    count = source.count()
+    state = {"source": str(source.path), "source_kind": source.kind, "source_count": count,
+             "source_files": source_fingerprint(source.path), "next_source": 0, "max_label": -1}
+    detected, records = _first_storage(source.records())
+    storage = storage or detected
+    with LMDBWriter(dst, storage=storage, classes=names, source=f"{source.kind}:{source.path}",
+                    resume=resume, overwrite=overwrite) as writer:
+        if resume:
+            _check_resumable(writer, state)
+            state.update(next_source=writer.info.conversion["next_source"],
+                         max_label=writer.info.conversion["max_label"])
+            records = source.records(state["next_source"])
+        else:
+            writer.set_conversion_state(state)
+            writer.commit()
+        first = state["next_source"]
+        bytes_read = 0
+        with tqdm(total=count, initial=first, unit="img", disable=not progress,
+                  desc=f"convert {source.path.name}", dynamic_ncols=True) as bar:
+            for position, (record, built, error) in enumerate(_built(records, storage, workers), start=first):
+                error = record.error or (f"record {record.name!r}: {error}" if error else "")
+                if not error and record.label < 0:
+                    error = f"record {record.name!r}: label {record.label} is negative"
+                elif not error and names is not None and record.label >= len(names):
+                    error = (f"record {record.name!r}: label {record.label} has no class name "
+                             f"(the classes are {len(names)})")
+                if error and not skip_bad:
+                    raise SourceImageError(
+                        f"{source.path}: {error}. The records before it are kept: run again with resume=True "
+                        "(--resume) and skip_bad=True (--skip-bad) to leave such records out.", source=record.name)
+                state.update(next_source=position + 1, max_label=max(state["max_label"], record.label))
+                writer.set_conversion_state(state)
+                if error:
+                    writer.skip(record.name, error)
+                else:
+                    writer.add_record(built, record.label, path=record.name)
+                bytes_read += record.size
+                bar.update()
+                if position % 16 == 0:
+                    elapsed = max(bar.format_dict["elapsed"], 1e-9)
+                    bar.set_postfix_str(f"{bytes_read / elapsed / 1e6:.1f} MB/s", refresh=False)
+        if names is None:
+            writer.info.classes = [str(label) for label in range(state["max_label"] + 1)]
+    if progress and writer.info.skipped:
+        print(f"skipped {len(writer.info.skipped)} bad record(s):")
+        for entry in writer.info.skipped:
+            print(f"  {entry['path']}: {entry['error']}")
+    return ConversionReport(path=Path(dst), num_records=writer.info.num_records, skipped=list(writer.info.skipped),
+                            converted=state["next_source"] - first, seconds=time.perf_counter() - started,
+                            bytes_read=bytes_read)
+
+
+def _check_resumable(writer: LMDBWriter, state: dict) -> None:
+    """Refuse to resume a conversion started from another source."""
+    saved = writer.info.conversion or {}
+    for key in ("source_kind", "source_count", "source_files"):
+        if key not in saved or saved[key] != state[key]:
+            raise LMDBDatasetError(
+                f"cannot resume {str(writer.path)!r}: it was started with {key}={saved.get(key)!r}, now "
+                f"{key}={state[key]!r} (the source changed, or is another one). Start over with "
+                "overwrite=True (--overwrite).")
