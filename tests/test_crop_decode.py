@@ -92,12 +92,12 @@ def test_finish_on_the_full_image_equals_torchvision_exactly(records, train):
         assert torch.equal(ours, expected), seed
 
 
-@pytest.mark.parametrize("train, bound", [(True, 5.0), (False, 5.5)])  # measured 3.3 and 3.6
+@pytest.mark.parametrize("train, bound", [(True, 1.5), (False, 2.0)])  # measured 0.84 and 1.17
 def test_fused_pixels_close_to_decode_then_crop(records, train, bound):
     """Mean |fused - reference| stays a few grey levels (the DCT-scaled decode's filter).
 
-    These 64-160 px fixtures are harder than ImageNet photos (the module docstring's 1.9 and 2.8):
-    their detail is dense, and the output (48 px) is close to their size.
+    These 64-160 px fixtures are harder than ImageNet photos (the module docstring's 0.13): their
+    detail is dense, and the output (48 px) is close to their size.
     """
     decoder = RandomResizedCropDecode(48) if train else CenterCropDecode(48, resize=56)
     differences, exact = [], 0
@@ -127,12 +127,12 @@ def test_non_ycbcr_images_take_the_full_decode_exactly(records):
         assert torch.equal(fused, decoder.finish(full, box, full_height=header.height, full_width=header.width))
 
 
-def test_decode_scale_is_the_smallest_that_covers(records):
+def test_decode_scale_is_the_smallest_fast_scale_that_covers(records):
     header, payload, _ = max(records, key=lambda r: r[0].height * r[0].width)
     assert simplejpeg.decode_jpeg_header(payload)[2] == "YCbCr"
     for min_height in range(1, header.height + 1, 7):
         pixels = decode_scaled(payload, header, min_height=min_height, min_width=1)
-        k = next(k for k in range(1, 9) if math.ceil(header.height * k / 8) >= min_height)
+        k = next(k for k in (1, 2, 4, 8) if math.ceil(header.height * k / 8) >= min_height)
         assert pixels.shape[:2] == (math.ceil(header.height * k / 8), math.ceil(header.width * k / 8))
 
 
@@ -171,7 +171,7 @@ def test_dataset_with_a_crop_decoder_yields_crops_and_labels(converted):
     for i in range(len(dataset)):
         crop, expected = dataset[i][0], reference[i][0]
         assert crop.shape == expected.shape == (3, 32, 32)
-        assert (crop.int() - expected.int()).abs().float().mean() < 20  # unrelated crops differ by ~60
+        assert (crop.int() - expected.int()).abs().float().mean() < 12  # 32 px crops of 64-160 px images; unrelated crops differ by ~60
 
 
 def test_a_forged_header_surfaces_as_a_corrupt_record_naming_it(converted):

@@ -98,7 +98,7 @@ def test_train_boxes_shipped_to_the_device_are_the_ones_drawn(path):
         batches[decode] = next(iter(_loader(path, decode=decode, train=True, batch_size=32, shuffle=False)))
     (worker_images, worker_labels), (device_images, device_labels) = batches["worker"], batches["device"]
     assert torch.equal(worker_labels, device_labels)
-    assert (worker_images - device_images).abs().mean() < 0.12
+    assert (worker_images - device_images).abs().mean() < 0.06  # measured 0.027
 
 
 def test_train_batches_shapes_dtype_labels(path):
