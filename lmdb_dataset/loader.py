@@ -203,6 +203,8 @@ class LMDBLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch``, like ``DistributedSampler.set_epoch``; call it every epoch."""
+        if epoch != self.epoch:
+            self._consumed = 0  # nothing of the new epoch was handed out yet
         self._resumable.set_epoch(epoch)
 
     def __len__(self) -> int:

@@ -113,11 +113,13 @@ def test_train_batches_shapes_dtype_labels(path):
     assert sorted(labels) == sorted(LMDBImageDataset(path).targets.tolist())
 
 
-def test_set_epoch_changes_the_order(path):
+def test_set_epoch_changes_the_order_and_starts_the_count_again(path):
     loader = _loader(path, train=True, batch_size=32)
     first = next(iter(loader))[1].tolist()
+    assert loader.state_dict()["position"]["samples_consumed"] == 32
     loader.set_epoch(1)
-    assert loader.epoch == 1
+    assert loader.epoch == 1 and loader.state_dict()["position"] == {**loader.state_dict()["position"],
+                                                                      "epoch": 1, "samples_consumed": 0}
     assert next(iter(loader))[1].tolist() != first
 
 
@@ -209,6 +211,12 @@ def test_cuda_without_cuda_is_a_clear_error(path):
 def test_repr_names_the_setup(path):
     text = repr(_loader(path, decode="device", reader="iterable"))
     assert "reader='iterable'" in text and "decode='device'" in text and "batches=7" in text
+
+
+@cuda
+def test_mixed_batches_are_pinned_by_the_dataloader(path):
+    batch = next(iter(_loader(path, decode="device", device="cuda", num_workers=1).dataloader))
+    assert batch.labels.is_pinned() and batch.decoded.is_pinned()
 
 
 @cuda
