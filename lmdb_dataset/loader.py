@@ -45,8 +45,8 @@ class _RecordDecoding:
     record_decoder: Callable[..., Any]
 
     def _sample(self, record: int, value: bytes | memoryview | None) -> tuple[Any, Any]:
-        image, label = record_pixels(self._meta, record, value, verify=self.verify_checksums,  # type: ignore[attr-defined]
-                                     decode=self.record_decoder)
+        meta, verify = self._meta, self.verify_checksums  # type: ignore[attr-defined]
+        image, label = record_pixels(meta, record, value, verify=verify, decode=self.record_decoder)
         if isinstance(image, EncodedImage):
             image.record = record
         return image, label
@@ -136,7 +136,8 @@ class LMDBLoader:
         dtype: ``torch.float32``, ``torch.bfloat16`` or ``torch.float16``. Defaults to float32.
         channels_last: Deliver channels-last images (faster convolutions on GPUs). Defaults to False.
         size: Output side. Defaults to 224.
-        resize: Validation: shorter side before the centre crop. Defaults to 256.
+        resize: Validation: shorter side before the centre crop. Defaults to ``round(size * 256 / 224)``
+            (256 for 224, ImageNet's convention).
         scale: Training: crop area fraction range. Defaults to (0.08, 1.0).
         ratio: Training: crop aspect ratio range. Defaults to (3/4, 4/3).
         mean: Per-channel mean in [0, 1]. Defaults to ImageNet's.
@@ -163,7 +164,7 @@ class LMDBLoader:
     def __init__(self, path: str | os.PathLike, *, batch_size: int = 256, train: bool = True,
                  reader: Reader = "random", num_workers: int | None = None, device: str | torch.device = "cpu",
                  decode: Decode | None = None, dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 size: int = 224, resize: int = 256, scale: Sequence[float] = (0.08, 1.0),
+                 size: int = 224, resize: int | None = None, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, shuffle: bool | None = None, seed: int = 0,
                  chunk_size: int = 256, buffer_size: int = 512, num_replicas: int | None = None,
@@ -178,6 +179,7 @@ class LMDBLoader:
         _check_options(reader=reader, decode=self.decode, dtype=dtype, batch_size=batch_size,
                        num_workers=num_workers, device=self.device)
         shuffle = train if shuffle is None else shuffle
+        resize = round(size * 256 / 224) if resize is None else resize
         self.crop: CropDecoder = (RandomResizedCropDecode(size, scale=scale, ratio=ratio) if train
                                   else CenterCropDecode(size, resize=resize))
         self.dataset, sampler = _reader(path, reader, batch_size=batch_size, shuffle=shuffle, seed=seed,
@@ -234,7 +236,7 @@ class LMDBLoader:
             images = images.to(self.device, non_blocking=True)
         return self.normalize(images), labels.to(self.device, non_blocking=True)
 
-    def _hand_over(self, side: SideStream, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _hand_over(self, side: SideStream, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         images, labels = side.hand_over(*batch)
         self._consumed += len(labels)
         return images, labels
@@ -281,7 +283,7 @@ def _check_options(*, reader: str, decode: str, dtype: torch.dtype, batch_size: 
 
 def _reader(path: str | os.PathLike, reader: str, *, batch_size: int, shuffle: bool, seed: int, chunk_size: int,
             buffer_size: int, num_replicas: int | None, rank: int | None,
-            verify_checksums: bool) -> tuple[_DecodingImageDataset | _DecodingIterableDataset, ChunkShuffleSampler | None]:
+            verify_checksums: bool) -> tuple[_RecordDecoding, ChunkShuffleSampler | None]:
     """The dataset and, for map-style readers, the sampler (``random`` = chunks of one record)."""
     if reader == "iterable":
         dataset = _DecodingIterableDataset(path, shuffle=shuffle, chunk_size=chunk_size, buffer_size=buffer_size,

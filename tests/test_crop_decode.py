@@ -171,7 +171,8 @@ def test_dataset_with_a_crop_decoder_yields_crops_and_labels(converted):
     for i in range(len(dataset)):
         crop, expected = dataset[i][0], reference[i][0]
         assert crop.shape == expected.shape == (3, 32, 32)
-        assert (crop.int() - expected.int()).abs().float().mean() < 12  # 32 px crops of 64-160 px images; unrelated crops differ by ~60
+        # 32 px crops of 64-160 px images; unrelated crops differ by ~60
+        assert (crop.int() - expected.int()).abs().float().mean() < 12
 
 
 def test_a_forged_header_surfaces_as_a_corrupt_record_naming_it(converted):

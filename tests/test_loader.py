@@ -208,6 +208,11 @@ def test_cuda_without_cuda_is_a_clear_error(path):
         _loader(path, device="cuda")
 
 
+def test_validation_resize_defaults_to_imagenet_proportions(path):
+    assert LMDBLoader(path, size=32, train=False, num_workers=0).crop.resize == 37  # 256/224 x 32
+    assert LMDBLoader(path, train=False, num_workers=0).crop.resize == 256
+
+
 def test_repr_names_the_setup(path):
     text = repr(_loader(path, decode="device", reader="iterable"))
     assert "reader='iterable'" in text and "decode='device'" in text and "batches=7" in text
