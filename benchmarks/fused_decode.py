@@ -32,6 +32,7 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "ratio_median": round(statistics.median(ratios), 2),
                          "ratio_min": round(min(ratios), 2), "ratio_max": round(max(ratios), 2),
                          "mean_abs_pixel_difference": round(pixel_difference(functions, corpus), 2)})
-    result = {"command": "python benchmarks/fused_decode.py " + " ".join(argv or []), "rounds": args.rounds,
+    given = sys.argv[1:] if argv is None else argv
+    result = {"command": " ".join(["python benchmarks/fused_decode.py", *given]), "rounds": args.rounds,
               "size": args.size, "load_average_1min": [round(load_before, 2), round(load_after, 2)],
               "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
               "versions": {"torch": torch.__version__, "python": platform.python_version()}, "rows": rows}
