@@ -18,6 +18,7 @@ from lmdb_dataset.crop_decode import (
     CenterCropDecode,
     RandomResizedCropDecode,
     decode_scaled,
+    fast_scaled_shape,
     random_resized_crop_box,
     resized_shape,
 )
@@ -147,6 +148,16 @@ def test_crop_at_the_decode_scale_still_spans_the_output(size):
             assert box.height * min_height / 375 >= min(size, box.height) - 1e-9
             assert box.width * min_width / 500 >= min(size, box.width) - 1e-9
             assert factor <= 1
+
+
+@PROPERTY
+@given(height=st.integers(1, 5000), width=st.integers(1, 5000), min_height=st.integers(1, 6000),
+       min_width=st.integers(1, 6000))
+def test_fast_scaled_shape_is_the_smallest_fast_scale_that_covers(height, width, min_height, min_width):
+    shape = fast_scaled_shape(height, width, min_height=min_height, min_width=min_width)
+    candidates = [(math.ceil(height * k / 8), math.ceil(width * k / 8)) for k in (1, 2, 4, 8)]
+    covering = [c for c in candidates if c[0] >= min_height and c[1] >= min_width]
+    assert shape == (covering[0] if covering else (height, width))  # larger than the image: full size
 
 
 def test_center_crop_decode_size_covers_the_resized_image():
