@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -145,8 +145,10 @@ class LMDBLoader:
         shuffle: Shuffle the order. Defaults to ``train``.
         seed: Non-negative seed of the order (identical on all ranks) and of the workers'
             augmentation draws. Defaults to 0.
-        chunk_size: Records per chunk for the ``chunk`` and ``iterable`` readers. Defaults to 256.
-        buffer_size: Shuffle buffer of the ``iterable`` reader. Defaults to 512.
+        reader_options: Tuning options passed on to the reader: :class:`ChunkShuffleSampler`'s
+            (``chunk``) or :class:`LMDBIterableDataset`'s (``iterable``), e.g.
+            ``{"chunk_size": 512}``; their docstrings explain each trade-off. Not for
+            ``random``, which is a chunk-shuffle of one-record chunks. Defaults to none.
         num_replicas: DDP world size. Defaults to torch.distributed's, else 1.
         rank: This rank. Defaults to torch.distributed's, else 0.
         drop_last: Drop the last incomplete batch. Defaults to ``train``.
@@ -167,7 +169,7 @@ class LMDBLoader:
                  size: int = 224, resize: int | None = None, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, shuffle: bool | None = None, seed: int = 0,
-                 chunk_size: int = 256, buffer_size: int = 512, num_replicas: int | None = None,
+                 reader_options: Mapping[str, Any] | None = None, num_replicas: int | None = None,
                  rank: int | None = None, drop_last: bool | None = None, pin_memory: bool | None = None,
                  persistent_workers: bool | None = None, prefetch_factor: int | None = None,
                  multiprocessing_context: str | None = None, verify_checksums: bool = True) -> None:
@@ -183,8 +185,8 @@ class LMDBLoader:
         self.crop: CropDecoder = (RandomResizedCropDecode(size, scale=scale, ratio=ratio) if train
                                   else CenterCropDecode(size, resize=resize))
         self.dataset, sampler = _reader(path, reader, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                                        chunk_size=chunk_size, buffer_size=buffer_size, num_replicas=num_replicas,
-                                        rank=rank, verify_checksums=verify_checksums)
+                                        options=dict(reader_options or {}), num_replicas=num_replicas, rank=rank,
+                                        verify_checksums=verify_checksums)
         self.dataset.record_decoder = SplitDecoder(self.crop) if self.decode == "device" else self.crop
         self._resumable = sampler if sampler is not None else self.dataset
         self.normalize = NormalizeBatch(mean, std, dtype=dtype, channels_last=channels_last).to(self.device)
@@ -281,16 +283,18 @@ def _check_options(*, reader: str, decode: str, dtype: torch.dtype, batch_size: 
         raise ValueError(f"device={str(device)!r} but CUDA is not available; use device='cpu'")
 
 
-def _reader(path: str | os.PathLike, reader: str, *, batch_size: int, shuffle: bool, seed: int, chunk_size: int,
-            buffer_size: int, num_replicas: int | None, rank: int | None,
+def _reader(path: str | os.PathLike, reader: str, *, batch_size: int, shuffle: bool, seed: int,
+            options: dict[str, Any], num_replicas: int | None, rank: int | None,
             verify_checksums: bool) -> tuple[_RecordDecoding, ChunkShuffleSampler | None]:
     """The dataset and, for map-style readers, the sampler (``random`` = chunks of one record)."""
+    common = {"shuffle": shuffle, "seed": seed, "num_replicas": num_replicas, "rank": rank}
     if reader == "iterable":
-        dataset = _DecodingIterableDataset(path, shuffle=shuffle, chunk_size=chunk_size, buffer_size=buffer_size,
-                                           seed=seed, num_replicas=num_replicas, rank=rank, batch_size=batch_size,
-                                           verify_checksums=verify_checksums)
+        dataset = _DecodingIterableDataset(path, batch_size=batch_size, verify_checksums=verify_checksums,
+                                           **common, **options)
         return dataset, None
+    if reader == "random" and options:
+        raise ValueError(f"reader_options={options!r}: reader='random' takes none (it shuffles single records); "
+                         "use reader='chunk' to tune chunked reading")
     dataset = _DecodingImageDataset(path, verify_checksums=verify_checksums)
-    sampler = ChunkShuffleSampler(dataset, chunk_size=1 if reader == "random" else chunk_size, shuffle=shuffle,
-                                  seed=seed, num_replicas=num_replicas, rank=rank)
+    sampler = ChunkShuffleSampler(dataset, **({"chunk_size": 1} if reader == "random" else {}), **common, **options)
     return dataset, sampler

@@ -54,6 +54,12 @@ def _loader(path, **options) -> LMDBLoader:
     return LMDBLoader(path, **settings)
 
 
+def test_reader_options_reach_the_reader(path):
+    assert _loader(path, reader="chunk", reader_options={"chunk_size": 7}).dataloader.sampler.chunk_size == 7
+    assert _loader(path, reader="iterable", reader_options={"chunk_size": 9}).dataset.chunk_size == 9
+    assert _loader(path, reader="random").dataloader.sampler.chunk_size == 1
+
+
 @pytest.mark.parametrize("reader, num_workers", [("random", 0), ("chunk", 2), ("iterable", 2)])
 def test_device_decode_val_equals_torchvision_with_cpu_decoded_images_merged(path, reference, reader, num_workers):
     """Colour JPEGs decoded in the main process, the others in workers: every sample exactly torchvision's."""
@@ -196,6 +202,8 @@ def test_truncated_jpegs_are_left_to_the_cpu_decoder(path):
     ({"dtype": torch.int8}, "dtype=torch.int8"),
     ({"batch_size": 0}, "batch_size=0"),
     ({"num_workers": -1}, "num_workers=-1"),
+    ({"reader_options": {"chunk_size": 4}}, "reader='random' takes none"),
+    ({"reader": "chunk", "reader_options": {"chunk_size": 0}}, "chunk_size=0"),
 ])
 def test_bad_options_are_value_errors(path, options, message):
     with pytest.raises(ValueError, match=message):
