@@ -14,6 +14,13 @@ marker (truncated files, which a GPU decoder may turn into grey pixels where Pil
 ``raw`` storage. A JPEG that the device decoder still rejects is decoded again alone, then on
 the CPU by the datasets' policy; one that nothing decodes raises
 :class:`~lmdb_dataset.errors.CorruptRecordError` naming the record.
+
+nvJPEG pitfalls, and what is done about them: torchvision's CUDA decoder runs on a stream of
+its own and makes the calling stream wait for it, so decoding inside the loader's side stream
+(:class:`lmdb_dataset.loader.SideStream`) orders the crops after the decode; decoded full-size
+images are dropped as soon as their crop is taken, so the caching allocator reuses their blocks
+batch after batch instead of growing. Neither has been checked on a GPU yet (no GPU was
+available when this was written): the tests marked ``cuda`` do, where CUDA is present.
 """
 
 from __future__ import annotations
