@@ -95,7 +95,9 @@ class MixedBatch:
 
     Attributes:
         labels: ``N`` int64 labels, in sample order.
-        encoded: The JPEGs, a list of 1-D uint8 tensors.
+        encoded: The ``K`` JPEGs' bytes, concatenated (one tensor: one shared-memory segment
+            between processes, not ``K``).
+        lengths: ``K`` byte lengths of the JPEGs in ``encoded``.
         geometry: ``K x 7`` crops of the JPEGs (see :class:`EncodedImage`).
         records: ``K`` record indices of the JPEGs.
         encoded_at: ``K`` positions of the JPEGs in the batch.
@@ -104,7 +106,8 @@ class MixedBatch:
     """
 
     labels: torch.Tensor
-    encoded: list[torch.Tensor]
+    encoded: torch.Tensor
+    lengths: torch.Tensor
     geometry: torch.Tensor
     records: torch.Tensor
     encoded_at: torch.Tensor
@@ -114,9 +117,14 @@ class MixedBatch:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def jpegs(self) -> list[torch.Tensor]:
+        """The JPEGs as ``K`` 1-D uint8 views of :attr:`encoded`."""
+        return list(torch.split(self.encoded, self.lengths.tolist()))
+
     def pin_memory(self) -> MixedBatch:
-        """Pinned copies of the tensors the device copies (called by the DataLoader's pin thread)."""
-        return dataclasses.replace(self, labels=self.labels.pin_memory(), decoded=self.decoded.pin_memory())
+        """Pinned copies of the tensors (called by the DataLoader's pin thread)."""
+        return dataclasses.replace(self, labels=self.labels.pin_memory(), encoded=self.encoded.pin_memory(),
+                                   decoded=self.decoded.pin_memory())
 
 
 def collate_mixed(samples: Sequence[tuple[Any, Any]]) -> MixedBatch:
@@ -127,7 +135,8 @@ def collate_mixed(samples: Sequence[tuple[Any, Any]]) -> MixedBatch:
     decoded = [samples[i][0] for i in decoded_at]
     return MixedBatch(
         labels=torch.tensor([int(label) for _, label in samples], dtype=torch.int64),
-        encoded=[image.data for image in jpegs],
+        encoded=torch.cat([image.data for image in jpegs]) if jpegs else torch.empty(0, dtype=torch.uint8),
+        lengths=torch.tensor([len(image.data) for image in jpegs], dtype=torch.int64),
         geometry=torch.stack([image.geometry for image in jpegs]) if jpegs else torch.empty(0, 7, dtype=torch.int64),
         records=torch.tensor([image.record for image in jpegs], dtype=torch.int64),
         encoded_at=torch.tensor(encoded_at, dtype=torch.int64),
@@ -161,13 +170,13 @@ def decode_batch(batch: MixedBatch, crop: CropDecoder, device: torch.device, *, 
 
 def _decode_jpegs(batch: MixedBatch, device: torch.device, *, path: str) -> list[torch.Tensor]:
     """Full-size CHW uint8 images of the batch's JPEGs on ``device``; one call when all decode."""
-    if not batch.encoded:
+    jpegs = batch.jpegs()
+    if not jpegs:
         return []
     try:
-        return decode_jpeg(batch.encoded, mode=ImageReadMode.RGB, device=device)
+        return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
-        return [_decode_alone(data, record, device, path=path)
-                for data, record in zip(batch.encoded, batch.records.tolist())]
+        return [_decode_alone(data, record, device, path=path) for data, record in zip(jpegs, batch.records.tolist())]
 
 
 def _decode_alone(data: torch.Tensor, record: int, device: torch.device, *, path: str) -> torch.Tensor:

@@ -77,7 +77,8 @@ def test_device_decode_really_splits_the_batch(path):
     assert kinds == {True: 29, False: 3}  # grayscale, CMYK and PNG go to the workers' CPU decode
     loader = _loader(path, decode="device", batch_size=32)
     batch = next(iter(loader.dataloader))
-    assert len(batch.encoded) == 29 and batch.decoded.shape == (3, 3, SIZE, SIZE)
+    assert len(batch.jpegs()) == 29 and batch.decoded.shape == (3, 3, SIZE, SIZE)
+    assert batch.encoded.numel() == batch.lengths.sum()  # one tensor: one shared-memory segment
     assert sorted(batch.encoded_at.tolist() + batch.decoded_at.tolist()) == list(range(32))
 
 
@@ -229,7 +230,7 @@ def test_repr_names_the_setup(path):
 @cuda
 def test_mixed_batches_are_pinned_by_the_dataloader(path):
     batch = next(iter(_loader(path, decode="device", device="cuda", num_workers=1).dataloader))
-    assert batch.labels.is_pinned() and batch.decoded.is_pinned()
+    assert batch.labels.is_pinned() and batch.decoded.is_pinned() and batch.encoded.is_pinned()
 
 
 @cuda
