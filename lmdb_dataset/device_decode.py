@@ -26,6 +26,7 @@ available when this was written): the tests marked ``cuda`` do, where CUDA is pr
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,8 +183,9 @@ def _decode_jpegs(batch: MixedBatch, device: torch.device, *, path: str) -> list
 def _decode_alone(data: torch.Tensor, record: int, device: torch.device, *, path: str) -> torch.Tensor:
     try:
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
-        pass
+    except RuntimeError as exc:
+        warnings.warn(f"{path}: record {record}: torchvision's decode_jpeg on {device} rejected it ({exc}); "
+                      "decoding it on the CPU in the main process", RuntimeWarning, stacklevel=2)
     try:
         pixels = decode_image(data.numpy().tobytes())
     except ValueError as exc:

@@ -184,9 +184,29 @@ def test_a_jpeg_nothing_decodes_is_a_corrupt_record_naming_it():
     good = EncodedImage(torch.frombuffer(bytearray(garbage), dtype=torch.uint8),
                         torch.tensor([10, 10, 0, 0, 10, 10, 0]), record=17)
     batch = collate_mixed([(good, 3)])
-    with pytest.raises(CorruptRecordError, match=r"/data.lmdb: record 17: the image does not decode") as error:
+    with pytest.raises(CorruptRecordError, match=r"/data.lmdb: record 17: the image does not decode") as error, \
+            pytest.warns(RuntimeWarning, match="record 17: torchvision's decode_jpeg on cpu rejected it"):
         decode_batch(batch, CenterCropDecode(8, resize=8), torch.device("cpu"), path="/data.lmdb")
     assert error.value.index == 17
+
+
+def test_a_jpeg_the_device_decoder_rejects_is_decoded_on_the_cpu_and_merged(path, reference, monkeypatch):
+    """Simulates nvJPEG refusing one file: the batch call fails, the others decode alone, it on the CPU."""
+    from lmdb_dataset import device_decode
+
+    real = device_decode.decode_jpeg
+    rejected = bytes(payload_of(next(LMDBImageDataset(path).reader.values([3]))[1]))
+
+    def picky(data, **options):
+        items = data if isinstance(data, list) else [data]
+        if any(item.numpy().tobytes() == rejected for item in items):
+            raise RuntimeError("simulated: unsupported JPEG")
+        return real(data, **options)
+
+    monkeypatch.setattr(device_decode, "decode_jpeg", picky)
+    with pytest.warns(RuntimeWarning, match="rejected it"):
+        samples = _samples(_loader(path, decode="device", batch_size=8))
+    assert collections.Counter(samples) == reference
 
 
 def test_truncated_jpegs_are_left_to_the_cpu_decoder(path):
