@@ -8,7 +8,12 @@ where CUDA is present.
 from __future__ import annotations
 
 import collections
+import datetime
+import json
+import multiprocessing
+import traceback
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,6 +165,43 @@ def test_load_state_dict_refuses_another_configuration(path):
 def test_ddp_ranks_share_the_dataset_exactly_once(path, reference, reader):
     shards = [_samples(_loader(path, reader=reader, decode="device", num_replicas=2, rank=rank, shuffle=True))
               for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 16
+    assert collections.Counter(shards[0] + shards[1]) == reference
+
+
+def _ddp_rank(rank: int, init_file: str, path: str, out_dir: str) -> None:
+    """One rank of a two-rank gloo group: the loader takes its world from torch.distributed."""
+    import torch.distributed as dist
+
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                                timeout=datetime.timedelta(seconds=60))
+        loader = _loader(path, decode="device", shuffle=True)
+        samples = _samples(loader)
+        dist.barrier()
+        dist.destroy_process_group()
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"samples": samples, "batches": len(loader)}))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        Path(out_dir, f"rank{rank}.error").write_text(traceback.format_exc())
+        raise SystemExit(1)
+
+
+def test_ddp_process_group_two_ranks_share_the_dataset_exactly_once(path, reference, tmp_path):
+    context = multiprocessing.get_context("spawn")
+    ranks = [context.Process(target=_ddp_rank, args=(rank, str(tmp_path / "store"), str(path), str(tmp_path)))
+             for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(120)
+    for process in ranks:
+        if process.is_alive():
+            process.kill()
+    errors = "\n".join(p.read_text() for p in tmp_path.glob("rank*.error"))
+    assert [process.exitcode for process in ranks] == [0, 0], errors
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert results[0]["batches"] == results[1]["batches"] == 4  # 16 samples a rank, batches of 5
+    shards = [[tuple(sample) for sample in result["samples"]] for result in results]
     assert len(shards[0]) == len(shards[1]) == 16
     assert collections.Counter(shards[0] + shards[1]) == reference
 
