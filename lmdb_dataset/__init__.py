@@ -9,6 +9,8 @@ Public API:
 * :func:`convert_source` - converting legacy LMDBs, tar archives, list files and HDF5, safely.
 * :class:`LegacyLMDBDataset` - a tensorpack / folder2lmdb / Caffe LMDB read in place, safely.
 * :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
+* :class:`LMDBLoader` - normalised batches on the device (CPU or CUDA decode) in one call.
+* :class:`RandomResizedCropDecode`, :class:`CenterCropDecode` - fused crop decoding of JPEG records.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
 * :func:`order_quality`, :class:`ClassLocalityWarning` - how well a sample order mixes.
 
@@ -29,6 +31,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module (relative to this package) that defines it.
 _EXPORTS = {
+    "CenterCropDecode": "crop_decode",
     "ChunkShuffleSampler": "sampler",
     "ClassLocalityWarning": "mixing",
     "ConversionReport": "convert",
@@ -39,11 +42,13 @@ _EXPORTS = {
     "LMDBDatasetError": "errors",
     "LMDBImageDataset": "dataset",
     "LMDBIterableDataset": "iterable",
+    "LMDBLoader": "loader",
     "LMDBWriter": "writer",
     "LegacyLMDBDataset": "sources.in_place",
     "NormalizeBatch": "transforms",
     "NotADatasetError": "errors",
     "OrderQuality": "mixing",
+    "RandomResizedCropDecode": "crop_decode",
     "SourceImageError": "errors",
     "UnsupportedValueError": "sources.errors",
     "convert_image_folder": "convert",
@@ -72,6 +77,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .convert import ConversionReport, convert_image_folder
+    from .crop_decode import CenterCropDecode, RandomResizedCropDecode
     from .dataset import LMDBImageDataset
     from .errors import (
         CorruptRecordError,
@@ -83,6 +89,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         SourceImageError,
     )
     from .iterable import LMDBIterableDataset
+    from .loader import LMDBLoader
     from .mixing import ClassLocalityWarning, OrderQuality, order_quality
     from .sampler import ChunkShuffleSampler
     from .samples import make_photo_folder

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal
 
 import lmdb
 import numpy as np
@@ -162,9 +162,12 @@ class RecordReader:
         self._env = None
 
 
-def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview | None, *,
-                  verify: bool = True) -> tuple[np.ndarray, int]:
+def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview | None, *, verify: bool = True,
+                  decode: Callable[[fmt.RecordHeader, memoryview], Any] = pixels_of) -> tuple[Any, int]:
     """HxWx3 uint8 RGB pixels and label of record ``index`` from its stored value.
+
+    ``decode(header, payload)`` turns the checked payload into the image (a fused crop decoder,
+    say); it raises ValueError for an image that does not decode. Defaults to :func:`pixels_of`.
 
     Raises:
         CorruptRecordError: The record is missing, malformed, fails its CRC32 check (with
@@ -184,7 +187,7 @@ def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview |
             raise _corrupt(meta, index, f"CRC32 mismatch (stored {header.crc32:08x}, computed {crc:08x}): "
                                         "the data file is damaged; restore or re-convert it")
     try:
-        return pixels_of(header, payload), header.label
+        return decode(header, payload), header.label
     except ValueError as exc:
         raise _corrupt(meta, index, f"the image does not decode: {exc}") from None
 

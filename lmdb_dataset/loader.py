@@ -1,0 +1,300 @@
+"""LMDBLoader: normalised training or validation batches on the device, in one call.
+
+The loader assembles the pieces a training loop would otherwise wire by hand, all on the
+stock ``DataLoader`` (exposed as :attr:`LMDBLoader.dataloader`)::
+
+    reader (random / chunk / iterable) -> fused crop decode in workers (or device decode)
+      -> uint8 batches, pinned -> side-stream copy to the device -> NormalizeBatch
+
+and keeps the readers' exact mid-epoch resume: it counts the samples it handed to the loop,
+so :meth:`LMDBLoader.state_dict` needs no argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from .crop_decode import CenterCropDecode, CropDecoder, RandomResizedCropDecode
+from .dataset import LMDBImageDataset
+from .device_decode import EncodedImage, MixedBatch, SplitDecoder, collate_mixed, decode_batch
+from .iterable import LMDBIterableDataset
+from .reader import record_pixels
+from .sampler import ChunkShuffleSampler
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch
+
+Reader = Literal["random", "chunk", "iterable"]
+READERS = ("random", "chunk", "iterable")
+Decode = Literal["worker", "device"]
+DECODES = ("worker", "device")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class _RecordDecoding:
+    """Dataset mixin: each record's checked payload goes through ``record_decoder(header, payload)``.
+
+    The decoder replaces the pixel decode, ``output`` conversion and ``transform`` of the
+    dataset classes; labels are returned as stored.
+    """
+
+    record_decoder: Callable[..., Any]
+
+    def _sample(self, record: int, value: bytes | memoryview | None) -> tuple[Any, Any]:
+        meta, verify = self._meta, self.verify_checksums  # type: ignore[attr-defined]
+        image, label = record_pixels(meta, record, value, verify=verify, decode=self.record_decoder)
+        if isinstance(image, EncodedImage):
+            image.record = record
+        return image, label
+
+
+class _DecodingImageDataset(_RecordDecoding, LMDBImageDataset):
+    pass
+
+
+class _DecodingIterableDataset(_RecordDecoding, LMDBIterableDataset):
+    pass
+
+
+class SideStream:
+    """Runs batch preparation on a side CUDA stream and hands its results to the current stream.
+
+    On a CUDA device, work inside :meth:`context` (host-to-device copies, decoding, resizing,
+    normalisation) is queued on a stream of its own, so it overlaps the training step running
+    on the current stream; :meth:`hand_over` makes the current stream wait for it and marks
+    the tensors as used by the current stream (``record_stream``), so the caching allocator
+    does not reuse their memory for the next batch while the step still reads them. On any
+    other device both are no-ops and the work runs synchronously.
+
+    Args:
+        device: The device batches are prepared on.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
+
+    def context(self) -> contextlib.AbstractContextManager:
+        """Context in which preparation work is queued on the side stream."""
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def hand_over(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Order the current stream after the side stream's work, and mark ``tensors`` as used by it."""
+        if self.stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.stream)
+            for tensor in tensors:
+                tensor.record_stream(current)
+        return tensors
+
+
+class LMDBLoader:
+    """Normalised ``(images, labels)`` batches on a device, from an LMDB image dataset.
+
+    Builds the reader, the fused crop decoding and a stock ``DataLoader``, and yields
+    ``images`` (``N x 3 x size x size``, ``dtype``, normalised with ``mean``/``std``) and
+    ``labels`` (int64) on ``device``. ``train=True`` gives RandomResizedCrop + horizontal flip
+    (torchvision's crop distribution), ``train=False`` Resize + CenterCrop, both decoded with
+    :mod:`lmdb_dataset.crop_decode` (colour JPEGs decoded at the smallest DCT scale that
+    still covers the output).
+
+    Two places to decode:
+
+    * ``decode="worker"`` (the default on the CPU): DataLoader workers decode and crop;
+      uint8 batches travel to the main process, pinned when the device is CUDA, and are
+      copied on a side stream.
+    * ``decode="device"`` (the default on CUDA): workers only read records and draw crops
+      from the stored image sizes; the main process decodes each batch's colour JPEGs with
+      one ``torchvision.io.decode_jpeg(list, device=device)`` call (nvJPEG), then crops,
+      resizes and flips on the device. Grayscale/CMYK JPEGs, PNGs, truncated JPEGs and
+      ``raw`` records are decoded in the workers and merged (see
+      :mod:`lmdb_dataset.device_decode`). Also works with ``device="cpu"`` (libjpeg-turbo).
+
+    Under DDP every rank reads its own share (``num_replicas``/``rank``, defaulting to
+    torch.distributed's). Call :meth:`set_epoch` every epoch. For exact mid-epoch resume save
+    :meth:`state_dict` with the checkpoint and call :meth:`load_state_dict` after restarting:
+    the next pass yields exactly the samples not yet consumed (with the ``iterable`` reader,
+    keep ``num_workers`` and ``batch_size``).
+
+    Args:
+        path: Dataset directory.
+        batch_size: Samples per batch. Defaults to 256.
+        train: Training augmentation (random crop, flip, shuffled order) or validation
+            (centre crop, ordered). Defaults to True.
+        reader: ``"random"`` (map-style, uniformly shuffled: best on SSDs and a warm page
+            cache), ``"chunk"`` (map-style, chunk-shuffled: near-sequential reads for disks
+            and network filesystems) or ``"iterable"`` (cursor streams with a shuffle buffer).
+            Defaults to ``"random"``.
+        num_workers: DataLoader worker processes. Defaults to ``min(8, CPUs available)``.
+        device: Where batches are delivered. Defaults to ``"cpu"``.
+        decode: ``"worker"`` or ``"device"``; see above. Defaults to ``"device"`` on CUDA,
+            else ``"worker"``.
+        dtype: ``torch.float32``, ``torch.bfloat16`` or ``torch.float16``. Defaults to float32.
+        channels_last: Deliver channels-last images (faster convolutions on GPUs). Defaults to False.
+        size: Output side. Defaults to 224.
+        resize: Validation: shorter side before the centre crop. Defaults to ``round(size * 256 / 224)``
+            (256 for 224, ImageNet's convention).
+        scale: Training: crop area fraction range. Defaults to (0.08, 1.0).
+        ratio: Training: crop aspect ratio range. Defaults to (3/4, 4/3).
+        mean: Per-channel mean in [0, 1]. Defaults to ImageNet's.
+        std: Per-channel standard deviation in [0, 1]. Defaults to ImageNet's.
+        shuffle: Shuffle the order. Defaults to ``train``.
+        seed: Non-negative seed of the order (identical on all ranks) and of the workers'
+            augmentation draws. Defaults to 0.
+        reader_options: Tuning options passed on to the reader: :class:`ChunkShuffleSampler`'s
+            (``chunk``) or :class:`LMDBIterableDataset`'s (``iterable``), e.g.
+            ``{"chunk_size": 512}``; their docstrings explain each trade-off. Not for
+            ``random``, which is a chunk-shuffle of one-record chunks. Defaults to none.
+        num_replicas: DDP world size. Defaults to torch.distributed's, else 1.
+        rank: This rank. Defaults to torch.distributed's, else 0.
+        drop_last: Drop the last incomplete batch. Defaults to ``train``.
+        pin_memory: Pin batches for faster, asynchronous copies. Defaults to True on CUDA.
+        persistent_workers: Keep workers across epochs. Defaults to True when ``num_workers > 0``.
+        prefetch_factor: Batches each worker prepares ahead. Defaults to the DataLoader's (2).
+        multiprocessing_context: ``"fork"``, ``"spawn"``, ``"forkserver"`` or None (the
+            platform's default). Defaults to None.
+        verify_checksums: Check each record's CRC32. Defaults to True.
+
+    Raises:
+        ValueError: An option is out of range, or CUDA was asked for and is not available.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, batch_size: int = 256, train: bool = True,
+                 reader: Reader = "random", num_workers: int | None = None, device: str | torch.device = "cpu",
+                 decode: Decode | None = None, dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 size: int = 224, resize: int | None = None, scale: Sequence[float] = (0.08, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, shuffle: bool | None = None, seed: int = 0,
+                 reader_options: Mapping[str, Any] | None = None, num_replicas: int | None = None,
+                 rank: int | None = None, drop_last: bool | None = None, pin_memory: bool | None = None,
+                 persistent_workers: bool | None = None, prefetch_factor: int | None = None,
+                 multiprocessing_context: str | None = None, verify_checksums: bool = True) -> None:
+        self.device = torch.device(device)
+        self.decode: Decode = decode or ("device" if self.device.type == "cuda" else "worker")
+        self.reader: Reader = reader
+        self.train = train
+        num_workers = min(8, len(os.sched_getaffinity(0))) if num_workers is None else num_workers
+        _check_options(reader=reader, decode=self.decode, dtype=dtype, batch_size=batch_size,
+                       num_workers=num_workers, device=self.device)
+        shuffle = train if shuffle is None else shuffle
+        resize = round(size * 256 / 224) if resize is None else resize
+        self.crop: CropDecoder = (RandomResizedCropDecode(size, scale=scale, ratio=ratio) if train
+                                  else CenterCropDecode(size, resize=resize))
+        self.dataset, sampler = _reader(path, reader, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                        options=dict(reader_options or {}), num_replicas=num_replicas, rank=rank,
+                                        verify_checksums=verify_checksums)
+        self.dataset.record_decoder = SplitDecoder(self.crop) if self.decode == "device" else self.crop
+        self._resumable = sampler if sampler is not None else self.dataset
+        self.normalize = NormalizeBatch(mean, std, dtype=dtype, channels_last=channels_last).to(self.device)
+        self.dataloader = DataLoader(
+            self.dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+            collate_fn=collate_mixed if self.decode == "device" else None,
+            pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
+            drop_last=train if drop_last is None else drop_last,
+            persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
+            prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
+            generator=torch.Generator().manual_seed(seed))
+        self._consumed = 0
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order is produced."""
+        return self._resumable.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch``, like ``DistributedSampler.set_epoch``; call it every epoch."""
+        if epoch != self.epoch:
+            self._consumed = 0  # nothing of the new epoch was handed out yet
+        self._resumable.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """Batches the next pass yields on this rank."""
+        return len(self.dataloader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        side = SideStream(self.device)
+        self._consumed = 0
+        staged: tuple[torch.Tensor, torch.Tensor] | None = None
+        for batch in self.dataloader:
+            with side.context():
+                ready = self._prepare(batch)
+            if staged is not None:
+                yield self._hand_over(side, staged)
+            staged = ready  # the next batch is prepared while the loop works on this one
+        if staged is not None:
+            yield self._hand_over(side, staged)
+
+    def _prepare(self, batch: MixedBatch | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device batch from a DataLoader batch: decode (device mode), copy, normalise."""
+        if isinstance(batch, MixedBatch):
+            images = decode_batch(batch, self.crop, self.device, path=str(self.dataset.path))
+            labels = batch.labels
+        else:
+            images, labels = batch
+            images = images.to(self.device, non_blocking=True)
+        return self.normalize(images), labels.to(self.device, non_blocking=True)
+
+    def _hand_over(self, side: SideStream, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        images, labels = side.hand_over(*batch)
+        self._consumed += len(labels)
+        return images, labels
+
+    def state_dict(self) -> dict[str, Any]:
+        """Resume state after the batches this loader has yielded in the current pass."""
+        return {"reader": self.reader, "batch_size": self.dataloader.batch_size,
+                "position": self._resumable.state_dict(samples_consumed=self._consumed)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: the next pass yields exactly the samples not yet consumed.
+
+        Raises:
+            ValueError: The state was saved by a loader with another reader or batch size, or
+                another dataset length, seed or world (the message names the setting).
+        """
+        for key, value in (("reader", self.reader), ("batch_size", self.dataloader.batch_size)):
+            if state.get(key) != value:
+                raise ValueError(f"state was saved with {key}={state.get(key)!r}, this loader has {key}={value!r}")
+        self._resumable.load_state_dict(state["position"])
+        self._consumed = 0
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({str(self.dataset.path)!r}, reader={self.reader!r}, "
+                f"batch_size={self.dataloader.batch_size}, train={self.train}, device={str(self.device)!r}, "
+                f"decode={self.decode!r}, crop={self.crop!r}, batches={len(self)})")
+
+
+def _check_options(*, reader: str, decode: str, dtype: torch.dtype, batch_size: int, num_workers: int,
+                   device: torch.device) -> None:
+    if reader not in READERS:
+        raise ValueError(f"reader={reader!r} is not supported; use one of {', '.join(READERS)}")
+    if decode not in DECODES:
+        raise ValueError(f"decode={decode!r} is not supported; use one of {', '.join(DECODES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if num_workers < 0:
+        raise ValueError(f"num_workers={num_workers} must be >= 0")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available; use device='cpu'")
+
+
+def _reader(path: str | os.PathLike, reader: str, *, batch_size: int, shuffle: bool, seed: int,
+            options: dict[str, Any], num_replicas: int | None, rank: int | None,
+            verify_checksums: bool) -> tuple[_RecordDecoding, ChunkShuffleSampler | None]:
+    """The dataset and, for map-style readers, the sampler (``random`` = chunks of one record)."""
+    common = {"shuffle": shuffle, "seed": seed, "num_replicas": num_replicas, "rank": rank}
+    if reader == "iterable":
+        dataset = _DecodingIterableDataset(path, batch_size=batch_size, verify_checksums=verify_checksums,
+                                           **common, **options)
+        return dataset, None
+    if reader == "random" and options:
+        raise ValueError(f"reader_options={options!r}: reader='random' takes none (it shuffles single records); "
+                         "use reader='chunk' to tune chunked reading")
+    dataset = _DecodingImageDataset(path, verify_checksums=verify_checksums)
+    sampler = ChunkShuffleSampler(dataset, **({"chunk_size": 1} if reader == "random" else {}), **common, **options)
+    return dataset, sampler
