@@ -12,8 +12,12 @@ msgpack-numpy with ``--format msgpack``). Then, in interleaved rounds, it times:
 - ``convert wN``: ``convert_source`` with N checking processes, into a fresh dataset
   (parse, decode check, build records, crash-safe commits, finalise).
 
-Prints a table (records/s, source MB/s, and each case relative to ``read``) and writes it to
---out. With --cold the source file is evicted from the page cache before every case.
+Writes a JSON (default: benchmarks/data/results/legacy_repack.json, or legacy_repack_cold.json
+with --cold, a scratch folder) and prints its section of RESULTS.md, ``markdown(results)``: a
+table of records/s, source MB/s and each case's time relative to ``read``. With --cold the
+source file is evicted from the page cache before every case. ``--out
+benchmarks/legacy_repack.json`` (``legacy_repack_cold.json``) replaces the committed results and
+re-renders benchmarks/RESULTS.md.
 
 Example:
     python benchmarks/legacy_repack.py --num-images 1000 --workers 1 2 --rounds 3
@@ -24,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import platform
 import shutil
 import statistics
 import sys
@@ -42,6 +45,8 @@ from lmdb_dataset.pagecache import evict_from_page_cache
 from lmdb_dataset.sources import msgpack_values, safe_pickle
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.legacy_lmdb import decode_datapoint
+
+import report
 
 
 def build_source(corpus: Path, target: Path, fmt: str) -> None:
@@ -81,6 +86,26 @@ def read_all(source: Path, decode: Callable[[bytes], object] | None) -> tuple[in
     return records, size
 
 
+def markdown(results: dict) -> str:
+    """The section of RESULTS.md for a saved run: source, settings and the table of cases."""
+    cases, source = results["cases"], results["source"]
+    baseline = statistics.median(cases["read"]["seconds"])
+    lines = ["## Re-packing a legacy LMDB" + (" (cold page cache)" if results["cold"] else ""), "",
+             *report.provenance_lines(results),
+             f"Source: {source['records']} records, {source['bytes'] / 1e6:.1f} MB, tensorpack layout, "
+             f"{source['format']} values; "
+             + ("evicted from the page cache before each case" if results["cold"] else "warm page cache")
+             + f"; {results['rounds']} interleaved rounds.", "",
+             f"| case | records/s | source MB/s | time vs read | seconds (median of {results['rounds']}) |",
+             "|---|---:|---:|---:|---:|"]
+    for name, case in cases.items():
+        median = statistics.median(case["seconds"])
+        lines.append(f"| {name} | {case['records'] / median:,.0f} | {case['bytes'] / median / 1e6:,.1f} | "
+                     f"{median / baseline:.1f}x | {median:.2f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -93,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="convert cases (default 1 2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--cold", action="store_true", help="evict the source from the page cache before each case")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/LEGACY_REPACK.md"), help="results file")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (JSON; default benchmarks/data/results/legacy_repack.json, "
+                             "legacy_repack_cold.json with --cold; benchmarks/legacy_repack.json replaces the "
+                             "committed one)")
     args = parser.parse_args(argv)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -133,25 +161,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {round_index + 1}: {name}: {seconds[name][-1]:.2f} s", flush=True)
     shutil.rmtree(target, ignore_errors=True)
 
-    baseline = statistics.median(seconds["read"])
-    lines = [f"| case | records/s | source MB/s | time vs read | seconds (median of {args.rounds}) |",
-             "|---|---:|---:|---:|---:|"]
-    for name, times in seconds.items():
-        median = statistics.median(times)
-        records, size = volume[name]
-        lines.append(f"| {name} | {records / median:,.0f} | {size / median / 1e6:,.1f} | "
-                     f"{median / baseline:.1f}x | {median:.2f} |")
     records, size = volume["read"]
-    header = [
-        "# Re-packing a legacy LMDB (`benchmarks/legacy_repack.py`)", "",
-        f"Source: {records} records, {size / 1e6:.1f} MB, tensorpack layout, {args.format} values; "
-        f"{'cold (evicted before each case)' if args.cold else 'warm page cache'}.",
-        f"Machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} usable cores "
-        "(shared with other work: timings are indicative). Command: `python " + " ".join(sys.argv) + "`", "",
-    ]
-    text = "\n".join(header + lines) + "\n"
-    print("\n" + text)
-    args.out.write_text(text)
+    results = {**report.provenance("legacy_repack.py", argv),
+               "source": {"records": records, "bytes": size, "format": args.format}, "cold": args.cold,
+               "rounds": args.rounds,
+               "cases": {name: {"records": volume[name][0], "bytes": volume[name][1], "seconds": times}
+                         for name, times in seconds.items()}}
+    print("\n" + markdown(results))
+    report.save(results, args.out or report.SCRATCH / f"legacy_repack{'_cold' if args.cold else ''}.json")
     return 0
 
 

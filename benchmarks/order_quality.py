@@ -17,6 +17,11 @@ Layouts:
 Targets (default settings, ``shuffled`` layout): distinct classes >= 0.9x random's, TV
 distance <= 1.2x random's, repeat co-occurrence <= 2x random's, at most 1 seek per chunk.
 
+Writes a JSON (default: benchmarks/data/results/order_quality.json, a scratch folder);
+``markdown(results)`` renders its section of RESULTS.md. ``--output benchmarks/order_quality.json``
+(or ``order_quality_corpus.json`` for ``--corpus`` runs) replaces the committed results and
+re-renders benchmarks/RESULTS.md.
+
 Example:
     python benchmarks/order_quality.py --output benchmarks/order_quality.json
     python benchmarks/order_quality.py --corpus /tmp/corpus.lmdb --ranks 2 --workers 2 --batch-size 32
@@ -25,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import sys
@@ -35,6 +39,8 @@ import numpy as np
 from lmdb_dataset.iterable import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE
 from lmdb_dataset.mixing import order_quality, seeks
 from lmdb_dataset.ordering import chunk_bounds, rank_length, rank_order, worker_positions
+
+import report
 
 TARGETS = {"distinct_classes": (">=", 0.9), "tv_distance": ("<=", 1.2), "repeat_cooccurrence": ("<=", 2.0)}
 
@@ -119,7 +125,22 @@ def verdicts(rows: dict[str, dict[str, float]], *, ranks: int, chunks_per_epoch:
     return out
 
 
+def missed(row: dict[str, float], base: dict[str, float], checks: dict[str, bool]) -> list[str]:
+    """The missed targets of a reader, each with its measured value against the target."""
+    out = []
+    for key, ok in checks.items():
+        if ok:
+            continue
+        if key in TARGETS:
+            sense, factor = TARGETS[key]
+            out.append(f"{key} {row[key] / base[key]:.2f}x (target {sense} {factor}x)")
+        else:
+            out.append(f"{key} {row[key]:.4f}")
+    return out
+
+
 def table(name: str, rows: dict[str, dict[str, float]], checks: dict[str, dict[str, bool]]) -> str:
+    """A layout's table: each reader's order quality, ratios to random's and verdicts."""
     base = rows["random"]
     lines = [f"### {name}", "",
              "| reader | distinct classes / batch | TV distance | repeat co-occurrence | seeks / 1000 records "
@@ -131,12 +152,30 @@ def table(name: str, rows: dict[str, dict[str, float]], checks: dict[str, dict[s
             verdict = "baseline"
         else:
             ratios = [f" ({row[k] / base[k]:.2f}x)" for k in TARGETS]
-            missed = [k for k, ok in checks[reader].items() if not ok]
-            verdict = "all met" if not missed else "missed: " + ", ".join(missed)
+            misses = missed(row, base, checks[reader])
+            verdict = "all met" if not misses else "missed: " + "; ".join(misses)
         spc = "" if math.isnan(row["seeks_per_chunk"]) else f"{row['seeks_per_chunk']:.4f}"
         lines.append(f"| {reader} | {row['distinct_classes']:.1f}{ratios[0]} | {row['tv_distance']:.3f}{ratios[1]} "
                      f"| {row['repeat_cooccurrence']:.2e}{ratios[2]} | {row['seeks_per_1000']:.1f} | {spc} "
                      f"| {verdict} |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    """The section of RESULTS.md for a saved run (synthetic layouts, or converted datasets)."""
+    settings = results["settings"]
+    corpus = any(name.startswith("corpus ") for name in results["layouts"])
+    lines = ["## Order quality" + (" of converted datasets" if corpus else ""), "",
+             *report.provenance_lines(results),
+             f"Settings: ranks {settings['ranks']}, DataLoader workers per rank {settings['workers']}, batch "
+             f"{settings['batch_size']}, chunk_size {settings['chunk_size']}, pool_size {settings['pool_size']}, "
+             f"seed {settings['seed']}; epochs 0 and 1.", "",
+             "Targets against random's: " + ", ".join(f"{k} {sense} {factor}x" for k, (sense, factor)
+                                                       in TARGETS.items())
+             + ", seeks_per_chunk <= 1 + (ranks - 1) / chunks per epoch.", ""]
+    for name, layout in results["layouts"].items():
+        classes = f", {layout['classes']} classes" if "classes" in layout else ""
+        lines += [table(f"{name}: {layout['records']:,} records{classes}", layout["rows"], layout["targets_met"]), ""]
     return "\n".join(lines)
 
 
@@ -164,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of readers and of the shuffled layout")
     parser.add_argument("--corpus", action="append", default=[],
                         help="a converted dataset to score instead of synthetic labels (repeatable)")
-    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("benchmarks/order_quality.json"),
-                        help="results file (JSON; default benchmarks/order_quality.json)")
+    parser.add_argument("--output", type=pathlib.Path, default=report.SCRATCH / "order_quality.json",
+                        help="results file (JSON; default benchmarks/data/results/order_quality.json; "
+                             "benchmarks/order_quality.json replaces the committed one)")
     args = parser.parse_args(argv)
     options = {"ranks": args.ranks, "workers": args.workers, "batch_size": args.batch_size,
                "chunk_size": args.chunk_size, "pool_size": args.pool_size, "seed": args.seed}
@@ -178,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         n = len(labels)
         layouts["shuffled (default conversion)"] = (labels, np.random.default_rng(args.seed).permutation(n))
         layouts["class-sorted layout"] = (labels, np.arange(n))
-    results = {"settings": options, "layouts": {}}
+    results = {**report.provenance("order_quality.py", argv), "settings": options, "layouts": {}}
     for name, (labels, file_order) in layouts.items():
         rows = evaluate(labels, file_order, **options)
         chunks = len(chunk_bounds(len(labels), chunk_size=args.chunk_size, seed=args.seed, epoch=0)) - 1
@@ -187,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                  f"{args.workers} workers, batch {args.batch_size}, chunk_size {args.chunk_size}, "
                  f"pool_size {args.pool_size}")
         print(table(title, rows, checks), end="\n\n", flush=True)
-        results["layouts"][name] = {"records": len(labels), "rows": rows, "targets_met": checks}
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.output}")
+        results["layouts"][name] = {"records": len(labels), "classes": int(labels.max()) + 1, "rows": rows,
+                                    "targets_met": checks}
+    report.save(results, args.output)
     return 0
 
 

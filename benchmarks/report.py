@@ -1,15 +1,21 @@
-"""The report of a run: RESULTS.md and results.png, rendered from results.json alone.
+"""The report of a run: RESULTS.md and results.png, rendered from saved JSON alone.
 
-Every sentence of RESULTS.md is computed from the run's own numbers (machine, corpus, disk
-sizes, targets, cases); explanations written by hand live in NOTES.md, dated, never here.
+RESULTS.md is the main suite's report (``markdown`` of results.json) followed by one section per
+stand-alone benchmark whose JSON lies in the same folder, in the order of ``SECTIONS``; each
+section is rendered by its benchmark module's ``markdown(results)``. Every sentence is computed
+from the runs' own numbers (machine, corpus, disk sizes, targets, cases); explanations written by
+hand live in NOTES.md, dated, never here.
 ``python benchmarks/report.py results.json --out DIR`` renders a saved run again.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -17,6 +23,21 @@ from pathlib import Path
 from typing import Any
 
 Run = dict[str, Any]
+
+BENCHMARKS = Path(__file__).resolve().parent
+SCRATCH = BENCHMARKS / "data" / "results"
+"""Default output folder of every benchmark (ignored by git); benchmarks/ holds the committed results."""
+
+SECTIONS: list[tuple[str, str]] = [
+    ("order_quality.json", "order_quality"),
+    ("order_quality_corpus.json", "order_quality"),
+    ("train_ab.json", "train_ab"),
+    ("fused_decode.json", "fused_decode"),
+    ("legacy_repack.json", "legacy_repack"),
+    ("legacy_repack_cold.json", "legacy_repack"),
+]
+"""The sections after the main report, in order: (JSON file name, module of benchmarks/ whose
+``markdown(results: dict) -> str`` renders it). A new stand-alone benchmark adds one entry."""
 
 
 def machine(cores: int) -> dict[str, Any]:
@@ -32,6 +53,59 @@ def machine(cores: int) -> dict[str, Any]:
     return {"cores": cores, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "cpu": model,
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "simplejpeg": simplejpeg.__version__, "Pillow": PIL.__version__}
+
+
+def provenance(script: str, argv: list[str] | None) -> dict[str, Any]:
+    """What a stand-alone benchmark records about its run: command line, UTC date and machine."""
+    given = sys.argv[1:] if argv is None else argv
+    return {"command": " ".join(["python", f"benchmarks/{script}", *given]),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "machine": machine(len(os.sched_getaffinity(0)))}
+
+
+def machine_line(box: dict[str, Any] | str) -> str:
+    """The machine as recorded: cores, memory, CPU and library versions (or the recorded text)."""
+    if isinstance(box, str):
+        return f"Machine: {box}"
+    versions = ", ".join(f"{k} {box[k]}" for k in ("python", "torch", "torchvision", "simplejpeg", "Pillow")
+                         if k in box)
+    return f"Machine: {box['cores']} cores, {box['memory_gb']} GB, {box['cpu']}; {versions}"
+
+
+def provenance_lines(results: dict[str, Any]) -> list[str]:
+    """Command, date and machine lines of a stand-alone benchmark's section (what its JSON holds)."""
+    lines = [f"Command: `{results['command']}`" if "command" in results else "Command: not recorded in the JSON.", ""]
+    if "date" in results:
+        lines += [f"Date: {results['date']}", ""]
+    if "machine" in results:
+        lines += [machine_line(results["machine"]), ""]
+    return lines
+
+
+def save(results: dict[str, Any], path: Path) -> None:
+    """Write a stand-alone benchmark's JSON; where its folder holds a main run (results.json, as
+    benchmarks/ does), re-render that folder's RESULTS.md with the new section."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+    main_run = path.parent / "results.json"
+    if main_run.exists():
+        (path.parent / "RESULTS.md").write_text(assemble(json.loads(main_run.read_text()), path.parent))
+        print(f"re-rendered {path.parent / 'RESULTS.md'}")
+
+
+def sections(folder: Path) -> list[str]:
+    """The rendered sections of the ``SECTIONS`` whose JSON lies in ``folder``, in registry order."""
+    rendered = []
+    for name, module in SECTIONS:
+        if (folder / name).exists():
+            rendered.append(importlib.import_module(module).markdown(json.loads((folder / name).read_text())))
+    return rendered
+
+
+def assemble(run: Run, folder: Path) -> str:
+    """RESULTS.md: the main report of ``run``, then every section found in ``folder``."""
+    return "\n".join([markdown(run), *sections(folder)])
 
 
 def fmt(value: float) -> str:
@@ -109,11 +183,8 @@ def targets_lines(targets: list[dict[str, Any]]) -> list[str]:
 def markdown(run: Run) -> str:
     """RESULTS.md of a run: setup, disk sizes, targets, then every case."""
     meta = run["meta"]
-    box = meta["machine"]
     batch = meta.get("batch_size", 256)
-    lines = ["# Benchmark results", "", f"Command: `{meta['command']}`", "",
-             f"Machine: {box['cores']} cores, {box['memory_gb']} GB, {box['cpu']}; "
-             + ", ".join(f"{k} {box[k]}" for k in ("python", "torch", "torchvision", "simplejpeg", "Pillow")), "",
+    lines = ["# Benchmark results", "", f"Command: `{meta['command']}`", "", machine_line(meta["machine"]), "",
              f"Corpus: `{meta['corpus']}` ({meta['images']} images, {meta['corpus_mb']:.0f} MB); "
              f"{meta['rounds']} interleaved round(s); batch {batch}; {meta['wall_s'] / 60:.1f} min.", "",
              *disk_line(meta), "## Targets", "", *targets_lines(run["targets"]), "", "## Cases", "",
@@ -159,10 +230,11 @@ def plot(run: Run, path: Path) -> None:
     plt.close(figure)
 
 
-def render(run: Run, out: Path) -> None:
-    """Write RESULTS.md and results.png of a run into ``out``."""
+def render(run: Run, out: Path, *, folder: Path | None = None) -> None:
+    """Write RESULTS.md (with the sections whose JSON lies in ``folder``, default ``out``) and
+    results.png of a run into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "RESULTS.md").write_text(markdown(run))
+    (out / "RESULTS.md").write_text(assemble(run, out if folder is None else folder))
     plot(run, out / "results.png")
 
 
@@ -175,11 +247,12 @@ def write(run: Run, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Render a saved results.json again."""
-    parser = argparse.ArgumentParser(description="Render RESULTS.md and results.png from a saved results.json.")
+    parser = argparse.ArgumentParser(description="Render RESULTS.md and results.png from a saved results.json "
+                                                 "and the stand-alone benchmarks' JSON beside it.")
     parser.add_argument("results", type=Path, help="a results.json written by benchmarks/run.py")
     parser.add_argument("--out", type=Path, required=True, help="folder for RESULTS.md and results.png")
     args = parser.parse_args(argv)
-    render(json.loads(args.results.read_text()), args.out)
+    render(json.loads(args.results.read_text()), args.out, folder=args.results.parent)
     print(f"wrote {args.out / 'RESULTS.md'} and {args.out / 'results.png'}")
     return 0
 

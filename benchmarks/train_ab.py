@@ -16,6 +16,10 @@ random's on the default conversion. The class-sorted layout is run with the same
 ~6 classes per batch of 32) and with ``pool_size = chunk_size`` (a batch from one or two chunks,
 i.e. one or two classes, as 0.1's sampler gave on such a file).
 
+Writes a JSON (default: benchmarks/data/results/train_ab.json, a scratch folder);
+``markdown(results)`` renders its section of RESULTS.md. ``--output benchmarks/train_ab.json``
+replaces the committed results and re-renders benchmarks/RESULTS.md.
+
 Example:
     python benchmarks/train_ab.py --workdir /tmp/train_ab --output benchmarks/train_ab.json
 """
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import pathlib
 import statistics
 import sys
@@ -40,7 +43,12 @@ from torch.utils.data import DataLoader
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, convert_image_folder
 from lmdb_dataset.mixing import ClassLocalityWarning
 
+import report
+
 SIZE = 16
+TARGET_POINTS = 1.0
+"""Target: each sequential reader's mean accuracy on the default conversion within this many points of random's."""
+SHUFFLED = "default conversion (shuffled)"
 
 
 def write_digits(root: pathlib.Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +128,36 @@ def train(reader: str, path: pathlib.Path, test: tuple[torch.Tensor, torch.Tenso
     return 100.0 * float((predictions == test[1]).float().mean())
 
 
+def row(run: dict, base: float) -> str:
+    """A run's table row: its accuracies, their mean and the difference to random's mean."""
+    mean = statistics.fmean(run["accuracy"])
+    return (f"| {run['layout']} | {run['reader']} | {run['pool_size'] if run['reader'] != 'random' else ''} | "
+            f"{', '.join(f'{a:.1f}' for a in run['accuracy'])} | {mean:.2f} | {mean - base:+.2f} |")
+
+
+def header(seeds: int) -> list[str]:
+    return [f"| layout | reader | pool_size | test accuracy, seeds 0..{seeds - 1} (%) | mean | vs random |",
+            "|---|---|---|---|---|---|"]
+
+
+def markdown(results: dict) -> str:
+    """The section of RESULTS.md for a saved run: settings, accuracies and the target's verdict."""
+    settings, runs = results["settings"], results["runs"]
+    base = statistics.fmean(next(r["accuracy"] for r in runs if r["reader"] == "random"))
+    gaps = {r["reader"]: statistics.fmean(r["accuracy"]) - base for r in runs
+            if r["layout"] == SHUFFLED and r["reader"] != "random"}
+    met = all(abs(gap) <= TARGET_POINTS for gap in gaps.values())
+    seconds = f"; {results['seconds']} s of training" if "seconds" in results else ""
+    lines = ["## Training A/B (order quality in accuracy)", "", *report.provenance_lines(results),
+             f"Settings: {settings['epochs']} epochs, batch {settings['batch_size']}, chunk_size "
+             f"{settings['chunk_size']}, pool_size {settings['pool_size']}, {settings['seeds']} seeds{seconds}.", "",
+             *header(settings["seeds"]), *(row(r, base) for r in runs), "",
+             f"Target (each sequential reader's mean within {TARGET_POINTS:g} point of random's on the "
+             f"{SHUFFLED}): {'met' if met else 'missed'}: "
+             + ", ".join(f"{reader} {gap:+.2f}" for reader, gap in gaps.items()) + ".", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -130,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--chunk-size", type=int, default=16, help="chunk_size of both readers (default 16)")
     parser.add_argument("--pool-size", type=int, default=128, help="pool_size of both readers (default 128)")
-    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("benchmarks/train_ab.json"),
-                        help="results file (JSON; default benchmarks/train_ab.json)")
+    parser.add_argument("--output", type=pathlib.Path, default=report.SCRATCH / "train_ab.json",
+                        help="results file (JSON; default benchmarks/data/results/train_ab.json; "
+                             "benchmarks/train_ab.json replaces the committed one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     folder = args.workdir / "digits"
@@ -139,21 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         test = write_digits(folder, seed=0)
         torch.save(test, args.workdir / "test.pt")
     test = torch.load(args.workdir / "test.pt")
-    layouts = {"default conversion (shuffled)": args.workdir / "shuffled.lmdb",
+    layouts = {SHUFFLED: args.workdir / "shuffled.lmdb",
                "class-sorted layout": args.workdir / "sorted.lmdb"}
     for name, path in layouts.items():
         if not path.exists():
             convert(folder, path, class_sorted=name.startswith("class"))
     options = {"epochs": args.epochs, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
                "pool_size": args.pool_size}
-    results = {"settings": {**options, "seeds": args.seeds}, "runs": []}
+    results = {**report.provenance("train_ab.py", argv), "settings": {**options, "seeds": args.seeds}, "runs": []}
     shuffled, class_sorted = layouts.values()
-    runs = [("default conversion (shuffled)", shuffled, reader, args.pool_size)
+    runs = [(SHUFFLED, shuffled, reader, args.pool_size)
             for reader in ("random", "chunk sampler", "iterable")]
     runs += [("class-sorted layout", class_sorted, reader, pool_size)
              for pool_size in (args.pool_size, args.chunk_size) for reader in ("chunk sampler", "iterable")]
-    print(f"| layout | reader | pool_size | test accuracy, seeds 0..{args.seeds - 1} (%) | mean | vs random |")
-    print("|---|---|---|---|---|---|")
+    print("\n".join(header(args.seeds)))
     started = time.perf_counter()
     base = None
     for name, path, reader, pool_size in runs:
@@ -161,14 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", ClassLocalityWarning)  # expected on the class-sorted layout
             accuracies = [train(reader, path, test, seed=seed, **{**options, "pool_size": pool_size})
                           for seed in range(args.seeds)]
-        mean = statistics.fmean(accuracies)
-        base = mean if base is None else base
+        base = statistics.fmean(accuracies) if base is None else base
         results["runs"].append({"layout": name, "reader": reader, "pool_size": pool_size, "accuracy": accuracies})
-        print(f"| {name} | {reader} | {pool_size if reader != 'random' else ''} | "
-              f"{', '.join(f'{a:.1f}' for a in accuracies)} | {mean:.2f} | {mean - base:+.2f} |", flush=True)
+        print(row(results["runs"][-1], base), flush=True)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{results['seconds']} s; wrote {args.output}")
+    print(f"{results['seconds']} s")
+    report.save(results, args.output)
     return 0
 
 

@@ -87,11 +87,97 @@ def test_report_is_built_from_the_run_numbers_only(bench_modules):
     assert "- peer:ffcv: not installed" in text and "batch 64" in text
 
 
-def test_committed_results_md_is_what_the_report_renders_from_results_json(bench_modules):
+def test_committed_results_md_is_the_assembled_render_of_every_committed_json(bench_modules):
     import report
 
     run = json.loads((BENCHMARKS / "results.json").read_text())
-    assert (BENCHMARKS / "RESULTS.md").read_text() == report.markdown(run)
+    text = (BENCHMARKS / "RESULTS.md").read_text()
+    assert text == report.assemble(run, BENCHMARKS)
+    assert text.startswith(report.markdown(run))
+    present = [name for name, _ in report.SECTIONS if (BENCHMARKS / name).exists()]
+    assert len(report.sections(BENCHMARKS)) == len(present) >= 6
+    # Every JSON of benchmarks/ is the main run's or a registered section's: none is left out of RESULTS.md.
+    assert {p.name for p in BENCHMARKS.glob("*.json")} == {"results.json", *present}
+
+
+def test_sections_are_skipped_when_absent_and_follow_the_registry_order(bench_modules, tmp_path):
+    import report
+
+    run = synthetic_run()
+    assert report.assemble(run, tmp_path) == report.markdown(run)
+    for name in ("fused_decode.json", "order_quality.json"):  # written out of registry order
+        (tmp_path / name).write_text((BENCHMARKS / name).read_text())
+    text = report.assemble(run, tmp_path)
+    assert text.index("\n## Order quality\n") < text.index("\n## Fused crop decoding\n")
+    assert "## Training A/B" not in text and "## Re-packing" not in text
+
+
+@pytest.mark.parametrize("name,module", [
+    ("order_quality.json", "order_quality"), ("order_quality_corpus.json", "order_quality"),
+    ("train_ab.json", "train_ab"), ("fused_decode.json", "fused_decode"),
+    ("legacy_repack.json", "legacy_repack"), ("legacy_repack_cold.json", "legacy_repack")])
+def test_each_section_renders_its_committed_json_and_only_its_numbers(bench_modules, name, module):
+    import importlib
+
+    import report
+
+    assert (name, module) in report.SECTIONS
+    results = json.loads((BENCHMARKS / name).read_text())
+    text = importlib.import_module(module).markdown(results)
+    assert text == importlib.import_module(module).markdown(json.loads((BENCHMARKS / name).read_text()))
+    assert text.startswith("## ") and text.count("\n## ") == 0 and text.endswith("\n")
+    assert "Command: `" in text or "Command: not recorded in the JSON." in text
+    for word in ("because", "Why", "Hence", "(issue", "0.1's"):
+        assert word not in text, f"{name}: hand-written explanation {word!r} belongs in NOTES.md"
+
+
+def test_section_verdicts_follow_the_numbers(bench_modules):
+    import fused_decode
+    import order_quality
+    import train_ab
+
+    fused = json.loads((BENCHMARKS / "fused_decode.json").read_text())
+    for row in fused["rows"]:
+        if row["corpus"] == "highres":
+            row["ratio_median"] = 1.2
+    assert "Target fused / full >= 1.3x on `highres` (median): missed: train 1.2x" in fused_decode.markdown(fused)
+
+    ab = {"settings": {"epochs": 1, "batch_size": 8, "chunk_size": 4, "pool_size": 8, "seeds": 2}, "runs": [
+        {"layout": train_ab.SHUFFLED, "reader": "random", "pool_size": 8, "accuracy": [90.0, 92.0]},
+        {"layout": train_ab.SHUFFLED, "reader": "chunk sampler", "pool_size": 8, "accuracy": [88.0, 89.0]},
+        {"layout": train_ab.SHUFFLED, "reader": "iterable", "pool_size": 8, "accuracy": [91.0, 91.0]}]}
+    text = train_ab.markdown(ab)
+    assert "Command: not recorded in the JSON." in text
+    assert "): missed: chunk sampler -2.50, iterable +0.00." in text
+    assert "| default conversion (shuffled) | chunk sampler | 8 | 88.0, 89.0 | 88.50 | -2.50 |" in text
+
+    quality = json.loads((BENCHMARKS / "order_quality.json").read_text())
+    text = order_quality.markdown(quality)
+    assert "missed: distinct_classes 0.47x (target >= 0.9x)" in text and "| chunk sampler |" in text
+
+
+def test_a_stand_alone_run_records_its_provenance_and_re_renders_only_beside_a_main_run(bench_modules, tmp_path,
+                                                                                         monkeypatch):
+    import order_quality
+    import report
+
+    monkeypatch.setattr(report, "machine", lambda cores: {"cores": cores, "memory_gb": 8.0, "cpu": "a CPU"})
+    out = tmp_path / "oq.json"
+    assert order_quality.main(["--classes", "6", "--per-class", "50", "--ranks", "2", "--workers", "2",
+                               "--batch-size", "8", "--chunk-size", "4", "--pool-size", "16",
+                               "--output", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["command"].startswith("python benchmarks/order_quality.py --classes 6")
+    assert results["machine"]["cpu"] == "a CPU" and results["date"][:2] == "20" and len(results["date"]) == 10
+    assert not (tmp_path / "RESULTS.md").exists()  # no main run in that folder: nothing re-rendered
+    (tmp_path / "results.json").write_text(json.dumps(synthetic_run()))
+    order_quality.main(["--classes", "6", "--per-class", "50", "--ranks", "2", "--workers", "2", "--batch-size", "8",
+                        "--chunk-size", "4", "--pool-size", "16", "--output", str(tmp_path / "order_quality.json")])
+    assert (tmp_path / "RESULTS.md").read_text() == report.assemble(synthetic_run(), tmp_path)
+    assert "## Order quality\n" in (tmp_path / "RESULTS.md").read_text()
+    assert report.SCRATCH.parent.name == "data" and report.SCRATCH.parent.parent == BENCHMARKS
+
+
 
 
 def test_hand_written_notes_are_dated_and_name_their_command():
