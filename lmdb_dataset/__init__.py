@@ -8,19 +8,24 @@ Public API:
 * :func:`convert_image_folder`, :class:`LMDBWriter` - writing datasets.
 * :class:`NormalizeBatch`, :func:`train_transform`, :func:`val_transform` - fast uint8 pipelines.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
+* :func:`verify_dataset`, :func:`reindex` - checking a dataset, rebuilding its offset table.
 """
 
 from .convert import ConversionReport, convert_image_folder
 from .dataset import LMDBImageDataset
 from .errors import (
+                     CorruptDatasetError,
                      CorruptRecordError,
                      DatasetChangedError,
                      DatasetNotFoundError,
                      IncompleteDatasetError,
                      LMDBDatasetError,
                      NotADatasetError,
+                     RecordReadError,
                      SourceImageError,
+                     StaleOffsetsWarning,
 )
+from .inspection import reindex, verify_dataset
 from .iterable import LMDBIterableDataset
 from .sampler import ChunkShuffleSampler
 from .samples import make_photo_folder
@@ -33,6 +38,7 @@ __all__ = [
     "ChunkShuffleSampler",
     "LMDBIterableDataset",
     "ConversionReport",
+    "CorruptDatasetError",
     "CorruptRecordError",
     "DatasetChangedError",
     "DatasetNotFoundError",
@@ -42,9 +48,13 @@ __all__ = [
     "LMDBWriter",
     "NormalizeBatch",
     "NotADatasetError",
+    "RecordReadError",
     "SourceImageError",
+    "StaleOffsetsWarning",
     "convert_image_folder",
     "make_photo_folder",
+    "reindex",
     "train_transform",
     "val_transform",
+    "verify_dataset",
 ]

@@ -30,11 +30,24 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from .inspection import verify_dataset
 
-    bad = verify_dataset(args.path, decode=args.decode, progress=not args.quiet)
-    for record in bad:
+    report = verify_dataset(args.path, decode=args.decode, progress=not args.quiet)
+    for record in report.bad:
         print(f"record {record.index}: {record.reason}")
-    print(f"{len(bad)} bad record(s)" if bad else "all records OK")
-    return 1 if bad else 0
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    if report.bad:
+        print(f"{len(report.bad)} bad record(s)")
+    else:
+        print(f"every record checked is OK, but the dataset has {len(report.problems)} problem(s)"
+              if report.problems else "all records OK")
+    return 0 if report.ok else 1
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    from .inspection import reindex
+
+    print(f"indexed {reindex(args.path)} records of {args.path}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -80,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--decode", action="store_true", help="also decode every image")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(run=_verify)
+
+    reindex = commands.add_parser("reindex", help="rebuild the record offset table after the file was "
+                                  "copied with compaction or written to")
+    reindex.add_argument("path")
+    reindex.set_defaults(run=_reindex)
 
     demo = commands.add_parser("demo", help="build a sample dataset from shipped photos, convert, read, time")
     demo.add_argument("--workdir", default=None, help="keep the files here (default: a temporary directory)")

@@ -57,10 +57,23 @@ class LMDBDatasetBase(VisionDataset):
         return self._reader
 
     def source_path(self, index: int) -> str | None:
-        """The relative source path record ``index`` was converted from, if the dataset kept it."""
+        """The relative source path record ``index`` was converted from, if the dataset kept it.
+
+        Takes negative indices like ``dataset[index]``. Raises IndexError out of range.
+        """
+        position = self._checked_index(index)
         if self._paths is None:
             self._paths = read_path_table(self.path, len(self.targets)) or False
-        return self._paths[index] if self._paths else None
+        return self._paths[position] if self._paths else None
+
+    def _checked_index(self, index: Any) -> int:
+        position = operator.index(index)
+        count = len(self.targets)
+        if position < 0:
+            position += count
+        if not 0 <= position < count:
+            raise IndexError(f"index {index} is out of range for the {count} records of {self.path}")
+        return position
 
     def _sample(self, index: int, value: bytes | memoryview | None) -> tuple[Any, Any]:
         """Decode, verify and transform one stored value into ``(image, target)``."""
@@ -98,7 +111,8 @@ class LMDBImageDataset(LMDBDatasetBase):
         loader = DataLoader(dataset, batch_size=256, shuffle=True, num_workers=8, pin_memory=True)
 
     Args:
-        path: Dataset directory written by :func:`convert_image_folder` or :class:`LMDBWriter`.
+        path: Dataset directory written by :func:`convert_image_folder` or :class:`LMDBWriter`, or
+            its data file (``train.lmdb/data.mdb``; also a single-file LMDB copy).
         transform: Applied to each image (as given by ``output``). Defaults to None.
         target_transform: Applied to each label. Defaults to None.
         output: ``"pil"`` an RGB ``PIL.Image`` (classic torchvision transforms), ``"tensor"``
@@ -124,15 +138,6 @@ class LMDBImageDataset(LMDBDatasetBase):
 
     def __len__(self) -> int:
         return len(self.targets)
-
-    def _checked_index(self, index: Any) -> int:
-        position = operator.index(index)
-        count = len(self.targets)
-        if position < 0:
-            position += count
-        if not 0 <= position < count:
-            raise IndexError(f"index {index} is out of range for the {count} records of {self.path}")
-        return position
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         return self.__getitems__([index])[0]

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import format as fmt
 from .decoding import check_decodes, decode_image
-from .environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans
+from .environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans, store_spans
 from .errors import LMDBDatasetError, NotADatasetError, SourceImageError
 
 INITIAL_MAP_SIZE = 1 << 30
@@ -269,7 +269,7 @@ class LMDBWriter:
 
         def put_spans_and_complete(txn: lmdb.Transaction) -> None:
             if spans is not None:
-                txn.put(fmt.SPANS_KEY, fmt.encode_spans(spans), db=self._meta_db)
+                store_spans(txn, self._meta_db, spans)
             txn.put(fmt.INFO_KEY, info.to_json(), db=self._meta_db)
 
         self._write(put_spans_and_complete)
