@@ -114,6 +114,8 @@ def decode_header(value: bytes | memoryview) -> RecordHeader:
         raise ValueError(f"record format version {version}, expected {FORMAT_VERSION}")
     if kind not in (KIND_ENCODED, KIND_RAW):
         raise ValueError(f"unknown payload kind {kind}")
+    if channels != 3 and not (kind == KIND_RAW and channels == 1):
+        raise ValueError(f"{channels} channels in a record of payload kind {kind}")
     if kind == KIND_RAW and len(value) - HEADER_SIZE != height * width * channels:
         raise ValueError(f"raw payload is {len(value) - HEADER_SIZE} bytes, header says "
                          f"{height}x{width}x{channels}")

@@ -570,3 +570,15 @@ def test_verify_reports_an_incomplete_dataset_with_the_resume_advice(image_folde
     assert "incomplete" in report.problems[0] and "--resume" in report.problems[0]
     assert main(["verify", str(tmp_path / "ds"), "--quiet"]) == 1
     assert "all records OK" not in capsys.readouterr().out
+
+
+def test_reindex_command_rebuilds_the_table_of_a_compacted_copy(converted, tmp_path, capsys):
+    from lmdb_dataset.cli import main
+
+    copy = _compacted_copy(converted(), tmp_path / "compact.lmdb")
+    assert main(["verify", str(copy), "--quiet"]) == 1
+    assert "lmdb-dataset reindex" in capsys.readouterr().out
+    assert main(["reindex", str(copy)]) == 0
+    assert f"indexed {len(LMDBImageDataset(converted()))} records" in capsys.readouterr().out
+    assert main(["verify", str(copy), "--quiet"]) == 0
+    assert _open_quietly(copy).reader.access == "pread"
