@@ -177,6 +177,10 @@ def _check_records(env: lmdb.Environment, records_db, path: str | os.PathLike, c
                                                         desc="verify") as bar:
             for key, value in txn.cursor(db=records_db):
                 index = fmt.decode_key(bytes(key))
+                if index < expected or index >= count:
+                    bad.append(BadRecord(index, f"unexpected key after record {expected - 1}: out of order or "
+                                                f"beyond the {count} records (LMDB page damaged)"))
+                    continue
                 while expected < index:
                     bad.append(BadRecord(expected, "record is missing"))
                     expected += 1

@@ -474,7 +474,7 @@ def test_reconverted_under_a_live_object_raises_and_releases_the_old_file(image_
         script = ("import sys\nfrom lmdb_dataset import convert_image_folder\n"
                   "convert_image_folder(sys.argv[1], sys.argv[2], workers=0, overwrite=True, progress=False)")
         subprocess.run([sys.executable, "-c", script, str(image_folder(12, special=False)), str(path)],
-                       check=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                       check=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     with pytest.raises(DatasetChangedError, match="create the dataset object again"):
         old[0]
     assert _held_deleted(path) == []

@@ -101,7 +101,7 @@ def _run_cases(pristine: Path, cases: list[dict], workdir: Path) -> dict[str, di
         cases_file.write_text(json.dumps(remaining))
         child = subprocess.run([sys.executable, str(RUNNER), str(pristine), str(workdir), str(cases_file)],
                                capture_output=True, text=True, timeout=600,
-                               env={**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])})
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join([str(RUNNER.parents[1]), *sys.path])})
         started = None
         for line in child.stdout.splitlines():
             if line.startswith("start "):
@@ -314,3 +314,22 @@ def test_a_file_that_is_no_dataset_is_refused_in_one_line(tmp_path):
         with pytest.raises(NotADatasetError) as caught:
             LMDBImageDataset(target)
         assert "\n" not in str(caught.value)
+
+
+def test_damaged_record_key_is_reported_by_verify_and_the_mmap_reader(converted, tmp_path):
+    path = shutil.copytree(converted(), tmp_path / "ds")
+    spans = LMDBImageDataset(path)._meta.spans
+    data = bytearray((path / "data.mdb").read_bytes())
+    key = fmt.encode_key(5)
+    position = next(p for p in range(len(data)) if data[p:p + 8] == key
+                    and not any(o <= p < o + n for o, n in spans.tolist()))  # in a leaf page, not a record
+    data[position] ^= 0x80  # record 5's key now reads 2**63 + 5
+    (path / "data.mdb").write_bytes(data)
+    report = verify_dataset(path, progress=False)
+    assert [(r.index, r.reason.split(":")[0]) for r in report.bad] == [
+        (2**63 + 5, "unexpected key after record 4"), (5, "record is missing")]
+    with pytest.raises(CorruptRecordError, match="record 5 .*the record is missing"):
+        LMDBImageDataset(path, access="mmap")[5]
+    with pytest.raises(CorruptRecordError, match=rf"record 5 .*the cursor found record {2**63 + 5} in its place"):
+        list(LMDBIterableDataset(path, shuffle=False))
+    assert LMDBImageDataset(path, output="numpy")[5][1] == LMDBImageDataset(converted())[5][1]  # pread: no B-tree
