@@ -122,12 +122,18 @@ class LMDBImageDataset(LMDBDatasetBase):
             Defaults to True.
         access: ``"pread"`` (one system call per record, reads exactly its bytes: best on a
             cold cache, spinning disks and network filesystems) or ``"mmap"`` (LMDB's memory
-            map). Defaults to ``"pread"``; datasets without an offset table use ``"mmap"``.
+            map). Defaults to ``"pread"``; datasets without an offset table, or with one that
+            cannot be proven to belong to the file, use ``"mmap"``.
 
     Raises:
         DatasetNotFoundError: ``path`` does not exist.
         NotADatasetError: ``path`` holds no dataset (or one of an unknown format version).
         IncompleteDatasetError: Its conversion did not finish (resume it).
+        CorruptDatasetError: The data file is truncated or LMDB reports it damaged.
+
+    Warns:
+        StaleOffsetsWarning: The offset table does not belong to the file (a compacted copy,
+            a write after conversion); records are read through LMDB. ``lmdb-dataset reindex``.
     """
 
     def __init__(self, path: str | os.PathLike, transform: Callable | None = None,

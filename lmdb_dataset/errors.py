@@ -27,7 +27,7 @@ class IncompleteDatasetError(LMDBDatasetError):
 
 
 class DatasetChangedError(LMDBDatasetError):
-    """The dataset file was replaced on disk after this dataset object read its metadata."""
+    """The dataset file was replaced (re-converted) or written after this dataset object read its metadata."""
 
 
 class CorruptDatasetError(LMDBDatasetError):
