@@ -368,12 +368,21 @@ def store_spans(txn: lmdb.Transaction, meta_db: lmdb._Database, spans: np.ndarra
 
 
 def read_path_table(path: str | os.PathLike, count: int) -> fmt.PathTable | None:
-    """The relative source paths of a dataset's records, or None if it stores none."""
+    """The relative source paths of a dataset's records, or None if it stores none.
+
+    Raises:
+        NotADatasetError: The table does not hold ``count`` paths.
+    """
     env, _ = environments.get(path)
     _, meta_db = open_databases(env, path)
     with begin_read(env) as txn:
         blob = txn.get(fmt.PATHS_KEY, db=meta_db)
-    return fmt.PathTable(blob, count) if blob is not None else None
+    if blob is None:
+        return None
+    try:
+        return fmt.PathTable(blob, count)
+    except ValueError as exc:
+        raise NotADatasetError(f"{os.fspath(path)!r}: {exc}") from None
 
 
 def _mapping_of(address: int) -> tuple[int, int, int]:

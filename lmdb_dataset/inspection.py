@@ -149,8 +149,12 @@ def verify_dataset(path: str | os.PathLike, *, decode: bool = False, progress: b
         problems.append(f"the record offset table does not match the records; rebuild it with "
                         f"`lmdb-dataset reindex {path}` (or lmdb_dataset.reindex(path))")
     if bad and info.complete:
-        with damage_reported(path):
-            paths = read_path_table(path, info.num_records)
+        try:
+            with damage_reported(path):
+                paths = read_path_table(path, info.num_records)
+        except LMDBDatasetError as exc:
+            problems.append(f"the source path table is unusable ({exc}); convert the dataset again")
+            paths = None
         if paths is not None:
             bad = [dataclasses.replace(r, source=paths[r.index] or None) if r.index < info.num_records else r
                    for r in bad]

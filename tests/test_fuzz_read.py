@@ -86,7 +86,7 @@ def _store_info(path, raw: bytes) -> None:
     env.close()
 
 
-@settings(PROPERTY, max_examples=40)
+@settings(PROPERTY, max_examples=100)
 @given(data=st.data())
 def test_fuzzed_info_json_is_refused_cleanly_or_changes_no_sample(info_copy, data):
     path, original, samples = info_copy
@@ -114,3 +114,20 @@ def test_fuzzed_info_json_is_refused_cleanly_or_changes_no_sample(info_copy, dat
             return
         assert len(ds) == len(samples)
         assert [(label, int(image.sum())) for image, label in (ds[i] for i in range(len(ds)))] == samples
+
+
+@pytest.mark.parametrize("field, value", [("num_records", 0), ("num_records", 30), ("classes", "abc"),
+                                          ("storage", "jpeg"), ("complete", 1), ("skipped", [3])])
+def test_inconsistent_info_is_reported_by_verify_and_refused_by_readers(info_copy, field, value):
+    path, original, _ = info_copy
+    _store_info(path, json.dumps({**original, field: value}).encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(LMDBDatasetError, match="invalid value|label table holds|label"):
+            LMDBImageDataset(path)
+        try:
+            report = verify_dataset(path, progress=False)
+        except LMDBDatasetError as exc:
+            assert "invalid value" in str(exc)
+        else:
+            assert not report.ok
