@@ -13,6 +13,7 @@ Public API:
 * :class:`RandomResizedCropDecode`, :class:`CenterCropDecode` - fused crop decoding of JPEG records.
 * :func:`make_photo_folder` - a sample ImageFolder of photographic JPEGs.
 * :func:`order_quality`, :class:`ClassLocalityWarning` - how well a sample order mixes.
+* :func:`verify_dataset`, :func:`reindex` - checking a dataset, rebuilding its offset table.
 
 The names are imported on first use (PEP 562), so ``import lmdb_dataset`` and the commands that
 only read metadata (``lmdb-dataset info``, ``verify``) do not pay for importing torch.
@@ -35,6 +36,7 @@ _EXPORTS = {
     "ChunkShuffleSampler": "sampler",
     "ClassLocalityWarning": "mixing",
     "ConversionReport": "convert",
+    "CorruptDatasetError": "errors",
     "CorruptRecordError": "errors",
     "DatasetChangedError": "errors",
     "DatasetNotFoundError": "errors",
@@ -49,14 +51,18 @@ _EXPORTS = {
     "NotADatasetError": "errors",
     "OrderQuality": "mixing",
     "RandomResizedCropDecode": "crop_decode",
+    "RecordReadError": "errors",
     "SourceImageError": "errors",
+    "StaleOffsetsWarning": "errors",
     "UnsupportedValueError": "sources.errors",
     "convert_image_folder": "convert",
     "convert_source": "sources.conversion",
     "make_photo_folder": "samples",
     "order_quality": "mixing",
+    "reindex": "inspection",
     "train_transform": "transforms",
     "val_transform": "transforms",
+    "verify_dataset": "inspection",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -80,14 +86,18 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .crop_decode import CenterCropDecode, RandomResizedCropDecode
     from .dataset import LMDBImageDataset
     from .errors import (
+        CorruptDatasetError,
         CorruptRecordError,
         DatasetChangedError,
         DatasetNotFoundError,
         IncompleteDatasetError,
         LMDBDatasetError,
         NotADatasetError,
+        RecordReadError,
         SourceImageError,
+        StaleOffsetsWarning,
     )
+    from .inspection import reindex, verify_dataset
     from .iterable import LMDBIterableDataset
     from .loader import LMDBLoader
     from .mixing import ClassLocalityWarning, OrderQuality, order_quality

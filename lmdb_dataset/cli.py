@@ -76,28 +76,27 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .inspection import verify_dataset
+    from .inspection import printable, verify_dataset
 
-    bad = verify_dataset(args.path, decode=args.decode, progress=not args.quiet)
-    source_of = _source_lookup(args.path) if bad else None
-    for record in bad:
-        source = source_of(record.index)
-        print(f"record {record.index}" + (f" ({source})" if source else "") + f": {record.reason}")
-    print(f"{len(bad)} bad record(s)" if bad else "all records OK")
-    return 1 if bad else 0
+    report = verify_dataset(args.path, decode=args.decode, progress=not args.quiet)
+    for record in report.bad:
+        print(f"record {record.index}" + (f" ({printable(record.source)})" if record.source else "")
+              + f": {record.reason}")
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    if report.bad:
+        print(f"{len(report.bad)} bad record(s)")
+    else:
+        print(f"every record checked is OK, but the dataset has {len(report.problems)} problem(s)"
+              if report.problems else "all records OK")
+    return 0 if report.ok else 1
 
 
-def _source_lookup(path: str) -> Callable[[int], str | None]:
-    """Record index -> the source file it was converted from (None where the dataset keeps none)."""
-    from .environment import read_path_table
-    from .inspection import summarize
+def _reindex(args: argparse.Namespace) -> int:
+    from .inspection import reindex
 
-    count = summarize(path).info.num_records
-    try:
-        paths = read_path_table(path, count)
-    except ValueError:  # a damaged or partial path table: name the records without their files
-        paths = None
-    return lambda index: paths[index] if paths is not None and 0 <= index < len(paths) else None
+    print(f"indexed {reindex(args.path)} records of {args.path}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -167,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--decode", action="store_true", help="also decode every image (slower)")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(run=_verify)
+
+    reindex = commands.add_parser("reindex", help="rebuild the record offset table after the file was "
+                                  "copied with compaction or written to")
+    reindex.add_argument("path", help="dataset directory (e.g. train.lmdb)")
+    reindex.set_defaults(run=_reindex)
 
     demo = commands.add_parser("demo", help="build a sample dataset from shipped photos, convert, read, time")
     demo.add_argument("--workdir", default=None, help="keep the files here (default: a temporary directory)")

@@ -73,11 +73,23 @@ class LMDBDatasetBase(VisionDataset):
                 self.reader._prefetch(spans[start:stop].tolist())
 
     def source_path(self, index: int) -> str | None:
-        """The relative source path sample ``index`` was converted from, if the dataset kept it."""
-        record = int(self._meta.record_of_sample[index])
+        """The relative source path sample ``index`` was converted from, if the dataset kept it.
+
+        Takes negative indices like ``dataset[index]``. Raises IndexError out of range.
+        """
+        record = int(self._meta.record_of_sample[self._checked_index(index)])
         if self._paths is None:
             self._paths = read_path_table(self.path, len(self.targets)) or False
         return self._paths[record] if self._paths else None
+
+    def _checked_index(self, index: Any) -> int:
+        position = operator.index(index)
+        count = len(self.targets)
+        if position < 0:
+            position += count
+        if not 0 <= position < count:
+            raise IndexError(f"index {index} is out of range for the {count} records of {self.path}")
+        return position
 
     def _sample(self, record: int, value: bytes | memoryview | None) -> tuple[Any, Any]:
         """Decode, verify and transform the stored value of ``record`` into ``(image, target)``."""
@@ -116,7 +128,8 @@ class LMDBImageDataset(LMDBDatasetBase):
         loader = DataLoader(dataset, batch_size=256, shuffle=True, num_workers=8, pin_memory=True)
 
     Args:
-        path: Dataset directory written by :func:`convert_image_folder` or :class:`LMDBWriter`.
+        path: Dataset directory written by :func:`convert_image_folder` or :class:`LMDBWriter`, or
+            its data file (``train.lmdb/data.mdb``; also a single-file LMDB copy).
         transform: Applied to each image (as given by ``output``). Defaults to None.
         target_transform: Applied to each label. Defaults to None.
         output: ``"pil"`` an RGB ``PIL.Image`` (classic torchvision transforms), ``"tensor"``
@@ -126,12 +139,18 @@ class LMDBImageDataset(LMDBDatasetBase):
             Defaults to True.
         access: ``"pread"`` (one system call per record, reads exactly its bytes: best on a
             cold cache, spinning disks and network filesystems) or ``"mmap"`` (LMDB's memory
-            map). Defaults to ``"pread"``; datasets without an offset table use ``"mmap"``.
+            map). Defaults to ``"pread"``; datasets without an offset table, or with one that
+            cannot be proven to belong to the file, use ``"mmap"``.
 
     Raises:
         DatasetNotFoundError: ``path`` does not exist.
         NotADatasetError: ``path`` holds no dataset (or one of an unknown format version).
         IncompleteDatasetError: Its conversion did not finish (resume it).
+        CorruptDatasetError: The data file is truncated or LMDB reports it damaged.
+
+    Warns:
+        StaleOffsetsWarning: The offset table does not belong to the file (a compacted copy,
+            a write after conversion); records are read through LMDB. ``lmdb-dataset reindex``.
     """
 
     def __init__(self, path: str | os.PathLike, transform: Callable | None = None,
@@ -142,15 +161,6 @@ class LMDBImageDataset(LMDBDatasetBase):
 
     def __len__(self) -> int:
         return len(self.targets)
-
-    def _checked_index(self, index: Any) -> int:
-        position = operator.index(index)
-        count = len(self.targets)
-        if position < 0:
-            position += count
-        if not 0 <= position < count:
-            raise IndexError(f"index {index} is out of range for the {count} records of {self.path}")
-        return position
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         return self.__getitems__([index])[0]

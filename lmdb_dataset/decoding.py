@@ -41,7 +41,7 @@ def decode_image(data: bytes | memoryview) -> np.ndarray:
                 return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except ValueError:
             pass  # Pillow below decides: it tolerates some files libjpeg-turbo flags as corrupt.
-    return np.asarray(_decode_with_pillow(data))
+    return np.array(_decode_with_pillow(data))  # np.asarray of a PIL image is read-only
 
 
 def _decode_with_pillow(data: bytes | memoryview) -> Image.Image:

@@ -16,23 +16,44 @@ keeps one read-only environment per data file per process:
   records.
 * A data file that grew (a conversion resumed by another process) is re-mapped at its new
   size the next time a read transaction starts.
+* A dataset is a directory holding ``data.mdb`` or, equally, a path to the data file itself:
+  ``train.lmdb/data.mdb``, or a single-file LMDB (py-lmdb ``subdir=False``, ``mdb_copy -n``).
+  Environments are always opened through the data file, so both spellings share one.
+
+The record offset table (``meta/spans``) that lets readers fetch a record with one ``pread``
+is trusted only when proven (:func:`proven_spans`): it carries the LMDB transaction id and
+CRC32 it was stored with, and a few records spread over the file are compared against LMDB
+when a dataset is opened. A table that fails is ignored, with a :class:`StaleOffsetsWarning`
+saying why and how to rebuild it (``lmdb-dataset reindex PATH``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
+import warnings
+import zlib
 from pathlib import Path
 
 import lmdb
 import numpy as np
 
 from . import format as fmt
-from .errors import DatasetChangedError, DatasetNotFoundError, IncompleteDatasetError, NotADatasetError
+from .errors import (
+    CorruptDatasetError,
+    DatasetChangedError,
+    DatasetNotFoundError,
+    IncompleteDatasetError,
+    NotADatasetError,
+    StaleOffsetsWarning,
+)
 
 DATA_FILE = "data.mdb"
 MAX_DBS = 2
+SPOT_CHECKS = 8
+"""Records compared between the offset table and LMDB when a dataset opens (first, last, evenly between)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +77,9 @@ class FileIdentity:
 
 
 def data_file(path: str | os.PathLike) -> Path:
-    """The ``data.mdb`` file of the dataset directory ``path``."""
-    return Path(path) / DATA_FILE
+    """The data file of dataset ``path``: ``path/data.mdb`` for a directory, else ``path`` itself."""
+    path = Path(path)
+    return path if path.is_file() else path / DATA_FILE
 
 
 def identity_of(path: str | os.PathLike) -> FileIdentity:
@@ -67,10 +89,45 @@ def identity_of(path: str | os.PathLike) -> FileIdentity:
         raise DatasetNotFoundError(f"dataset path {str(path)!r} does not exist")
     try:
         st = os.stat(data_file(path))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise NotADatasetError(f"{str(path)!r} is not an lmdb_dataset dataset: it has no {DATA_FILE}. "
                                "Create one with `lmdb-dataset convert SRC DST`.") from None
     return FileIdentity.of(st)
+
+
+def _open_read_only(path: str | os.PathLike, *, readahead: bool) -> lmdb.Environment:
+    """Open the data file of ``path`` read-only, refusing one LMDB could only map past its end.
+
+    Without a lock file (``lock=False``) nothing is written next to the data file, so
+    read-only directories and filesystems work.
+    """
+    file = data_file(path)
+    try:
+        env = lmdb.open(str(file), readonly=True, lock=False, readahead=readahead, max_readers=2048,
+                        max_dbs=MAX_DBS, create=False, subdir=False)
+    except lmdb.Error as exc:
+        raise NotADatasetError(f"{str(path)!r} is not a readable LMDB environment ({exc}); "
+                               "create a dataset with `lmdb-dataset convert SRC DST`") from None
+    try:
+        _check_not_truncated(env, file)
+    except CorruptDatasetError:
+        env.close()
+        raise
+    return env
+
+
+def _check_not_truncated(env: lmdb.Environment, file: Path) -> None:
+    """Raise CorruptDatasetError if LMDB's last used page lies past the end of the file.
+
+    LMDB would hand out pointers into the unbacked part of its memory map, and the first
+    read there kills the process with SIGBUS: refuse the file instead.
+    """
+    info, page_size = env.info(), env.stat()["psize"]
+    needed = (info["last_pgno"] + 1) * page_size
+    size = os.stat(file).st_size
+    if size < needed:
+        raise CorruptDatasetError(f"{str(file)!r} is truncated: LMDB's pages end at byte {needed}, the file "
+                                  f"at {size}; restore the file from a good copy or convert again")
 
 
 @dataclasses.dataclass
@@ -99,32 +156,42 @@ class _EnvironmentRegistry:
                 environment (one process holds one environment per file, so the first
                 opener chooses). On for sequential cursor reads, off for random access.
         """
-        key = os.path.realpath(path)
         current = identity_of(path)
-        if identity is not None and identity != current:
-            raise DatasetChangedError(
-                f"the dataset at {str(path)!r} was replaced on disk (re-converted?) after this "
-                "dataset object read its metadata; create the dataset object again")
         with self._lock:
+            key = os.path.realpath(data_file(path))
             entry = self._by_path.get(key)
             if entry is not None and (entry.pid != os.getpid() or entry.identity != current):
                 # Inherited over fork (never usable here) or a replaced file: drop it. Closing
-                # in a forked child unmaps only the child's copy.
+                # in a forked child unmaps only the child's copy; closing a replaced file's
+                # environment releases its disk space.
+                del self._by_path[key]
                 entry.env.close()
                 entry = None
+            if identity is not None and identity != current:
+                raise changed_error(path)
             if entry is None:
-                env = lmdb.open(str(path), readonly=True, lock=False, readahead=readahead,
-                                max_readers=2048, max_dbs=MAX_DBS, create=False, subdir=True)
-                entry = _OpenEnvironment(env, current, os.getpid())
+                entry = _OpenEnvironment(_open_read_only(path, readahead=readahead), current, os.getpid())
                 self._by_path[key] = entry
             return entry.env, entry.identity
 
-    def release(self, path: str | os.PathLike) -> None:
-        """Close this process's environment of ``path`` (before a writer opens the file)."""
+    def release(self, path: str | os.PathLike, identity: FileIdentity | None = None) -> None:
+        """Close this process's environment of ``path`` (before a writer opens the file).
+
+        With ``identity``, only if the open environment is of that file state (a reader that
+        found its file replaced lets go of the old one without closing a newer one).
+        """
         with self._lock:
-            entry = self._by_path.pop(os.path.realpath(path), None)
-            if entry is not None:
+            key = os.path.realpath(data_file(path))
+            entry = self._by_path.get(key)
+            if entry is not None and (identity is None or entry.identity == identity):
+                del self._by_path[key]
                 entry.env.close()
+
+
+def changed_error(path: str | os.PathLike) -> DatasetChangedError:
+    """The error for a dataset object whose data file was replaced or written after it opened."""
+    return DatasetChangedError(f"the dataset at {str(path)!r} was replaced or modified on disk (re-converted?) "
+                               "after this dataset object read its metadata; create the dataset object again")
 
 
 environments = _EnvironmentRegistry()
@@ -182,17 +249,36 @@ def read_info(env: lmdb.Environment, meta_db: lmdb._Database, path: str | os.Pat
         raise NotADatasetError(f"{str(path)!r}: {exc}") from None
 
 
+@contextlib.contextmanager
+def damage_reported(path: str | os.PathLike):
+    """Turn LMDB's own damage reports (``MDB_CORRUPTED``, ``MDB_PAGE_NOTFOUND``...) into CorruptDatasetError."""
+    try:
+        yield
+    except lmdb.Error as exc:
+        raise CorruptDatasetError(f"{os.fspath(path)}: LMDB reports the data file damaged ({exc}); restore it "
+                                  "from a good copy or convert the dataset again") from None
+
+
 def load_metadata(path: str | os.PathLike) -> DatasetMetadata:
     """Read and validate a complete dataset's metadata: 40 bytes a record (~51 MB for 1.28M), never the records.
+
+    The record offset table is kept only if :func:`proven_spans` proves it; otherwise a
+    :class:`StaleOffsetsWarning` says why and the readers use LMDB's memory map.
 
     Raises:
         DatasetNotFoundError: ``path`` does not exist.
         NotADatasetError: ``path`` is not a dataset, or of an unsupported format version.
         IncompleteDatasetError: The conversion that writes it did not finish.
+        CorruptDatasetError: The data file is truncated, or LMDB reports it damaged.
     """
     path = os.fspath(path)
+    with damage_reported(path):
+        return _load_metadata(path)
+
+
+def _load_metadata(path: str) -> DatasetMetadata:
     env, identity = environments.get(path)
-    _, meta_db = open_databases(env, path)
+    records_db, meta_db = open_databases(env, path)
     info = read_info(env, meta_db, path)
     if not info.complete:
         raise IncompleteDatasetError(
@@ -201,17 +287,21 @@ def load_metadata(path: str | os.PathLike) -> DatasetMetadata:
             "(or convert_image_folder(..., resume=True)).")
     with begin_read(env) as txn:
         labels = txn.get(fmt.LABELS_KEY, db=meta_db)
-        spans = txn.get(fmt.SPANS_KEY, db=meta_db)
         order = txn.get(fmt.ORDER_KEY, db=meta_db)
     if labels is None:
         raise NotADatasetError(f"{path!r} has no label table (meta/labels is missing)")
+    if len(labels) % 8:
+        raise NotADatasetError(f"{path!r}: the label table is {len(labels)} bytes, not a multiple of 8")
     labels = fmt.decode_labels(labels)
     if len(labels) != info.num_records:
         raise NotADatasetError(f"{path!r}: label table holds {len(labels)} labels for "
                                f"{info.num_records} records")
-    spans_array = fmt.decode_spans(spans) if spans is not None else None
-    if spans_array is not None and len(spans_array) != info.num_records:
-        spans_array = None
+    spans, distrust = proven_spans(env, records_db, meta_db, path, info.num_records)
+    if distrust:
+        warnings.warn(StaleOffsetsWarning(
+            f"{path}: ignoring the record offset table: {distrust}. Records are read through LMDB "
+            f"instead (correct, but without one-pread reads). Rebuild the table with "
+            f"`lmdb-dataset reindex {path}`."), stacklevel=3)
     if order is None:
         record_of_sample = file_order = np.arange(info.num_records, dtype=np.int64)
     else:
@@ -219,16 +309,93 @@ def load_metadata(path: str | os.PathLike) -> DatasetMetadata:
             record_of_sample, file_order = fmt.decode_order(order, info.num_records)
         except ValueError as exc:
             raise NotADatasetError(f"{path!r}: {exc}; the dataset is damaged, re-convert it") from None
-    return DatasetMetadata(path, identity, info, labels, spans_array, record_of_sample, file_order)
+    return DatasetMetadata(path, identity, info, labels, spans, record_of_sample, file_order)
+
+
+def proven_spans(env: lmdb.Environment, records_db: lmdb._Database, meta_db: lmdb._Database,
+                 path: str | os.PathLike, count: int, *,
+                 spot_checks: int = SPOT_CHECKS) -> tuple[np.ndarray | None, str | None]:
+    """The record offset table if it provably belongs to the data file, else why not.
+
+    Proof, cheapest first: the table's CRC32; the LMDB transaction id it was stored in
+    equals the file's last one (any later write, and a compacted copy, changes it); every
+    span lies inside the file; and ``spot_checks`` records spread over the file (first, last
+    and evenly between) read at their spans equal what LMDB returns for them.
+
+    Returns:
+        ``(spans, None)`` when proven; ``(None, reason)`` when a table exists but fails;
+        ``(None, None)`` when the dataset has no table (it is then read through LMDB).
+    """
+    with begin_read(env) as txn:
+        blob = txn.get(fmt.SPANS_KEY, db=meta_db)
+        check = txn.get(fmt.SPANS_CHECK_KEY, db=meta_db)
+        file_txn = txn.id()
+    if blob is None:
+        return None, None
+    if check is None:
+        return None, ("it carries no record of the file state it was measured on "
+                      "(written by lmdb-dataset 0.1)")
+    try:
+        txn_id, crc = fmt.decode_spans_check(check)
+        spans = fmt.decode_spans(blob)
+    except ValueError as exc:
+        return None, f"it is malformed ({exc})"
+    if zlib.crc32(blob) != crc:
+        return None, "it is damaged (CRC32 mismatch)"
+    if txn_id != file_txn:
+        return None, (f"it was measured at LMDB transaction {txn_id} but the file is at transaction "
+                      f"{file_txn}: the file was written to, or copied with compaction, since")
+    if len(spans) != count:
+        return None, f"it holds {len(spans)} spans for {count} records"
+    file = data_file(path)
+    size = os.stat(file).st_size
+    if count and (spans.min() < 0 or int((spans[:, 0] + spans[:, 1]).max()) > size):
+        return None, f"some spans lie outside the {size}-byte data file"
+    indices = sorted({int(i) for i in np.linspace(0, count - 1, min(count, spot_checks))}) if count else []
+    mismatch = first_span_mismatch(env, records_db, file, spans, indices)
+    if mismatch is not None:
+        return None, f"record {mismatch}'s bytes at its recorded offset differ from the record LMDB holds"
+    return spans, None
+
+
+def first_span_mismatch(env: lmdb.Environment, records_db: lmdb._Database, file: str | os.PathLike,
+                        spans: np.ndarray, indices) -> int | None:
+    """The first of ``indices`` whose bytes at its span differ from its LMDB value (None if all match)."""
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        with begin_read(env, buffers=True) as txn:
+            for index in indices:
+                offset, length = (int(x) for x in spans[index])
+                if os.pread(fd, length, offset) != txn.get(fmt.encode_key(index), db=records_db):
+                    return index
+    finally:
+        os.close(fd)
+    return None
+
+
+def store_spans(txn: lmdb.Transaction, meta_db: lmdb._Database, spans: np.ndarray) -> None:
+    """Write the offset table and its ``spans_check`` (this transaction's id; it must be the file's last write)."""
+    blob = fmt.encode_spans(spans)
+    txn.put(fmt.SPANS_KEY, blob, db=meta_db)
+    txn.put(fmt.SPANS_CHECK_KEY, fmt.encode_spans_check(txn.id(), blob), db=meta_db)
 
 
 def read_path_table(path: str | os.PathLike, count: int) -> fmt.PathTable | None:
-    """The relative source paths of a dataset's records, or None if it stores none."""
+    """The relative source paths of a dataset's records, or None if it stores none.
+
+    Raises:
+        NotADatasetError: The table does not hold ``count`` paths.
+    """
     env, _ = environments.get(path)
     _, meta_db = open_databases(env, path)
     with begin_read(env) as txn:
         blob = txn.get(fmt.PATHS_KEY, db=meta_db)
-    return fmt.PathTable(blob, count) if blob is not None else None
+    if blob is None:
+        return None
+    try:
+        return fmt.PathTable(blob, count)
+    except ValueError as exc:
+        raise NotADatasetError(f"{os.fspath(path)!r}: {exc}") from None
 
 
 def _mapping_of(address: int) -> tuple[int, int, int]:
@@ -265,20 +432,11 @@ def record_spans(env: lmdb.Environment, records_db: lmdb._Database, identity: Fi
                     return None
                 base = start - file_offset
             spans[index] = (address - base, len(value))
-    if count and not _spans_match(env, records_db, spans):
+    if count and first_span_mismatch(env, records_db, _file_of(env), spans, {0, count - 1}) is not None:
         return None
     return spans
 
 
-def _spans_match(env: lmdb.Environment, records_db: lmdb._Database, spans: np.ndarray) -> bool:
-    """Check the first and last spans against the values read through LMDB."""
-    fd = os.open(env.path() + "/" + DATA_FILE, os.O_RDONLY)
-    try:
-        with begin_read(env) as txn:
-            for index in {0, len(spans) - 1}:
-                offset, length = spans[index]
-                if os.pread(fd, int(length), int(offset)) != txn.get(fmt.encode_key(index), db=records_db):
-                    return False
-    finally:
-        os.close(fd)
-    return True
+def _file_of(env: lmdb.Environment) -> str:
+    """The data file of an open environment (opened on its directory or on the file itself)."""
+    return os.path.join(env.path(), DATA_FILE) if env.flags()["subdir"] else env.path()

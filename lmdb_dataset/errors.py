@@ -27,16 +27,37 @@ class IncompleteDatasetError(LMDBDatasetError):
 
 
 class DatasetChangedError(LMDBDatasetError):
-    """The dataset file was replaced on disk after this dataset object read its metadata."""
+    """The dataset file was replaced (re-converted) or written after this dataset object read its metadata."""
+
+
+class CorruptDatasetError(LMDBDatasetError):
+    """The data file as a whole is damaged (e.g. truncated): no record can be trusted."""
 
 
 class CorruptRecordError(LMDBDatasetError):
-    """A record's checksum does not match, its header is malformed, or its image does not decode."""
+    """A record's checksum does not match, its header is malformed, or its image does not decode.
 
-    def __init__(self, message: str, *, path: str, index: int) -> None:
+    ``path`` and ``index`` name the dataset and record. Raised in a DataLoader worker, it is
+    re-raised in the main process as the same class (torch rebuilds it from its message
+    alone; the message names both).
+    """
+
+    def __init__(self, message: str, *, path: str = "", index: int = -1) -> None:
         super().__init__(message)
         self.path = path
         self.index = index
+
+
+class RecordReadError(CorruptRecordError):
+    """Reading a record's bytes failed: an I/O error (EIO) or a short read of a truncated file."""
+
+
+class StaleOffsetsWarning(UserWarning):
+    """The record offset table does not belong to the data file; records are read through LMDB instead.
+
+    Correct but slower on cold storage. Rebuild the table with ``lmdb-dataset reindex PATH``
+    (:func:`lmdb_dataset.reindex`).
+    """
 
 
 class SourceImageError(LMDBDatasetError):

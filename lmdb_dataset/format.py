@@ -35,6 +35,12 @@ named sub-databases::
                               int64. Absent means identity (record i holds sample i): datasets
                               written in their logical order, and every 0.1 dataset.
                               b"labels" and b"paths" are in record order.
+          b"spans_check"      what proves b"spans" belongs to the file: 12 bytes, the LMDB
+                              transaction id that stored the table (uint64 LE; written in the
+                              same transaction as b"spans", which must be the file's last
+                              write) and the CRC32 of the b"spans" value (uint32 LE). Any
+                              later write or a compacted copy changes the file's transaction
+                              id, and readers then ignore the table (`lmdb-dataset reindex`)
           b"labels/<start>"   while a conversion runs: the labels of the records committed
           b"paths/<start>"    in one transaction starting at record <start> (16 hex digits);
                               merged into b"labels"/b"paths" by the one transaction that
@@ -65,6 +71,8 @@ LABELS_KEY = b"labels"
 PATHS_KEY = b"paths"
 SPANS_KEY = b"spans"
 ORDER_KEY = b"order"
+SPANS_CHECK_KEY = b"spans_check"
+SPANS_CHECK = struct.Struct("<QI")
 
 KIND_ENCODED = 0
 KIND_RAW = 1
@@ -114,6 +122,8 @@ def decode_header(value: bytes | memoryview) -> RecordHeader:
         raise ValueError(f"record format version {version}, expected {FORMAT_VERSION}")
     if kind not in (KIND_ENCODED, KIND_RAW):
         raise ValueError(f"unknown payload kind {kind}")
+    if channels != 3 and not (kind == KIND_RAW and channels == 1):
+        raise ValueError(f"{channels} channels in a record of payload kind {kind}")
     if kind == KIND_RAW and len(value) - HEADER_SIZE != height * width * channels:
         raise ValueError(f"raw payload is {len(value) - HEADER_SIZE} bytes, header says "
                          f"{height}x{width}x{channels}")
@@ -173,7 +183,35 @@ class DatasetInfo:
             raise ValueError(f"format version {obj.get('format_version')} is not supported "
                              f"(this lmdb_dataset reads version {FORMAT_VERSION})")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in obj.items() if k in known})
+        fields = {k: v for k, v in obj.items() if k in known}
+        _check_info_fields(fields)
+        return cls(**fields)
+
+
+def _check_info_fields(fields: dict[str, Any]) -> None:
+    """Raise ValueError unless every field of a parsed ``meta/info`` has the type the readers rely on."""
+    def fail(name: str) -> ValueError:
+        return ValueError(f"metadata field {name!r} has an invalid value {fields[name]!r:.80}")
+
+    for name in ("num_records", "format_version"):
+        if name in fields and (type(fields[name]) is not int or fields[name] < 0):
+            raise fail(name)
+    for name in ("storage", "source"):
+        if name in fields and not isinstance(fields[name], str):
+            raise fail(name)
+    if fields.get("storage", "encoded") not in STORAGE_KINDS:
+        raise fail("storage")
+    if "complete" in fields and not isinstance(fields["complete"], bool):
+        raise fail("complete")
+    if "classes" in fields and not (isinstance(fields["classes"], list)
+                                    and all(isinstance(c, str) for c in fields["classes"])):
+        raise fail("classes")
+    if "skipped" in fields and not (isinstance(fields["skipped"], list) and all(
+            isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("error", ""), str)
+            for e in fields["skipped"])):
+        raise fail("skipped")
+    if "conversion" in fields and not isinstance(fields["conversion"], (dict, type(None))):
+        raise fail("conversion")
 
 
 def chunk_key(prefix: bytes, start: int) -> bytes:
@@ -262,5 +300,19 @@ def encode_spans(spans: np.ndarray) -> bytes:
 
 
 def decode_spans(data: bytes | memoryview) -> np.ndarray:
-    """Unpack :func:`encode_spans` output into an (N, 2) int64 array."""
-    return decode_labels(data).reshape(-1, 2)
+    """Unpack :func:`encode_spans` output into an (N, 2) int64 array. Raises ValueError if malformed."""
+    if len(data) % 16:
+        raise ValueError(f"offset table is {len(data)} bytes, not a multiple of 16")
+    return np.frombuffer(data, dtype="<i8").astype(np.int64).reshape(-1, 2)
+
+
+def encode_spans_check(txn_id: int, spans: bytes | memoryview) -> bytes:
+    """The ``spans_check`` value of an encoded span table stored in transaction ``txn_id``."""
+    return SPANS_CHECK.pack(txn_id, zlib.crc32(spans))
+
+
+def decode_spans_check(data: bytes | memoryview) -> tuple[int, int]:
+    """``(txn_id, crc32)`` of a ``spans_check`` value. Raises ValueError if malformed."""
+    if len(data) != SPANS_CHECK.size:
+        raise ValueError(f"spans_check is {len(data)} bytes, expected {SPANS_CHECK.size}")
+    return SPANS_CHECK.unpack(data)

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import format as fmt
 from .decoding import check_decodes, decode_image
-from .environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans
+from .environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans, store_spans
 from .errors import LMDBDatasetError, NotADatasetError, SourceImageError
 
 DISK_FULL_MARGIN = 1 << 20
@@ -345,7 +345,7 @@ class LMDBWriter:
             if order is not None:
                 txn.put(fmt.ORDER_KEY, order, db=self._meta_db)
             if spans is not None:
-                txn.put(fmt.SPANS_KEY, fmt.encode_spans(spans), db=self._meta_db)
+                store_spans(txn, self._meta_db, spans)
             txn.put(fmt.INFO_KEY, info.to_json(), db=self._meta_db)
 
         self._write(finish)

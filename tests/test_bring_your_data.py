@@ -53,7 +53,7 @@ def test_readme_bring_your_data_commands_run(image_folder, tmp_path, monkeypatch
         argv = shlex.split(command)[1:] + ["--workers", "1", "--quiet"]
         assert main(argv) == 0, (command, capsys.readouterr().err)
         target = tmp_path / argv[2]
-        assert verify_dataset(target, decode=True, progress=False) == [], command
+        assert verify_dataset(target, decode=True, progress=False).ok, command
         dataset = LMDBImageDataset(target)
         assert sorted(dataset.targets.tolist()) == sorted(labels) and len(dataset) == 14, command
     assert LMDBImageDataset(tmp_path / "train.lmdb").classes == ["tench", "goldfish", "shark"]

@@ -47,7 +47,8 @@ def logical_content(path) -> dict:
     records_db, meta_db = open_databases(env, path)
     with begin_read(env) as txn:
         records = [bytes(v) for _, v in txn.cursor(db=records_db)]
-        meta = {bytes(k): bytes(v) for k, v in txn.cursor(db=meta_db) if bytes(k) != fmt.SPANS_KEY}
+        meta = {bytes(k): bytes(v) for k, v in txn.cursor(db=meta_db)
+                if bytes(k) not in (fmt.SPANS_KEY, fmt.SPANS_CHECK_KEY)}
     return {"records": records, "meta": meta}
 
 
