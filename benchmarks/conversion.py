@@ -45,11 +45,10 @@ def sample_peak_rss(process: subprocess.Popen, peaks: dict[str, float]) -> None:
         pass
 
 
-def convert_case(ctx: Context) -> Result:
-    """Convert the corpus (encoded) in a child process with ``--convert-workers``; images/s and peak RSS."""
-    destination = ctx.args.data / "convert-bench.lmdb"
-    process = subprocess.Popen([sys.executable, "-c", CONVERT_SCRIPT, str(ctx.folder), str(destination),
-                                str(ctx.args.convert_workers)], stdout=subprocess.PIPE, text=True)
+def run_sampled(command: list[str]) -> tuple[dict, dict[str, float]]:
+    """Run a conversion ``command`` that prints a JSON line last; that JSON and the peaks of
+    :func:`sample_peak_rss` (MB: ``writer_peak_rss_mb``, ``writer_peak_anon_mb``, ``worker_peak_rss_mb``)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     peaks = {"writer_peak_rss_mb": 0.0, "writer_peak_anon_mb": 0.0, "worker_peak_rss_mb": 0.0}
     sampler = threading.Thread(target=sample_peak_rss, args=(process, peaks))
     sampler.start()
@@ -57,7 +56,14 @@ def convert_case(ctx: Context) -> Result:
     sampler.join()
     if process.returncode != 0:
         raise RuntimeError(f"conversion failed with exit status {process.returncode}")
-    report = json.loads(output.strip().splitlines()[-1])
+    return json.loads(output.strip().splitlines()[-1]), peaks
+
+
+def convert_case(ctx: Context) -> Result:
+    """Convert the corpus (encoded) in a child process with ``--convert-workers``; images/s and peak RSS."""
+    destination = ctx.args.data / "convert-bench.lmdb"
+    report, peaks = run_sampled([sys.executable, "-c", CONVERT_SCRIPT, str(ctx.folder), str(destination),
+                                 str(ctx.args.convert_workers)])
     return {"value": report["records"] / report["seconds"], "source_mb": report["bytes"] / MB,
             "writer_anon_growth_mb": peaks["writer_peak_anon_mb"] - report["anon_before"], **peaks}
 

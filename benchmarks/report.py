@@ -35,6 +35,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("fused_decode.json", "fused_decode"),
     ("legacy_repack.json", "legacy_repack"),
     ("legacy_repack_cold.json", "legacy_repack"),
+    ("conversion_memory.json", "conversion_memory"),
 ]
 """The sections after the main report, in order: (JSON file name, module of benchmarks/ whose
 ``markdown(results: dict) -> str`` renders it). A new stand-alone benchmark adds one entry."""

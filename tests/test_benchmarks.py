@@ -115,7 +115,8 @@ def test_sections_are_skipped_when_absent_and_follow_the_registry_order(bench_mo
 @pytest.mark.parametrize("name,module", [
     ("order_quality.json", "order_quality"), ("order_quality_corpus.json", "order_quality"),
     ("train_ab.json", "train_ab"), ("fused_decode.json", "fused_decode"),
-    ("legacy_repack.json", "legacy_repack"), ("legacy_repack_cold.json", "legacy_repack")])
+    ("legacy_repack.json", "legacy_repack"), ("legacy_repack_cold.json", "legacy_repack"),
+    ("conversion_memory.json", "conversion_memory")])
 def test_each_section_renders_its_committed_json_and_only_its_numbers(bench_modules, name, module):
     import importlib
 
@@ -154,6 +155,22 @@ def test_section_verdicts_follow_the_numbers(bench_modules):
     quality = json.loads((BENCHMARKS / "order_quality.json").read_text())
     text = order_quality.markdown(quality)
     assert "missed: distinct_classes 0.47x (target >= 0.9x)" in text and "| chunk sampler |" in text
+
+
+def test_conversion_memory_verdicts_follow_the_numbers(bench_modules):
+    import conversion_memory
+
+    results = json.loads((BENCHMARKS / "conversion_memory.json").read_text())
+    text = conversion_memory.markdown(results)
+    assert "- `bounded`: independent of the dataset size: " in text
+    assert "- `unbounded-imap`: grows with the dataset size: " in text
+    large = max((row for row in results["rows"] if row["feeder"] == "bounded"), key=lambda row: row["images"])
+    large["peak_tasks_ahead"] += 1  # in-flight work that depends on the size
+    assert "- `bounded`: grows with the dataset size: " in conversion_memory.markdown(results)
+    large["peak_tasks_ahead"] -= 1
+    small = min((row for row in results["rows"] if row["feeder"] == "bounded"), key=lambda row: row["images"])
+    large["parent_peak_anon_mb"] = small["parent_peak_anon_mb"] + 0.06 * (large["source_mb"] - small["source_mb"])
+    assert "- `bounded`: grows with the dataset size: " in conversion_memory.markdown(results)  # 6% > 5%
 
 
 def test_a_stand_alone_run_records_its_provenance_and_re_renders_only_beside_a_main_run(bench_modules, tmp_path,
