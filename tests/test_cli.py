@@ -165,7 +165,7 @@ def test_a_damaged_lmdb_file_gives_one_line(tmp_path, capsys, content):
     for command in ("info", "verify"):
         assert main([command, str(tmp_path / "bad.lmdb")]) == 2
         err = capsys.readouterr().err
-        assert len(err.strip().splitlines()) == 1 and "not a readable LMDB database" in err and "bad.lmdb" in err
+        assert len(err.strip().splitlines()) == 1 and "not a readable LMDB" in err and "bad.lmdb" in err
 
 
 @pytest.mark.parametrize("dst", ["file", "file as parent"])
