@@ -1,10 +1,10 @@
-"""Reading record values in the current process: by index (random access) or by cursor scan.
+"""Reading record values in the current process, by record index (one ``pread`` each, or LMDB's map).
 
 A :class:`RecordReader` belongs to one process. Datasets create it lazily on their first
 read and drop it when pickled, and it re-creates itself after a fork, so every DataLoader
 worker reads through its own file handles whatever the start method.
 
-Before each batch (and each cursor scan) the reader checks, with one ``stat`` of the data
+Before each batch the reader checks, with one ``stat`` of the data
 file, that the file is still the one its metadata came from: a dataset re-converted into the
 same path (or written to) raises :class:`DatasetChangedError` in both access modes, and the
 reader lets go of the old file so its disk space is released.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import lmdb
@@ -35,8 +35,6 @@ from .environment import (
 from .errors import CorruptRecordError, RecordReadError
 
 Access = Literal["pread", "mmap"]
-PREFETCH_RECORDS = 64
-"""Records a cursor scan keeps requested ahead of itself (~7 MB of ImageNet JPEGs)."""
 ACCESS_MODES = ("pread", "mmap")
 
 
@@ -51,7 +49,7 @@ class RecordReader:
             ``"mmap"`` reads through LMDB's memory map (no system call, but every 4 KB page
             of a value not in the page cache faults in synchronously). Datasets without the
             offset table always use ``"mmap"``.
-        readahead: OS readahead on LMDB's memory map; on for cursor scans (sequential),
+        readahead: OS readahead on LMDB's memory map; on for sequential readers,
             off for random access.
     """
 
@@ -63,8 +61,6 @@ class RecordReader:
         self._fd: int | None = None
         self._env: lmdb.Environment | None = None
         self._records_db = None
-        self.cursor_positionings = 0
-        """How many times a cursor was positioned by :meth:`scan` (sequential reads position once per run)."""
 
     @property
     def stale(self) -> bool:
@@ -160,44 +156,6 @@ class RecordReader:
             raise _corrupt(self.meta, index, f"reading its {length} bytes at offset {offset} returned "
                                              f"{len(value)}: the data file is shorter than its offset table "
                                              "says (truncated?)", RecordReadError)
-        return value
-
-    def scan(self, runs: Iterable[tuple[int, int]]) -> Iterator[tuple[int, memoryview]]:
-        """Yield ``(index, value)`` for each half-open run ``[start, stop)`` with an LMDB cursor.
-
-        The cursor is positioned once per run and then walks forward, so a run is read as a
-        sequential stream. The next :data:`PREFETCH_RECORDS` records ahead of the cursor are
-        kept requested from the kernel, so the stream is read ahead whatever readahead setting
-        the process's LMDB environment was opened with. A value stays valid until the next one
-        is requested.
-        """
-        self._check_unchanged()
-        with self._transaction() as txn:
-            _, records_db = self._environment()
-            cursor = txn.cursor(db=records_db)
-            for start, stop in runs:
-                if start >= stop:
-                    continue
-                self.cursor_positionings += 1
-                prefetched = start
-                for index in range(start, stop):
-                    if self.meta.spans is not None and prefetched < min(stop, index + PREFETCH_RECORDS):
-                        end = min(stop, index + 2 * PREFETCH_RECORDS)
-                        self._prefetch(self.meta.spans[prefetched:end].tolist())
-                        prefetched = end
-                    yield index, self._step(cursor, index, first=index == start)
-
-    def _step(self, cursor: lmdb.Cursor, index: int, *, first: bool) -> memoryview:
-        """Position ``cursor`` on record ``index`` (``first``) or advance it there; its value."""
-        try:
-            found = cursor.set_key(fmt.encode_key(index)) if first else cursor.next()
-            value = cursor.value()
-        except lmdb.Error as exc:
-            raise _corrupt(self.meta, index, f"LMDB reports its page damaged ({exc})") from None
-        if not found:
-            raise _corrupt(self.meta, index, "the record is missing")
-        if fmt.decode_key(cursor.key()) != index:
-            raise _corrupt(self.meta, index, f"the cursor found record {fmt.decode_key(cursor.key())} in its place")
         return value
 
     def close(self) -> None:

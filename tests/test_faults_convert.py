@@ -68,7 +68,7 @@ def test_convert_cli_prints_file_and_class_names_that_are_not_utf8(tmp_path):
     assert b"bad\\xfe.jpg" in result.stdout and b"wrote 6 records" in result.stdout
     info = subprocess.run([sys.executable, "-m", "lmdb_dataset", "info", dst], capture_output=True,
                           env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
-    assert info.returncode == 0 and b"(caf\xe9, class_000)" in info.stdout, info.stderr  # the name's own bytes
+    assert info.returncode == 0 and b"(caf\\xe9, class_000)" in info.stdout, info.stderr  # undecodable bytes as \\xNN
     ds = LMDBImageDataset(os.fsdecode(dst))
     assert {os.fsencode(ds.source_path(i)) for i in range(len(ds))} >= {b"caf\xe9/\xff.jpg"}
     assert ds.classes == ["caf\udce9", "class_000"]

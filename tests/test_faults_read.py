@@ -321,15 +321,19 @@ def test_damaged_record_key_is_reported_by_verify_and_the_mmap_reader(converted,
     spans = LMDBImageDataset(path)._meta.spans
     data = bytearray((path / "data.mdb").read_bytes())
     key = fmt.encode_key(5)
-    position = next(p for p in range(len(data)) if data[p:p + 8] == key
-                    and not any(o <= p < o + n for o, n in spans.tolist()))  # in a leaf page, not a record
-    data[position] ^= 0x80  # record 5's key now reads 2**63 + 5
+    # In leaf pages, not in records: every copy, the live leaf page's and those of pages freed by later
+    # transactions (which still hold old bytes), so that the live one is hit whatever the page layout.
+    positions = [p for p in range(len(data)) if data[p:p + 8] == key
+                 and not any(o <= p < o + n for o, n in spans.tolist())]
+    assert positions
+    for position in positions:
+        data[position] ^= 0x80  # record 5's key now reads 2**63 + 5
     (path / "data.mdb").write_bytes(data)
     report = verify_dataset(path, progress=False)
     assert [(r.index, r.reason.split(":")[0]) for r in report.bad] == [
         (2**63 + 5, "unexpected key after record 4"), (5, "record is missing")]
     with pytest.raises(CorruptRecordError, match="record 5 .*the record is missing"):
         LMDBImageDataset(path, access="mmap")[5]
-    with pytest.raises(CorruptRecordError, match=rf"record 5 .*the cursor found record {2**63 + 5} in its place"):
+    with pytest.raises(CorruptRecordError, match="record 5 .*the record is missing"):
         list(LMDBIterableDataset(path, shuffle=False))
     assert LMDBImageDataset(path, output="numpy")[5][1] == LMDBImageDataset(converted())[5][1]  # pread: no B-tree
