@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, train_transform
@@ -58,7 +59,7 @@ def make_loader(name: str, pipeline: str, root: Path, *, workers: int, batch_siz
     generator = torch.Generator().manual_seed(seed)
     common = {"batch_size": batch_size, "num_workers": workers, "persistent_workers": False}
     if name == "imagefolder":
-        dataset = ImageFolder(os.fspath(root / "train"), loader=file_length if raw else None,
+        dataset = ImageFolder(os.fspath(root / "train"), loader=file_length if raw else default_loader,
                               transform=None if raw else imagefolder_train_transform())
         return DataLoader(dataset, sampler=RandomSampler(dataset, generator=generator), **common)
     lmdb_path = root / "train.lmdb"
