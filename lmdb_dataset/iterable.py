@@ -10,6 +10,7 @@ import numpy as np
 from torch.utils.data import IterableDataset
 
 from .dataset import LMDBDatasetBase
+from .memory import release_free_heap
 from .decoding import Output
 from .ordering import (
     buffer_shuffle,
@@ -145,6 +146,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         world = current_world(self.num_replicas, self.rank)
         reads, emit = self.worker_plan(world)
+        release_free_heap()  # the plan's N-sized temporaries, kept by malloc otherwise
         if len(emit) == 0:
             return
         first = int(emit.min())
