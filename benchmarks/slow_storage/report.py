@@ -158,9 +158,10 @@ def section(results: dict[str, Any], scale: dict[str, Any] | None, notes: str) -
         "### Device models, validated through the mount", "", table(results["validation"]), "",
         "### Targets", "", f"{len(rows) - 2 - failed} of {len(rows) - 2} checks pass.", "", *rows, "",
     ]
-    for model in ("hdd", "nfs"):
+    for model, title in (("hdd", "hdd"), ("nfs", "nfs"),
+                         ("local", "local: the source directory itself, every file in the page cache (no device model)")):
         if any(run["model"] == model for run in runs):
-            parts += [f"### {model}", "", run_table(runs, model), ""]
+            parts += [f"### {title}", "", run_table(runs, model), ""]
     parts += ["![slow storage](slow_storage/results.png)", ""]
     if scale is not None:
         parts += ["### Scale: a synthetic ImageNet-sized dataset (8x8 JPEGs)", "", scale_table(scale), ""]
