@@ -35,7 +35,7 @@ RESULTS = HERE / "results.json"
 def served(source: Path, model: str, *, rtt_ms: float) -> Iterator[Path]:
     """``source`` through ``model`` on a cold mount, or (``local``) itself with every file read once, warm."""
     if model != "local":
-        with served(source, model, rtt_ms=rtt_ms) as root:
+        with mounted(source, model, rtt_ms=rtt_ms) as root:
             yield root
         return
     for path, size in layout(os.fspath(source)):
