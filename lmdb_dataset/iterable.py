@@ -12,6 +12,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .dataset import LMDBDatasetBase
 from .decoding import Output
+from .memory import release_free_heap
 from .mixing import check_class_locality
 from .ordering import RankOrder, check_seed, consumed_per_worker, rank_length, rank_order, worker_positions
 from .progress import EpochProgress, EpochResumable, check_identity
@@ -201,6 +202,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         regrouped = bool(self._resume is None and self._progress.skip_for(world.worker) and saved_workers
                          and saved_workers != world.num_workers)
         records, pools, runs = self._regrouped_plan(world, saved_workers) if regrouped else self.worker_plan(world)
+        release_free_heap()  # the plan's N-sized temporaries, kept by malloc otherwise
         if not regrouped:
             stream, start = self._stream_of(rank_length(len(self.targets), world.num_replicas, self.drop_last),
                                             world)

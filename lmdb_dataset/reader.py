@@ -36,6 +36,13 @@ from .errors import CorruptRecordError, RecordReadError
 
 Access = Literal["pread", "mmap"]
 ACCESS_MODES = ("pread", "mmap")
+PREFETCH_GAP = 1 << 20
+"""Record spans closer than this many bytes are requested from the kernel as one range: on a
+spinning disk reading 1 MB more costs less than the seek it saves (~8 ms is ~1.2 MB at 150 MB/s),
+and DataLoader workers reading records of the same chunk then request it once, sequentially."""
+PREFETCH_PIECE = 128 << 10
+"""Bytes per ``posix_fadvise(WILLNEED)`` call: Linux reads at most the device's readahead size
+(128 KB by default) per call and silently ignores the rest of a longer range."""
 
 
 class RecordReader:
@@ -113,11 +120,13 @@ class RecordReader:
         ``posix_fadvise(WILLNEED)`` queues the reads and returns: cold reads of a batch then
         overlap with the decoding of its earlier records, and a memory map opened without
         readahead finds its pages cached instead of faulting them in one 4 KB page at a time.
-        About 5 us a call when the pages are already cached.
+        About 5 us a call when the pages are already cached. Spans less than
+        :data:`PREFETCH_GAP` apart are requested as one range, in :data:`PREFETCH_PIECE` calls.
         """
         fd = self._data_fd()
-        for offset, length in spans:
-            os.posix_fadvise(fd, int(offset), int(length), os.POSIX_FADV_WILLNEED)
+        for offset, length in coalesce(spans, gap=PREFETCH_GAP):
+            for piece in range(offset, offset + length, PREFETCH_PIECE):
+                os.posix_fadvise(fd, piece, min(PREFETCH_PIECE, offset + length - piece), os.POSIX_FADV_WILLNEED)
 
     def values(self, indices: Sequence[int]) -> Iterator[tuple[int, bytes | memoryview]]:
         """Yield ``(index, value)`` for ``indices``, in the order given (pass them sorted to read forward).
@@ -170,6 +179,18 @@ class RecordReader:
 
     def __del__(self) -> None:
         self.close()
+
+
+def coalesce(spans: Sequence[Sequence[int]], *, gap: int) -> list[tuple[int, int]]:
+    """Merge ``(offset, length)`` byte spans into sorted ranges, joining spans less than ``gap`` bytes apart."""
+    ranges: list[tuple[int, int]] = []
+    for offset, length in sorted((int(offset), int(length)) for offset, length in spans):
+        if ranges and offset - (ranges[-1][0] + ranges[-1][1]) < gap:
+            start = ranges[-1][0]
+            ranges[-1] = (start, max(ranges[-1][1], offset + length - start))
+        else:
+            ranges.append((offset, length))
+    return ranges
 
 
 def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview | None, *, verify: bool = True,

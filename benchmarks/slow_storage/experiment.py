@@ -1,0 +1,131 @@
+"""The seeds' experiment through the device models: ImageFolder against LMDB, cold, side by side.
+
+    python -m benchmarks.slow_storage.experiment /tmp/slow/corpus --workers 4 8 16
+
+SOURCE holds ``train/`` (an ImageFolder, e.g. from ``benchmarks/make_corpus.py``) and
+``train.lmdb`` (its conversion). Every case runs on a fresh cold mount (see ``mount.py``):
+it opens the dataset, starts a DataLoader and reads ``--samples`` samples. The model
+``local`` reads SOURCE itself with every file in the page cache: the machine's ceiling
+without storage. Results go to ``benchmarks/slow_storage/results.json`` (runs already there
+for other cases are kept); ``report.py`` turns them into tables and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+from .loaders import LOADERS, PIPELINES, make_loader
+from .mount import mounted
+from .passthrough import layout
+from .validate import validate
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+
+
+@contextlib.contextmanager
+def served(source: Path, model: str, *, rtt_ms: float) -> Iterator[Path]:
+    """``source`` through ``model`` on a cold mount, or (``local``) itself with every file read once, warm."""
+    if model != "local":
+        with mounted(source, model, rtt_ms=rtt_ms) as root:
+            yield root
+        return
+    for path, size in layout(os.fspath(source)):
+        if size:
+            with open(os.path.join(source, path.lstrip("/")), "rb") as file:
+                while file.read(1 << 20):
+                    pass
+    yield source
+
+
+def run_case(source: Path, model: str, loader: str, pipeline: str, *, workers: int, batch_size: int,
+             samples: int, rtt_ms: float) -> dict[str, Any]:
+    """One run: serve (see :func:`served`), open, read ``samples`` samples, unmount.
+
+    Returns:
+        ``open_s`` (constructing the dataset and loader), ``first_batch_s`` (from before the
+        open to the first batch), ``samples_per_s`` and ``mb_per_s`` after the first batch
+        (``mb_per_s`` counts stored bytes; raw pipeline only), ``load_1min`` before the run.
+    """
+    load = os.getloadavg()[0]
+    with served(source, model, rtt_ms=rtt_ms) as root:
+        started = time.perf_counter()
+        data = make_loader(loader, pipeline, root, workers=workers, batch_size=batch_size)
+        opened = time.perf_counter()
+        count = stored = first_count = first_stored = 0
+        first = None
+        iterator = iter(data)
+        for images, _ in iterator:
+            count += len(images)
+            if pipeline == "raw":
+                stored += int(images.sum())
+            if first is None:
+                first, first_count, first_stored = time.perf_counter(), count, stored
+            if count >= samples:
+                break
+        finished = time.perf_counter()
+        del iterator, data  # stop the workers before unmounting
+    steady = max(finished - first, 1e-9)
+    return {"model": model, "loader": loader, "pipeline": pipeline, "workers": workers, "batch_size": batch_size,
+            "samples": count, "open_s": opened - started, "first_batch_s": first - started,
+            "samples_per_s": (count - first_count) / steady,
+            "mb_per_s": (stored - first_stored) / 1e6 / steady if pipeline == "raw" else None,
+            "load_1min": load}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", type=Path, help="directory holding train/ and train.lmdb")
+    parser.add_argument("--models", nargs="+", choices=("hdd", "nfs", "local"), default=["hdd", "nfs"])
+    parser.add_argument("--loaders", nargs="+", choices=LOADERS, default=list(LOADERS))
+    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument("--workers", nargs="+", type=int, default=[4, 8, 16], help="DataLoader worker counts")
+    parser.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=1024, help="samples read per case (default: %(default)s)")
+    parser.add_argument("--rtt-ms", type=float, default=0.5, help="nfs round trip in ms (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Validate each model, run every case once, write (or add to) the results file."""
+    args = parse_args(argv)
+    results: dict[str, Any] = {
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                    "python": platform.python_version(), "load_1min_start": os.getloadavg()[0]},
+        "settings": {"batch_size": args.batch_size, "samples": args.samples, "rtt_ms": args.rtt_ms},
+        "validation": {}, "runs": []}
+    if args.out.exists():
+        previous = json.loads(args.out.read_text())
+        if previous["settings"] != results["settings"]:
+            raise ValueError(f"{args.out} holds runs with settings {previous['settings']}, not "
+                             f"{results['settings']}: pass another --out")
+        results = previous
+        results["runs"] = [run for run in results["runs"] if run["model"] not in args.models]
+    for model in args.models:
+        if model != "local":
+            results["validation"][model] = validate(args.source, "train.lmdb/data.mdb", model, rtt_ms=args.rtt_ms)
+            print(model, {k: round(v, 1) for k, v in results["validation"][model].items()}, flush=True)
+        for workers in args.workers:
+            for pipeline in args.pipelines:
+                for loader in args.loaders:
+                    run = run_case(args.source, model, loader, pipeline, workers=workers,
+                                   batch_size=args.batch_size, samples=args.samples, rtt_ms=args.rtt_ms)
+                    results["runs"].append(run)
+                    print({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}, flush=True)
+                    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    results["machine"]["load_1min_end"] = os.getloadavg()[0]
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

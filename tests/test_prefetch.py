@@ -1,0 +1,55 @@
+"""Prefetch requests: record spans coalesced into ranges, asked for in pieces the kernel honours."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lmdb_dataset import LMDBImageDataset
+from lmdb_dataset.reader import PREFETCH_GAP, PREFETCH_PIECE, coalesce
+from support import PROPERTY
+
+spans = st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 10**6)), max_size=40)
+
+
+@PROPERTY
+@given(spans, st.integers(0, 2 * 10**6))
+def test_coalesce_covers_every_span_with_sorted_ranges_at_least_gap_apart(spans, gap):
+    ranges = coalesce(spans, gap=gap)
+    for offset, length in spans:
+        assert any(start <= offset and offset + length <= start + size for start, size in ranges)
+    for (start, size), (following, _) in zip(ranges, ranges[1:]):
+        assert following - (start + size) >= gap
+    covered = sum(size for _, size in ranges)
+    assert covered <= sum(length for _, length in spans) + gap * max(len(spans) - 1, 0)
+
+
+def test_coalesce_keeps_distant_spans_apart_and_joins_near_ones():
+    assert coalesce([(5000, 10), (0, 100)], gap=1000) == [(0, 100), (5000, 10)]
+    assert coalesce([(0, 100), (600, 50), (2000, 10)], gap=1000) == [(0, 650), (2000, 10)]
+    assert coalesce([(0, 100), (10, 20)], gap=0) == [(0, 100)]
+
+
+def test_a_batch_is_prefetched_in_pieces_covering_its_records(converted, monkeypatch):
+    dataset = LMDBImageDataset(converted(num_images=24))
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_WILLNEED:
+            calls.append((offset, length))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    indices = [0, 5, 6, 23]
+    values = dict(dataset.reader.values(indices))
+    assert sorted(values) == indices
+    assert calls and all(0 < length <= PREFETCH_PIECE for _, length in calls)
+    spans = dataset._meta.spans[indices].tolist()
+    for offset, length in spans:  # every byte of every record was asked for
+        for byte in range(offset, offset + length, 4096):
+            assert any(start <= byte < start + size for start, size in calls)
+    ranges = coalesce(spans, gap=PREFETCH_GAP)
+    assert sum(length for _, length in calls) == sum(size for _, size in ranges)
