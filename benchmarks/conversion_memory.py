@@ -46,7 +46,7 @@ from pathlib import Path
 
 from lmdb_dataset import convert as convert_module
 from lmdb_dataset import make_photo_folder
-from lmdb_dataset.convert import BATCHES_PER_WORKER, TASKS_PER_BATCH
+from lmdb_dataset.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
 from lmdb_dataset.writer import LMDBWriter
 
 import report

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import dataclasses
 import hashlib
-import itertools
-import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +17,7 @@ from tqdm import tqdm
 from .environment import load_metadata
 from .errors import LMDBDatasetError, SourceImageError
 from .format import DatasetInfo
+from .parallel import ordered_map
 from .writer import LMDBWriter, build_record
 
 
@@ -60,10 +59,6 @@ def image_folder_samples(root: str | os.PathLike) -> tuple[list[str], list[tuple
 ORDERS = ("shuffled", "folder")
 """Physical record orders ``convert_image_folder(order=...)`` writes."""
 
-TASKS_PER_BATCH = 16
-"""Source files a worker process reads and checks per task."""
-BATCHES_PER_WORKER = 2
-"""Tasks submitted ahead of the writer per worker: bounds the records held in memory."""
 
 
 def write_plan(paths: Sequence[str], *, order: str, seed: int) -> np.ndarray:
@@ -105,31 +100,14 @@ def _build(task: tuple[str, int, str]) -> tuple[bytes | None, int, str]:
         return None, 0, str(exc)
 
 
-def _build_batch(tasks: list[tuple[str, int, str]]) -> list[tuple[bytes | None, int, str]]:
-    """Worker: :func:`_build` for a batch of tasks."""
-    return [_build(task) for task in tasks]
-
-
 def build_records(tasks: Iterable[tuple[str, int, str]], workers: int) -> Iterator[tuple[bytes | None, int, str]]:
     """Build records in ``workers`` processes (0: in this process), yielding in task order.
 
-    At most ``workers * BATCHES_PER_WORKER`` batches of :data:`TASKS_PER_BATCH` tasks are
-    submitted ahead of the consumer: a slow writer holds back the readers instead of
-    letting built records pile up in memory, whatever the dataset size.
+    Source files are read only a bounded window ahead of the writer (:func:`parallel.ordered_map`):
+    a slow writer holds back the readers instead of letting built records pile up in memory,
+    whatever the dataset size.
     """
-    if workers == 0:
-        yield from map(_build, tasks)
-        return
-    window = workers * BATCHES_PER_WORKER
-    batches = iter(lambda it=iter(tasks): list(itertools.islice(it, TASKS_PER_BATCH)), [])
-    with multiprocessing.get_context().Pool(workers) as pool:
-        in_flight: collections.deque = collections.deque()
-        for batch in batches:
-            if len(in_flight) == window:
-                yield from in_flight.popleft().get()
-            in_flight.append(pool.apply_async(_build_batch, (batch,)))
-        while in_flight:
-            yield from in_flight.popleft().get()
+    return ordered_map(_build, tasks, workers)
 
 
 def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, storage: str = "encoded",
@@ -204,8 +182,9 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
         tasks = ((samples[i][0], samples[i][1], storage) for i in plan[first:])
         bytes_read = 0
         with tqdm(total=len(samples), initial=first, unit="img", disable=not progress,
-                  desc=f"convert {src.name}", dynamic_ncols=True) as bar:
-            for position, (record, size, error) in enumerate(build_records(tasks, workers), start=first):
+                  desc=f"convert {src.name}", dynamic_ncols=True) as bar, \
+                contextlib.closing(build_records(tasks, workers)) as built:  # a stop ends the worker pool now
+            for position, (record, size, error) in enumerate(built, start=first):
                 source = int(plan[position])
                 if record is None and not skip_bad:
                     raise SourceImageError(

@@ -28,7 +28,8 @@ from lmdb_dataset import (
     writer,
 )
 from lmdb_dataset import format as fmt
-from lmdb_dataset.convert import BATCHES_PER_WORKER, TASKS_PER_BATCH, build_records, write_plan
+from lmdb_dataset.convert import build_records, write_plan
+from lmdb_dataset.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
 from lmdb_dataset.environment import begin_read, environments, open_databases
 from lmdb_dataset.inspection import summarize
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
-import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from ..convert import ConversionReport
 from ..errors import LMDBDatasetError, SourceImageError
+from ..parallel import ordered_map
 from ..writer import LMDBWriter, build_record
 from .base import Image, SourceRecord, read_classes_file
 from .detect import open_source
@@ -36,31 +38,21 @@ def _build(task: tuple[Image | None, int, str]) -> tuple[bytes | None, str]:
         return None, str(exc)
 
 
-def _batches(records: Iterator[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
-    while batch := list(itertools.islice(records, size)):
-        yield batch
-
-
 def _built(records: Iterator[SourceRecord], storage: str, workers: int) -> Iterator[tuple[SourceRecord, bytes | None, str]]:
     """(source record, built record or None, error) in source order; checks run in ``workers`` processes.
 
-    Records go to the workers in batches, one batch checked while the previous one is
-    written, so memory stays bounded however large the source is.
+    Source records are read only a bounded window ahead of the writer
+    (:func:`parallel.ordered_map`), so memory stays bounded however large the source is.
     """
-    def tasks(batch: list[SourceRecord]) -> list[tuple[Image | None, int, str]]:
-        return [(r.image, r.label, storage) for r in batch]
+    in_flight: collections.deque[SourceRecord] = collections.deque()
 
-    if workers == 0:
-        for batch in _batches(records, 64):
-            yield from ((r, *_build(task)) for r, task in zip(batch, tasks(batch)))
-        return
-    with multiprocessing.get_context().Pool(workers) as pool:
-        pending = None
-        for batch in itertools.chain(_batches(records, 64 * workers), [None]):
-            submitted = batch and (batch, pool.map_async(_build, tasks(batch), chunksize=16))
-            if pending:
-                yield from ((r, *result) for r, result in zip(pending[0], pending[1].get()))
-            pending = submitted
+    def tasks() -> Iterator[tuple[Image | None, int, str]]:
+        for record in records:
+            in_flight.append(record)
+            yield record.image, record.label, storage
+
+    for built, error in ordered_map(_build, tasks(), workers):
+        yield in_flight.popleft(), built, error
 
 
 def _first_storage(records: Iterator[SourceRecord]) -> tuple[str, Iterator[SourceRecord]]:
@@ -139,7 +131,8 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     count = source.count()
     state = {"source": str(source.path), "source_kind": source.kind, "source_count": count,
              "source_files": source_fingerprint(source.path), "next_source": 0, "max_label": -1}
-    detected, records = _first_storage(source.records())
+    source_records = source.records()
+    detected, records = _first_storage(source_records)
     storage = storage or detected
     with LMDBWriter(dst, storage=storage, classes=names, source=f"{source.kind}:{source.path}",
                     resume=resume, overwrite=overwrite) as writer:
@@ -147,15 +140,17 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
             _check_resumable(writer, state)
             state.update(next_source=writer.info.conversion["next_source"],
                          max_label=writer.info.conversion["max_label"])
-            records = source.records(state["next_source"])
+            source_records.close()  # the storage peek; the source may be opened once at a time
+            source_records = records = source.records(state["next_source"])
         else:
             writer.set_conversion_state(state)
             writer.commit()
         first = state["next_source"]
         bytes_read = 0
         with tqdm(total=count, initial=first, unit="img", disable=not progress,
-                  desc=f"convert {source.path.name}", dynamic_ncols=True) as bar:
-            for position, (record, built, error) in enumerate(_built(records, storage, workers), start=first):
+                  desc=f"convert {source.path.name}", dynamic_ncols=True) as bar, \
+                contextlib.closing(source_records), contextlib.closing(_built(records, storage, workers)) as built:
+            for position, (record, built_record, error) in enumerate(built, start=first):
                 error = record.error or (f"record {record.name!r}: {error}" if error else "")
                 if not error and record.label < 0:
                     error = f"record {record.name!r}: label {record.label} is negative"
@@ -171,7 +166,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                 if error:
                     writer.skip(record.name, error)
                 else:
-                    writer.add_record(built, record.label, path=record.name)
+                    writer.add_record(built_record, record.label, path=record.name)
                 bytes_read += record.size
                 bar.update()
                 if position % 16 == 0:
