@@ -151,7 +151,7 @@ def experiment_section(results: dict[str, Any]) -> str:
     failed = sum(row.endswith("FAIL |") for row in rows[2:])
     parts = [
         "## Slow storage (FUSE device models)", "",
-        f"Command: `{command}`" if "command" in results else "Command: not recorded in the JSON.", "",
+        f"Command: `{results['command']}`" if "command" in results else "Command: not recorded in the JSON.", "",
         *([f"Date: {results['date']}", ""] if "date" in results else []),
         f"Machine: {machine['cpus']} cores, {machine['platform']}, python {machine['python']}; "
         f"1-minute load average {machine['load_1min_start']:.1f} at the start and "
