@@ -36,9 +36,12 @@ SECTIONS: list[tuple[str, str]] = [
     ("legacy_repack.json", "legacy_repack"),
     ("legacy_repack_cold.json", "legacy_repack"),
     ("conversion_memory.json", "conversion_memory"),
+    ("slow_storage/results.json", "slow_storage.report"),
+    ("slow_storage/scale.json", "slow_storage.report"),
 ]
-"""The sections after the main report, in order: (JSON file name, module of benchmarks/ whose
-``markdown(results: dict) -> str`` renders it). A new stand-alone benchmark adds one entry."""
+"""The sections after the main report, in order: (JSON path relative to the folder, module of
+benchmarks/ whose ``markdown(results: dict) -> str`` renders it). A new stand-alone benchmark adds
+one entry."""
 
 
 def machine(cores: int) -> dict[str, Any]:

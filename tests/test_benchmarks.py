@@ -96,8 +96,10 @@ def test_committed_results_md_is_the_assembled_render_of_every_committed_json(be
     assert text.startswith(report.markdown(run))
     present = [name for name, _ in report.SECTIONS if (BENCHMARKS / name).exists()]
     assert len(report.sections(BENCHMARKS)) == len(present) >= 6
-    # Every JSON of benchmarks/ is the main run's or a registered section's: none is left out of RESULTS.md.
-    assert {p.name for p in BENCHMARKS.glob("*.json")} == {"results.json", *present}
+    # Every JSON of benchmarks/ and its sub-folders is the main run's or a registered section's: none is left
+    # out of RESULTS.md (benchmarks/data/ is the ignored scratch folder).
+    committed = [*BENCHMARKS.glob("*.json"), *(p for p in BENCHMARKS.glob("*/*.json") if p.parent.name != "data")]
+    assert {p.relative_to(BENCHMARKS).as_posix() for p in committed} == {"results.json", *present}
 
 
 def test_sections_are_skipped_when_absent_and_follow_the_registry_order(bench_modules, tmp_path):
@@ -116,7 +118,8 @@ def test_sections_are_skipped_when_absent_and_follow_the_registry_order(bench_mo
     ("order_quality.json", "order_quality"), ("order_quality_corpus.json", "order_quality"),
     ("train_ab.json", "train_ab"), ("fused_decode.json", "fused_decode"),
     ("legacy_repack.json", "legacy_repack"), ("legacy_repack_cold.json", "legacy_repack"),
-    ("conversion_memory.json", "conversion_memory")])
+    ("conversion_memory.json", "conversion_memory"), ("slow_storage/results.json", "slow_storage.report"),
+    ("slow_storage/scale.json", "slow_storage.report")])
 def test_each_section_renders_its_committed_json_and_only_its_numbers(bench_modules, name, module):
     import importlib
 
@@ -197,8 +200,9 @@ def test_a_stand_alone_run_records_its_provenance_and_re_renders_only_beside_a_m
 
 
 
-def test_hand_written_notes_are_dated_and_name_their_command():
-    notes = (BENCHMARKS / "NOTES.md").read_text()
+@pytest.mark.parametrize("name", ["NOTES.md", "slow_storage/NOTES.md"])
+def test_hand_written_notes_are_dated_and_name_their_command(name):
+    notes = (BENCHMARKS / name).read_text()
     sections = [s for s in notes.split("\n## ")[1:]]
     assert sections
     for section in sections:

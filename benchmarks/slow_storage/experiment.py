@@ -7,16 +7,19 @@ SOURCE holds ``train/`` (an ImageFolder, e.g. from ``benchmarks/make_corpus.py``
 it opens the dataset, starts a DataLoader and reads ``--samples`` samples. The model
 ``local`` reads SOURCE itself with every file in the page cache: the machine's ceiling
 without storage. Results go to ``benchmarks/slow_storage/results.json`` (runs already there
-for other cases are kept); ``report.py`` turns them into tables and a plot.
+for other models are kept) with their plot ``results.png``; ``report.py`` renders them as a
+section of ``benchmarks/RESULTS.md`` (``python benchmarks/report.py benchmarks/results.json --out benchmarks``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from typing import Any
 from .loaders import LOADERS, PIPELINES, make_loader
 from .mount import mounted
 from .passthrough import layout
+from .report import plot
 from .validate import validate
 
 HERE = Path(__file__).resolve().parent
@@ -124,7 +128,10 @@ def main(argv: list[str] | None = None) -> None:
                     print({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}, flush=True)
                     args.out.write_text(json.dumps(results, indent=1) + "\n")
     results["machine"]["load_1min_end"] = os.getloadavg()[0]
+    results["command"] = " ".join(["python -m benchmarks.slow_storage.experiment", *(argv or sys.argv[1:])])
+    results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     args.out.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results["runs"], args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableData
 
 LOADERS = ("imagefolder", "lmdb-random", "lmdb-chunk", "lmdb-iterable")
 PIPELINES = ("raw", "train")
-CHUNK_SIZE = 256
 
 
 def file_length(path: str) -> int:
@@ -65,10 +64,10 @@ def make_loader(name: str, pipeline: str, root: Path, *, workers: int, batch_siz
     lmdb_path = root / "train.lmdb"
     if name == "lmdb-iterable":
         if raw:
-            dataset = RawStream(lmdb_path, chunk_size=CHUNK_SIZE, batch_size=batch_size, seed=seed)
+            dataset = RawStream(lmdb_path, batch_size=batch_size, seed=seed)
         else:
             dataset = LMDBIterableDataset(lmdb_path, transform=train_transform(), output="tensor",
-                                          chunk_size=CHUNK_SIZE, batch_size=batch_size, seed=seed)
+                                          batch_size=batch_size, seed=seed)
         return DataLoader(dataset, **common)
     if raw:
         dataset = RawRecords(lmdb_path)
@@ -77,7 +76,7 @@ def make_loader(name: str, pipeline: str, root: Path, *, workers: int, batch_siz
     if name == "lmdb-random":
         sampler = RandomSampler(dataset, generator=generator)
     elif name == "lmdb-chunk":
-        sampler = ChunkShuffleSampler(dataset, chunk_size=CHUNK_SIZE, seed=seed)
+        sampler = ChunkShuffleSampler(dataset, seed=seed)
     else:
         raise ValueError(f"loader={name!r} is not supported; use one of {', '.join(LOADERS)}")
     return DataLoader(dataset, sampler=sampler, **common)

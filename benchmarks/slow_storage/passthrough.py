@@ -5,11 +5,14 @@ Run it in the foreground (``mount.py`` does this for the benchmarks)::
     python -m benchmarks.slow_storage.passthrough SOURCE MOUNTPOINT --model hdd
 
 Every read, and the metadata work the model charges for, sleeps until the model says the
-request completes (see ``models.py``). The kernel's page cache of the mounted view stays
-honest: files are opened without ``keep_cache`` and the mount has no ``kernel_cache``, so a
-fresh mount starts with nothing cached, while memory maps (LMDB's) work as on any
-filesystem. Directory entries and attributes are cached by the kernel for the life of the
-mount, as a local filesystem's inode cache would.
+request completes (see ``models.py``). The kernel's page cache of the mounted view behaves
+as a disk's or an NFS client's: a fresh mount starts with nothing cached, and the mount has
+``kernel_cache``, so what was read stays cached when another process opens the file (without
+it FUSE drops a file's cached pages on every open, and a DataLoader worker opening the dataset
+would throw away what the main process had prefetched; the served files are read-only and never
+change during a mount). Memory maps (LMDB's) work as on any filesystem. Directory entries and
+attributes are cached by the kernel for the life of the mount, as a local filesystem's inode
+cache would.
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     print(model.describe(), flush=True)
     mfusepy.FUSE(ModelledPassthrough(source, model, trace=args.trace), args.mountpoint, foreground=True, ro=True,
                  fsname=f"slow-{args.model}", entry_timeout=ATTRIBUTE_SECONDS, attr_timeout=ATTRIBUTE_SECONDS,
-                 negative_timeout=ATTRIBUTE_SECONDS, max_threads=args.threads, max_idle_threads=args.threads)
+                 negative_timeout=ATTRIBUTE_SECONDS, max_threads=args.threads, max_idle_threads=args.threads,
+                 kernel_cache=True)
 
 
 if __name__ == "__main__":

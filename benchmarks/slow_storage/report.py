@@ -1,34 +1,19 @@
-"""Turn the slow-storage results into the "Slow storage" section of ``benchmarks/RESULTS.md`` and a plot.
+"""The "Slow storage" sections of ``benchmarks/RESULTS.md`` and the experiment's plot.
 
-    python -m benchmarks.slow_storage.report --scale /tmp/slow/scale/scale.json
-
-Reads ``results.json`` (from ``experiment.py``) and optionally a ``scale.json`` (from
-``scale.py``), copies the latter next to this file, writes ``results.png`` here, and replaces
-the text between the section markers in ``benchmarks/RESULTS.md`` (appending the section if
-it is not there); the rest of that file is left as it is. Every sentence is computed from
-the numbers; hand-written explanations belong in ``NOTES.md`` here, which is included as is.
+``markdown(results)`` renders either JSON of this folder: ``results.json`` (from
+``experiment.py``: validation, targets and every case) or ``scale.json`` (from ``scale.py``);
+``benchmarks/report.py`` lists both in its ``SECTIONS``, so
+``python benchmarks/report.py benchmarks/results.json --out benchmarks`` puts them in RESULTS.md.
+``experiment.py`` writes ``results.png`` beside its results with :func:`plot`. Every sentence
+is computed from the numbers; explanations are dated notes in ``NOTES.md`` here.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .validate import table  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-RESULTS_MD = HERE.parent / "RESULTS.md"
-BEGIN = "<!-- slow-storage:begin (written by benchmarks/slow_storage/report.py) -->"
-END = "<!-- slow-storage:end -->"
 LMDB_LOADERS = ("lmdb-random", "lmdb-chunk", "lmdb-iterable")
 
 Run = dict[str, Any]
@@ -60,6 +45,17 @@ def run_table(runs: list[Run], model: str) -> str:
         lines.append(f"| {run['pipeline']} | {run['workers']} | {run['loader']} | {rate:.0f} | {ratio} "
                      f"| {'-' if mb is None else f'{mb:.1f}'} | {run['first_batch_s']:.2f} "
                      f"| {run['samples_per_s']:.0f} | {run['load_1min']:.1f} |")
+    return "\n".join(lines)
+
+
+def validation_table(validation: dict[str, dict[str, float]]) -> str:
+    """A markdown table of ``validate.validate`` results per model, next to the nominal numbers."""
+    lines = ["| model | random 4 KB IOPS (1 in flight) | nominal | random 4 KB IOPS (16 in flight) "
+             "| sequential MB/s | nominal | load (1 min) |", "|---|---|---|---|---|---|---|"]
+    for model, r in validation.items():
+        lines.append(f"| {model} | {r['random_4k_iops']:.0f} | {r['nominal_random_4k_iops']:.0f} "
+                     f"| {r['random_4k_iops_16']:.0f} | {r['sequential_mb_s']:.0f} "
+                     f"| {r['nominal_sequential_mb_s']:.0f} | {r['load_1min']:.1f} |")
     return "\n".join(lines)
 
 
@@ -121,6 +117,10 @@ def scale_table(scale: dict[str, Any]) -> str:
 
 def plot(runs: list[Run], path: Path) -> None:
     """Whole-run samples/s against workers: a column per model, a row per pipeline, a line per loader."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     models = [m for m in ("hdd", "nfs", "local") if any(run["model"] == m for run in runs)]
     pipelines = [p for p in ("raw", "train") if any(run["pipeline"] == p for run in runs)]
     figure, axes = plt.subplots(len(pipelines), len(models), figsize=(4.4 * len(models), 3.4 * len(pipelines)),
@@ -140,29 +140,27 @@ def plot(runs: list[Run], path: Path) -> None:
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
-def section(results: dict[str, Any], scale: dict[str, Any] | None, notes: str) -> str:
-    """The markdown of the whole section."""
+def experiment_section(results: dict[str, Any]) -> str:
+    """The seeds' experiment: how it was run, the validated models, the targets, every case."""
     machine, settings = results["machine"], results["settings"]
     runs = results["runs"]
     rows = target_rows(runs, results["validation"])
     failed = sum(row.endswith("FAIL |") for row in rows[2:])
     parts = [
-        BEGIN, "## Slow storage (FUSE device models)", "",
-        "Command: `python -m benchmarks.slow_storage.experiment CORPUS` then "
-        "`python -m benchmarks.slow_storage.report` (see `benchmarks/slow_storage/`).", "",
+        "## Slow storage (FUSE device models)", "",
+        f"Command: `{results['command']}`" if "command" in results else "Command: not recorded in the JSON.", "",
+        *([f"Date: {results['date']}", ""] if "date" in results else []),
         f"Machine: {machine['cpus']} cores, {machine['platform']}, python {machine['python']}; "
         f"1-minute load average {machine['load_1min_start']:.1f} at the start and "
-        f"{machine.get('load_1min_end', float('nan')):.1f} at the end (the machine is shared; "
-        "each row gives the load before its run).", "",
+        f"{machine.get('load_1min_end', float('nan')):.1f} at the end (each row gives the load before its run).", "",
         f"Each case: a fresh cold mount, the dataset opened, a DataLoader (batch {settings['batch_size']}) read "
-        f"until {settings['samples']} samples; samples/s and MB/s cover the whole run from opening the dataset, "
-        "first batch included, and are what the targets use. The rate after the first batch counts samples "
-        "the workers fetched while the first batch was pending (2 batches per worker), so it overstates "
-        "where that is most of the run. nfs round trip: "
-        f"{settings['rtt_ms']} ms.", "",
-        "### Device models, validated through the mount", "", table(results["validation"]), "",
+        f"until {settings['samples']} samples with the readers' default options; samples/s and MB/s cover the "
+        "whole run from opening the dataset, first batch included, and are what the targets use. "
+        f"nfs round trip: {settings['rtt_ms']} ms.", "",
+        "### Device models, validated through the mount", "", validation_table(results["validation"]), "",
         "### Targets", "", f"{len(rows) - 2 - failed} of {len(rows) - 2} checks pass.", "", *rows, "",
     ]
     for model, title in (("hdd", "hdd"), ("nfs", "nfs"),
@@ -170,42 +168,21 @@ def section(results: dict[str, Any], scale: dict[str, Any] | None, notes: str) -
         if any(run["model"] == model for run in runs):
             parts += [f"### {title}", "", run_table(runs, model), ""]
     parts += ["![slow storage](slow_storage/results.png)", ""]
-    if scale is not None:
-        parts += ["### Scale: a synthetic ImageNet-sized dataset (8x8 JPEGs)", "", scale_table(scale), ""]
-    if notes:
-        parts += ["### Notes", "", notes.strip(), ""]
-    parts.append(END)
     return "\n".join(parts)
 
 
-def replace_section(document: str, text: str) -> str:
-    """``document`` with its slow-storage section replaced by ``text`` (appended if absent)."""
-    if BEGIN in document and END in document:
-        head, rest = document.split(BEGIN, 1)
-        return head + text + rest.split(END, 1)[1]
-    return document.rstrip("\n") + "\n\n" + text + "\n"
+def scale_section(scale: dict[str, Any]) -> str:
+    """The 1.28M-record scale bench: how it was run and its numbers against the targets."""
+    lines = ["## Slow storage: a synthetic ImageNet-sized dataset (8x8 JPEGs)", ""]
+    lines += [f"Command: `{scale['command']}`" if "command" in scale else "Command: not recorded in the JSON.", ""]
+    if "date" in scale:
+        lines += [f"Date: {scale['date']}", ""]
+    lines += [f"1-minute load average at the start: {scale['load_1min']:.1f}.", "", scale_table(scale), ""]
+    return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Write the plot and the section."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=HERE / "results.json", help="(default: %(default)s)")
-    parser.add_argument("--scale", type=Path, default=None, help="a scale.json from scale.py to include")
-    args = parser.parse_args(argv)
-    results = json.loads(args.results.read_text())
-    if args.results.resolve() != (HERE / "results.json").resolve():
-        shutil.copyfile(args.results, HERE / "results.json")
-    scale = None
-    if args.scale is not None:
-        if args.scale.resolve() != (HERE / "scale.json").resolve():
-            shutil.copyfile(args.scale, HERE / "scale.json")
-        scale = json.loads(args.scale.read_text())
-    elif (HERE / "scale.json").exists():
-        scale = json.loads((HERE / "scale.json").read_text())
-    notes = (HERE / "NOTES.md").read_text() if (HERE / "NOTES.md").exists() else ""
-    plot(results["runs"], HERE / "results.png")
-    RESULTS_MD.write_text(replace_section(RESULTS_MD.read_text(), section(results, scale, notes)))
+def markdown(results: dict[str, Any]) -> str:
+    """The section of ``results``: the experiment's (``results.json``) or the scale bench's (``scale.json``)."""
+    return experiment_section(results) if "runs" in results else scale_section(results)
 
 
-if __name__ == "__main__":
-    main()

@@ -7,13 +7,14 @@ Builds (once) a synthetic dataset of ``--records`` tiny JPEGs (8x8 px, 1,000 cla
 the time to open each dataset class, the time to build one epoch's plan for every
 (DDP rank, DataLoader worker) of 8 ranks x 8 workers, the USS of 8 DataLoader workers before
 and after an epoch over a subset (with and without the pages of the memory-mapped data file),
-and the first-batch latency with 8 workers. Results go to
-``scale.json`` next to the dataset and are printed as a table.
+and the first-batch latency with 8 workers. Results go to ``--out`` (default
+``benchmarks/slow_storage/scale.json``, a section of ``benchmarks/RESULTS.md``) and are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
 import os
@@ -191,24 +192,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="samples read in the memory epoch (default: %(default)s)")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip", nargs="+", choices=("open", "plan", "memory"), default=[],
-                        help="measurements to leave out (their previous results in scale.json stay)")
+                        help="measurements to leave out (their previous results in --out stay)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "scale.json",
+                        help="results file (default: %(default)s)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Build if needed, measure, print and write FOLDER/scale.json."""
+    """Build if needed, measure, print and write (or update) the results file."""
     args = parse_args(argv)
     path = args.folder / "train.lmdb"
     if args.build_only:
         print(json.dumps({"uss_before_build": psutil.Process().memory_full_info().uss}), flush=True)
         build(path, args.records)
         return
-    results_file = args.folder / "scale.json"
+    results_file = args.out
     results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {}
     if not (path / DATA_FILE).exists():
         args.folder.mkdir(parents=True, exist_ok=True)
         results.update(build_measured(path, args.records))
-    results.update({"records": args.records, "subset": args.subset, "load_1min": os.getloadavg()[0]})
+    results.update({"records": args.records, "subset": args.subset, "load_1min": os.getloadavg()[0],
+                    "command": " ".join(["python -m benchmarks.slow_storage.scale", *(argv or sys.argv[1:])]),
+                    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")})
     if "open" not in args.skip:
         results.update(open_seconds(path))
     if "plan" not in args.skip:

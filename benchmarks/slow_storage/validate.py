@@ -19,6 +19,7 @@ import numpy as np
 from .models import HddModel, NfsModel
 from .mount import mounted
 from .passthrough import layout
+from .report import validation_table
 
 PAGE = 4096
 SEQUENTIAL_CHUNK = 1 << 20
@@ -76,17 +77,6 @@ def validate(source: Path, relative: str, model: str, *, rtt_ms: float = 0.5, co
     return result
 
 
-def table(results: dict[str, dict[str, float]]) -> str:
-    """A markdown table of :func:`validate` results per model."""
-    lines = ["| model | random 4 KB IOPS (1 in flight) | nominal | random 4 KB IOPS (16 in flight) "
-             "| sequential MB/s | nominal | load (1 min) |", "|---|---|---|---|---|---|---|"]
-    for model, r in results.items():
-        lines.append(f"| {model} | {r['random_4k_iops']:.0f} | {r['nominal_random_4k_iops']:.0f} "
-                     f"| {r['random_4k_iops_16']:.0f} | {r['sequential_mb_s']:.0f} "
-                     f"| {r['nominal_sequential_mb_s']:.0f} | {r['load_1min']:.1f} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Validate the models named on the command line and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -95,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=("hdd", "nfs"), nargs="+", default=["hdd", "nfs"])
     parser.add_argument("--rtt-ms", type=float, default=0.5, help="nfs round trip in ms (default: %(default)s)")
     args = parser.parse_args(argv)
-    print(table({model: validate(args.source, args.file, model, rtt_ms=args.rtt_ms) for model in args.model}))
+    print(validation_table({model: validate(args.source, args.file, model, rtt_ms=args.rtt_ms) for model in args.model}))
 
 
 if __name__ == "__main__":
