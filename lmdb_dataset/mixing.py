@@ -174,10 +174,14 @@ def chunk_class_counts(labels_in_file_order: np.ndarray, chunk_size: int) -> tup
     num_classes = int(labels.max()) + 1
     chunk = np.arange(len(labels)) // chunk_size
     per_chunk = np.bincount(np.unique(chunk * num_classes + labels) // num_classes)
-    sizes = np.bincount(chunk)
+    sizes, chunks_of_size = np.unique(np.bincount(chunk), return_counts=True)  # at most two sizes
     share = np.bincount(labels, minlength=num_classes) / len(labels)
     expected = (1 - (1 - share[None, :]) ** sizes[:, None]).sum(axis=1)
-    return float(per_chunk.mean()), float(expected.mean())
+    return float(per_chunk.mean()), float((expected * chunks_of_size).sum() / chunks_of_size.sum())
+
+
+CHECKED_CHUNKS = 1024
+"""Chunks :func:`check_class_locality` looks at (evenly spread over the file) when there are more."""
 
 
 def check_class_locality(labels_in_file_order: np.ndarray | None, *, chunk_size: int, pool_size: int,
@@ -187,11 +191,17 @@ def check_class_locality(labels_in_file_order: np.ndarray | None, *, chunk_size:
     A sequential reader mixes about ``pool_size / chunk_size`` chunks at a time; if each chunk
     holds one or two classes, every batch then holds only the classes of those chunks (batch
     statistics and gradients go wrong). Nothing is checked when the labels are unknown
-    (None) or when one pool holds the whole dataset (a full shuffle).
+    (None) or when one pool holds the whole dataset (a full shuffle). Large files are judged
+    from :data:`CHECKED_CHUNKS` chunks spread evenly over them, so a constructor stays fast.
     """
     if labels_in_file_order is None or len(labels_in_file_order) <= pool_size:
         return
-    measured, expected = chunk_class_counts(labels_in_file_order, chunk_size)
+    labels = np.asarray(labels_in_file_order)
+    whole_chunks = len(labels) // chunk_size
+    if whole_chunks > CHECKED_CHUNKS:  # an evenly spread sample of whole chunks: ~10 ms for ImageNet
+        picked = np.linspace(0, whole_chunks - 1, CHECKED_CHUNKS).astype(np.int64)
+        labels = labels[(picked[:, None] * chunk_size + np.arange(chunk_size)).ravel()]
+    measured, expected = chunk_class_counts(labels, chunk_size)
     if expected >= 1.5 and measured < 0.5 * expected:
         warnings.warn(
             f"{reader}: the dataset's records are stored grouped by class: a chunk of {chunk_size} neighbouring "

@@ -355,3 +355,22 @@ def test_chunk_class_counts_class_sorted_versus_interleaved_hand_computed():
     sorted_labels = np.repeat(np.arange(4), 8)  # chunks of 8: one class each
     assert chunk_class_counts(sorted_labels, 8) == (1.0, pytest.approx(4 * (1 - 0.75 ** 8)))
     assert chunk_class_counts(np.tile(np.arange(4), 8), 8)[0] == 4.0
+
+
+@pytest.mark.parametrize("layout", ["class-sorted", "shuffled"])
+def test_class_locality_check_on_an_imagenet_sized_file_judges_from_a_chunk_sample(layout):
+    import warnings
+
+    from lmdb_dataset.mixing import CHECKED_CHUNKS, ClassLocalityWarning, check_class_locality
+
+    labels = np.repeat(np.arange(1000), 1281)  # 20,000 chunks of 64: more than CHECKED_CHUNKS
+    assert len(labels) // 64 > CHECKED_CHUNKS
+    if layout == "shuffled":
+        labels = np.random.default_rng(0).permutation(labels)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_class_locality(labels, chunk_size=64, pool_size=8192, reader="LMDBIterableDataset")
+    warned = [w for w in caught if issubclass(w.category, ClassLocalityWarning)]
+    assert len(warned) == (layout == "class-sorted")
+    if warned:
+        assert "holds 1.0 distinct classes" in str(warned[0].message) or "holds 1.1 distinct" in str(warned[0].message)
