@@ -13,7 +13,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .dataset import LMDBDatasetBase
 from .decoding import Output
 from .memory import release_free_heap
-from .mixing import check_class_locality
+from .mixing import check_class_locality, labels_in_file_order
 from .ordering import RankOrder, check_seed, consumed_per_worker, rank_length, rank_order, worker_positions
 from .progress import EpochProgress, EpochResumable, check_identity
 from .world import Replicas, World, current_world
@@ -132,9 +132,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         self.batch_size = batch_size
         self._progress = EpochProgress()
         if shuffle:
-            file_order = getattr(self, "file_order", None)
-            check_class_locality(self.targets if file_order is None else self.targets[file_order],
-                                 chunk_size=chunk_size, pool_size=pool_size,
+            check_class_locality(labels_in_file_order(self), chunk_size=chunk_size, pool_size=pool_size,
                                  reader=type(self).__name__)
         self._resume: StreamPosition | None = None  # a worker's own position, loaded in this process
         self._position: StreamPosition | None = None  # this process's current pass

@@ -180,6 +180,19 @@ def chunk_class_counts(labels_in_file_order: np.ndarray, chunk_size: int) -> tup
     return float(per_chunk.mean()), float((expected * chunks_of_size).sum() / chunks_of_size.sum())
 
 
+def labels_in_file_order(dataset: object) -> np.ndarray | None:
+    """A dataset's labels in storage order (``targets[file_order]``; ``targets`` without ``file_order``).
+
+    None when the dataset has no ``targets`` (nothing to judge the order by).
+    """
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        return None
+    targets = np.asarray(targets)
+    file_order = getattr(dataset, "file_order", None)
+    return targets if file_order is None else targets[file_order]
+
+
 CHECKED_CHUNKS = 1024
 """Chunks :func:`check_class_locality` looks at (evenly spread over the file) when there are more."""
 

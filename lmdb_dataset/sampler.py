@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DistributedSampler
 
-from .mixing import check_class_locality
+from .mixing import check_class_locality, labels_in_file_order
 from .ordering import RankOrder, check_seed, rank_length, rank_order
 from .progress import EpochProgress, EpochResumable
 from .world import Replicas, World
@@ -97,11 +97,8 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
         self.drop_last = drop_last
         self._progress = EpochProgress()
         self._yielded = 0  # indices the current pass's iterator yielded
-        targets = getattr(data_source, "targets", None)
-        if shuffle and targets is not None:
-            targets = np.asarray(targets)
-            check_class_locality(targets if self.file_order is None else targets[self.file_order],
-                                 chunk_size=chunk_size, pool_size=pool_size,
+        if shuffle:
+            check_class_locality(labels_in_file_order(data_source), chunk_size=chunk_size, pool_size=pool_size,
                                  reader=type(self).__name__)
 
     _PROCESS_LOCAL = {"_yielded": 0}
