@@ -14,7 +14,8 @@ from .dataset import LMDBDatasetBase
 from .decoding import Output
 from .memory import release_free_heap
 from .mixing import check_class_locality, labels_in_file_order
-from .ordering import RankOrder, check_seed, consumed_per_worker, rank_length, rank_order, worker_positions
+from .ordering import (ORDER_VERSION, RankOrder, check_seed, consumed_per_worker, rank_length, rank_order,
+                       worker_positions)
 from .progress import EpochProgress, EpochResumable, check_identity
 from .world import Replicas, World, current_world
 
@@ -42,12 +43,13 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     ``drop_last`` rules, so all ranks yield the same number of samples and DDP never waits
     on a rank that ran dry). Each run of ``pool_size`` records of a rank's slice (about
     ``pool_size / chunk_size`` random chunks) is a mixing pool delivered in a uniformly
-    random order, and the rank's DataLoader workers take pieces of that order round-robin.
+    random order (an epoch's first three pools hold 1/8, 1/4 and 1/2 of that, so a cold
+    start's first batch waits for a small pool), and the rank's DataLoader workers take pieces of that order round-robin.
     As a pool starts, the workers ask the kernel to read the next pool's chunks into the
     page cache (``posix_fadvise(WILLNEED)``: one sequential read per chunk; as the last pool
     starts, epoch ``epoch + 1``'s first pool), so the records of a pool, read in shuffled
-    order, come from memory (only the first pool of a run, or of a resumed epoch, is cold): the file is read as sequential
-    streams, yet no shuffle buffer holds images in the workers' memory. The order is
+    order, come from memory (only the first pool of a run, or of a resumed epoch, is cold):
+    the file is read as sequential streams, yet no shuffle buffer holds images in the workers' memory. The order is
     exactly :class:`ChunkShuffleSampler`'s with the same arguments (with ``batch_size`` set,
     the DataLoader's batches are the sampler's). With ``shuffle=False`` records come in
     storage order (and, with ``batch_size`` set, the DataLoader yields exactly the records
@@ -288,6 +290,6 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
                                       int(state["num_workers"]))
 
     def _identity(self) -> dict[str, Any]:
-        return {"seed": self.seed, "length": len(self.targets), "chunk_size": self.chunk_size,
-                "pool_size": self.pool_size, "num_replicas": self.num_replicas, "shuffle": self.shuffle,
-                "drop_last": self.drop_last, "batch_size": self.batch_size}
+        return {"order_version": ORDER_VERSION, "seed": self.seed, "length": len(self.targets),
+                "chunk_size": self.chunk_size, "pool_size": self.pool_size, "num_replicas": self.num_replicas,
+                "shuffle": self.shuffle, "drop_last": self.drop_last, "batch_size": self.batch_size}

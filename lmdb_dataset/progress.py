@@ -122,6 +122,11 @@ class EpochProgress:
 
 def check_identity(state: dict[str, Any], identity: dict[str, Any]) -> None:
     """Raise ValueError naming the first setting in which ``state`` differs from ``identity``."""
+    if state.get("order_version") != identity.get("order_version"):
+        raise ValueError(f"state was saved under epoch order version {state.get('order_version')!r} (another "
+                         "lmdb-dataset release), this one orders epochs by version "
+                         f"{identity.get('order_version')!r}: its mid-epoch position cannot be resumed exactly; "
+                         "restart that epoch instead (set_epoch(state['epoch']))")
     for key, value in identity.items():
         if state.get(key) != value:
             raise ValueError(f"state was saved with {key}={state.get(key)!r}, this object has {key}={value!r}")

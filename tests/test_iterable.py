@@ -159,6 +159,9 @@ def test_iterable_load_state_of_another_configuration_raises(plan_datasets, chan
         LMDBIterableDataset(plan_datasets[29], **{**options, **change}).load_state_dict(state)
     with pytest.raises(ValueError):
         LMDBIterableDataset(plan_datasets[24], **options).load_state_dict(state)
+    worker_state = {**state, "stream": 0, "stream_position": 4, "order_version": 1}
+    with pytest.raises(ValueError, match="epoch order version 1"):  # a worker's own state (torchdata) too
+        LMDBIterableDataset(plan_datasets[29], **options).load_state_dict(worker_state)
 
 
 # --- through a real DataLoader -------------------------------------------------------------------------------
@@ -280,8 +283,9 @@ def test_iterable_main_process_unshuffled_reads_in_index_order_prefetching_chunk
     assert labels == dataset.targets.tolist()
     assert [i for kind, items in events if kind == "read" for i in items] == list(range(200))
     assert events == _expected_events(200, 0, chunk_size=32, pool_size=64, seed=0, shuffle=False)
-    assert [items for kind, items in events if kind == "prefetch"] == [[(0, 64)], [(64, 128)], [(128, 192)],
-                                                                        [(192, 200)], [(0, 64)]]
+    # pool targets 8, 24, 56 (the ramp), 120, 184, rounded up to the 32-record chunks
+    assert [items for kind, items in events if kind == "prefetch"] == [[(0, 32)], [(32, 64)], [(64, 128)],
+                                                                        [(128, 192)], [(192, 200)], [(0, 32)]]
 
 
 @pytest.mark.parametrize("rank", [0, 1])

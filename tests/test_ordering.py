@@ -21,6 +21,7 @@ from lmdb_dataset.ordering import (
     epoch_order,
     pool_shuffle,
     pool_starts,
+    pool_targets,
     rank_length,
     rank_order,
     rank_share,
@@ -112,8 +113,8 @@ def test_epoch_order_pinned_small_example_is_reproducible_across_runs_and_machin
     assert epoch_order(10, chunk_size=3, seed=0, epoch=0, shuffle=True).tolist() == [5, 6, 7, 0, 1, 2, 3, 4, 8, 9]
     plan = rank_order(10, chunk_size=3, pool_size=4, seed=0, epoch=0, rank=0, num_replicas=1, drop_last=False,
                       shuffle=True)
-    assert plan.starts.tolist() == [0, 5, 8, 10]
-    assert plan.order.tolist() == [0, 6, 1, 5, 7, 2, 3, 4, 9, 8]
+    assert plan.starts.tolist() == [0, 3, 8, 10]  # pool targets 1, 3 (the ramp), 7, rounded to chunk starts
+    assert plan.order.tolist() == [6, 5, 7, 0, 2, 3, 4, 1, 9, 8]
 
 
 def test_epoch_order_rejects_chunk_size_zero():
@@ -195,18 +196,36 @@ def test_worker_positions_invalid_worker_or_piece_raises(worker, num_workers, pi
 
 
 @PROPERTY
+@given(length=st.integers(0, 5000), pool_size=st.integers(1, 3000))
+def test_pool_targets_ramp_up_by_halves_to_pool_size_then_step_by_it(length, pool_size):
+    targets = pool_targets(length, pool_size)
+    sizes_ = np.diff(np.concatenate(([0], targets))).tolist()
+    ramp = [size for size in (pool_size // 8, pool_size // 4, pool_size // 2) if size]
+    assert sizes_[:len(ramp)] == ramp[:len(sizes_)]
+    assert all(size == pool_size for size in sizes_[len(ramp):])
+    assert all(0 < t < length for t in targets.tolist())
+    # the targets stop only where the next one would reach the end
+    following = int(targets[-1]) + (pool_size if len(sizes_) >= len(ramp) else ramp[len(sizes_)]) if len(targets) \
+        else (ramp or [pool_size])[0]
+    assert following >= length
+
+
+@PROPERTY
 @given(n=sizes, chunk_size=chunk_sizes, pool_size=st.integers(1, 700), num_replicas=replicas, seed=seeds,
        epoch=epochs)
-def test_pool_starts_pools_hold_whole_chunk_pieces_within_a_chunk_of_pool_size(n, chunk_size, pool_size, num_replicas,
-                                                                         seed, epoch):
+def test_pool_starts_cut_at_the_first_chunk_start_at_or_after_each_target(n, chunk_size, pool_size, num_replicas,
+                                                                          seed, epoch):
     bounds = chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=epoch)
     order = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=True)
     reads = rank_share(order, rank=num_replicas - 1, num_replicas=num_replicas, drop_last=False)
     starts = pool_starts(reads, chunk_starts=bounds[:-1], pool_size=pool_size)
     assert starts[0] == 0 and starts[-1] == len(reads) and np.all(np.diff(starts) >= 1 if len(reads) else True)
+    piece_starts = [p for p in range(len(reads)) if p == 0 or reads[p] in set(bounds[:-1].tolist())]
+    expected = sorted({next((p for p in piece_starts if p >= t), None) for t in
+                       pool_targets(len(reads), pool_size).tolist()} - {None, 0})
+    assert starts[1:-1].tolist() == expected  # each pool holds whole chunk pieces
     sizes_ = np.diff(starts)
-    assert np.all(sizes_[:-1] > pool_size - chunk_size) and np.all(sizes_ < pool_size + chunk_size)
-    assert np.all(np.isin(reads[starts[1:-1]], bounds[:-1]))  # every pool but the first starts a chunk
+    assert np.all(sizes_ < pool_size + chunk_size)
 
 
 @PROPERTY

@@ -175,7 +175,7 @@ def test_sampler_prefetches_each_pool_before_yielding_it_the_next_as_it_starts_t
         assert source.prefetched == expected
         assert any(plan.starts[q] <= position < plan.starts[q + 1] and any(a <= index < b for a, b in runs)
                    for q, runs in zip(range(first, pool + 2), source.prefetched))
-    assert len(plan.starts) - 1 == 5
+    assert len(plan.starts) - 1 == 8  # three ramp pools (12, 25, 50 records rounded to chunks), then ~100 each
 
 
 @PROPERTY
@@ -215,6 +215,16 @@ def test_sampler_load_state_of_another_configuration_raises(change):
         ChunkShuffleSampler(range(51), **{**options, **change}).load_state_dict(state)
     with pytest.raises(ValueError):
         ChunkShuffleSampler(range(52), **options).load_state_dict(state)
+
+
+@pytest.mark.parametrize("saved_version", [None, 1])
+def test_sampler_state_saved_under_another_epoch_order_version_is_refused_naming_it(saved_version):
+    sampler = ChunkShuffleSampler(range(51), chunk_size=4, seed=0)
+    state = {**sampler.state_dict(samples_consumed=3), "order_version": saved_version}
+    if saved_version is None:
+        del state["order_version"]  # a state saved before the version was recorded
+    with pytest.raises(ValueError, match=f"epoch order version {saved_version}.*restart that epoch"):
+        sampler.load_state_dict(state)
 
 
 # --- through a real DataLoader -------------------------------------------------------------------------------
