@@ -120,10 +120,13 @@ def pool_targets(length: int, pool_size: int) -> np.ndarray:
     ``pool_size``. A batch is a random draw from its whole pool, so the first batch of a
     cold read waits for the first pool to be read: the ramp makes that ~113 MB of ImageNet
     (0.8 s at 150 MB/s) instead of ~900 MB, and each pool is read while the previous,
-    half its size, is consumed.
+    half its size, is consumed. A share of at most ``pool_size`` records is one pool (a
+    full shuffle of it), without a ramp.
     """
     if pool_size < 1:
         raise ValueError(f"pool_size={pool_size} must be >= 1")
+    if length <= pool_size:
+        return np.zeros(0, dtype=np.int64)
     ramp = np.cumsum([size for size in (pool_size >> step for step in range(RAMP_STEPS, 0, -1)) if size],
                      dtype=np.int64)
     steady = np.arange(int(ramp[-1]) + pool_size if len(ramp) else pool_size, length, pool_size, dtype=np.int64)

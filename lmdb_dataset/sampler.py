@@ -37,7 +37,7 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
     On a file written in the default shuffled order, batches hold as many classes as random
     sampling's and pairs of samples meet again in a batch the next epoch about
     ``1 + chunk_size * N / (2 * pool_size**2)`` times as often as under random sampling
-    (1.6x measured for ImageNet at the defaults; see benchmarks/RESULTS.md "Order quality"). On a file
+    (1.6-1.8x measured for ImageNet at the defaults; see benchmarks/RESULTS.md "Order quality"). On a file
     stored class by class a chunk holds one class, so the sampler warns
     (:class:`ClassLocalityWarning`).
 
