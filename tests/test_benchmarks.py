@@ -7,6 +7,7 @@ these tests check its command line and the report it renders.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -157,7 +158,7 @@ def test_section_verdicts_follow_the_numbers(bench_modules):
 
     quality = json.loads((BENCHMARKS / "order_quality.json").read_text())
     text = order_quality.markdown(quality)
-    assert "missed: distinct_classes 0.47x (target >= 0.9x)" in text and "| chunk sampler |" in text
+    assert re.search(r"missed: distinct_classes 0\.\d\dx \(target >= 0\.9x\)", text) and "| chunk sampler |" in text
 
 
 def test_conversion_memory_verdicts_follow_the_numbers(bench_modules):
