@@ -241,7 +241,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         if len(records) == 0:
             return
         starts = np.flatnonzero(np.diff(pools, prepend=-1))
-        self.prefetch(runs[pools[0]])
+        self.prefetch(runs[pools[0]], wait=True)  # cached before the next pool is requested
         for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(records)]):
             pool = int(pools[start])
             if pool + 1 < len(runs):

@@ -60,7 +60,8 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
     Args:
         data_source: The dataset (kept as ``dataset``, as in ``DistributedSampler``): its length; its ``file_order`` (the sample each stored record
             holds) and ``targets`` if it has them, for the storage order and the class-locality
-            check; its ``prefetch(runs)`` if it has one.
+            check; its ``prefetch(runs, wait=...)`` if it has one (see
+            :meth:`LMDBImageDataset.prefetch`).
         chunk_size: Records per chunk, the unit of sequential reading: one positioning
             (seek) per chunk. Larger means longer sequential reads (on a spinning disk a
             64-record chunk of ImageNet, ~7 MB, reads in ~50 ms after a ~10 ms seek) but
@@ -144,16 +145,17 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
         return self._prefetching(plan, skip, prefetch)
 
     def _prefetching(self, plan: RankOrder, skip: int,
-                     prefetch: Callable[[list[tuple[int, int]]], None]) -> Iterator[int]:
+                     prefetch: Callable[..., None]) -> Iterator[int]:
         """Yield the epoch's indices from ``skip`` on, prefetching pools one ahead.
 
-        As pool ``q`` starts, pool ``q + 1``'s runs are requested; as the last pool starts,
+        The first pool is read before anything else is requested (``prefetch(runs, wait=True)``);
+        as pool ``q`` starts, pool ``q + 1``'s runs are requested; as the last pool starts,
         the first pool of epoch ``epoch + 1``'s, so that only a run's first pool starts cold.
         """
         indices, runs = self._samples(plan.order), plan.runs()
         first = int(plan.pool_of(np.asarray(skip)))
         if first < len(runs):
-            prefetch(runs[first])
+            prefetch(runs[first], wait=True)  # cached before the next pool is requested
         for pool in range(first, len(runs)):
             if pool + 1 < len(runs):
                 prefetch(runs[pool + 1])

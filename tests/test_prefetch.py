@@ -53,3 +53,45 @@ def test_a_batch_is_prefetched_in_pieces_covering_its_records(converted, monkeyp
             assert any(start <= byte < start + size for start, size in calls)
     ranges = coalesce(spans, gap=PREFETCH_GAP)
     assert sum(length for _, length in calls) == sum(size for _, size in ranges)
+
+
+def test_prefetch_with_wait_reads_every_run_through_in_storage_order_after_requesting_it(converted, monkeypatch):
+    dataset = LMDBImageDataset(converted(num_images=24))
+    events: list[tuple[str, int, int]] = []
+    real_fadvise, real_preadv = os.posix_fadvise, os.preadv
+
+    def fadvise(fd, offset, length, advice):
+        events.append(("advise", offset, length))
+        return real_fadvise(fd, offset, length, advice)
+
+    def preadv(fd, buffers, offset, *flags):
+        got = real_preadv(fd, buffers, offset, *flags)
+        events.append(("read", offset, got))
+        return got
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(os, "preadv", preadv)
+    runs = [(20, 24), (0, 3), (9, 12)]
+    dataset.prefetch(runs)
+    assert events and all(kind == "advise" for kind, _, _ in events)  # no wait: requests only
+    events.clear()
+    dataset.prefetch(runs, wait=True)
+    kinds = [kind for kind, _, _ in events]
+    assert "read" in kinds and kinds.index("read") > kinds.index("advise") and "advise" not in kinds[kinds.index("read"):]
+    reads = [(offset, got) for kind, offset, got in events if kind == "read"]
+    assert [offset for offset, _ in reads] == sorted(offset for offset, _ in reads)  # storage order
+    spans = dataset._meta.spans[[i for start, stop in runs for i in range(start, stop)]].tolist()
+    for offset, length in spans:  # every byte of every record was read through
+        assert any(start <= offset and offset + length <= start + got for start, got in reads)
+
+
+def test_prefetch_with_wait_ends_quietly_on_an_io_error_leaving_it_to_the_record_read(converted, monkeypatch):
+    dataset = LMDBImageDataset(converted(num_images=8))
+
+    def failing(fd, buffers, offset, *flags):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", failing)
+    dataset.prefetch([(0, 8)], wait=True)  # does not raise
+    monkeypatch.undo()
+    assert len(dataset[3]) == 2

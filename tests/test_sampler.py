@@ -152,12 +152,14 @@ def test_sampler_prefetches_each_pool_before_yielding_it_the_next_as_it_starts_t
     class Source:
         def __init__(self):
             self.prefetched: list[list[tuple[int, int]]] = []
+            self.waited: list[bool] = []
 
         def __len__(self):
             return 500
 
-        def prefetch(self, runs):
+        def prefetch(self, runs, *, wait=False):
             self.prefetched.append(list(runs))
+            self.waited.append(wait)
 
     source = Source()
     sampler = ChunkShuffleSampler(source, chunk_size=10, pool_size=100, seed=4)
@@ -175,6 +177,7 @@ def test_sampler_prefetches_each_pool_before_yielding_it_the_next_as_it_starts_t
         assert source.prefetched == expected
         assert any(plan.starts[q] <= position < plan.starts[q + 1] and any(a <= index < b for a, b in runs)
                    for q, runs in zip(range(first, pool + 2), source.prefetched))
+    assert source.waited == [True] + [False] * (len(source.waited) - 1)  # the first pool cached before the next
     assert len(plan.starts) - 1 == 8  # three ramp pools (12, 25, 50 records rounded to chunks), then ~100 each
 
 

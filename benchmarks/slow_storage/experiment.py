@@ -85,6 +85,14 @@ def run_case(source: Path, model: str, loader: str, pipeline: str, *, workers: i
             "load_1min": load}
 
 
+def loader_samples(text: str) -> tuple[str, int]:
+    """Parse ``LOADER=N`` (``--samples-for``)."""
+    loader, _, count = text.partition("=")
+    if loader not in LOADERS or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LOADER=N with LOADER one of {', '.join(LOADERS)}")
+    return loader, int(count)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -95,6 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", nargs="+", type=int, default=[4, 8, 16], help="DataLoader worker counts")
     parser.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     parser.add_argument("--samples", type=int, default=1024, help="samples read per case (default: %(default)s)")
+    parser.add_argument("--samples-for", action="append", default=[], metavar="LOADER=N", type=loader_samples,
+                        help="samples read by one loader's cases instead, e.g. lmdb-chunk=26000 to read the "
+                             "sequential readers' steady state past their first pools (repeatable)")
     parser.add_argument("--rtt-ms", type=float, default=0.5, help="nfs round trip in ms (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file (default: %(default)s)")
     return parser.parse_args(argv)
@@ -106,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                     "python": platform.python_version(), "load_1min_start": os.getloadavg()[0]},
-        "settings": {"batch_size": args.batch_size, "samples": args.samples, "rtt_ms": args.rtt_ms},
+        "settings": {"batch_size": args.batch_size, "samples": args.samples,
+                     "samples_for": dict(args.samples_for), "rtt_ms": args.rtt_ms},
         "validation": {}, "runs": []}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
@@ -123,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
             for pipeline in args.pipelines:
                 for loader in args.loaders:
                     run = run_case(args.source, model, loader, pipeline, workers=workers,
-                                   batch_size=args.batch_size, samples=args.samples, rtt_ms=args.rtt_ms)
+                                   batch_size=args.batch_size, rtt_ms=args.rtt_ms,
+                                   samples=dict(args.samples_for).get(loader, args.samples))
                     results["runs"].append(run)
                     print({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}, flush=True)
                     args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -34,15 +34,16 @@ def find(runs: list[Run], **key: Any) -> Run | None:
 
 def run_table(runs: list[Run], model: str) -> str:
     """Markdown table of one model's runs: overall rate, ratio to ImageFolder, MB/s, first batch."""
-    lines = ["| pipeline | workers | loader | samples/s | x ImageFolder | stored MB/s | first batch s "
-             "| samples/s after the first batch | load |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| pipeline | workers | loader | samples | samples/s | x ImageFolder | stored MB/s | first batch s "
+             "| samples/s after the first batch | load |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         if run["model"] != model:
             continue
         base = find(runs, model=model, loader="imagefolder", pipeline=run["pipeline"], workers=run["workers"])
         rate, mb = overall(run)
         ratio = f"{rate / overall(base)[0]:.2f}x" if base else "-"
-        lines.append(f"| {run['pipeline']} | {run['workers']} | {run['loader']} | {rate:.0f} | {ratio} "
+        lines.append(f"| {run['pipeline']} | {run['workers']} | {run['loader']} | {run['samples']} | {rate:.0f} "
+                     f"| {ratio} "
                      f"| {'-' if mb is None else f'{mb:.1f}'} | {run['first_batch_s']:.2f} "
                      f"| {run['samples_per_s']:.0f} | {run['load_1min']:.1f} |")
     return "\n".join(lines)
@@ -143,6 +144,12 @@ def plot(runs: list[Run], path: Path) -> None:
     plt.close(figure)
 
 
+def samples_for(settings: dict[str, Any]) -> str:
+    """The loaders that read another number of samples, as a parenthesis (empty if none)."""
+    other = settings.get("samples_for") or {}
+    return f" ({', '.join(f'{loader}: {count}' for loader, count in other.items())})" if other else ""
+
+
 def experiment_section(results: dict[str, Any]) -> str:
     """The seeds' experiment: how it was run, the validated models, the targets, every case."""
     machine, settings = results["machine"], results["settings"]
@@ -157,7 +164,8 @@ def experiment_section(results: dict[str, Any]) -> str:
         f"1-minute load average {machine['load_1min_start']:.1f} at the start and "
         f"{machine.get('load_1min_end', float('nan')):.1f} at the end (each row gives the load before its run).", "",
         f"Each case: a fresh cold mount, the dataset opened, a DataLoader (batch {settings['batch_size']}) read "
-        f"until {settings['samples']} samples with the readers' default options; samples/s and MB/s cover the "
+        f"until {settings['samples']} samples{samples_for(settings)} (or the epoch's end) with the readers' "
+        "default options; samples/s and MB/s cover the "
         "whole run from opening the dataset, first batch included, and are what the targets use. "
         f"nfs round trip: {settings['rtt_ms']} ms.", "",
         "### Device models, validated through the mount", "", validation_table(results["validation"]), "",
