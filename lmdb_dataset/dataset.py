@@ -63,20 +63,16 @@ class LMDBDatasetBase(VisionDataset):
     def prefetch(self, runs: Sequence[tuple[int, int]], *, wait: bool = False) -> None:
         """Ask the kernel to read the records of these storage runs ``[start, stop)`` into the page cache.
 
-        Returns at once (``posix_fadvise(WILLNEED)`` per record); each run is read as one
-        sequential stream. The sequential readers call it for their next mixing pool. With
-        ``wait`` it returns only once the runs are cached (read through in storage order): a
-        cold start's first pool, so that the next pool's requests, made after it, cannot
-        delay it on a disk that serves one request at a time. Does nothing for datasets
-        without a record offset table.
+        The sequential readers call it for their next mixing pool. The requests are made from
+        this process's prefetch thread, after those asked for earlier, and read each run as
+        one sequential stream; it returns at once. With ``wait`` it returns once the runs are
+        cached (read through in storage order): a cold start's first pool, so that the next
+        pool's requests, made after it, cannot delay it on a disk that serves one request at a
+        time. Does nothing for datasets without a record offset table.
         """
         spans = self._meta.spans
-        if spans is None:
-            return
-        for start, stop in runs:
-            self.reader._prefetch(spans[start:stop].tolist())
-        if wait and runs:
-            self.reader._read_through(np.concatenate([spans[start:stop] for start, stop in runs]).tolist())
+        if spans is not None and runs:
+            self.reader.prefetch(np.concatenate([spans[start:stop] for start, stop in runs]).tolist(), wait=wait)
 
     def source_path(self, index: int) -> str | None:
         """The relative source path sample ``index`` was converted from, if the dataset kept it.

@@ -33,18 +33,10 @@ from .environment import (
     read_path_table,
 )
 from .errors import CorruptRecordError, RecordReadError
+from .prefetching import Prefetcher, advise
 
 Access = Literal["pread", "mmap"]
 ACCESS_MODES = ("pread", "mmap")
-PREFETCH_GAP = 1 << 20
-"""Record spans closer than this many bytes are requested from the kernel as one range: on a
-spinning disk reading 1 MB more costs less than the seek it saves (~8 ms is ~1.2 MB at 150 MB/s),
-and DataLoader workers reading records of the same chunk then request it once, sequentially."""
-READ_THROUGH_PIECE = 1 << 20
-"""Bytes per ``pread`` when waiting for prefetched spans to be cached (:meth:`RecordReader._read_through`)."""
-PREFETCH_PIECE = 128 << 10
-"""Bytes per ``posix_fadvise(WILLNEED)`` call: Linux reads at most the device's readahead size
-(128 KB by default) per call and silently ignores the rest of a longer range."""
 
 
 class RecordReader:
@@ -70,6 +62,7 @@ class RecordReader:
         self._fd: int | None = None
         self._env: lmdb.Environment | None = None
         self._records_db = None
+        self._prefetcher: Prefetcher | None = None
 
     @property
     def stale(self) -> bool:
@@ -117,38 +110,22 @@ class RecordReader:
             return begin_read(env, buffers=True)
 
     def _prefetch(self, spans: Sequence[Sequence[int]]) -> None:
-        """Ask the kernel to start reading these (offset, length) byte spans into the page cache.
+        """Ask the kernel to start reading these (offset, length) byte spans now (:func:`prefetching.advise`).
 
-        ``posix_fadvise(WILLNEED)`` queues the reads and returns: cold reads of a batch then
-        overlap with the decoding of its earlier records, and a memory map opened without
-        readahead finds its pages cached instead of faulting them in one 4 KB page at a time.
-        About 5 us a call when the pages are already cached. Spans less than
-        :data:`PREFETCH_GAP` apart are requested as one range, in :data:`PREFETCH_PIECE` calls.
+        For a batch about to be read: its cold reads then overlap with the decoding of its
+        earlier records, and a memory map opened without readahead finds its pages cached
+        instead of faulting them in one 4 KB page at a time.
         """
-        fd = self._data_fd()
-        for offset, length in coalesce(spans, gap=PREFETCH_GAP):
-            for piece in range(offset, offset + length, PREFETCH_PIECE):
-                os.posix_fadvise(fd, piece, min(PREFETCH_PIECE, offset + length - piece), os.POSIX_FADV_WILLNEED)
+        advise(self._data_fd(), spans)
 
-    def _read_through(self, spans: Sequence[Sequence[int]]) -> None:
-        """Read these byte spans (coalesced, in storage order) and discard the bytes: returns once they are cached.
+    def prefetch(self, spans: Sequence[Sequence[int]], *, wait: bool = False) -> None:
+        """Queue these (offset, length) byte spans for the page cache on this process's prefetch thread.
 
-        After :meth:`_prefetch` of the same spans this waits for the reads already queued rather
-        than requesting the pages again. An I/O error ends the wait quietly: reading the record
-        itself raises the error that names it.
+        Returns at once unless ``wait`` (then once they are cached); see :class:`Prefetcher`.
         """
-        fd = self._data_fd()
-        scratch = memoryview(bytearray(READ_THROUGH_PIECE))
-        for offset, length in coalesce(spans, gap=PREFETCH_GAP):
-            end = offset + length
-            while offset < end:
-                try:
-                    got = os.preadv(fd, [scratch[:min(READ_THROUGH_PIECE, end - offset)]], offset)
-                except OSError:
-                    return
-                if got <= 0:
-                    return
-                offset += got
+        if self._prefetcher is None:
+            self._prefetcher = Prefetcher(self._data_fd())
+        self._prefetcher.request(spans, wait=wait)
 
     def values(self, indices: Sequence[int]) -> Iterator[tuple[int, bytes | memoryview]]:
         """Yield ``(index, value)`` for ``indices``, in the order given (pass them sorted to read forward).
@@ -194,6 +171,12 @@ class RecordReader:
 
         Safe on a reader inherited over fork: it closes only this process's copy.
         """
+        if self._prefetcher is not None:
+            if self.stale:
+                self._prefetcher.abandon()  # its thread is the parent's
+            else:
+                self._prefetcher.close()
+            self._prefetcher = None
         if self._fd is not None:
             os.close(self._fd)
         self._fd = None
@@ -201,18 +184,6 @@ class RecordReader:
 
     def __del__(self) -> None:
         self.close()
-
-
-def coalesce(spans: Sequence[Sequence[int]], *, gap: int) -> list[tuple[int, int]]:
-    """Merge ``(offset, length)`` byte spans into sorted ranges, joining spans less than ``gap`` bytes apart."""
-    ranges: list[tuple[int, int]] = []
-    for offset, length in sorted((int(offset), int(length)) for offset, length in spans):
-        if ranges and offset - (ranges[-1][0] + ranges[-1][1]) < gap:
-            start = ranges[-1][0]
-            ranges[-1] = (start, max(ranges[-1][1], offset + length - start))
-        else:
-            ranges.append((offset, length))
-    return ranges
 
 
 def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview | None, *, verify: bool = True,

@@ -1,14 +1,16 @@
-"""Prefetch requests: record spans coalesced into ranges, asked for in pieces the kernel honours."""
+"""Prefetch requests: record spans coalesced into ranges, asked for in pieces the kernel honours, pools from a thread."""
 
 from __future__ import annotations
 
 import os
+import threading
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from lmdb_dataset import LMDBImageDataset
-from lmdb_dataset.reader import PREFETCH_GAP, PREFETCH_PIECE, coalesce
+from lmdb_dataset.prefetching import PREFETCH_GAP, PREFETCH_PIECE, Prefetcher, coalesce
 from support import PROPERTY
 
 spans = st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 10**6)), max_size=40)
@@ -73,6 +75,7 @@ def test_prefetch_with_wait_reads_every_run_through_in_storage_order_after_reque
     monkeypatch.setattr(os, "preadv", preadv)
     runs = [(20, 24), (0, 3), (9, 12)]
     dataset.prefetch(runs)
+    dataset.reader.prefetch([], wait=True)  # returns once the requests queued before it were made
     assert events and all(kind == "advise" for kind, _, _ in events)  # no wait: requests only
     events.clear()
     dataset.prefetch(runs, wait=True)
@@ -95,3 +98,52 @@ def test_prefetch_with_wait_ends_quietly_on_an_io_error_leaving_it_to_the_record
     dataset.prefetch([(0, 8)], wait=True)  # does not raise
     monkeypatch.undo()
     assert len(dataset[3]) == 2
+
+
+def test_pool_prefetch_returns_while_the_kernel_holds_the_request_and_requests_keep_their_order(converted,
+                                                                                                  monkeypatch):
+    dataset = LMDBImageDataset(converted(num_images=24))
+    spans = dataset._meta.spans
+    release, made = threading.Event(), []
+    real = os.posix_fadvise
+
+    def full_queue(fd, offset, length, advice):  # as WILLNEED does while the device queue is full
+        release.wait(timeout=30)
+        made.append(offset)
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", full_queue)
+    dataset.prefetch([(20, 24)])  # returns although the request is held
+    dataset.prefetch([(0, 2)])
+    assert made == []
+    release.set()
+    dataset.reader.prefetch([], wait=True)
+    assert made[0] == spans[20][0] and made[-1] == spans[0][0]  # in the order asked
+
+
+def test_prefetcher_closed_while_its_thread_is_held_drops_the_rest_and_closes_its_descriptor(tmp_path, monkeypatch):
+    path = tmp_path / "file"
+    path.write_bytes(bytes(1 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    prefetcher = Prefetcher(fd)
+    os.close(fd)  # the owner may close its descriptor: the prefetcher has its own
+    release, made = threading.Event(), []
+    real = os.posix_fadvise
+
+    def held(fd, offset, length, advice):
+        release.wait(timeout=30)
+        made.append(offset)
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", held)
+    prefetcher.request([(0, 4096)])
+    prefetcher.request([(1 << 19, 4096)])
+    own = prefetcher._fd
+    prefetcher.close()
+    release.set()
+    prefetcher._thread.join(timeout=30)
+    assert not prefetcher._thread.is_alive() and made == [0]  # the second request was dropped
+    with pytest.raises(OSError):
+        os.fstat(own)
+    with pytest.raises(ValueError, match="closed"):
+        prefetcher.request([(0, 1)])

@@ -1,0 +1,138 @@
+"""Asking the kernel to read byte ranges of the data file into the page cache, now or in the background.
+
+``posix_fadvise(WILLNEED)`` queues reads and returns, but only while the device's request
+queue has room (a block device's ``nr_requests``, FUSE's ``max_background``): asked for a
+whole mixing pool (~900 MB of ImageNet) on a disk that reads 150 MB/s, it holds its caller for
+about the time the pool takes to read. :class:`Prefetcher` therefore makes those requests from
+one background thread per process, in the order asked, so a pool's prefetch never stalls the
+DataLoader's main loop or a worker's decoding. :func:`advise` is the synchronous form, for a
+batch the caller is about to read anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Sequence
+
+PREFETCH_GAP = 1 << 20
+"""Record spans closer than this many bytes are requested from the kernel as one range: on a
+spinning disk reading 1 MB more costs less than the seek it saves (~8 ms is ~1.2 MB at 150 MB/s),
+and DataLoader workers reading records of the same chunk then request it once, sequentially."""
+PREFETCH_PIECE = 128 << 10
+"""Bytes per ``posix_fadvise(WILLNEED)`` call: Linux reads at most the device's readahead size
+(128 KB by default) per call and silently ignores the rest of a longer range."""
+READ_THROUGH_PIECE = 1 << 20
+"""Bytes per ``pread`` when waiting for requested spans to be cached (:func:`read_through`)."""
+
+
+def coalesce(spans: Sequence[Sequence[int]], *, gap: int) -> list[tuple[int, int]]:
+    """Merge ``(offset, length)`` byte spans into sorted ranges, joining spans less than ``gap`` bytes apart."""
+    ranges: list[tuple[int, int]] = []
+    for offset, length in sorted((int(offset), int(length)) for offset, length in spans):
+        if ranges and offset - (ranges[-1][0] + ranges[-1][1]) < gap:
+            start = ranges[-1][0]
+            ranges[-1] = (start, max(ranges[-1][1], offset + length - start))
+        else:
+            ranges.append((offset, length))
+    return ranges
+
+
+def advise(fd: int, spans: Sequence[Sequence[int]]) -> None:
+    """Ask the kernel to start reading these ``(offset, length)`` spans of ``fd`` (``WILLNEED``).
+
+    Spans less than :data:`PREFETCH_GAP` apart are requested as one range, in
+    :data:`PREFETCH_PIECE` calls. About 5 us a call when the pages are already cached.
+    """
+    for offset, length in coalesce(spans, gap=PREFETCH_GAP):
+        for piece in range(offset, offset + length, PREFETCH_PIECE):
+            os.posix_fadvise(fd, piece, min(PREFETCH_PIECE, offset + length - piece), os.POSIX_FADV_WILLNEED)
+
+
+def read_through(fd: int, spans: Sequence[Sequence[int]]) -> None:
+    """Read these spans of ``fd`` (coalesced, in storage order) and discard the bytes: returns once they are cached.
+
+    After :func:`advise` of the same spans this waits for the reads already queued rather
+    than requesting the pages again.
+
+    Raises:
+        OSError: A read failed.
+    """
+    scratch = memoryview(bytearray(READ_THROUGH_PIECE))
+    for offset, length in coalesce(spans, gap=PREFETCH_GAP):
+        end = offset + length
+        while offset < end:
+            got = os.preadv(fd, [scratch[:min(READ_THROUGH_PIECE, end - offset)]], offset)
+            if got <= 0:
+                return
+            offset += got
+
+
+class Prefetcher:
+    """Prefetch requests for one open file, made from one background thread in the order asked.
+
+    The thread starts on the first request, works on its own duplicate of ``fd`` (so the
+    owner may close its descriptor at any time) and ends at :meth:`close`. A request that
+    fails (an I/O error) is dropped quietly: reading the record itself raises the error that
+    names it. Belongs to the process that created it (a reader re-creates its prefetcher
+    after a fork).
+
+    Args:
+        fd: An open descriptor of the file.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.dup(fd)
+        self._jobs: queue.SimpleQueue[tuple[list[list[int]], threading.Event | None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def request(self, spans: Sequence[Sequence[int]], *, wait: bool = False) -> None:
+        """Queue ``WILLNEED`` requests for these ``(offset, length)`` spans after the ones already queued.
+
+        Args:
+            spans: Byte spans of the file.
+            wait: Return only once every queued request, these included, was made and these
+                spans are in the page cache (read through in storage order).
+        """
+        if self._closed:
+            raise ValueError("this prefetcher is closed")
+        done = threading.Event() if wait else None
+        self._jobs.put(([list(span) for span in spans], done))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="lmdb-dataset prefetch", daemon=True)
+            self._thread.start()
+        if done is not None:
+            done.wait()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            spans, done = job
+            try:
+                if not self._closed:
+                    advise(self._fd, spans)
+                    if done is not None:
+                        read_through(self._fd, spans)
+            except OSError:
+                pass
+            finally:
+                if done is not None:
+                    done.set()
+        os.close(self._fd)
+
+    def abandon(self) -> None:
+        """In a child process after a fork: close this process's copy of the descriptor (the thread is the parent's)."""
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    def close(self) -> None:
+        """Drop the requests not yet made and end the thread (it closes its descriptor when it ends)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is None:
+            os.close(self._fd)
+        else:
+            self._jobs.put(None)
