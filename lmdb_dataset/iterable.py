@@ -124,7 +124,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         check_seed(seed)
         super().__init__(path, transform, target_transform, output=output, verify_checksums=verify_checksums,
-                         access="mmap", readahead=True)
+                         access="pread", readahead=False)
         self.shuffle = shuffle
         self.chunk_size = chunk_size
         self.pool_size = pool_size
