@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,19 +61,30 @@ class LMDBDatasetBase(VisionDataset):
             self._reader = RecordReader(self._meta, access=self.access, readahead=self._readahead)
         return self._reader
 
-    def prefetch(self, runs: Sequence[tuple[int, int]], *, wait: bool = False) -> None:
-        """Ask the kernel to read the records of these storage runs ``[start, stop)`` into the page cache.
+    def prefetch(self, runs: Sequence[tuple[int, int]], *, records: Sequence[int] | None = None,
+                 wait: bool = False) -> threading.Event | None:
+        """Have the records of these storage runs ``[start, stop)`` read into the page cache, in the background.
 
-        The sequential readers call it for their next mixing pool. The requests are made from
-        this process's prefetch thread, after those asked for earlier, and read each run as
-        one sequential stream; it returns at once. With ``wait`` it returns once the runs are
-        cached (read through in storage order): a cold start's first pool, so that the next
-        pool's requests, made after it, cannot delay it on a disk that serves one request at a
-        time. Does nothing for datasets without a record offset table.
+        The sequential readers call it for their next mixing pool. This process's prefetch
+        thread asks the kernel for the runs (each one sequential stream) once the requests
+        made earlier are done, and reads them through (:class:`prefetching.Prefetcher`).
+
+        Args:
+            runs: Storage runs of record indices.
+            records: The records this process will read (the request is done once they are
+                cached; other processes read the rest). Defaults to every record of ``runs``.
+            wait: Return once the request is done (a cold start's first pool).
+
+        Returns:
+            An event set when the request is done; None (nothing to wait for) for datasets
+            without a record offset table, which are read through LMDB's map.
         """
         spans = self._meta.spans
-        if spans is not None and runs:
-            self.reader.prefetch(np.concatenate([spans[start:stop] for start, stop in runs]).tolist(), wait=wait)
+        if spans is None or not runs:
+            return None
+        wanted = np.concatenate([spans[start:stop] for start, stop in runs]).tolist()
+        read = None if records is None else spans[np.asarray(records, dtype=np.int64)].tolist()
+        return self.reader.prefetch(wanted, read=read, wait=wait)
 
     def source_path(self, index: int) -> str | None:
         """The relative source path sample ``index`` was converted from, if the dataset kept it.

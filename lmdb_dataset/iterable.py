@@ -45,9 +45,10 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     ``pool_size / chunk_size`` random chunks) is a mixing pool delivered in a uniformly
     random order (an epoch's first three pools hold 1/8, 1/4 and 1/2 of that, so a cold
     start's first batch waits for a small pool), and the rank's DataLoader workers take pieces of that order round-robin.
-    As a pool starts, the workers ask the kernel to read the next pool's chunks into the
-    page cache (``posix_fadvise(WILLNEED)``: one sequential read per chunk; as the last pool
-    starts, epoch ``epoch + 1``'s first pool), so the records of a pool, read in shuffled
+    As a pool starts, each worker's background thread asks the kernel to read the next
+    pool's chunks into the page cache (``posix_fadvise(WILLNEED)``: one sequential read per
+    chunk; as the last pool starts, epoch ``epoch + 1``'s first pool) and a worker reads a
+    pool's records once they are cached, so the records of a pool, read in shuffled
     order, come from memory (only the first pool of a run, or of a resumed epoch, is cold):
     the file is read as sequential streams, yet no shuffle buffer holds images in the workers' memory. The order is
     exactly :class:`ChunkShuffleSampler`'s with the same arguments (with ``batch_size`` set,
@@ -237,17 +238,34 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
 
     def _read(self, world: World, records: np.ndarray, pools: np.ndarray,
               runs: list[list[tuple[int, int]]]) -> Iterator[tuple[Any, Any]]:
-        """Yield the samples of ``records`` in order, prefetching the next pool's runs as each pool starts."""
+        """Yield the samples of ``records`` in order, each pool's records once the pool is cached.
+
+        As each pool starts, the next pool is requested (:meth:`prefetch`: read by this
+        process's prefetch thread after the pools requested before, this worker reading
+        through only its own records of it); a pool's records are read once its request is
+        done, so a slow disk serves them as sequential chunk reads, not as random reads.
+        """
         if len(records) == 0:
             return
-        starts = np.flatnonzero(np.diff(pools, prepend=-1))
-        self.prefetch(runs[pools[0]], wait=True)  # cached before the next pool is requested
-        for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(records)]):
+        starts = np.flatnonzero(np.diff(pools, prepend=-1)).tolist()
+        stops = [*starts[1:], len(records)]
+        own = {int(pools[start]): records[start:stop] for start, stop in zip(starts, stops)}
+        requests: dict[int, Any] = {}
+
+        def request(pool: int, wait: bool = False) -> None:
+            requests[pool] = self.prefetch(runs[pool], records=own.get(pool, records[:0]), wait=wait)
+
+        request(int(pools[0]), wait=True)
+        for start, stop in zip(starts, stops):
             pool = int(pools[start])
+            for skipped in range(max(requests) + 1, pool + 1):  # pools without records of this worker
+                request(skipped)
+            if requests[pool] is not None:
+                requests[pool].wait()
             if pool + 1 < len(runs):
-                self.prefetch(runs[pool + 1])
-            else:  # the last pool: the next epoch's first
-                self.prefetch(self._rank_order(world, self.epoch + 1).pool_runs(0))
+                request(pool + 1)
+            else:  # the last pool: ask for the next epoch's first (each worker waits for its own records then)
+                self.prefetch(self._rank_order(world, self.epoch + 1).pool_runs(0), records=[])
             for index, value in self.reader.values(records[start:stop].tolist()):
                 yield self._sample(index, value)
 

@@ -3,9 +3,13 @@
 ``posix_fadvise(WILLNEED)`` queues reads and returns, but only while the device's request
 queue has room (a block device's ``nr_requests``, FUSE's ``max_background``): asked for a
 whole mixing pool (~900 MB of ImageNet) on a disk that reads 150 MB/s, it holds its caller for
-about the time the pool takes to read. :class:`Prefetcher` therefore makes those requests from
-one background thread per process, in the order asked, so a pool's prefetch never stalls the
-DataLoader's main loop or a worker's decoding. :func:`advise` is the synchronous form, for a
+about the time the pool takes to read. And requests queued together are served in address
+order, not in the order asked: the next pool's requests, queued while the current pool is
+still being read, delay the current pool's until both are read. :class:`Prefetcher` therefore
+reads pools from one background thread per process, one after the other: it requests a
+pool, reads it through (returning when it is cached), then goes on to the next, so a pool's
+prefetch never stalls the DataLoader's main loop or a worker's decoding, and the pool being
+consumed is never queued behind the next. :func:`advise` is the synchronous request, for a
 batch the caller is about to read anyway.
 """
 
@@ -25,6 +29,9 @@ PREFETCH_PIECE = 128 << 10
 (128 KB by default) per call and silently ignores the rest of a longer range."""
 READ_THROUGH_PIECE = 1 << 20
 """Bytes per ``pread`` when waiting for requested spans to be cached (:func:`read_through`)."""
+READ_THROUGH_GAP = 64 << 10
+"""Spans closer than this are read through as one range: neighbouring records (a page header
+apart), not the records of other DataLoader workers in between (each reads its own)."""
 
 
 def coalesce(spans: Sequence[Sequence[int]], *, gap: int) -> list[tuple[int, int]]:
@@ -51,16 +58,17 @@ def advise(fd: int, spans: Sequence[Sequence[int]]) -> None:
 
 
 def read_through(fd: int, spans: Sequence[Sequence[int]]) -> None:
-    """Read these spans of ``fd`` (coalesced, in storage order) and discard the bytes: returns once they are cached.
+    """Read these spans of ``fd`` (in storage order) and discard the bytes: returns once they are cached.
 
     After :func:`advise` of the same spans this waits for the reads already queued rather
-    than requesting the pages again.
+    than requesting the pages again. Spans less than :data:`READ_THROUGH_GAP` apart are read
+    as one range.
 
     Raises:
         OSError: A read failed.
     """
     scratch = memoryview(bytearray(READ_THROUGH_PIECE))
-    for offset, length in coalesce(spans, gap=PREFETCH_GAP):
+    for offset, length in coalesce(spans, gap=READ_THROUGH_GAP):
         end = offset + length
         while offset < end:
             got = os.preadv(fd, [scratch[:min(READ_THROUGH_PIECE, end - offset)]], offset)
@@ -70,13 +78,15 @@ def read_through(fd: int, spans: Sequence[Sequence[int]]) -> None:
 
 
 class Prefetcher:
-    """Prefetch requests for one open file, made from one background thread in the order asked.
+    """Reads requested spans of one open file into the page cache from a background thread, one request after another.
 
-    The thread starts on the first request, works on its own duplicate of ``fd`` (so the
-    owner may close its descriptor at any time) and ends at :meth:`close`. A request that
-    fails (an I/O error) is dropped quietly: reading the record itself raises the error that
-    names it. Belongs to the process that created it (a reader re-creates its prefetcher
-    after a fork).
+    Each request is asked of the kernel (:func:`advise`) and its spans to read are then read
+    through (:func:`read_through`) before the next request is asked, so requests complete in
+    the order made and a caller can wait for one. The thread starts on the first request,
+    works on its own duplicate of ``fd`` (so the owner may close its descriptor at any time)
+    and ends at :meth:`close`. A request that fails (an I/O error) ends quietly: reading the
+    record itself raises the error that names it. Belongs to the process that created it (a
+    reader re-creates its prefetcher after a fork).
 
     Args:
         fd: An open descriptor of the file.
@@ -84,41 +94,47 @@ class Prefetcher:
 
     def __init__(self, fd: int) -> None:
         self._fd = os.dup(fd)
-        self._jobs: queue.SimpleQueue[tuple[list[list[int]], threading.Event | None] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[list[list[int]], list[list[int]], threading.Event] | None] = \
+            queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def request(self, spans: Sequence[Sequence[int]], *, wait: bool = False) -> None:
-        """Queue ``WILLNEED`` requests for these ``(offset, length)`` spans after the ones already queued.
+    def request(self, spans: Sequence[Sequence[int]], *, read: Sequence[Sequence[int]] | None = None,
+                wait: bool = False) -> threading.Event:
+        """Queue these ``(offset, length)`` spans to be read into the page cache after the requests queued before.
 
         Args:
-            spans: Byte spans of the file.
-            wait: Return only once every queued request, these included, was made and these
-                spans are in the page cache (read through in storage order).
+            spans: Byte spans of the file to ask the kernel for.
+            read: The spans to read through before the request counts as done (the ones this
+                process will read, when others read the rest). Defaults to ``spans``.
+            wait: Return only once the request is done.
+
+        Returns:
+            An event set when the request is done (or was dropped by :meth:`close`).
         """
         if self._closed:
             raise ValueError("this prefetcher is closed")
-        done = threading.Event() if wait else None
-        self._jobs.put(([list(span) for span in spans], done))
+        done = threading.Event()
+        self._jobs.put(([list(span) for span in spans], [list(span) for span in (spans if read is None else read)],
+                        done))
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="lmdb-dataset prefetch", daemon=True)
             self._thread.start()
-        if done is not None:
+        if wait:
             done.wait()
+        return done
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
-            spans, done = job
+            spans, read, done = job
             try:
                 if not self._closed:
                     advise(self._fd, spans)
-                    if done is not None:
-                        read_through(self._fd, spans)
+                    read_through(self._fd, read)
             except OSError:
                 pass
             finally:
-                if done is not None:
-                    done.set()
+                done.set()
         os.close(self._fd)
 
     def abandon(self) -> None:

@@ -13,6 +13,7 @@ reader lets go of the old file so its disk space is released.
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -118,14 +119,16 @@ class RecordReader:
         """
         advise(self._data_fd(), spans)
 
-    def prefetch(self, spans: Sequence[Sequence[int]], *, wait: bool = False) -> None:
+    def prefetch(self, spans: Sequence[Sequence[int]], *, read: Sequence[Sequence[int]] | None = None,
+                 wait: bool = False) -> threading.Event:
         """Queue these (offset, length) byte spans for the page cache on this process's prefetch thread.
 
-        Returns at once unless ``wait`` (then once they are cached); see :class:`Prefetcher`.
+        Returns at once (or, with ``wait``, once done) an event set when the spans, or ``read``
+        of them, are cached; see :class:`Prefetcher`.
         """
         if self._prefetcher is None:
             self._prefetcher = Prefetcher(self._data_fd())
-        self._prefetcher.request(spans, wait=wait)
+        return self._prefetcher.request(spans, read=read, wait=wait)
 
     def values(self, indices: Sequence[int]) -> Iterator[tuple[int, bytes | memoryview]]:
         """Yield ``(index, value)`` for ``indices``, in the order given (pass them sorted to read forward).

@@ -144,21 +144,26 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
             return iter(self._samples(plan.order[skip:]).tolist())
         return self._prefetching(plan, skip, prefetch)
 
-    def _prefetching(self, plan: RankOrder, skip: int,
-                     prefetch: Callable[..., None]) -> Iterator[int]:
+    def _prefetching(self, plan: RankOrder, skip: int, prefetch: Callable[..., Any]) -> Iterator[int]:
         """Yield the epoch's indices from ``skip`` on, prefetching pools one ahead.
 
-        The first pool is read before anything else is requested (``prefetch(runs, wait=True)``);
-        as pool ``q`` starts, pool ``q + 1``'s runs are requested; as the last pool starts,
-        the first pool of epoch ``epoch + 1``'s, so that only a run's first pool starts cold.
+        The first pool is read before anything else is requested (``prefetch(runs,
+        wait=True)``). As pool ``q`` starts, pool ``q + 1``'s runs are requested (as the last
+        pool starts, the first pool of epoch ``epoch + 1``'s, so that only a run's first pool
+        starts cold), and pool ``q``'s indices are yielded once its own request is done (when
+        ``prefetch`` returns something to ``wait()`` on): DataLoader workers then read its
+        records from the page cache, not at random from a slow device while it is read.
         """
         indices, runs = self._samples(plan.order), plan.runs()
         first = int(plan.pool_of(np.asarray(skip)))
         if first < len(runs):
-            prefetch(runs[first], wait=True)  # cached before the next pool is requested
+            prefetch(runs[first], wait=True)
+        pending = None
         for pool in range(first, len(runs)):
+            if pending is not None:
+                pending.wait()
             if pool + 1 < len(runs):
-                prefetch(runs[pool + 1])
+                pending = prefetch(runs[pool + 1])
             else:  # the last pool: the next epoch's first
                 prefetch(self._rank_order(self.epoch + 1).pool_runs(0))
             yield from indices[max(skip, plan.starts[pool]):plan.starts[pool + 1]].tolist()

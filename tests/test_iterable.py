@@ -243,7 +243,7 @@ def _log_reads(dataset) -> list[tuple[str, list]]:
     """Record, in order, the runs ``dataset.prefetch`` is asked for and the records ``reader.values`` reads."""
     events = []
     prefetch, values = dataset.prefetch, dataset.reader.values
-    dataset.prefetch = lambda runs, wait=False: (events.append(("prefetch", list(runs))), prefetch(runs, wait=wait))[1]
+    dataset.prefetch = lambda runs, **options: (events.append(("prefetch", list(runs))), prefetch(runs, **options))[1]
     dataset.reader.values = lambda indices: (events.append(("read", list(indices))), values(indices))[1]
     return events
 

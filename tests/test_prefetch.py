@@ -57,7 +57,7 @@ def test_a_batch_is_prefetched_in_pieces_covering_its_records(converted, monkeyp
     assert sum(length for _, length in calls) == sum(size for _, size in ranges)
 
 
-def test_prefetch_with_wait_reads_every_run_through_in_storage_order_after_requesting_it(converted, monkeypatch):
+def test_pool_prefetch_requests_every_run_then_reads_it_through_in_storage_order(converted, monkeypatch):
     dataset = LMDBImageDataset(converted(num_images=24))
     events: list[tuple[str, int, int]] = []
     real_fadvise, real_preadv = os.posix_fadvise, os.preadv
@@ -74,10 +74,6 @@ def test_prefetch_with_wait_reads_every_run_through_in_storage_order_after_reque
     monkeypatch.setattr(os, "posix_fadvise", fadvise)
     monkeypatch.setattr(os, "preadv", preadv)
     runs = [(20, 24), (0, 3), (9, 12)]
-    dataset.prefetch(runs)
-    dataset.reader.prefetch([], wait=True)  # returns once the requests queued before it were made
-    assert events and all(kind == "advise" for kind, _, _ in events)  # no wait: requests only
-    events.clear()
     dataset.prefetch(runs, wait=True)
     kinds = [kind for kind, _, _ in events]
     assert "read" in kinds and kinds.index("read") > kinds.index("advise") and "advise" not in kinds[kinds.index("read"):]
@@ -88,7 +84,7 @@ def test_prefetch_with_wait_reads_every_run_through_in_storage_order_after_reque
         assert any(start <= offset and offset + length <= start + got for start, got in reads)
 
 
-def test_prefetch_with_wait_ends_quietly_on_an_io_error_leaving_it_to_the_record_read(converted, monkeypatch):
+def test_pool_prefetch_ends_quietly_on_an_io_error_leaving_it_to_the_record_read(converted, monkeypatch):
     dataset = LMDBImageDataset(converted(num_images=8))
 
     def failing(fd, buffers, offset, *flags):

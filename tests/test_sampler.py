@@ -153,6 +153,7 @@ def test_sampler_prefetches_each_pool_before_yielding_it_the_next_as_it_starts_t
         def __init__(self):
             self.prefetched: list[list[tuple[int, int]]] = []
             self.waited: list[bool] = []
+            self.handles = []
 
         def __len__(self):
             return 500
@@ -160,6 +161,15 @@ def test_sampler_prefetches_each_pool_before_yielding_it_the_next_as_it_starts_t
         def prefetch(self, runs, *, wait=False):
             self.prefetched.append(list(runs))
             self.waited.append(wait)
+            self.handles.append(Handle())
+            return self.handles[-1]
+
+    class Handle:
+        def __init__(self):
+            self.done = False
+
+        def wait(self):
+            self.done = True
 
     source = Source()
     sampler = ChunkShuffleSampler(source, chunk_size=10, pool_size=100, seed=4)
@@ -175,6 +185,7 @@ def test_sampler_prefetches_each_pool_before_yielding_it_the_next_as_it_starts_t
         if pool == len(plan.starts) - 2:
             expected.append(following.pool_runs(0))
         assert source.prefetched == expected
+        assert all(handle.done for handle in source.handles[1:pool - first + 1])  # a pool's request done first
         assert any(plan.starts[q] <= position < plan.starts[q + 1] and any(a <= index < b for a, b in runs)
                    for q, runs in zip(range(first, pool + 2), source.prefetched))
     assert source.waited == [True] + [False] * (len(source.waited) - 1)  # the first pool cached before the next
