@@ -44,16 +44,17 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     on a rank that ran dry). Each run of ``pool_size`` records of a rank's slice (about
     ``pool_size / chunk_size`` random chunks) is a mixing pool delivered in a uniformly
     random order (an epoch's first three pools hold 1/8, 1/4 and 1/2 of that, so a cold
-    start's first batch waits for a small pool), and the rank's DataLoader workers take pieces of that order round-robin.
-    As a pool starts, each worker's background thread asks the kernel to read the next
-    pool's chunks into the page cache (``posix_fadvise(WILLNEED)``: one sequential read per
-    chunk; as the last pool starts, epoch ``epoch + 1``'s first pool) and a worker reads a
-    pool's records once they are cached, so the records of a pool, read in shuffled
-    order, come from memory (only the first pool of a run, or of a resumed epoch, is cold):
-    the file is read as sequential streams, yet no shuffle buffer holds images in the workers' memory. The order is
-    exactly :class:`ChunkShuffleSampler`'s with the same arguments (with ``batch_size`` set,
-    the DataLoader's batches are the sampler's). With ``shuffle=False`` records come in
-    storage order (and, with ``batch_size`` set, the DataLoader yields exactly the records
+    start's first batch waits for a small pool), and the rank's DataLoader workers take
+    pieces of that order round-robin. As a pool starts, each worker's background thread
+    asks the kernel to read the next pool's chunks into the page cache
+    (``posix_fadvise(WILLNEED)``: one sequential read per chunk; as the last pool starts,
+    epoch ``epoch + 1``'s first pool), and a worker reads a pool's records once they are
+    cached: the records of a pool, read in shuffled order, come from memory (only the first
+    pool of a run, or of a resumed epoch, is cold), the file is read as sequential streams,
+    yet no shuffle buffer holds images in the workers' memory. The order is exactly
+    :class:`ChunkShuffleSampler`'s with the same arguments (with ``batch_size`` set, the
+    DataLoader's batches are the sampler's). With ``shuffle=False`` records come in storage
+    order (and, with ``batch_size`` set, the DataLoader yields exactly the records
     ``0..N-1`` split across ranks).
 
     A file stored class by class (neighbouring records of one class) makes every pool, so

@@ -11,8 +11,9 @@ One epoch's order over records ``0..n-1``:
 3. :func:`worker_positions` splits a rank's slice among DataLoader workers in pieces of
    ``piece_size`` positions, dealt round-robin.
 4. :func:`pool_starts` groups a rank's share into mixing pools of about ``pool_size``
-   records (whole chunk pieces; an epoch's first pools ramp up to that size) and :func:`pool_shuffle` permutes records within each
-   pool; :func:`rank_order` composes 1, 2 and 4 into a :class:`RankOrder`.
+   records (whole chunk pieces; an epoch's first pools ramp up to that size) and
+   :func:`pool_shuffle` permutes records within each pool; :func:`rank_order` composes
+   1, 2 and 4 into a :class:`RankOrder`.
 5. :func:`consumed_per_worker` replays the DataLoader's round-robin over worker batches to
    tell how many samples each worker had delivered after the training loop consumed ``k``.
 
