@@ -7,7 +7,7 @@ SOURCE holds ``train/`` (an ImageFolder, e.g. from ``benchmarks/make_corpus.py``
 it opens the dataset, starts a DataLoader and reads ``--samples`` samples. The model
 ``local`` reads SOURCE itself with every file in the page cache: the machine's ceiling
 without storage. Results go to ``benchmarks/slow_storage/results.json`` (runs already there
-for other models are kept) with their plot ``results.png``; ``report.py`` renders them as a
+for other models or worker counts are kept) with their plot ``results.png``; ``report.py`` renders them as a
 section of ``benchmarks/RESULTS.md`` (``python benchmarks/report.py benchmarks/results.json --out benchmarks``).
 """
 
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"{args.out} holds runs with settings {previous['settings']}, not "
                              f"{results['settings']}: pass another --out")
         results = previous
-        results["runs"] = [run for run in results["runs"] if run["model"] not in args.models]
+        results["runs"] = [run for run in results["runs"]
+                           if run["model"] not in args.models or run["workers"] not in args.workers]
     for model in args.models:
         if model != "local":
             results["validation"][model] = validate(args.source, "train.lmdb/data.mdb", model, rtt_ms=args.rtt_ms)
@@ -141,7 +142,10 @@ def main(argv: list[str] | None = None) -> None:
                     print({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}, flush=True)
                     args.out.write_text(json.dumps(results, indent=1) + "\n")
     results["machine"]["load_1min_end"] = os.getloadavg()[0]
-    results["command"] = " ".join(["python -m benchmarks.slow_storage.experiment", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m benchmarks.slow_storage.experiment", *(argv or sys.argv[1:])])
+    earlier = results.get("commands", [results["command"]] if "command" in results else [])
+    results["commands"] = [*earlier, command]  # the runs kept come from the earlier ones
+    results.pop("command", None)
     results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     plot(results["runs"], args.out.with_suffix(".png"))

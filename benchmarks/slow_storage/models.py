@@ -24,7 +24,9 @@ lookups and opens are free).
 ``nfs`` (:class:`NfsModel`): requests proceed in parallel; each costs one round trip
 (``rtt``, 0.5 ms by default) plus its bytes' time on a shared link of ``bandwidth`` bytes/s
 (1 GB/s by default). The first lookup of a path costs one round trip, and so does every
-open (close-to-open consistency makes NFS clients revalidate attributes on open).
+open (close-to-open consistency makes NFS clients revalidate attributes on open). Listing a
+directory costs one round trip per :data:`READDIRPLUS_ENTRIES` entries and brings their
+attributes (NFSv3 READDIRPLUS), so looking up a listed entry is free afterwards.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+READDIRPLUS_ENTRIES = 128
+"""Directory entries (with attributes) per READDIRPLUS reply in the nfs model: ~32 KB replies."""
 INODE_BYTES = 256
 """Bytes of inode table per path in the hdd layout."""
 ALIGNMENT = 4096
@@ -68,6 +72,10 @@ class DeviceModel:
     def open(self, path: str) -> float:
         """Reserve the work of opening ``path``; return its completion instant."""
         return time.monotonic()
+
+    def listing(self, path: str, entries: Sequence[str]) -> float:
+        """Reserve the listing of directory ``path`` holding ``entries`` (their paths); return its completion instant."""
+        return self.metadata(path)
 
     def describe(self) -> str:
         """One line naming the model and its parameters."""
@@ -194,6 +202,12 @@ class NfsModel(DeviceModel):
 
     def open(self, path: str) -> float:
         return time.monotonic() + self.rtt
+
+    def listing(self, path: str, entries: Sequence[str]) -> float:
+        with self._lock:
+            self._known.update(entries)
+        replies = max(1, math.ceil(len(entries) / READDIRPLUS_ENTRIES))
+        return self.metadata(path) + replies * self.rtt
 
     def describe(self) -> str:
         return f"nfs: {self.rtt * 1e3:g} ms round trip per request, parallel; {self.bandwidth / 1e9:g} GB/s shared link"

@@ -89,8 +89,9 @@ class ModelledPassthrough(mfusepy.Operations):
                 "st_ctime": st.st_ctime_ns, "st_ino": st.st_ino}
 
     def readdir(self, path: str, fh: int) -> list[str]:
-        wait_until(self.model.metadata(path))
-        return [".", "..", *sorted(os.listdir(self._real(path)))]
+        names = sorted(os.listdir(self._real(path)))
+        wait_until(self.model.listing(path, [f"{path.rstrip('/')}/{name}" for name in names]))
+        return [".", "..", *names]
 
     def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR):

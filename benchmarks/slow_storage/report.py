@@ -144,6 +144,15 @@ def plot(runs: list[Run], path: Path) -> None:
     plt.close(figure)
 
 
+def commands_line(results: dict[str, Any]) -> str:
+    """The command (or commands, each adding its models and worker counts) that produced ``results``."""
+    commands = results.get("commands") or ([results["command"]] if "command" in results else [])
+    if not commands:
+        return "Command: not recorded in the JSON."
+    return ("Command: " if len(commands) == 1 else "Commands, each adding its cases: ") + \
+        ", then ".join(f"`{command}`" for command in commands)
+
+
 def samples_for(settings: dict[str, Any]) -> str:
     """The loaders that read another number of samples, as a parenthesis (empty if none)."""
     other = settings.get("samples_for") or {}
@@ -158,7 +167,7 @@ def experiment_section(results: dict[str, Any]) -> str:
     failed = sum(row.endswith("FAIL |") for row in rows[2:])
     parts = [
         "## Slow storage (FUSE device models)", "",
-        f"Command: `{results['command']}`" if "command" in results else "Command: not recorded in the JSON.", "",
+        commands_line(results), "",
         *([f"Date: {results['date']}", ""] if "date" in results else []),
         f"Machine: {machine['cpus']} cores, {machine['platform']}, python {machine['python']}; "
         f"1-minute load average {machine['load_1min_start']:.1f} at the start and "
