@@ -82,8 +82,8 @@ class LMDBDatasetBase(VisionDataset):
         spans = self._meta.spans
         if spans is None or not runs:
             return None
-        wanted = np.concatenate([spans[start:stop] for start, stop in runs]).tolist()
-        read = None if records is None else spans[np.asarray(records, dtype=np.int64)].tolist()
+        wanted = np.concatenate([spans[start:stop] for start, stop in runs])
+        read = None if records is None else spans[np.asarray(records, dtype=np.int64)]
         return self.reader.prefetch(wanted, read=read, wait=wait)
 
     def source_path(self, index: int) -> str | None:

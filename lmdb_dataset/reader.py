@@ -76,6 +76,10 @@ class RecordReader:
             if FileIdentity.of(os.fstat(fd)) != self.meta.identity:
                 os.close(fd)
                 raise changed_error(self.meta.path)
+            # A record's pread reads its own pages only, not a readahead window past it (4x a
+            # ~110 KB record: 3 ms more per cold record at 150 MB/s); explicit prefetches
+            # (WILLNEED) are unaffected.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             self._fd = fd
         return self._fd
 
@@ -119,8 +123,8 @@ class RecordReader:
         """
         advise(self._data_fd(), spans)
 
-    def prefetch(self, spans: Sequence[Sequence[int]], *, read: Sequence[Sequence[int]] | None = None,
-                 wait: bool = False) -> threading.Event:
+    def prefetch(self, spans: Sequence[Sequence[int]] | np.ndarray, *,
+                 read: Sequence[Sequence[int]] | np.ndarray | None = None, wait: bool = False) -> threading.Event:
         """Queue these (offset, length) byte spans for the page cache on this process's prefetch thread.
 
         Returns at once (or, with ``wait``, once done) an event set when the spans, or ``read``

@@ -64,7 +64,8 @@ def test_pool_prefetch_requests_every_run_then_reads_it_through_in_storage_order
     real_fadvise, real_preadv = os.posix_fadvise, os.preadv
 
     def fadvise(fd, offset, length, advice):
-        events.append(("advise", offset, length))
+        if advice == os.POSIX_FADV_WILLNEED:
+            events.append(("advise", offset, length))
         return real_fadvise(fd, offset, length, advice)
 
     def preadv(fd, buffers, offset, *flags):
@@ -106,8 +107,9 @@ def test_pool_prefetch_returns_while_the_kernel_holds_the_request_and_requests_k
     real = os.posix_fadvise
 
     def full_queue(fd, offset, length, advice):  # as WILLNEED does while the device queue is full
-        release.wait(timeout=30)
-        made.append(offset)
+        if advice == os.POSIX_FADV_WILLNEED:
+            release.wait(timeout=30)
+            made.append(offset)
         return real(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", full_queue)
@@ -145,3 +147,13 @@ def test_prefetcher_closed_while_its_thread_is_held_drops_the_rest_and_closes_it
         os.fstat(own)
     with pytest.raises(ValueError, match="closed"):
         prefetcher.request([(0, 1)])
+
+
+def test_record_reads_ask_for_no_readahead_window_past_the_record(converted, monkeypatch):
+    dataset = LMDBImageDataset(converted(num_images=4))
+    advice: list[int] = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, kind: (advice.append(kind),
+                                                                               real(fd, offset, length, kind))[1])
+    dataset[0]
+    assert advice[0] == os.POSIX_FADV_RANDOM  # on opening the data file, before any read
