@@ -64,18 +64,16 @@ def advise(fd: int, spans: Sequence[Sequence[int]] | np.ndarray) -> None:
             os.posix_fadvise(fd, piece, min(PREFETCH_PIECE, offset + length - piece), os.POSIX_FADV_WILLNEED)
 
 
-def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: memoryview | None = None) -> None:
+def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: memoryview) -> None:
     """Read these spans of ``fd`` (in storage order) and discard the bytes: returns once they are cached.
 
     After :func:`advise` of the same spans this waits for the reads already queued rather
     than requesting the pages again. Spans less than :data:`READ_THROUGH_GAP` apart are read
-    as one range, into ``scratch`` (a writable buffer; one of :data:`READ_THROUGH_PIECE`
-    bytes is made if not given).
+    as one range, into the writable buffer ``scratch`` a piece at a time.
 
     Raises:
         OSError: A read failed.
     """
-    scratch = memoryview(bytearray(READ_THROUGH_PIECE)) if scratch is None else scratch
     for offset, length in coalesce(spans, gap=READ_THROUGH_GAP):
         end = offset + length
         while offset < end:
@@ -92,8 +90,8 @@ class Prefetcher:
     through (:func:`read_through`) before the next request is asked, so requests complete in
     the order made and a caller can wait for one. The thread starts on the first request,
     works on its own duplicate of ``fd`` (so the owner may close its descriptor at any time)
-    and ends at :meth:`close`. A request that fails (an I/O error) ends quietly: reading the
-    record itself raises the error that names it. Belongs to the process that created it (a
+    and ends at :meth:`close`. A request that fails (an I/O error) ends quietly, and the thread
+    goes on to the next: reading the record itself raises the error that names it. Belongs to the process that created it (a
     reader re-creates its prefetcher after a fork).
 
     Args:
@@ -139,8 +137,8 @@ class Prefetcher:
                 if not self._closed:
                     advise(self._fd, spans)
                     read_through(self._fd, read, scratch)
-            except OSError:
-                pass
+            except Exception:  # noqa: BLE001 - advisory: the thread must go on serving (readers wait on it),
+                pass  # and reading the records themselves raises their errors
             finally:
                 done.set()
         os.close(self._fd)
