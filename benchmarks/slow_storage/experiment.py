@@ -7,7 +7,7 @@ SOURCE holds ``train/`` (an ImageFolder, e.g. from ``benchmarks/make_corpus.py``
 it opens the dataset, starts a DataLoader and reads ``--samples`` samples. The model
 ``local`` reads SOURCE itself with every file in the page cache: the machine's ceiling
 without storage. Results go to ``benchmarks/slow_storage/results.json`` (runs already there
-for other models or worker counts are kept) with their plot ``results.png``; ``report.py`` renders them as a
+for other cases are kept; each run records its sample count) with their plot ``results.png``; ``report.py`` renders them as a
 section of ``benchmarks/RESULTS.md`` (``python benchmarks/report.py benchmarks/results.json --out benchmarks``).
 """
 
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                     "python": platform.python_version(), "load_1min_start": os.getloadavg()[0]},
-        "settings": {"batch_size": args.batch_size, "samples": args.samples,
-                     "samples_for": dict(args.samples_for), "rtt_ms": args.rtt_ms},
+        "settings": {"batch_size": args.batch_size, "rtt_ms": args.rtt_ms},
         "validation": {}, "runs": []}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
@@ -126,8 +125,10 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"{args.out} holds runs with settings {previous['settings']}, not "
                              f"{results['settings']}: pass another --out")
         results = previous
+        rerun = {(model, workers, pipeline, loader) for model in args.models for workers in args.workers
+                 for pipeline in args.pipelines for loader in args.loaders}
         results["runs"] = [run for run in results["runs"]
-                           if run["model"] not in args.models or run["workers"] not in args.workers]
+                           if (run["model"], run["workers"], run["pipeline"], run["loader"]) not in rerun]
     for model in args.models:
         if model != "local":
             results["validation"][model] = validate(args.source, "train.lmdb/data.mdb", model, rtt_ms=args.rtt_ms)

@@ -27,6 +27,17 @@ def overall(run: Run) -> tuple[float, float | None]:
     return rate, rate * per_sample_mb if per_sample_mb is not None else None
 
 
+IN_FLIGHT_MARGIN = 4
+"""A run's rate after its first batch is trusted when it read at least this many times the samples
+its workers can have read before that batch (one batch each): otherwise reads made before the
+first batch are counted after it, and the rate can exceed the device's."""
+
+
+def long_enough(run: Run) -> bool:
+    """Whether ``run`` read enough samples for its rate after the first batch (see :data:`IN_FLIGHT_MARGIN`)."""
+    return run["samples"] >= IN_FLIGHT_MARGIN * max(run["workers"], 1) * run["batch_size"]
+
+
 def find(runs: list[Run], **key: Any) -> Run | None:
     """The run matching every ``key`` (model, loader, pipeline, workers), if any."""
     return next((run for run in runs if all(run[k] == v for k, v in key.items())), None)
@@ -41,6 +52,8 @@ def run_table(runs: list[Run], model: str) -> str:
             continue
         base = find(runs, model=model, loader="imagefolder", pipeline=run["pipeline"], workers=run["workers"])
         ratio = f"{run['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "-"
+        if not long_enough(run) or (base and not long_enough(base)):
+            ratio = "too short"
         rate, mb = overall(run)
         lines.append(f"| {run['pipeline']} | {run['workers']} | {run['loader']} | {run['samples']} "
                      f"| {run['first_batch_s']:.2f} | {run['samples_per_s']:.0f} | {ratio} | {rate:.0f} "
@@ -81,7 +94,8 @@ def target_rows(runs: list[Run], validation: dict[str, Any]) -> list[str]:
             if run["model"] != model or run["loader"] not in loaders or run["pipeline"] not in pipelines:
                 continue
             base = find(runs, model=model, loader="imagefolder", pipeline=run["pipeline"], workers=run["workers"])
-            if base is None or (check is bandwidth and run["mb_per_s"] is None):
+            if base is None or (check is bandwidth and run["mb_per_s"] is None) or not (long_enough(run)
+                                                                                      and long_enough(base)):
                 continue
             value, threshold = check(run, base, validation.get(model, {}))
             passed = value >= threshold if sense == ">=" else value <= threshold
@@ -149,14 +163,8 @@ def commands_line(results: dict[str, Any]) -> str:
     commands = results.get("commands") or ([results["command"]] if "command" in results else [])
     if not commands:
         return "Command: not recorded in the JSON."
-    return ("Command: " if len(commands) == 1 else "Commands, each adding its cases: ") + \
-        ", then ".join(f"`{command}`" for command in commands)
-
-
-def samples_for(settings: dict[str, Any]) -> str:
-    """The loaders that read another number of samples, as a parenthesis (empty if none)."""
-    other = settings.get("samples_for") or {}
-    return f" ({', '.join(f'{loader}: {count}' for loader, count in other.items())})" if other else ""
+    following = " (each adding or replacing its cases)" if len(commands) > 1 else ""
+    return "Command: " + ", then ".join(f"`{command}`" for command in commands) + following
 
 
 def experiment_section(results: dict[str, Any]) -> str:
@@ -173,9 +181,11 @@ def experiment_section(results: dict[str, Any]) -> str:
         f"1-minute load average {machine['load_1min_start']:.1f} at the start and "
         f"{machine.get('load_1min_end', float('nan')):.1f} at the end (each row gives the load before its run).", "",
         f"Each case: a fresh cold mount, the dataset opened, a DataLoader (batch {settings['batch_size']}) read "
-        f"until {settings['samples']} samples{samples_for(settings)} (or the epoch's end) with the readers' "
+        "until the run's samples (or the epoch's end) with the readers' "
         "default options. The first batch (from opening the dataset) is reported apart; the targets' ratios "
-        "to ImageFolder use samples/s after it. Stored MB/s cover the whole run: a reader that reads ahead "
+        "to ImageFolder use samples/s after it, for runs of at least "
+        f"{IN_FLIGHT_MARGIN} x workers x batch samples (shorter ones, marked too short, can count reads made "
+        "before the first batch after it). Stored MB/s cover the whole run: a reader that reads ahead "
         "before its first batch delivers after it bytes read before it, so its rate after the first batch "
         "can exceed the device's; the whole run's cannot, and the bandwidth target uses it. "
         f"nfs round trip: {settings['rtt_ms']} ms.", "",
