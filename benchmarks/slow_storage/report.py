@@ -38,6 +38,11 @@ def long_enough(run: Run) -> bool:
     return run["samples"] >= IN_FLIGHT_MARGIN * max(run["workers"], 1) * run["batch_size"]
 
 
+def comparable(run: Run, base: Run) -> bool:
+    """Whether ``run`` and its ImageFolder ``base`` are both :func:`long_enough` for a ratio of their rates."""
+    return long_enough(run) and long_enough(base)
+
+
 def find(runs: list[Run], **key: Any) -> Run | None:
     """The run matching every ``key`` (model, loader, pipeline, workers), if any."""
     return next((run for run in runs if all(run[k] == v for k, v in key.items())), None)
@@ -51,9 +56,8 @@ def run_table(runs: list[Run], model: str) -> str:
         if run["model"] != model:
             continue
         base = find(runs, model=model, loader="imagefolder", pipeline=run["pipeline"], workers=run["workers"])
-        ratio = f"{run['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "-"
-        if not long_enough(run) or (base and not long_enough(base)):
-            ratio = "too short"
+        ratio = ("-" if base is None else f"{run['samples_per_s'] / base['samples_per_s']:.2f}x"
+                 if comparable(run, base) else "too short")
         rate, mb = overall(run)
         lines.append(f"| {run['pipeline']} | {run['workers']} | {run['loader']} | {run['samples']} "
                      f"| {run['first_batch_s']:.2f} | {run['samples_per_s']:.0f} | {ratio} | {rate:.0f} "
@@ -94,8 +98,7 @@ def target_rows(runs: list[Run], validation: dict[str, Any]) -> list[str]:
             if run["model"] != model or run["loader"] not in loaders or run["pipeline"] not in pipelines:
                 continue
             base = find(runs, model=model, loader="imagefolder", pipeline=run["pipeline"], workers=run["workers"])
-            if base is None or (check is bandwidth and run["mb_per_s"] is None) or not (long_enough(run)
-                                                                                      and long_enough(base)):
+            if base is None or (check is bandwidth and run["mb_per_s"] is None) or not comparable(run, base):
                 continue
             value, threshold = check(run, base, validation.get(model, {}))
             passed = value >= threshold if sense == ">=" else value <= threshold
