@@ -13,6 +13,7 @@ from torchvision.datasets import VisionDataset
 
 from .decoding import Output, Sample, check_output, to_output
 from .environment import DatasetMetadata, load_metadata, read_path_table
+from .memory import freeze_inherited_objects
 from .format import PathTable
 from .reader import Access, RecordReader, check_access, record_pixels
 
@@ -54,10 +55,15 @@ class LMDBDatasetBase(VisionDataset):
 
     @property
     def reader(self) -> RecordReader:
-        """This process's record reader, created on first use (and again after a fork)."""
+        """This process's record reader, created on first use (and again after a fork).
+
+        In a DataLoader worker, creating it also freezes the objects the worker inherited
+        (:func:`memory.freeze_inherited_objects`).
+        """
         if self._reader is None or self._reader.stale:
             if self._reader is not None:
                 self._reader.close()  # the copy inherited over fork
+            freeze_inherited_objects()
             self._reader = RecordReader(self._meta, access=self.access, readahead=self._readahead)
         return self._reader
 
