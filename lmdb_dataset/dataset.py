@@ -67,7 +67,7 @@ class LMDBDatasetBase(VisionDataset):
             self._reader = RecordReader(self._meta, access=self.access, readahead=self._readahead)
         return self._reader
 
-    def prefetch(self, runs: Sequence[tuple[int, int]], *, records: Sequence[int] | None = None,
+    def prefetch(self, runs: np.ndarray | Sequence[tuple[int, int]], *, records: Sequence[int] | None = None,
                  wait: bool = False) -> threading.Event | None:
         """Have the records of these storage runs ``[start, stop)`` read into the page cache, in the background.
 
@@ -76,7 +76,7 @@ class LMDBDatasetBase(VisionDataset):
         made earlier are done, and reads them through (:class:`prefetching.Prefetcher`).
 
         Args:
-            runs: Storage runs of record indices.
+            runs: Storage runs of record indices, rows ``[start, stop)`` (``ordering.contiguous_runs``).
             records: The records this process will read (the request is done once they are
                 cached; other processes read the rest). Defaults to every record of ``runs``.
             wait: Return once the request is done (a cold start's first pool).
@@ -86,7 +86,7 @@ class LMDBDatasetBase(VisionDataset):
             without a record offset table, which are read through LMDB's map.
         """
         spans = self._meta.spans
-        if spans is None or not runs:
+        if spans is None or len(runs) == 0:
             return None
         wanted = np.concatenate([spans[start:stop] for start, stop in runs])
         read = None if records is None else spans[np.asarray(records, dtype=np.int64)]

@@ -147,14 +147,14 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         """Samples this rank yields in the next iteration (its share of an epoch, less any resumed part)."""
         return rank_length(len(self.targets), self.num_replicas, self.drop_last) - self._progress.skip
 
-    def worker_plan(self, world: World) -> tuple[np.ndarray, np.ndarray, list[list[tuple[int, int]]]]:
+    def worker_plan(self, world: World) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """What one worker reads this epoch, skipping a resumed epoch's consumed part.
 
         Returns:
             ``(records, pools, runs)``: ``records`` (int64, shape ``(k,)``) the stored records
             the worker yields, in order; ``pools`` (int64, shape ``(k,)``) the mixing pool of
             each; ``runs[q]`` the contiguous record runs ``[start, stop)`` of the rank's pool
-            ``q``, in the order they are prefetched.
+            ``q`` (int64 ``(runs, 2)``), in the order they are prefetched.
         """
         plan = self._rank_order(world, self.epoch)
         stream, consumed = self._stream_of(len(plan.order), world)
@@ -215,8 +215,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         samples = self._read(world, records, pools, runs)
         return samples if position is None else self._counted(position, samples)
 
-    def _regrouped_plan(self, world: World, saved_workers: int) -> tuple[np.ndarray, np.ndarray,
-                                                                           list[list[tuple[int, int]]]]:
+    def _regrouped_plan(self, world: World, saved_workers: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """Resuming with another ``num_workers`` than the resume point was saved with.
 
         The rest of the epoch is what each of the ``saved_workers`` streams had left; this
@@ -238,7 +237,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             yield sample
 
     def _read(self, world: World, records: np.ndarray, pools: np.ndarray,
-              runs: list[list[tuple[int, int]]]) -> Iterator[tuple[Any, Any]]:
+              runs: list[np.ndarray]) -> Iterator[tuple[Any, Any]]:
         """Yield the samples of ``records`` in order, each pool's records once the pool is cached.
 
         As each pool starts, the next pool is requested (:meth:`prefetch`: read by this

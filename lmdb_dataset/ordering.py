@@ -186,12 +186,12 @@ class RankOrder:
         """The pool of each position (int64, same shape)."""
         return np.searchsorted(self.starts, positions, side="right").astype(np.int64) - 1
 
-    def pool_runs(self, pool: int) -> list[tuple[int, int]]:
-        """Pool ``pool``'s contiguous record runs ``[start, stop)`` in read order: one positioning each."""
+    def pool_runs(self, pool: int) -> np.ndarray:
+        """Pool ``pool``'s contiguous record runs ``[start, stop)`` in read order (int64 ``(runs, 2)``): one positioning each."""
         return contiguous_runs(self.reads[self.starts[pool]:self.starts[pool + 1]])
 
-    def runs(self) -> list[list[tuple[int, int]]]:
-        """Every pool's :meth:`pool_runs`, shape ``[num_pools][runs]``."""
+    def runs(self) -> list[np.ndarray]:
+        """Every pool's :meth:`pool_runs`, one array per pool."""
         return [self.pool_runs(pool) for pool in range(len(self.starts) - 1)]
 
 
@@ -271,11 +271,15 @@ def consumed_per_worker(worker_lengths: list[int], *, batch_size: int,
     return consumed, next_worker
 
 
-def contiguous_runs(indices: np.ndarray) -> list[tuple[int, int]]:
-    """Split a sequence into maximal runs of consecutive increasing indices, as ``[start, stop)``."""
-    if len(indices) == 0:
-        return []
+def contiguous_runs(indices: np.ndarray) -> np.ndarray:
+    """Split a sequence into maximal runs of consecutive increasing indices.
+
+    Returns:
+        int64 array of shape ``(runs, 2)``: row ``[start, stop)`` per run, in sequence order
+        (an array, not Python tuples: a DataLoader worker holds its rank's runs all epoch).
+    """
+    indices = np.asarray(indices, dtype=np.int64)
     breaks = np.flatnonzero(np.diff(indices) != 1) + 1
-    starts = np.concatenate(([0], breaks))
-    stops = np.concatenate((breaks, [len(indices)]))
-    return [(int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, stops)]
+    firsts = np.concatenate(([0], breaks)) if len(indices) else breaks
+    lasts = np.concatenate((breaks, [len(indices)])) - 1 if len(indices) else breaks
+    return np.stack((indices[firsts], indices[lasts] + 1), axis=1)

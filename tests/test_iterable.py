@@ -243,7 +243,7 @@ def _log_reads(dataset) -> list[tuple[str, list]]:
     """Record, in order, the runs ``dataset.prefetch`` is asked for and the records ``reader.values`` reads."""
     events = []
     prefetch, values = dataset.prefetch, dataset.reader.values
-    dataset.prefetch = lambda runs, **options: (events.append(("prefetch", list(runs))), prefetch(runs, **options))[1]
+    dataset.prefetch = lambda runs, **options: (events.append(("prefetch", np.asarray(runs).tolist())), prefetch(runs, **options))[1]
     dataset.reader.values = lambda indices: (events.append(("read", list(indices))), values(indices))[1]
     return events
 
@@ -254,9 +254,9 @@ def _expected_events(n: int, epoch: int, **options) -> list[tuple[str, list]]:
     plan, following = (rank_order(n, epoch=e, rank=0, num_replicas=1, drop_last=False, **options)
                        for e in (epoch, epoch + 1))
     pools = len(plan.starts) - 1
-    events = [("prefetch", plan.pool_runs(0))]
+    events = [("prefetch", plan.pool_runs(0).tolist())]
     for q in range(pools):
-        events.append(("prefetch", plan.pool_runs(q + 1) if q + 1 < pools else following.pool_runs(0)))
+        events.append(("prefetch", (plan.pool_runs(q + 1) if q + 1 < pools else following.pool_runs(0)).tolist()))
         events.append(("read", plan.order[plan.starts[q]:plan.starts[q + 1]].tolist()))
     return events
 
@@ -284,8 +284,8 @@ def test_iterable_main_process_unshuffled_reads_in_index_order_prefetching_chunk
     assert [i for kind, items in events if kind == "read" for i in items] == list(range(200))
     assert events == _expected_events(200, 0, chunk_size=32, pool_size=64, seed=0, shuffle=False)
     # pool targets 8, 24, 56 (the ramp), 120, 184, rounded up to the 32-record chunks
-    assert [items for kind, items in events if kind == "prefetch"] == [[(0, 32)], [(32, 64)], [(64, 128)],
-                                                                        [(128, 192)], [(192, 200)], [(0, 32)]]
+    assert [items for kind, items in events if kind == "prefetch"] == [[[0, 32]], [[32, 64]], [[64, 128]],
+                                                                        [[128, 192]], [[192, 200]], [[0, 32]]]
 
 
 @pytest.mark.parametrize("rank", [0, 1])

@@ -326,7 +326,8 @@ def test_consumed_per_worker_matches_simulated_dataloader_and_raises_off_batch_b
 @given(indices=st.lists(st.integers(0, 50), max_size=60))
 def test_contiguous_runs_expand_back_to_input_with_maximal_runs(indices):
     runs = contiguous_runs(np.asarray(indices, dtype=np.int64))
-    assert [i for start, stop in runs for i in range(start, stop)] == indices
+    assert runs.dtype == np.int64 and runs.shape == (len(runs), 2)
+    assert [i for start, stop in runs.tolist() for i in range(start, stop)] == indices
     for (_, stop), (start, _) in itertools.pairwise(runs):
         assert start != stop  # a run that could continue is not split
 

@@ -159,7 +159,7 @@ def test_sampler_prefetches_each_pool_before_yielding_it_the_next_as_it_starts_t
             return 500
 
         def prefetch(self, runs, *, wait=False):
-            self.prefetched.append(list(runs))
+            self.prefetched.append(np.asarray(runs).tolist())
             self.waited.append(wait)
             self.handles.append(Handle())
             return self.handles[-1]
@@ -181,9 +181,9 @@ def test_sampler_prefetches_each_pool_before_yielding_it_the_next_as_it_starts_t
     for position, index in enumerate(sampler, start=samples_consumed):
         pool = int(plan.pool_of(np.asarray(position)))
         # Pools first..pool+1 requested (or, in the last pool, the next epoch's first too), nothing more.
-        expected = [plan.pool_runs(q) for q in range(first, min(pool + 2, len(plan.starts) - 1))]
+        expected = [plan.pool_runs(q).tolist() for q in range(first, min(pool + 2, len(plan.starts) - 1))]
         if pool == len(plan.starts) - 2:
-            expected.append(following.pool_runs(0))
+            expected.append(following.pool_runs(0).tolist())
         assert source.prefetched == expected
         assert all(handle.done for handle in source.handles[1:pool - first + 1])  # a pool's request done first
         assert any(plan.starts[q] <= position < plan.starts[q + 1] and any(a <= index < b for a, b in runs)
