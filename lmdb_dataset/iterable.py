@@ -204,7 +204,8 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         regrouped = bool(self._resume is None and self._progress.skip_for(world.worker) and saved_workers
                          and saved_workers != world.num_workers)
         records, pools, runs = self._regrouped_plan(world, saved_workers) if regrouped else self.worker_plan(world)
-        release_free_heap()  # the plan's N-sized temporaries, kept by malloc otherwise
+        following = self._rank_order(world, self.epoch + 1).pool_runs(0)  # requested as the last pool starts
+        release_free_heap()  # the plans' N-sized temporaries, kept by malloc otherwise
         if not regrouped:
             stream, start = self._stream_of(rank_length(len(self.targets), world.num_replicas, self.drop_last),
                                             world)
@@ -212,7 +213,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         self._progress.start_pass(world, in_worker=get_worker_info() is not None, regrouped=regrouped)
         self._resume = None
         self._position = position
-        samples = self._read(world, records, pools, runs)
+        samples = self._read(records, pools, runs, following)
         return samples if position is None else self._counted(position, samples)
 
     def _regrouped_plan(self, world: World, saved_workers: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -236,14 +237,17 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             position.emitted += 1
             yield sample
 
-    def _read(self, world: World, records: np.ndarray, pools: np.ndarray,
-              runs: list[np.ndarray]) -> Iterator[tuple[Any, Any]]:
+    def _read(self, records: np.ndarray, pools: np.ndarray, runs: list[np.ndarray],
+              following: np.ndarray) -> Iterator[tuple[Any, Any]]:
         """Yield the samples of ``records`` in order, each pool's records once the pool is cached.
 
         As each pool starts, the next pool is requested (:meth:`prefetch`: read by this
         process's prefetch thread after the pools requested before, this worker reading
         through only its own records of it); a pool's records are read once its request is
-        done, so a slow disk serves them as sequential chunk reads, not as random reads.
+        done, so a slow disk serves them as sequential chunk reads, not as random reads. As
+        the last pool starts, the runs ``following`` (the next epoch's first pool, planned
+        with this epoch so that no worker builds an epoch's order, and holds its temporaries,
+        at the end of this one) are requested.
         """
         if len(records) == 0:
             return
@@ -265,7 +269,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             if pool + 1 < len(runs):
                 request(pool + 1)
             else:  # the last pool: ask for the next epoch's first (each worker waits for its own records then)
-                self.prefetch(self._rank_order(world, self.epoch + 1).pool_runs(0), records=[])
+                self.prefetch(following, records=[])
             for index, value in self.reader.values(records[start:stop].tolist()):
                 yield self._sample(index, value)
 

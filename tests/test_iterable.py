@@ -288,6 +288,16 @@ def test_iterable_main_process_unshuffled_reads_in_index_order_prefetching_chunk
                                                                         [[128, 192]], [[192, 200]], [[0, 32]]]
 
 
+def test_iterable_plans_the_next_epochs_first_pool_with_this_epoch_not_at_its_end(sequential_path):
+    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, pool_size=64, output="numpy")
+    planned, plan = [], dataset._rank_order
+    dataset._rank_order = lambda world, epoch: (planned.append(epoch), plan(world, epoch))[1]
+    iterator = iter(dataset)
+    assert planned == [0, 1]
+    assert len(list(iterator)) == 200
+    assert planned == [0, 1]  # an epoch's order (N-sized temporaries) is never built while reading
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_iterable_main_process_rank_of_two_resumed_midway_yields_the_rest_prefetching_its_pools(sequential_path,
                                                                                             rank):
