@@ -204,7 +204,10 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         regrouped = bool(self._resume is None and self._progress.skip_for(world.worker) and saved_workers
                          and saved_workers != world.num_workers)
         records, pools, runs = self._regrouped_plan(world, saved_workers) if regrouped else self.worker_plan(world)
-        following = self._rank_order(world, self.epoch + 1).pool_runs(0)  # requested as the last pool starts
+        # The next epoch's first pool, requested as the last pool starts, by one worker per rank: the
+        # last, whose first batch the DataLoader takes last.
+        following = (self._rank_order(world, self.epoch + 1).pool_runs(0)
+                     if world.worker == world.num_workers - 1 else None)
         release_free_heap()  # the plans' N-sized temporaries, kept by malloc otherwise
         if not regrouped:
             stream, start = self._stream_of(rank_length(len(self.targets), world.num_replicas, self.drop_last),
@@ -238,7 +241,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             yield sample
 
     def _read(self, records: np.ndarray, pools: np.ndarray, runs: list[np.ndarray],
-              following: np.ndarray) -> Iterator[tuple[Any, Any]]:
+              following: np.ndarray | None) -> Iterator[tuple[Any, Any]]:
         """Yield the samples of ``records`` in order, each pool's records once the pool is cached.
 
         As each pool starts, the next pool is requested (:meth:`prefetch`: read by this
@@ -247,7 +250,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         done, so a slow disk serves them as sequential chunk reads, not as random reads. As
         the last pool starts, the runs ``following`` (the next epoch's first pool, planned
         with this epoch so that no worker builds an epoch's order, and holds its temporaries,
-        at the end of this one) are requested.
+        at the end of this one; None in all workers but one) are requested.
         """
         if len(records) == 0:
             return
@@ -268,8 +271,8 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
                 requests[pool].wait()
             if pool + 1 < len(runs):
                 request(pool + 1)
-            else:  # the last pool: ask for the next epoch's first (each worker waits for its own records then)
-                self.prefetch(following, records=[])
+            elif following is not None:  # the last pool: ask for the next epoch's first (each worker
+                self.prefetch(following, records=[])  # waits for its own records of it then)
             for index, value in self.reader.values(records[start:stop].tolist()):
                 yield self._sample(index, value)
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from support import PROPERTY, dataloader_batches, pixel_checksum, records_of, replicas, seeds, workers
 from torch.utils.data import DataLoader
 
-from lmdb_dataset import ChunkShuffleSampler, ClassLocalityWarning, LMDBIterableDataset
+from lmdb_dataset import ChunkShuffleSampler, ClassLocalityWarning, LMDBIterableDataset, iterable
 from lmdb_dataset.ordering import rank_length, rank_order
 from lmdb_dataset.world import World
 
@@ -296,6 +296,16 @@ def test_iterable_plans_the_next_epochs_first_pool_with_this_epoch_not_at_its_en
     assert planned == [0, 1]
     assert len(list(iterator)) == 200
     assert planned == [0, 1]  # an epoch's order (N-sized temporaries) is never built while reading
+
+
+def test_iterable_only_the_last_worker_of_a_rank_plans_and_requests_the_next_epoch(sequential_path, monkeypatch):
+    dataset = LMDBIterableDataset(sequential_path, chunk_size=32, pool_size=64, output="numpy", batch_size=8)
+    planned, plan = [], dataset._rank_order
+    dataset._rank_order = lambda world, epoch: (planned.append((world.worker, epoch)), plan(world, epoch))[1]
+    for worker in range(3):
+        monkeypatch.setattr(iterable, "current_world", lambda *_, worker=worker: World(0, 1, worker, 3))
+        assert len(list(dataset)) > 0
+    assert planned == [(0, 0), (1, 0), (2, 0), (2, 1)]
 
 
 @pytest.mark.parametrize("rank", [0, 1])
