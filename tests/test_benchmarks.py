@@ -6,6 +6,7 @@ these tests check its command line and the report it renders.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -209,3 +210,36 @@ def test_hand_written_notes_are_dated_and_name_their_command(name):
     for section in sections:
         assert section[:10].count("-") == 2 and section[:4].isdigit(), f"undated notes section: {section[:60]!r}"
         assert "Command: `" in section, f"notes section without its command: {section[:60]!r}"
+
+
+def test_readme_slow_storage_block_is_generated_from_the_committed_runs(bench_modules):
+    from slow_storage import report as slow
+
+    results = json.loads((BENCHMARKS / "slow_storage" / "results.json").read_text())
+    scale = json.loads((BENCHMARKS / "slow_storage" / "scale.json").read_text())
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    assert slow.readme_block(results, scale) in readme, "regenerate it: python -m benchmarks.slow_storage.report README.md"
+
+
+def _run(model, loader, pipeline, samples_per_s, mb_per_s=None, workers=8):
+    return {"model": model, "loader": loader, "pipeline": pipeline, "workers": workers, "batch_size": 32,
+            "samples": 4096, "first_batch_s": 1.0, "samples_per_s": samples_per_s, "mb_per_s": mb_per_s}
+
+
+def test_ceilings_are_the_lowest_bound_of_each_case(bench_modules):
+    from slow_storage import report as slow
+
+    validation = {"nfs": {"nominal_sequential_mb_s": 1000.0}}
+    # hdd random access: 1 ms shortest seek + 4.1667 ms half revolution + 0.1 MB at 150 MB/s = 5.8333 ms a sample
+    base, run = _run("hdd", "imagefolder", "raw", 100, 10), _run("hdd", "lmdb-random", "raw", 120, 12)
+    value, reason = slow.ceiling(run, base, [base, run], validation)
+    assert value == pytest.approx(1 / 5.8333e-3 / 100, rel=1e-4) and reason.startswith("disk")
+    # nfs: 1000 MB/s over 0.1 MB a sample = 10,000 samples/s, against ImageFolder's 4,000
+    base, run = _run("nfs", "imagefolder", "raw", 4000, 400), _run("nfs", "lmdb-chunk", "raw", 5000, 500)
+    assert slow.ceiling(run, base, [base, run], validation) == (2.5, "link: 1000 MB/s")
+    warm = _run("local", "lmdb-chunk", "raw", 6000)  # the CPU is lower still
+    assert slow.ceiling(run, base, [base, run, warm], validation) == (1.5, "CPU: the same run, warm")
+    train = _run("nfs", "lmdb-chunk", "train", 900)
+    assert slow.ceiling(train, base, [base, train], validation) is None  # no bytes, no warm run: unbounded
+    check = slow.CheckResult("nfs", ">= 3x", "lmdb-chunk", "raw", 8, 1.25, 3, False, "speedup", (2.5, "link"))
+    assert check.beyond_ceiling and not dataclasses.replace(check, ceiling=(3.5, "link")).beyond_ceiling

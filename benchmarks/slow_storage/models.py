@@ -42,6 +42,23 @@ INODE_BYTES = 256
 """Bytes of inode table per path in the hdd layout."""
 ALIGNMENT = 4096
 """Each file's extent starts on a 4 KB boundary in the hdd layout."""
+TRANSFER_RATE = 150e6
+"""The hdd model's media rate, bytes/s."""
+TRACK_TO_TRACK = 1e-3
+"""The hdd model's shortest seek, s."""
+FULL_STROKE = 12e-3
+"""The hdd model's longest seek, s."""
+RPM = 7200
+"""The hdd model's spindle speed."""
+
+
+def shortest_positioning(*, track_to_track: float = TRACK_TO_TRACK, rpm: float = RPM) -> float:
+    """Seconds an hdd request that does not continue the previous one waits at least: the shortest seek, half a revolution.
+
+    However deep the queue and however the elevator orders it, a reader of scattered records
+    pays this plus the transfer for each record.
+    """
+    return track_to_track + 60.0 / rpm / 2
 
 
 class DeviceModel:
@@ -100,8 +117,8 @@ class HddModel(DeviceModel):
 
     name = "hdd"
 
-    def __init__(self, paths: Sequence[tuple[str, int]], *, transfer_rate: float = 150e6,
-                 track_to_track: float = 1e-3, full_stroke: float = 12e-3, rpm: float = 7200) -> None:
+    def __init__(self, paths: Sequence[tuple[str, int]], *, transfer_rate: float = TRANSFER_RATE,
+                 track_to_track: float = TRACK_TO_TRACK, full_stroke: float = FULL_STROKE, rpm: float = RPM) -> None:
         super().__init__()
         self.transfer_rate = transfer_rate
         self.track_to_track = track_to_track
@@ -163,7 +180,7 @@ class HddModel(DeviceModel):
         return self._serve(self.inode_of[path], INODE_BYTES)
 
     def describe(self) -> str:
-        return (f"hdd: one actuator, FIFO; seek {self.track_to_track * 1e3:g}-{self.full_stroke * 1e3:g} ms "
+        return (f"hdd: one actuator, C-LOOK elevator; seek {self.track_to_track * 1e3:g}-{self.full_stroke * 1e3:g} ms "
                 f"(sqrt of distance over a {self.span / 1e6:.0f} MB layout) + "
                 f"{self.revolution / 2 * 1e3:.2f} ms rotation; {self.transfer_rate / 1e6:g} MB/s; "
                 "inode read on first lookup of each path")

@@ -5,9 +5,9 @@
 Builds (once) a synthetic dataset of ``--records`` tiny JPEGs (8x8 px, 1,000 classes) with
 :class:`LMDBWriter`, measuring the writer's peak memory, then measures on a cold page cache:
 the time to open each dataset class, the time to build one epoch's plan for every
-(DDP rank, DataLoader worker) of 8 ranks x 8 workers, the USS of 8 DataLoader workers before
-and after an epoch over a subset (with and without the pages of the memory-mapped data file),
-and the first-batch latency with 8 workers. Results go to ``--out`` (default
+(DDP rank, DataLoader worker) of 8 ranks x 8 workers, the USS of 8 persistent DataLoader
+workers at the first and last batch of two whole epochs (with and without the pages of the
+memory-mapped data file), and the first-batch latency with 8 workers. Results go to ``--out`` (default
 ``benchmarks/slow_storage/scale.json``, a section of ``benchmarks/RESULTS.md``) and are printed.
 """
 
@@ -146,40 +146,42 @@ def worker_memory(iterator: Any, data_file: Path) -> list[tuple[float, float]]:
     return [memory_mb(psutil.Process(worker.pid), data_file) for worker in iterator._workers]
 
 
-def first_batch_and_memory(path: Path, kind: str, subset: int) -> dict[str, float]:
-    """First-batch latency (cold) with WORKERS workers, and worker memory over an epoch of ``subset`` samples.
+def first_batch_and_memory(path: Path, kind: str) -> dict[str, float]:
+    """First-batch latency (cold) with WORKERS persistent workers, and their memory over two whole epochs.
 
-    Memory is taken at the first batch, half-way and at the last batch; growth is per worker,
-    the worst worker reported, for the USS and for the USS without the mapped data file.
+    Memory is taken at the first and the last batch of each epoch, per worker. The growth
+    over an epoch is the second epoch's (first to last batch, the worst worker), as in the
+    main benchmark's memory stage; the first epoch's, which includes the workers' warm-up,
+    is reported beside it. Both for the USS and for the USS without the mapped data file.
     """
     cold(path)
     started = time.perf_counter()
     if kind == "iterable":
         loader = DataLoader(LMDBIterableDataset(path, output="numpy", batch_size=BATCH), batch_size=BATCH,
-                            num_workers=WORKERS)
+                            num_workers=WORKERS, persistent_workers=True)
     else:
         dataset = LMDBImageDataset(path, output="numpy")
         sampler = ChunkShuffleSampler(dataset) if kind == "chunk" else None
         loader = DataLoader(dataset, batch_size=BATCH, num_workers=WORKERS, sampler=sampler,
-                            shuffle=sampler is None)
-    iterator = iter(loader)
-    next(iterator)
-    first = time.perf_counter() - started
-    points = [worker_memory(iterator, path / DATA_FILE)]
-    batches = subset // BATCH
-    for count, _ in enumerate(iterator, start=2):
-        if count in (batches // 2, batches):
-            points.append(worker_memory(iterator, path / DATA_FILE))
-        if count >= batches:
-            break
-    del iterator
-    result = {f"{kind}_first_batch_s": first}
+                            shuffle=sampler is None, persistent_workers=True)
+    result: dict[str, float] = {}
+    points = []
+    for epoch in range(2):
+        iterator = iter(loader)
+        next(iterator)
+        if epoch == 0:
+            result[f"{kind}_first_batch_s"] = time.perf_counter() - started
+        points.append(worker_memory(iterator, path / DATA_FILE))
+        for _ in iterator:
+            pass
+        points.append(worker_memory(iterator, path / DATA_FILE))  # persistent workers: alive after the last batch
+    del iterator, loader
     for column, name in ((0, "uss"), (1, "private")):
-        before, middle, after = ([worker[column] for worker in point] for point in points)
-        result[f"{kind}_{name}_first_mb"] = statistics.median(before)
-        result[f"{kind}_{name}_last_mb"] = statistics.median(after)
-        result[f"{kind}_{name}_growth_max"] = max((a - b) / b for a, b in zip(after, before))
-        result[f"{kind}_{name}_growth_second_half_max"] = max((a - m) / m for a, m in zip(after, middle))
+        start1, end1, start2, end2 = ([worker[column] for worker in point] for point in points)
+        result[f"{kind}_{name}_first_mb"] = statistics.median(start1)
+        result[f"{kind}_{name}_last_mb"] = statistics.median(end2)
+        result[f"{kind}_{name}_growth_first_epoch_max"] = max((b - a) / a for a, b in zip(start1, end1))
+        result[f"{kind}_{name}_growth_max"] = max((b - a) / a for a, b in zip(start2, end2))
     return result
 
 
@@ -188,8 +190,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="scratch folder (the dataset is built in FOLDER/train.lmdb)")
     parser.add_argument("--records", type=int, default=IMAGENET_RECORDS, help="(default: %(default)s)")
-    parser.add_argument("--subset", type=int, default=131072,
-                        help="samples read in the memory epoch (default: %(default)s)")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip", nargs="+", choices=("open", "plan", "memory"), default=[],
                         help="measurements to leave out (their previous results in --out stay)")
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (path / DATA_FILE).exists():
         args.folder.mkdir(parents=True, exist_ok=True)
         results.update(build_measured(path, args.records))
-    results.update({"records": args.records, "subset": args.subset, "load_1min": os.getloadavg()[0],
+    results.update({"records": args.records, "load_1min": os.getloadavg()[0],
                     "command": " ".join(["python -m benchmarks.slow_storage.scale", *(argv or sys.argv[1:])]),
                     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")})
     if "open" not in args.skip:
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         results.update(plan_seconds(path))
     if "memory" not in args.skip:
         for kind in ("map", "chunk", "iterable"):
-            results.update(first_batch_and_memory(path, kind, args.subset))
+            results.update(first_batch_and_memory(path, kind))
     results_file.write_text(json.dumps(results, indent=1) + "\n")
     for key, value in results.items():
         print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
