@@ -11,14 +11,25 @@ pool, reads it through (returning when it is cached), then goes on to the next, 
 prefetch never stalls the DataLoader's main loop or a worker's decoding, and the pool being
 consumed is never queued behind the next. :func:`advise` is the synchronous request, for a
 batch the caller is about to read anyway.
+
+The iterable dataset's DataLoader workers each request the same pool (each then reads its own
+records of it). Asked by 8 processes at once, the kernel's reads of a pool came out fragmented
+on the modelled spinning disk: in 7 of 15 whole-epoch runs the prefetch threads spent seconds
+reading 4-32 KB pieces at scattered offsets (~2 MB/s), the epoch's rate falling from ~1,310 to
+749-1,137 samples/s; with the requests taken one process at a time, 0 of 6
+(``benchmarks/slow_storage/NOTES.md``, 2026-11-22). A prefetcher therefore holds an exclusive
+``flock`` on the file while it asks for a pool (:func:`asking_alone`); the processes that follow
+find the pool cached or in flight and ask for nothing more.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -64,6 +75,24 @@ def advise(fd: int, spans: Sequence[Sequence[int]] | np.ndarray) -> None:
             os.posix_fadvise(fd, piece, min(PREFETCH_PIECE, offset + length - piece), os.POSIX_FADV_WILLNEED)
 
 
+@contextlib.contextmanager
+def asking_alone(fd: int) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``fd``'s file (its own open file description) while inside.
+
+    Every process reading the file opens its own description, so prefetchers of different
+    processes take turns; a filesystem that refuses ``flock`` leaves it unlocked.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: memoryview) -> None:
     """Read these spans of ``fd`` (in storage order) and discard the bytes: returns once they are cached.
 
@@ -86,7 +115,8 @@ def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: 
 class Prefetcher:
     """Reads requested spans of one open file into the page cache from a background thread, one request after another.
 
-    Each request is asked of the kernel (:func:`advise`) and its spans to read are then read
+    Each request is asked of the kernel (:func:`advise`, one process at a time: :func:`asking_alone`)
+    and its spans to read are then read
     through (:func:`read_through`) before the next request is asked, so requests complete in
     the order made and a caller can wait for one. The thread starts on the first request,
     works on its own duplicate of ``fd`` (so the owner may close its descriptor at any time)
@@ -135,7 +165,8 @@ class Prefetcher:
             spans, read, done = job
             try:
                 if not self._closed:
-                    advise(self._fd, spans)
+                    with asking_alone(self._fd):
+                        advise(self._fd, spans)
                     read_through(self._fd, read, scratch)
             except Exception:  # noqa: BLE001 - advisory: the thread must go on serving (readers wait on it),
                 pass  # and reading the records themselves raises their errors

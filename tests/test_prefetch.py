@@ -3,6 +3,8 @@ background thread in the order asked."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import threading
 
@@ -157,3 +159,35 @@ def test_record_reads_ask_for_no_readahead_window_past_the_record(converted, mon
                                                                                real(fd, offset, length, kind))[1])
     dataset[0]
     assert advice[0] == os.POSIX_FADV_RANDOM  # on opening the data file, before any read
+
+
+def test_a_prefetcher_asks_for_its_spans_only_while_no_other_process_is_asking(tmp_path):
+    path = tmp_path / "file"
+    path.write_bytes(bytes(1 << 20))
+    other = os.open(path, os.O_RDONLY)  # another process's open file description (flock is per description)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    fd = os.open(path, os.O_RDONLY)
+    prefetcher = Prefetcher(fd)
+    done = prefetcher.request([(0, 4096)])
+    assert not done.wait(0.5)  # it waits for the other to finish asking
+    fcntl.flock(other, fcntl.LOCK_UN)
+    assert done.wait(30)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # and let go of the lock once it had asked
+    prefetcher.close()
+    os.close(fd)
+    os.close(other)
+
+
+def test_a_filesystem_refusing_flock_leaves_the_prefetch_unlocked(tmp_path, monkeypatch):
+    path = tmp_path / "file"
+    path.write_bytes(bytes(1 << 20))
+    fd = os.open(path, os.O_RDONLY)
+
+    def refuse(fd, operation):
+        raise OSError(errno.ENOLCK, "no locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    prefetcher = Prefetcher(fd)
+    assert prefetcher.request([(0, 4096)]).wait(30)
+    prefetcher.close()
+    os.close(fd)
