@@ -16,7 +16,7 @@ The iterable dataset's DataLoader workers each request the same pool (each then 
 records of it). Asked by 8 processes at once, the kernel's reads of a pool came out fragmented
 on the modelled spinning disk: in 7 of 15 whole-epoch runs the prefetch threads spent seconds
 reading 4-32 KB pieces at scattered offsets (~2 MB/s), the epoch's rate falling from ~1,310 to
-749-1,137 samples/s; with the requests taken one process at a time, 0 of 6
+749-1,137 samples/s; with the requests taken one process at a time, 0 of 10
 (``benchmarks/slow_storage/NOTES.md``, 2026-11-22). A prefetcher therefore holds an exclusive
 ``flock`` on the file while it asks for a pool (:func:`asking_alone`); the processes that follow
 find the pool cached or in flight and ask for nothing more.
