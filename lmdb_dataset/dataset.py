@@ -13,8 +13,8 @@ from torchvision.datasets import VisionDataset
 
 from .decoding import Output, Sample, check_output, to_output
 from .environment import DatasetMetadata, load_metadata, read_path_table
-from .memory import freeze_inherited_objects
 from .format import PathTable
+from .memory import freeze_inherited_objects
 from .reader import Access, RecordReader, check_access, record_pixels
 
 

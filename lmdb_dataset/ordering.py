@@ -279,7 +279,9 @@ def contiguous_runs(indices: np.ndarray) -> np.ndarray:
         (an array, not Python tuples: a DataLoader worker holds its rank's runs all epoch).
     """
     indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
     breaks = np.flatnonzero(np.diff(indices) != 1) + 1
-    firsts = np.concatenate(([0], breaks)) if len(indices) else breaks
-    lasts = np.concatenate((breaks, [len(indices)])) - 1 if len(indices) else breaks
+    firsts = np.concatenate(([0], breaks))
+    lasts = np.concatenate((breaks, [len(indices)])) - 1
     return np.stack((indices[firsts], indices[lasts] + 1), axis=1)

@@ -80,7 +80,8 @@ def asking_alone(fd: int) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``fd``'s file (its own open file description) while inside.
 
     Every process reading the file opens its own description, so prefetchers of different
-    processes take turns; a filesystem that refuses ``flock`` leaves it unlocked.
+    processes take turns. A filesystem that refuses ``flock`` leaves it unlocked (the Linux NFS
+    client, which takes an exclusive ``flock`` only on a file open for writing, among them).
     """
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
