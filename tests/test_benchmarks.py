@@ -223,17 +223,20 @@ def test_readme_slow_storage_block_is_generated_from_the_committed_runs(bench_mo
 
 def _run(model, loader, pipeline, samples_per_s, mb_per_s=None, workers=8):
     return {"model": model, "loader": loader, "pipeline": pipeline, "workers": workers, "batch_size": 32,
-            "samples": 4096, "first_batch_s": 1.0, "samples_per_s": samples_per_s, "mb_per_s": mb_per_s}
+            "samples": 4096, "open_s": 0.1, "first_batch_s": 1.0, "samples_per_s": samples_per_s, "mb_per_s": mb_per_s,
+            "load_1min": 0.5, "cores_busy": 1.5, "server_cores": 0.5}
 
 
 def test_ceilings_are_the_lowest_bound_of_each_case(bench_modules):
     from slow_storage import report as slow
 
-    validation = {"nfs": {"nominal_sequential_mb_s": 1000.0}}
-    # hdd random access: 1 ms shortest seek + 4.1667 ms half revolution + 0.1 MB at 150 MB/s = 5.8333 ms a sample
+    validation = {"nfs": {"nominal_sequential_mb_s": 1000.0}, "hdd": {"simulated_records_per_s": 150.0}}
+    # hdd random access: the disk's simulated rate for records at random offsets, over ImageFolder's 100/s
     base, run = _run("hdd", "imagefolder", "raw", 100, 10), _run("hdd", "lmdb-random", "raw", 120, 12)
     value, reason = slow.ceiling(run, base, [base, run], validation)
-    assert value == pytest.approx(1 / 5.8333e-3 / 100, rel=1e-4) and reason.startswith("disk")
+    assert value == 1.5 and reason.startswith("disk: 150 records/s")
+    chunk = _run("hdd", "lmdb-chunk", "raw", 1200, 120)  # sequential: the disk bound does not apply
+    assert slow.ceiling(chunk, base, [base, chunk], validation) is None
     # nfs: 1000 MB/s over 0.1 MB a sample = 10,000 samples/s, against ImageFolder's 4,000
     base, run = _run("nfs", "imagefolder", "raw", 4000, 400), _run("nfs", "lmdb-chunk", "raw", 5000, 500)
     assert slow.ceiling(run, base, [base, run], validation) == (2.5, "link: 1000 MB/s")
@@ -243,3 +246,51 @@ def test_ceilings_are_the_lowest_bound_of_each_case(bench_modules):
     assert slow.ceiling(train, base, [base, train], validation) is None  # no bytes, no warm run: unbounded
     check = slow.CheckResult("nfs", ">= 3x", "lmdb-chunk", "raw", 8, 1.25, 3, False, "speedup", (2.5, "link"))
     assert check.beyond_ceiling and not dataclasses.replace(check, ceiling=(3.5, "link")).beyond_ceiling
+
+
+def test_repeated_cases_are_checked_on_the_median_of_ratios_paired_by_round(bench_modules):
+    from slow_storage import report as slow
+
+    def run(loader, rate, round_=None):
+        return {**_run("nfs", loader, "raw", rate, rate / 10), **({} if round_ is None else {"round": round_})}
+
+    # Round 1 ran on a busier machine: both loaders slower. Paired by round the ratios are 3.0, 3.2
+    # and 2.5; pooled medians would give 600 / 200 = 3.0 as well, but pairing across rounds (600 / 100) would not.
+    runs = [run("imagefolder", 200, 0), run("lmdb-chunk", 600, 0), run("imagefolder", 100, 1),
+            run("lmdb-chunk", 320, 1), run("imagefolder", 240, 2), run("lmdb-chunk", 600, 2)]
+    [check] = [c for c in slow.target_checks(runs, {"nfs": {"nominal_sequential_mb_s": 1e4}}) if c.kind == "speedup"]
+    assert check.values == (3.0, 3.2, 2.5) and check.value == 3.0 and check.passed
+    assert slow.spread(list(check.values)) == "3.00x (2.50-3.20x, 3 runs)" and slow.spread([1.5]) == "1.50x"
+    summary = slow.summarize(runs[1::2])
+    assert summary["samples_per_s"] == 600 and summary["rate_range"] == (320, 600) and summary["repeats"] == 3
+    # A run from an earlier command, without a round, is compared with ImageFolder's median (200).
+    [(lone, base)] = slow.paired([run("lmdb-random", 500)], runs[0::2])
+    assert base["samples_per_s"] == 200 and slow.speedup(lone, base, {}) == 2.5
+    table = slow.run_table(runs, "nfs")
+    assert "| raw | 8 | lmdb-chunk | 3 | 4096 | 1.00 | 600 (320-600) | 3.00x (2.50-3.20x, 3 runs) | 527 | 52.7 | 1.5 (0.5) | 0.5 |" in table
+
+
+def test_experiment_runs_every_case_once_per_round_and_replaces_the_cases_it_reruns(bench_modules, tmp_path,
+                                                                                     monkeypatch):
+    from slow_storage import experiment
+
+    calls = []
+
+    def fake_case(source, model, loader, pipeline, *, workers, batch_size, samples, rtt_ms, round_):
+        calls.append((round_, workers, loader))
+        return {**_run(model, loader, pipeline, 100.0, workers=workers), "round": round_}
+
+    monkeypatch.setattr(experiment, "run_case", fake_case)
+    monkeypatch.setattr(experiment, "validate", lambda *args, **kwargs: {"nominal_sequential_mb_s": 1000.0})
+    monkeypatch.setattr(experiment, "plot", lambda runs, path: None)
+    out = tmp_path / "results.json"
+    common = [str(tmp_path), "--models", "nfs", "--pipelines", "raw", "--out", str(out)]
+    experiment.main([*common, "--workers", "4", "8", "--loaders", "imagefolder", "lmdb-chunk"])
+    calls.clear()
+    experiment.main([*common, "--workers", "4", "--loaders", "lmdb-chunk", "--repeats", "2"])
+    assert calls == [(0, 4, "lmdb-chunk"), (1, 4, "lmdb-chunk")]
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["workers"], r["loader"], r["round"]) for r in runs) == [
+        (4, "imagefolder", 0), (4, "lmdb-chunk", 0), (4, "lmdb-chunk", 1), (8, "imagefolder", 0), (8, "lmdb-chunk", 0)]
+    with pytest.raises(SystemExit, match="--repeats 0"):
+        experiment.main([*common, "--repeats", "0"])

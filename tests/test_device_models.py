@@ -95,3 +95,25 @@ def test_nfs_listing_costs_a_round_trip_per_reply_and_makes_lookups_of_its_entri
     assert model.metadata(entries[-1]) - now < 1e-3  # no round trip: its attributes came with the listing
     now = time.monotonic()
     assert 1e-3 <= model.metadata("/elsewhere") - now < 1e-3 + 0.05
+
+
+def test_hdd_scattered_reads_one_at_a_time_cost_a_mean_random_request_and_a_deeper_queue_reads_faster():
+    model = HddModel([("/data", 10_000 * MB)])  # one file: offsets uniform over the whole stroke
+    head, seeks = model._head, model.seeks
+    alone = model.scattered_reads_per_s("/data", 4096, queued=1, reads=40_000)
+    assert alone == pytest.approx(model.nominal()["random_4k_iops"], rel=0.02)
+    rates = [model.scattered_reads_per_s("/data", 4096, queued=queued) for queued in (4, 16, 64, 256)]
+    assert alone < rates[0] < rates[1] < rates[2] < rates[3]
+    # 64 uniform points are Beta(1, 64) of the stroke apart: E[sqrt(gap / span)] = G(1.5) G(65) / G(65.5). C-LOOK
+    # does better than seeking such gaps: requests pile up ahead of the head (arrived since it last passed there).
+    root_gap = math.exp(math.lgamma(1.5) + math.lgamma(65) - math.lgamma(65.5))
+    uniform_gaps = 1 / (1e-3 + 11e-3 * root_gap + 60 / 7200 / 2 + 4096 / 150e6)
+    assert uniform_gaps < rates[2] < 1.1 * uniform_gaps
+    assert (model._head, model.seeks) == (head, seeks)  # the live model is untouched
+
+
+def test_hdd_scattered_reads_stay_inside_the_file_so_a_small_file_reads_faster():
+    big = HddModel([("/a", 100 * MB), ("/b", 9_900 * MB)])
+    # Offsets within /a's 100 MB span 1% of the stroke: seeks are short and the rate beats reads over all of /b.
+    assert big.scattered_reads_per_s("/a", 4096, queued=1) > 1.5 * big.scattered_reads_per_s("/b", 4096, queued=1)
+    assert big.size_of == {"/a": 100 * MB, "/b": 9_900 * MB}

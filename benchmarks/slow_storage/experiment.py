@@ -1,12 +1,14 @@
 """The seeds' experiment through the device models: ImageFolder against LMDB, cold, side by side.
 
-    python -m benchmarks.slow_storage.experiment /tmp/slow/corpus --workers 4 8 16
+    python -m benchmarks.slow_storage.experiment /tmp/slow/corpus --workers 4 8 16 --repeats 3
 
 SOURCE holds ``train/`` (an ImageFolder, e.g. from ``benchmarks/make_corpus.py``) and
 ``train.lmdb`` (its conversion). Every case runs on a fresh cold mount (see ``mount.py``):
 it opens the dataset, starts a DataLoader and reads ``--samples`` samples. The model
 ``local`` reads SOURCE itself with every file in the page cache: the machine's ceiling
-without storage. Results go to ``benchmarks/slow_storage/results.json`` (runs already there
+without storage. With ``--repeats N`` every case runs N times, in N rounds of all the
+cases (a round's cases of one worker count run back to back, so a ratio pairs runs made under
+the same conditions); the report gives each case's median and range. Results go to ``benchmarks/slow_storage/results.json`` (runs already there
 for other cases are kept; each run records its sample count) with their plot ``results.png``; ``report.py`` renders them as a
 section of ``benchmarks/RESULTS.md`` (``python benchmarks/report.py benchmarks/results.json --out benchmarks``).
 """
@@ -16,18 +18,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import psutil
+
 from .loaders import LOADERS, PIPELINES, make_loader
+from .models import layout
 from .mount import mounted
-from .passthrough import layout
 from .report import plot
 from .validate import validate
 
@@ -50,14 +55,42 @@ def served(source: Path, model: str, *, rtt_ms: float) -> Iterator[Path]:
     yield source
 
 
+PASSTHROUGH = "benchmarks.slow_storage.passthrough"
+
+
+class CpuClock:
+    """CPU time spent since it was started, by the whole machine and by this process's passthrough server."""
+
+    def __init__(self) -> None:
+        self.server = next((child for child in psutil.Process().children()
+                            if PASSTHROUGH in " ".join(child.cmdline())), None)
+        self.wall, self.machine, self.served = time.perf_counter(), self._machine(), self._served()
+
+    def _machine(self) -> float:
+        times = psutil.cpu_times()
+        return sum(getattr(times, field, 0.0) for field in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+    def _served(self) -> float:
+        return 0.0 if self.server is None else sum(self.server.cpu_times()[:4])
+
+    def cores(self) -> tuple[float, float | None]:
+        """Cores busy on average since the start: the machine's, and the passthrough's (None without one)."""
+        wall = max(time.perf_counter() - self.wall, 1e-9)
+        machine = (self._machine() - self.machine) / wall
+        return machine, None if self.server is None else (self._served() - self.served) / wall
+
+
 def run_case(source: Path, model: str, loader: str, pipeline: str, *, workers: int, batch_size: int,
-             samples: int, rtt_ms: float) -> dict[str, Any]:
+             samples: int, rtt_ms: float, round_: int = 0) -> dict[str, Any]:
     """One run: serve (see :func:`served`), open, read ``samples`` samples, unmount.
 
     Returns:
         ``open_s`` (constructing the dataset and loader), ``first_batch_s`` (from before the
         open to the first batch), ``samples_per_s`` and ``mb_per_s`` after the first batch
-        (``mb_per_s`` counts stored bytes; raw pipeline only), ``load_1min`` before the run.
+        (``mb_per_s`` counts stored bytes; raw pipeline only), ``load_1min`` before the run,
+        ``round``: which of the ``--repeats`` rounds it belongs to, and the cores busy after the
+        first batch: ``cores_busy`` (the machine's, out of its CPU count) and ``server_cores``
+        (the FUSE passthrough's; None for ``local``).
     """
     load = os.getloadavg()[0]
     with served(source, model, rtt_ms=rtt_ms) as root:
@@ -73,16 +106,18 @@ def run_case(source: Path, model: str, loader: str, pipeline: str, *, workers: i
                 stored += int(images.sum())
             if first is None:
                 first, first_count, first_stored = time.perf_counter(), count, stored
+                clock = CpuClock()
             if count >= samples:
                 break
         finished = time.perf_counter()
+        cores_busy, server_cores = clock.cores()
         del iterator, data  # stop the workers before unmounting
     steady = max(finished - first, 1e-9)
     return {"model": model, "loader": loader, "pipeline": pipeline, "workers": workers, "batch_size": batch_size,
             "samples": count, "open_s": opened - started, "first_batch_s": first - started,
             "samples_per_s": (count - first_count) / steady,
             "mb_per_s": (stored - first_stored) / 1e6 / steady if pipeline == "raw" else None,
-            "load_1min": load}
+            "load_1min": load, "round": round_, "cores_busy": cores_busy, "server_cores": server_cores}
 
 
 def loader_samples(text: str) -> tuple[str, int]:
@@ -106,14 +141,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples-for", action="append", default=[], metavar="LOADER=N", type=loader_samples,
                         help="samples read by one loader's cases instead, e.g. lmdb-chunk=26000 to read the "
                              "sequential readers' steady state past their first pools (repeatable)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of every case, for a median and range per case (default: %(default)s)")
     parser.add_argument("--rtt-ms", type=float, default=0.5, help="nfs round trip in ms (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file (default: %(default)s)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Validate each model, run every case once, write (or add to) the results file."""
+    """Validate each model, run every case ``--repeats`` times, write (or add to) the results file."""
     args = parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats {args.repeats}: expected at least 1")
     results: dict[str, Any] = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                     "python": platform.python_version(), "load_1min_start": os.getloadavg()[0]},
@@ -133,15 +172,14 @@ def main(argv: list[str] | None = None) -> None:
         if model != "local":
             results["validation"][model] = validate(args.source, "train.lmdb/data.mdb", model, rtt_ms=args.rtt_ms)
             print(model, {k: round(v, 1) for k, v in results["validation"][model].items()}, flush=True)
-        for workers in args.workers:
-            for pipeline in args.pipelines:
-                for loader in args.loaders:
-                    run = run_case(args.source, model, loader, pipeline, workers=workers,
-                                   batch_size=args.batch_size, rtt_ms=args.rtt_ms,
-                                   samples=dict(args.samples_for).get(loader, args.samples))
-                    results["runs"].append(run)
-                    print({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}, flush=True)
-                    args.out.write_text(json.dumps(results, indent=1) + "\n")
+        for round_, workers, pipeline, loader in itertools.product(range(args.repeats), args.workers,
+                                                                   args.pipelines, args.loaders):
+            run = run_case(args.source, model, loader, pipeline, workers=workers, batch_size=args.batch_size,
+                           rtt_ms=args.rtt_ms, samples=dict(args.samples_for).get(loader, args.samples),
+                           round_=round_)
+            results["runs"].append(run)
+            print({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}, flush=True)
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
     results["machine"]["load_1min_end"] = os.getloadavg()[0]
     command = " ".join(["python -m benchmarks.slow_storage.experiment", *(argv or sys.argv[1:])])
     earlier = results.get("commands", [results["command"]] if "command" in results else [])

@@ -10,8 +10,11 @@ the serving threads wake up in.
 while it is busy are served in elevator order (C-LOOK: the nearest at or after the head
 position, wrapping to the lowest address), as Linux's I/O schedulers and a drive's command
 queue do; this also keeps the order in which the passthrough's threads happen to pick up
-concurrent requests from the kernel from mattering. The served tree is laid out on the platter as one extent per file, in sorted path
-order, after an inode table of 256 bytes per path, and the layout spans the full stroke. A
+concurrent requests from the kernel from mattering. At most :data:`SERVING_THREADS` requests
+wait (the passthrough's threads); :meth:`HddModel.scattered_reads_per_s` simulates how fast
+records at random offsets are read with that many always waiting. The served tree
+(:func:`layout`) is laid out on the platter as one extent per file, in sorted path order, after
+an inode table of 256 bytes per path, and the layout spans the full stroke. A
 request that starts where the previous one ended, or up to one revolution's worth of bytes
 further on, only waits for those bytes to pass under the head; any other request pays a
 seek, ``track_to_track + (full_stroke - track_to_track) * sqrt(distance / span)``, plus half
@@ -31,7 +34,10 @@ attributes (NFSv3 READDIRPLUS), so looking up a listed entry is free afterwards.
 
 from __future__ import annotations
 
+import bisect
 import math
+import os
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -50,15 +56,24 @@ FULL_STROKE = 12e-3
 """The hdd model's longest seek, s."""
 RPM = 7200
 """The hdd model's spindle speed."""
+SERVING_THREADS = 64
+"""Requests the passthrough (``passthrough.py``) serves at once (libfuse's ``max_threads``), so the
+most a device model ever has queued: as many as a SATA disk's scheduler queue holds (``nr_requests``,
+2 x its 32 NCQ tags). Further requests wait in the kernel, unseen by the elevator."""
 
 
-def shortest_positioning(*, track_to_track: float = TRACK_TO_TRACK, rpm: float = RPM) -> float:
-    """Seconds an hdd request that does not continue the previous one waits at least: the shortest seek, half a revolution.
-
-    However deep the queue and however the elevator orders it, a reader of scattered records
-    pays this plus the transfer for each record.
-    """
-    return track_to_track + 60.0 / rpm / 2
+def layout(source: str) -> list[tuple[str, int]]:
+    """Every path under ``source`` as ``("/relative/path", size)``, directories first, in sorted walk order."""
+    entries = [("/", 0)]
+    for directory, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        relative = os.path.relpath(directory, source)
+        prefix = "" if relative == "." else "/" + relative.replace(os.sep, "/")
+        for name in dirnames:
+            entries.append((f"{prefix}/{name}", 0))
+        for name in sorted(filenames):
+            entries.append((f"{prefix}/{name}", os.path.getsize(os.path.join(directory, name))))
+    return entries
 
 
 class DeviceModel:
@@ -127,6 +142,7 @@ class HddModel(DeviceModel):
         self.revolution_bytes = int(transfer_rate * self.revolution)
         self.inode_of: dict[str, int] = {}
         self.base_of: dict[str, int] = {}
+        self.size_of: dict[str, int] = dict(paths)
         address = _align(INODE_BYTES * len(paths))
         for number, (path, size) in enumerate(paths):
             self.inode_of[path] = INODE_BYTES * number
@@ -139,16 +155,41 @@ class HddModel(DeviceModel):
         self._turn = threading.Condition(self._lock)
         self.seeks = 0
 
+    def cost(self, head: int, address: int, size: int) -> float:
+        """Seconds the actuator takes to serve ``size`` bytes at ``address`` with the head at ``head``."""
+        gap = address - head
+        if 0 <= gap < self.revolution_bytes:
+            return (gap + size) / self.transfer_rate
+        return (self.track_to_track + (self.full_stroke - self.track_to_track) * math.sqrt(abs(gap) / self.span)
+                + self.revolution / 2 + size / self.transfer_rate)
+
     def service_time(self, address: int, size: int) -> float:
         """Seconds the actuator is busy serving ``size`` bytes at ``address`` from its current position."""
-        gap = address - self._head
-        if 0 <= gap < self.revolution_bytes:
-            position = gap / self.transfer_rate
-        else:
+        if not 0 <= address - self._head < self.revolution_bytes:
             self.seeks += 1
-            position = (self.track_to_track + (self.full_stroke - self.track_to_track)
-                        * math.sqrt(abs(gap) / self.span) + self.revolution / 2)
-        return position + size / self.transfer_rate
+        return self.cost(self._head, address, size)
+
+    def scattered_reads_per_s(self, path: str, size: int, *, queued: int, reads: int = 20_000,
+                              seed: int = 0) -> float:
+        """Reads/s of ``size`` bytes at uniformly random offsets of ``path`` with ``queued`` requests always waiting.
+
+        Simulated with the model's arithmetic (no clock, no threads, the model's own state
+        untouched): C-LOOK serves the waiting request nearest at or after the head, and each
+        one served is replaced by a new random one. A deeper queue means shorter seeks, so
+        this is the most a reader of randomly sampled records gets from a device that holds
+        at most ``queued`` requests.
+        """
+        base = self.base_of[path]
+        limit = base + max(1, self.size_of[path] - size)
+        draw = random.Random(seed).randrange
+        waiting = sorted(draw(base, limit) for _ in range(queued))
+        head, busy = base, 0.0
+        for _ in range(reads):
+            address = waiting.pop(bisect.bisect_left(waiting, head) % len(waiting))
+            busy += self.cost(head, address, size)
+            head = address + size
+            bisect.insort(waiting, draw(base, limit))
+        return reads / busy
 
     def _serve(self, address: int, size: int) -> float:
         ticket = (address, time.monotonic())

@@ -27,24 +27,10 @@ from typing import TextIO
 
 import mfusepy
 
-from .models import DeviceModel, HddModel, NfsModel
+from .models import SERVING_THREADS, DeviceModel, HddModel, NfsModel, layout
 
 ATTRIBUTE_SECONDS = 3600
 """How long the kernel may cache lookups and attributes (one mount = one cold run)."""
-
-
-def layout(source: str) -> list[tuple[str, int]]:
-    """Every path under ``source`` as ``("/relative/path", size)``, directories first, in sorted walk order."""
-    entries = [("/", 0)]
-    for directory, dirnames, filenames in os.walk(source):
-        dirnames.sort()
-        relative = os.path.relpath(directory, source)
-        prefix = "" if relative == "." else "/" + relative.replace(os.sep, "/")
-        for name in dirnames:
-            entries.append((f"{prefix}/{name}", 0))
-        for name in sorted(filenames):
-            entries.append((f"{prefix}/{name}", os.path.getsize(os.path.join(directory, name))))
-    return entries
 
 
 def make_model(name: str, source: str, *, rtt: float) -> DeviceModel:
@@ -129,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("mountpoint", help="empty directory to mount on")
     parser.add_argument("--model", choices=("hdd", "nfs"), required=True, help="device model")
     parser.add_argument("--rtt-ms", type=float, default=0.5, help="nfs round trip in ms (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=64,
+    parser.add_argument("--threads", type=int, default=SERVING_THREADS,
                         help="most FUSE threads serving requests at once (default: %(default)s)")
     parser.add_argument("--trace", type=argparse.FileType("w"), default=None,
                         help="write one line per read: arrival, completion, pid, path, offset, size")

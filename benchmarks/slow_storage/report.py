@@ -11,10 +11,11 @@ is computed from the numbers; explanations are dated notes in ``NOTES.md`` here.
 from __future__ import annotations
 
 import dataclasses
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .models import TRANSFER_RATE, shortest_positioning
 
 LMDB_LOADERS = ("lmdb-random", "lmdb-chunk", "lmdb-iterable")
 
@@ -50,42 +51,140 @@ def find(runs: list[Run], **key: Any) -> Run | None:
     return next((run for run in runs if all(run[k] == v for k, v in key.items())), None)
 
 
-def run_table(runs: list[Run], model: str) -> str:
-    """Markdown table of one model's runs: rate after the first batch and its ratio to ImageFolder, first batch."""
-    lines = ["| pipeline | workers | loader | samples | first batch s | samples/s after it | x ImageFolder "
-             "| samples/s, whole run | stored MB/s, whole run | load |", "|---|---|---|---|---|---|---|---|---|---|"]
+CASE = ("model", "loader", "pipeline", "workers")
+"""The fields naming a case; ``--repeats`` runs each case several times."""
+MEDIAN_FIELDS = ("open_s", "first_batch_s", "samples_per_s", "mb_per_s", "load_1min", "cores_busy", "server_cores")
+
+
+def cases(runs: list[Run]) -> dict[tuple[Any, ...], list[Run]]:
+    """The runs of each case, in the order the cases first ran."""
+    grouped: dict[tuple[Any, ...], list[Run]] = {}
     for run in runs:
-        if run["model"] != model:
+        grouped.setdefault(tuple(run[k] for k in CASE), []).append(run)
+    return grouped
+
+
+def summarize(repeats: list[Run]) -> Run:
+    """One case's runs as one run: the median of each measure, with ``repeats`` and the rates' ``rate_range``."""
+    summary = {k: repeats[0][k] for k in (*CASE, "batch_size")}
+    summary["samples"] = min(run["samples"] for run in repeats)
+    for field in MEDIAN_FIELDS:
+        values = [run[field] for run in repeats if run.get(field) is not None]
+        summary[field] = statistics.median(values) if values else None
+    rates = [run["samples_per_s"] for run in repeats]
+    summary["repeats"], summary["rate_range"] = len(repeats), (min(rates), max(rates))
+    return summary
+
+
+def summaries(runs: list[Run]) -> list[Run]:
+    """Every case as one run (:func:`summarize`)."""
+    return [summarize(repeats) for repeats in cases(runs).values()]
+
+
+def paired(repeats: list[Run], bases: list[Run]) -> list[tuple[Run, Run]]:
+    """Each run of a case with the ImageFolder run it is compared to: the one of its round, else their median.
+
+    The runs of one round and worker count ran back to back (``experiment.py --repeats``), so
+    a ratio within a round compares runs made under the same conditions.
+    """
+    by_round = {base["round"]: base for base in bases if "round" in base}
+    median = summarize(bases)
+    return [(run, by_round.get(run.get("round"), median)) for run in repeats]
+
+
+Measure = Callable[[Run, Run, dict[str, Any]], float]
+
+
+def measured(repeats: list[Run], bases: list[Run], measure: Measure, nominal: dict[str, Any]) -> list[float]:
+    """``measure(run, base, nominal)`` for each :func:`paired` run and base both :func:`comparable` (long enough)."""
+    return [measure(run, base, nominal) for run, base in paired(repeats, bases) if comparable(run, base)]
+
+
+def speedup(run: Run, base: Run, _: dict[str, Any]) -> float:
+    """Samples/s after the first batch, as a multiple of ImageFolder's (``base``)."""
+    return run["samples_per_s"] / base["samples_per_s"]
+
+
+def bandwidth(run: Run, base: Run, nominal: dict[str, Any]) -> float:
+    """Stored MB/s over the whole run, as a fraction of the model's nominal sequential MB/s."""
+    return overall(run)[1] / nominal["nominal_sequential_mb_s"]
+
+
+def first_batch(run: Run, base: Run, _: dict[str, Any]) -> float:
+    """Time to the first batch, as a fraction of ImageFolder's."""
+    return run["first_batch_s"] / base["first_batch_s"]
+
+
+def spread(values: list[float], unit: str = "x") -> str:
+    """``"m<unit>"``, the median of ``values``, followed by ``" (low-high, n runs)"`` when there are several."""
+    median = f"{statistics.median(values):.2f}{unit}"
+    return median if len(values) == 1 else f"{median} ({span(values, unit)}, {len(values)} runs)"
+
+
+def run_table(runs: list[Run], model: str) -> str:
+    """Markdown table of one model's cases: medians of their runs, the rate's range and the median ratio to ImageFolder."""
+    lines = ["| pipeline | workers | loader | runs | samples | first batch s | samples/s after it (range) "
+             "| x ImageFolder | samples/s, whole run | stored MB/s, whole run | cores busy (passthrough's) | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    grouped = cases(runs)
+    for key, repeats in grouped.items():
+        if key[0] != model:
             continue
-        base = find(runs, model=model, loader="imagefolder", pipeline=run["pipeline"], workers=run["workers"])
-        ratio = ("-" if base is None else f"{run['samples_per_s'] / base['samples_per_s']:.2f}x"
-                 if comparable(run, base) else "too short")
+        run = summarize(repeats)
+        bases = grouped.get((model, "imagefolder", run["pipeline"], run["workers"]))
+        ratios = [] if bases is None else measured(repeats, bases, speedup, {})
+        ratio = "-" if bases is None else spread(ratios) if ratios else "too short"
+        low, high = run["rate_range"]
         rate, mb = overall(run)
-        lines.append(f"| {run['pipeline']} | {run['workers']} | {run['loader']} | {run['samples']} "
-                     f"| {run['first_batch_s']:.2f} | {run['samples_per_s']:.0f} | {ratio} | {rate:.0f} "
-                     f"| {'-' if mb is None else f'{mb:.1f}'} | {run['load_1min']:.1f} |")
+        lines.append(f"| {run['pipeline']} | {run['workers']} | {run['loader']} | {run['repeats']} | {run['samples']} "
+                     f"| {run['first_batch_s']:.2f} | {run['samples_per_s']:.0f}"
+                     f"{f' ({low:.0f}-{high:.0f})' if run['repeats'] > 1 else ''} | {ratio} | {rate:.0f} "
+                     f"| {'-' if mb is None else f'{mb:.1f}'} | {cores(run)} | {run['load_1min']:.1f} |")
     return "\n".join(lines)
+
+
+def cores(run: Run) -> str:
+    """Cores busy after the first batch, with the passthrough's share: ``"1.9 (0.8)"``; "-" where not recorded."""
+    if run.get("cores_busy") is None:
+        return "-"
+    return f"{run['cores_busy']:.1f}" + ("" if run.get("server_cores") is None else f" ({run['server_cores']:.1f})")
 
 
 def validation_table(validation: dict[str, dict[str, float]]) -> str:
-    """A markdown table of ``validate.validate`` results per model, next to the nominal numbers."""
+    """A markdown table of ``validate.validate`` results per model, next to the nominal (or simulated) numbers."""
     lines = ["| model | random 4 KB IOPS (1 in flight) | nominal | random 4 KB IOPS (16 in flight) "
-             "| sequential MB/s | nominal | load (1 min) |", "|---|---|---|---|---|---|---|"]
+             "| random 4 KB IOPS (deep queue) | simulated | sequential MB/s | nominal | load (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for model, r in validation.items():
+        deep = [f"{r[key]:.0f}" if key in r else "-" for key in ("random_4k_iops_deep", "simulated_random_4k_iops_deep")]
         lines.append(f"| {model} | {r['random_4k_iops']:.0f} | {r['nominal_random_4k_iops']:.0f} "
-                     f"| {r['random_4k_iops_16']:.0f} | {r['sequential_mb_s']:.0f} "
+                     f"| {r['random_4k_iops_16']:.0f} | {' | '.join(deep)} | {r['sequential_mb_s']:.0f} "
                      f"| {r['nominal_sequential_mb_s']:.0f} | {r['load_1min']:.1f} |")
     return "\n".join(lines)
+
+
+def queue_sentence(validation: dict[str, dict[str, float]]) -> str:
+    """What the hdd validation says about a deep queue and the dataset's records (empty without those numbers)."""
+    hdd = validation.get("hdd", {})
+    if "simulated_records_per_s" not in hdd:
+        return ""
+    return (f"hdd, random 4 KB reads with {hdd['deep_in_flight']} in flight: {hdd['random_4k_iops_deep']:.0f} IOPS "
+            f"measured, {hdd['simulated_random_4k_iops_deep']:.0f} simulated with the {hdd['serving_threads']} "
+            "requests the mount serves at once always queued (`HddModel.scattered_reads_per_s`). Simulated the "
+            f"same way, the dataset's records (mean {hdd['record_bytes'] / 1e3:.1f} KB) read at "
+            f"{hdd['simulated_records_per_s']:.0f}/s: the random-access ceiling.")
 
 
 def ceiling(run: Run, base: Run, runs: list[Run], validation: dict[str, Any]) -> tuple[float, str] | None:
     """The largest ratio to ImageFolder (``base``) any reader could reach in ``run``'s case, and what sets it.
 
-    The lowest of the bounds that apply: ``run``'s own pipeline with every file in the page
-    cache (the ``local`` run of the same loader, pipeline and workers: the CPU); on ``nfs``, the
+    ``run``, ``base`` and ``runs`` are cases' medians (:func:`summarize`). The lowest of the
+    bounds that apply: ``run``'s own pipeline with every file in the page
+    cache (the ``local`` case of the same loader, pipeline and workers: the CPU); on ``nfs``, the
     link's bandwidth over the bytes ``run`` reads per sample; on ``hdd``, for random access,
-    one shortest positioning (:func:`models.shortest_positioning`) plus the transfer per
-    sample. None where no bound is measured.
+    the disk's rate for records at random offsets with the most requests the mount queues
+    (``simulated_records_per_s`` of the validation: :meth:`models.HddModel.scattered_reads_per_s`).
+    None where no bound is measured.
     """
     bounds = []
     warm = find(runs, model="local", loader=run["loader"], pipeline=run["pipeline"], workers=run["workers"])
@@ -95,9 +194,9 @@ def ceiling(run: Run, base: Run, runs: list[Run], validation: dict[str, Any]) ->
     if sample_mb and run["model"] == "nfs":
         link = validation["nfs"]["nominal_sequential_mb_s"]
         bounds.append((link / sample_mb, f"link: {link:.0f} MB/s"))
-    if sample_mb and run["model"] == "hdd" and run["loader"] == "lmdb-random":
-        per_sample = shortest_positioning() + sample_mb * 1e6 / TRANSFER_RATE
-        bounds.append((1 / per_sample, f"disk: {per_sample * 1e3:.1f} ms per scattered sample"))
+    scattered = validation.get("hdd", {}).get("simulated_records_per_s")
+    if scattered and run["model"] == "hdd" and run["loader"] == "lmdb-random":
+        bounds.append((scattered, f"disk: {scattered:.0f} records/s at random offsets, queue full"))
     if not bounds:
         return None
     rate, reason = min(bounds)
@@ -106,7 +205,10 @@ def ceiling(run: Run, base: Run, runs: list[Run], validation: dict[str, Any]) ->
 
 @dataclasses.dataclass(frozen=True)
 class CheckResult:
-    """One target checked on one run: its ``value`` against ``threshold`` and the case's ceiling, if bounded."""
+    """One target checked on one case: the median ``value`` of its runs' ``values`` against ``threshold``.
+
+    ``ceiling`` is the case's, where bounded (:func:`ceiling`).
+    """
 
     model: str
     target: str
@@ -118,6 +220,7 @@ class CheckResult:
     passed: bool
     kind: str
     ceiling: tuple[float, str] | None
+    values: tuple[float, ...] = ()
 
     @property
     def beyond_ceiling(self) -> bool:
@@ -126,42 +229,50 @@ class CheckResult:
 
 
 def target_checks(runs: list[Run], validation: dict[str, Any]) -> list[CheckResult]:
-    """Every (target, run) pair with an ImageFolder run to compare with, both long enough (:func:`comparable`)."""
-    speedup = lambda run, base, _: run["samples_per_s"] / base["samples_per_s"]  # noqa: E731
-    bandwidth = lambda run, base, nominal: overall(run)[1] / nominal["nominal_sequential_mb_s"]  # noqa: E731
-    first = lambda run, base, _: run["first_batch_s"] / base["first_batch_s"]  # noqa: E731
-    targets = [  # model, target, loaders, pipelines, kind, measure, threshold, higher is better
+    """Every (target, case) pair with ImageFolder runs to compare with: the median over the :func:`paired` runs.
+
+    A check passes when the median of its runs passes; runs too short for a ratio
+    (:func:`comparable`) are left out, and a case without any is not checked.
+    """
+    targets: list[tuple[str, str, tuple[str, ...], tuple[str, ...], str, Measure, float, bool]] = [
+        # model, target, loaders, pipelines, kind, measure, threshold, higher is better
         ("hdd", ">= 5x ImageFolder", ("lmdb-chunk", "lmdb-iterable"), ("raw", "train"), "speedup", speedup, 5, True),
         ("hdd", ">= 0.7x sequential bandwidth", ("lmdb-chunk", "lmdb-iterable"), ("raw",), "bandwidth", bandwidth,
          0.7, True),
         ("hdd", ">= 1.5x ImageFolder", ("lmdb-random",), ("raw", "train"), "speedup", speedup, 1.5, True),
         ("nfs", ">= 3x ImageFolder", LMDB_LOADERS, ("raw", "train"), "speedup", speedup, 3, True),
-        ("nfs", "first batch <= ImageFolder's", LMDB_LOADERS, ("raw", "train"), "first batch", first, 1.0, False),
+        ("nfs", "first batch <= ImageFolder's", LMDB_LOADERS, ("raw", "train"), "first batch", first_batch, 1.0,
+         False),
     ]
+    grouped, medians = cases(runs), summaries(runs)
     checks = []
     for model, target, loaders, pipelines, kind, measure, threshold, higher in targets:
-        for run in runs:
-            if run["model"] != model or run["loader"] not in loaders or run["pipeline"] not in pipelines:
+        for (run_model, loader, pipeline, workers), repeats in grouped.items():
+            if run_model != model or loader not in loaders or pipeline not in pipelines:
                 continue
-            base = find(runs, model=model, loader="imagefolder", pipeline=run["pipeline"], workers=run["workers"])
-            if base is None or (kind == "bandwidth" and run["mb_per_s"] is None) or not comparable(run, base):
+            bases = grouped.get((model, "imagefolder", pipeline, workers))
+            if bases is None or (kind == "bandwidth" and repeats[0]["mb_per_s"] is None):
                 continue
-            value = measure(run, base, validation.get(model, {}))
-            checks.append(CheckResult(model, target, run["loader"], run["pipeline"], run["workers"], value, threshold,
-                                      value >= threshold if higher else value <= threshold, kind,
-                                      ceiling(run, base, runs, validation) if kind == "speedup" else None))
+            values = measured(repeats, bases, measure, validation.get(model, {}))
+            if not values:
+                continue
+            value = statistics.median(values)
+            bound = ceiling(summarize(repeats), summarize(bases), medians, validation) if kind == "speedup" else None
+            checks.append(CheckResult(model, target, loader, pipeline, workers, value, threshold,
+                                      value >= threshold if higher else value <= threshold, kind, bound,
+                                      tuple(values)))
     return checks
 
 
 def target_rows(checks: list[CheckResult]) -> list[str]:
     """The targets table: one row per check with its ceiling and pass/FAIL."""
-    rows = ["| model | target | loader | pipeline | workers | measured | ceiling | result |",
+    rows = ["| model | target | loader | pipeline | workers | measured: median (range, runs) | ceiling | result |",
             "|---|---|---|---|---|---|---|---|"]
     for check in checks:
         bound = "-" if check.ceiling is None else f"{check.ceiling[0]:.2f}x ({check.ceiling[1]})"
         result = "pass" if check.passed else "FAIL, beyond the ceiling" if check.beyond_ceiling else "FAIL"
         rows.append(f"| {check.model} | {check.target} | {check.loader} | {check.pipeline} | {check.workers} "
-                    f"| {check.value:.2f}x | {bound} | {result} |")
+                    f"| {spread(list(check.values or [check.value]))} | {bound} | {result} |")
     return rows
 
 
@@ -193,11 +304,14 @@ def scale_table(scale: dict[str, Any]) -> str:
 
 
 def plot(runs: list[Run], path: Path) -> None:
-    """Samples/s after the first batch against workers: a column per model, a row per pipeline, a line per loader."""
+    """Samples/s after the first batch against workers (a case's median, its runs' range as an error bar):
+    a column per model, a row per pipeline, a line per loader."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = summaries(runs)
     models = [m for m in ("hdd", "nfs", "local") if any(run["model"] == m for run in runs)]
     pipelines = [p for p in ("raw", "train") if any(run["pipeline"] == p for run in runs)]
     figure, axes = plt.subplots(len(pipelines), len(models), figsize=(4.4 * len(models), 3.4 * len(pipelines)),
@@ -206,14 +320,19 @@ def plot(runs: list[Run], path: Path) -> None:
         for column, model in enumerate(models):
             axis = axes[row][column]
             for loader in ("imagefolder", *LMDB_LOADERS):
-                points = sorted((run["workers"], run["samples_per_s"]) for run in runs
+                points = sorted((run["workers"], run["samples_per_s"], *run["rate_range"]) for run in runs
                                 if (run["model"], run["pipeline"], run["loader"]) == (model, pipeline, loader))
                 if points:
-                    axis.plot(*zip(*points), marker="o", label=loader)
+                    workers, rates, lows, highs = map(list, zip(*points))
+                    axis.errorbar(workers, rates, yerr=[[r - lo for r, lo in zip(rates, lows)],
+                                                        [hi - r for r, hi in zip(rates, highs)]],
+                                  marker="o", capsize=3, label=loader)
             axis.set_title(f"{model} ({'cold' if model != 'local' else 'warm'}), {pipeline}")
             axis.set_xlabel("DataLoader workers")
             axis.set_ylabel("samples/s after the first batch")
             axis.set_yscale("log")
+            axis.set_xscale("log", base=2)
+            axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -251,10 +370,13 @@ def experiment_section(results: dict[str, Any]) -> str:
         "before the first batch after it). Stored MB/s cover the whole run: a reader that reads ahead "
         "before its first batch delivers after it bytes read before it, so its rate after the first batch "
         "can exceed the device's; the whole run's cannot, and the bandwidth target uses it. "
-        f"nfs round trip: {settings['rtt_ms']} ms.", "",
+        f"nfs round trip: {settings['rtt_ms']} ms. A case run several times (`--repeats`) shows the median of its "
+        "runs and their range; each ratio pairs a run with ImageFolder's run of the same round (they ran back to "
+        "back), and a target is checked on the median ratio.", "",
         "### Device models, validated through the mount", "", validation_table(results["validation"]), "",
+        *([queue_sentence(results["validation"]), ""] if queue_sentence(results["validation"]) else []),
         "### Targets", "",
-        f"{len(checks) - failed} of {len(checks)} checks pass. Of the {failed} that fail, {beyond} ask for "
+        f"{len(checks) - failed} of {len(checks)} checks pass; {share(beyond, failed)} that fail ask for "
         "more than the ceiling of their case: the most any reader could reach there, given ImageFolder's measured "
         "rate (see `ceiling` in `report.py`).", "", *target_rows(checks), "",
     ]
@@ -290,25 +412,33 @@ def span(values: list[float], unit: str = "x", digits: int = 2) -> str:
     return f"{low}{unit}" if low == high else f"{low}-{high}{unit}"
 
 
+def share(part: int, whole: int) -> str:
+    """``"all 24"``, ``"3 of the 26"`` or ``"no"``: how many of ``whole`` things ``part`` is."""
+    if whole == 0:
+        return "no"
+    return f"all {whole}" if part == whole else f"{part} of the {whole}"
+
+
 def readme_table(results: dict[str, Any], workers: int = README_WORKERS) -> str:
-    """The README's table: each model and pipeline with ``workers`` workers, rates after the first batch."""
-    runs = results["runs"]
+    """The README's table: each model and pipeline with ``workers`` workers, medians of each case's runs."""
+    grouped = cases(results["runs"])
     lines = ["| model | pipeline | ImageFolder | LMDB random access | ChunkShuffleSampler | LMDBIterableDataset "
              "| first batch s (ImageFolder / chunk) |", "|---|---|---|---|---|---|---|"]
     for model in ("hdd", "nfs"):
         for pipeline, label in (("raw", "raw reads"), ("train", "train (decode + crop)")):
-            base = find(runs, model=model, loader="imagefolder", pipeline=pipeline, workers=workers)
-            chunk = find(runs, model=model, loader="lmdb-chunk", pipeline=pipeline, workers=workers)
-            if base is None or chunk is None:
+            bases = grouped.get((model, "imagefolder", pipeline, workers))
+            chunks = grouped.get((model, "lmdb-chunk", pipeline, workers))
+            if bases is None or chunks is None:
                 continue
+            base = summarize(bases)
             cells = [f"{base['samples_per_s']:,.0f}"]
             for loader in LMDB_LOADERS:
-                run = find(runs, model=model, loader=loader, pipeline=pipeline, workers=workers)
+                repeats = grouped[(model, loader, pipeline, workers)]
+                run, ratio = summarize(repeats), statistics.median(measured(repeats, bases, speedup, {}))
                 mb = overall(run)[1] if loader != "lmdb-random" else None
-                cells.append(f"{run['samples_per_s']:,.0f} ({run['samples_per_s'] / base['samples_per_s']:.2f}x"
-                             f"{'' if mb is None else f', {mb:.0f} MB/s'})")
+                cells.append(f"{run['samples_per_s']:,.0f} ({ratio:.2f}x{'' if mb is None else f', {mb:.0f} MB/s'})")
             lines.append(f"| `{model}` | {label} | {' | '.join(cells)} "
-                         f"| {base['first_batch_s']:.2f} / {chunk['first_batch_s']:.2f} |")
+                         f"| {base['first_batch_s']:.2f} / {summarize(chunks)['first_batch_s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -332,10 +462,10 @@ def readme_summary(results: dict[str, Any], scale: dict[str, Any]) -> str:
     memory = [scale[f"{kind}_uss_{point}_mb"] for kind in kinds for point in ("first", "last")]
     return " ".join([
         f"With {', '.join(map(str, counts[:-1]))} and {counts[-1]} workers, {len(checks) - len(failed)} of "
-        f"{len(checks)} checks pass, and {sum(check.beyond_ceiling for check in failed)} of the {len(failed)} misses "
+        f"{len(checks)} checks pass, and {share(sum(check.beyond_ceiling for check in failed), len(failed))} misses "
         "ask for more than their case's ceiling: the most any reader could reach there, set by the disk's "
-        "positioning time per scattered sample, the link's bandwidth, or the same run with every file in the page "
-        f"cache (the machine's {results['machine']['cpus']} cores).",
+        "rate for records at random offsets with its queue full, the link's bandwidth, or the same run with every "
+        f"file in the page cache (the machine's {results['machine']['cpus']} cores).",
         f"On `hdd` the sequential readers beat ImageFolder by {span(values('hdd', 'speedup', sequential), digits=1)} "
         f"(target 5x) at {span(values('hdd', 'bandwidth', sequential))} of its "
         f"{results['validation']['hdd']['nominal_sequential_mb_s']:.0f} MB/s over the whole run (target 0.7x); "
@@ -359,8 +489,11 @@ def readme_summary(results: dict[str, Any], scale: dict[str, Any]) -> str:
 
 def readme_block(results: dict[str, Any], scale: dict[str, Any]) -> str:
     """What the README holds between :data:`README_BEGIN` and :data:`README_END`."""
+    counts = sorted({len(repeats) for repeats in cases(results["runs"]).values()})
+    runs = "one run per case" if counts == [1] else f"the median of {span(counts, unit=' runs', digits=0)} per case"
     return "\n\n".join([README_BEGIN, f"Samples/s after the first batch with {README_WORKERS} workers (stored MB/s "
-                         "over the whole run for the sequential readers; ratios to ImageFolder):",
+                         "over the whole run for the sequential readers; ratios to ImageFolder), "
+                         f"{runs}:",
                          readme_table(results), "![slow storage](benchmarks/slow_storage/results.png)",
                          readme_summary(results, scale), README_END])
 

@@ -16,13 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import HddModel, NfsModel
+from lmdb_dataset.environment import load_metadata
+from lmdb_dataset.errors import LMDBDatasetError
+
+from .models import SERVING_THREADS, HddModel, NfsModel, layout
 from .mount import mounted
-from .passthrough import layout
 from .report import validation_table
 
 PAGE = 4096
 SEQUENTIAL_CHUNK = 1 << 20
+DEEP = 4 * SERVING_THREADS
+"""Requests in flight for the deep-queue test: more than the mount serves at once."""
 
 
 def random_reads(path: Path, *, count: int, threads: int, seed: int = 0) -> float:
@@ -56,14 +60,32 @@ def sequential_read(path: Path, *, limit: int) -> float:
         os.close(fd)
 
 
+def mean_record_bytes(data_file: Path) -> float | None:
+    """The mean stored size of the records of the dataset ``data_file`` belongs to (None: not one with offsets)."""
+    try:
+        spans = load_metadata(data_file.parent).spans
+    except LMDBDatasetError:
+        return None
+    return None if spans is None or len(spans) == 0 else float(spans[:, 1].mean())
+
+
 def validate(source: Path, relative: str, model: str, *, rtt_ms: float = 0.5, count: int = 200,
              sequential_bytes: int = 200_000_000) -> dict[str, float]:
     """Measure ``model`` on the file ``source/relative``, each test on a fresh cold mount.
 
+    For ``hdd`` also the elevator's gain from a deep queue, measured and simulated
+    (:meth:`HddModel.scattered_reads_per_s` with the :data:`SERVING_THREADS` requests the mount
+    queues at most): random 4 KB reads with :data:`DEEP` in flight, the simulated rate of the
+    same, and the simulated rate of the dataset's records (``relative`` is the ``data.mdb`` of a
+    dataset, if it is one), which bounds random access in ``report.ceiling``.
+
     Returns:
         Measured ``random_4k_iops`` (1 in flight), ``random_4k_iops_16`` (16 in flight),
         ``sequential_mb_s``, the nominal ``nominal_random_4k_iops`` / ``nominal_sequential_mb_s``,
-        and ``load_1min`` (the 1-minute load average before the tests).
+        ``load_1min`` (the 1-minute load average before the tests); for ``hdd``
+        ``random_4k_iops_deep`` (``deep_in_flight`` in flight), ``simulated_random_4k_iops_deep``
+        (``serving_threads`` queued), ``record_bytes`` (the
+        dataset's mean) and ``simulated_records_per_s`` when ``relative`` is a dataset's data file.
     """
     nominal_model = HddModel(layout(os.fspath(source))) if model == "hdd" else NfsModel(rtt=rtt_ms / 1e3)
     result = {f"nominal_{key}": value for key, value in nominal_model.nominal().items()}
@@ -72,6 +94,18 @@ def validate(source: Path, relative: str, model: str, *, rtt_ms: float = 0.5, co
         result["random_4k_iops"] = random_reads(mountpoint / relative, count=count, threads=1)
     with mounted(source, model, rtt_ms=rtt_ms) as mountpoint:
         result["random_4k_iops_16"] = random_reads(mountpoint / relative, count=count * 4, threads=16)
+    if isinstance(nominal_model, HddModel):
+        path = "/" + Path(relative).as_posix()
+        with mounted(source, model, rtt_ms=rtt_ms) as mountpoint:
+            result["random_4k_iops_deep"] = random_reads(mountpoint / relative, count=count * 8, threads=DEEP)
+        result["deep_in_flight"], result["serving_threads"] = DEEP, SERVING_THREADS
+        result["simulated_random_4k_iops_deep"] = nominal_model.scattered_reads_per_s(path, PAGE,
+                                                                                      queued=SERVING_THREADS)
+        record_bytes = mean_record_bytes(source / relative)
+        if record_bytes is not None:
+            result["record_bytes"] = record_bytes
+            result["simulated_records_per_s"] = nominal_model.scattered_reads_per_s(
+                path, round(record_bytes), queued=SERVING_THREADS)
     with mounted(source, model, rtt_ms=rtt_ms) as mountpoint:
         result["sequential_mb_s"] = sequential_read(mountpoint / relative, limit=sequential_bytes)
     return result
