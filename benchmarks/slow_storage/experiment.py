@@ -6,11 +6,13 @@ SOURCE holds ``train/`` (an ImageFolder, e.g. from ``benchmarks/make_corpus.py``
 ``train.lmdb`` (its conversion). Every case runs on a fresh cold mount (see ``mount.py``):
 it opens the dataset, starts a DataLoader and reads ``--samples`` samples. The model
 ``local`` reads SOURCE itself with every file in the page cache: the machine's ceiling
-without storage. With ``--repeats N`` every case runs N times, in N rounds of all the
-cases (a round's cases of one worker count run back to back, so a ratio pairs runs made under
-the same conditions); the report gives each case's median and range. Results go to ``benchmarks/slow_storage/results.json`` (runs already there
-for other cases are kept; each run records its sample count) with their plot ``results.png``; ``report.py`` renders them as a
-section of ``benchmarks/RESULTS.md`` (``python benchmarks/report.py benchmarks/results.json --out benchmarks``).
+without storage. With ``--repeats N`` every case runs N times, in N rounds of all the cases
+(a round's cases of one worker count run back to back, so a ratio pairs runs made under the
+same conditions); the report gives each case's median and range. Results go to
+``benchmarks/slow_storage/results.json`` (runs already there for other cases are kept; each
+run records its sample count) with their plot ``results.png``; ``report.py`` renders them as
+a section of ``benchmarks/RESULTS.md``
+(``python benchmarks/report.py benchmarks/results.json --out benchmarks``).
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def spread(values: list[float], unit: str = "x") -> str:
 
 
 def run_table(runs: list[Run], model: str) -> str:
-    """Markdown table of one model's cases: medians of their runs, the rate's range and the median ratio to ImageFolder."""
+    """Markdown table of one model's cases: their runs' medians, the rate's range, the median ratio to ImageFolder."""
     lines = ["| pipeline | workers | loader | runs | samples | first batch s | samples/s after it (range) "
              "| x ImageFolder | samples/s, whole run | stored MB/s, whole run | cores busy (passthrough's) | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -156,7 +156,8 @@ def validation_table(validation: dict[str, dict[str, float]]) -> str:
              "| random 4 KB IOPS (deep queue) | simulated | sequential MB/s | nominal | load (1 min) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for model, r in validation.items():
-        deep = [f"{r[key]:.0f}" if key in r else "-" for key in ("random_4k_iops_deep", "simulated_random_4k_iops_deep")]
+        deep = [f"{r[key]:.0f}" if key in r else "-"
+                for key in ("random_4k_iops_deep", "simulated_random_4k_iops_deep")]
         lines.append(f"| {model} | {r['random_4k_iops']:.0f} | {r['nominal_random_4k_iops']:.0f} "
                      f"| {r['random_4k_iops_16']:.0f} | {' | '.join(deep)} | {r['sequential_mb_s']:.0f} "
                      f"| {r['nominal_sequential_mb_s']:.0f} | {r['load_1min']:.1f} |")
