@@ -116,9 +116,9 @@ def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: 
 class Prefetcher:
     """Reads requested spans of one open file into the page cache from a background thread, one request after another.
 
-    Each request is asked of the kernel (:func:`advise`, one process at a time: :func:`asking_alone`)
-    and its spans to read are then read
-    through (:func:`read_through`) before the next request is asked, so requests complete in
+    Each request is asked of the kernel (:func:`advise`, one process at a time:
+    :func:`asking_alone`) and its spans to read are then read through (:func:`read_through`)
+    before the next request is asked, so requests complete in
     the order made and a caller can wait for one. The thread starts on the first request,
     works on its own duplicate of ``fd`` (so the owner may close its descriptor at any time)
     and ends at :meth:`close`. A request that fails (an I/O error) ends quietly, and the thread

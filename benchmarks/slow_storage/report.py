@@ -435,9 +435,10 @@ def readme_table(results: dict[str, Any], workers: int = README_WORKERS) -> str:
             cells = [f"{base['samples_per_s']:,.0f}"]
             for loader in LMDB_LOADERS:
                 repeats = grouped[(model, loader, pipeline, workers)]
-                run, ratio = summarize(repeats), statistics.median(measured(repeats, bases, speedup, {}))
+                run, ratios = summarize(repeats), measured(repeats, bases, speedup, {})
+                ratio = f"{statistics.median(ratios):.2f}x" if ratios else "too short"
                 mb = overall(run)[1] if loader != "lmdb-random" else None
-                cells.append(f"{run['samples_per_s']:,.0f} ({ratio:.2f}x{'' if mb is None else f', {mb:.0f} MB/s'})")
+                cells.append(f"{run['samples_per_s']:,.0f} ({ratio}{'' if mb is None else f', {mb:.0f} MB/s'})")
             lines.append(f"| `{model}` | {label} | {' | '.join(cells)} "
                          f"| {base['first_batch_s']:.2f} / {summarize(chunks)['first_batch_s']:.2f} |")
     return "\n".join(lines)

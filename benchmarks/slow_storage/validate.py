@@ -84,8 +84,8 @@ def validate(source: Path, relative: str, model: str, *, rtt_ms: float = 0.5, co
         ``sequential_mb_s``, the nominal ``nominal_random_4k_iops`` / ``nominal_sequential_mb_s``,
         ``load_1min`` (the 1-minute load average before the tests); for ``hdd``
         ``random_4k_iops_deep`` (``deep_in_flight`` in flight), ``simulated_random_4k_iops_deep``
-        (``serving_threads`` queued), ``record_bytes`` (the
-        dataset's mean) and ``simulated_records_per_s`` when ``relative`` is a dataset's data file.
+        (``serving_threads`` queued), and, when ``relative`` is a dataset's data file,
+        ``record_bytes`` (its mean record) and ``simulated_records_per_s``.
     """
     nominal_model = HddModel(layout(os.fspath(source))) if model == "hdd" else NfsModel(rtt=rtt_ms / 1e3)
     result = {f"nominal_{key}": value for key, value in nominal_model.nominal().items()}
