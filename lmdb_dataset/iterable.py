@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+import sys
+import types
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data._utils.fetch import _IterableDatasetFetcher
 
 from .dataset import LMDBDatasetBase
 from .decoding import Output
 from .memory import release_free_heap
 from .mixing import check_class_locality, labels_in_file_order
-from .ordering import (ORDER_VERSION, RankOrder, check_seed, consumed_per_worker, rank_length, rank_order,
-                       worker_positions)
+from .ordering import Hop, check_seed, worker_positions
 from .progress import EpochProgress, EpochResumable, check_identity
 from .world import Replicas, World, current_world
 
@@ -25,13 +27,44 @@ DEFAULT_POOL_SIZE = 8192
 
 @dataclasses.dataclass
 class StreamPosition:
-    """Where this process's current pass stands: the stream it serves and the samples it emitted."""
+    """Where this process's current pass stands: the pass, the stream of it this process serves, and its progress.
+
+    Attributes:
+        epoch: The pass's epoch.
+        hops: What of the epoch was consumed before the pass began (:data:`ordering.Hop`).
+        num_replicas: Ranks of the pass.
+        stream: The worker slot whose share of the rank's records this process yields.
+        num_workers: DataLoader workers of the pass.
+        start: Samples of the stream consumed before this process took it over (a worker's resume).
+        piece_size: Positions per piece dealt to workers (the DataLoader's batch size); None until
+            the first sample is fetched.
+        emitted: Samples this process yielded since.
+    """
 
     epoch: int
+    hops: tuple[Hop, ...]
+    num_replicas: int
     stream: int
-    start: int
     num_workers: int
+    start: int = 0
+    piece_size: int | None = None
     emitted: int = 0
+
+
+def loader_batch_size(frame: types.FrameType | None) -> int | None:
+    """The batch size of the ``DataLoader`` fetching from a generator, from the frame that called its ``next``.
+
+    torch's iterable-dataset fetcher (used by ``DataLoader`` and torchdata's
+    ``StatefulDataLoader``, in workers and in the main process) asks for one batch of
+    ``len(possibly_batched_index)`` samples per fetch, or, without automatic batching
+    (``batch_size=None``), one sample (1 here). None when the caller is anything else.
+    """
+    if frame is None or frame.f_code.co_name != "fetch":
+        return None
+    fetcher = frame.f_locals.get("self")
+    if not isinstance(fetcher, _IterableDatasetFetcher):
+        return None
+    return len(frame.f_locals["possibly_batched_index"]) if fetcher.auto_collation else 1
 
 
 class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
@@ -51,11 +84,15 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     epoch ``epoch + 1``'s first pool), and a worker reads a pool's records once they are
     cached: the records of a pool, read in shuffled order, come from memory (only the first
     pool of a run, or of a resumed epoch, is cold), the file is read as sequential streams,
-    yet no shuffle buffer holds images in the workers' memory. The order is exactly
-    :class:`ChunkShuffleSampler`'s with the same arguments (with ``batch_size`` set, the
-    DataLoader's batches are the sampler's). With ``shuffle=False`` records come in storage
-    order (and, with ``batch_size`` set, the DataLoader yields exactly the records
-    ``0..N-1`` split across ranks).
+    yet no shuffle buffer holds images in the workers' memory.
+
+    Workers are dealt whole batches of the rank's order in turn (the batch size is seen
+    when the DataLoader fetches the first one, or given as ``batch_size``), so the
+    DataLoader's batches come in exactly :class:`ChunkShuffleSampler`'s order with the same
+    arguments, only the rank's last batch is short (``len(loader)`` is exact, and
+    ``drop_last`` drops at most one batch per rank), and the samples the loop consumed are a
+    position in that order. With ``shuffle=False`` records come in storage order: the
+    DataLoader yields exactly the records ``0..N-1`` split across ranks.
 
     A file stored class by class (neighbouring records of one class) makes every pool, so
     every batch, hold few classes: the constructor warns (:class:`ClassLocalityWarning`).
@@ -71,14 +108,19 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     Resuming mid-epoch, stock DataLoader: count the samples the loop consumed and save
     ``dataset.state_dict(samples_consumed=count)`` with the checkpoint; after restarting,
     ``dataset.load_state_dict(state)`` makes the next pass yield exactly the samples not yet
-    consumed (later passes are whole). With ``num_workers > 1`` this needs ``batch_size``
-    (equal to the DataLoader's). Resuming with another ``num_workers`` is exact too; that
-    one pass then comes in another order than an uninterrupted run would have.
+    consumed, in the uninterrupted order, with any ``num_workers`` and batch size (later
+    passes are whole). A state saved by any rank also loads into another world size (an
+    elastic restart): the rest of the epoch is re-dealt over the new ranks, each sample
+    once (:func:`ordering.rest_of_epoch`).
 
     Resuming mid-epoch, torchdata's ``StatefulDataLoader``: nothing to count. Its
     ``state_dict()`` asks each worker for its own position (``state_dict()`` without
-    arguments, called in a worker) and restores each worker from its own; any
-    ``num_workers`` (the same before and after) and ``batch_size`` work.
+    arguments, called in a worker) and restores each worker from its own, with the same
+    ``num_workers``, world and batch size. To resume in another world or with another
+    ``num_workers``, load the loader's whole state into the dataset instead
+    (``dataset.load_state_dict(loader.state_dict())``): its workers' positions merge into
+    the rank's. A state taken after an epoch's last batch resumes at the next epoch,
+    whichever order ``set_epoch`` and ``load_state_dict`` are called in.
 
     Unless given, ``num_replicas`` and ``rank`` are read from torch.distributed when
     iteration starts (spawned workers get the parent's), so the dataset may be built before
@@ -106,10 +148,13 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         drop_last: Drop the tail instead of padding so ranks are equal. Defaults to False.
         output: ``"pil"``, ``"tensor"`` or ``"numpy"``, as in :class:`LMDBImageDataset`.
             Defaults to ``"pil"``.
-        batch_size: The DataLoader's batch size, if known. Workers then take whole batches,
-            which makes the DataLoader's output order a pure function of the arguments
-            and exact mid-epoch resume possible with several workers. Defaults to None
-            (workers take pieces of ``chunk_size`` positions).
+        batch_size: The DataLoader's batch size. Workers are dealt whole batches of it; one
+            that differs from the batch size the DataLoader fetches raises ValueError at
+            iteration. Defaults to None: the batch size the DataLoader fetches (seen from
+            torch's fetcher, also in torchdata's ``StatefulDataLoader``; without automatic
+            batching, one sample), or for a reader that is not a DataLoader, pieces of
+            ``chunk_size`` positions (then several workers' output order is not the rank's
+            order, and the loop's count cannot be saved mid-epoch).
         verify_checksums: Check each record's CRC32. Defaults to True.
     """
 
@@ -143,12 +188,25 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
 
     _PROCESS_LOCAL = {"_resume": None, "_position": None}
 
-    def __len__(self) -> int:
-        """Samples this rank yields in the next iteration (its share of an epoch, less any resumed part)."""
-        return rank_length(len(self.targets), self.num_replicas, self.drop_last) - self._progress.skip
+    def _record_count(self) -> int:
+        return len(self.targets)
 
-    def worker_plan(self, world: World) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """What one worker reads this epoch, skipping a resumed epoch's consumed part.
+    def __len__(self) -> int:
+        """Samples this rank yields in the next iteration (its share of an epoch, or of the rest of a resumed one).
+
+        With pieces of the DataLoader's batch size (see ``batch_size``) only the rank's last
+        batch is short, so ``len(loader)`` is the number of batches the loader delivers, with
+        or without its ``drop_last``.
+        """
+        return self._next_pass_length()
+
+    def worker_plan(self, world: World, *, piece_size: int | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                                    list[np.ndarray]]:
+        """What one worker reads in the next pass (the rest of the epoch after a loaded resume point).
+
+        Args:
+            world: The worker's rank and slot.
+            piece_size: Positions per piece dealt to workers. Defaults to ``batch_size``, else ``chunk_size``.
 
         Returns:
             ``(records, pools, runs)``: ``records`` (int64, shape ``(k,)``) the stored records
@@ -156,87 +214,64 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             each; ``runs[q]`` the contiguous record runs ``[start, stop)`` of the rank's pool
             ``q`` (int64 ``(runs, 2)``), in the order they are prefetched.
         """
-        plan = self._rank_order(world, self.epoch)
-        stream, consumed = self._stream_of(len(plan.order), world)
-        positions = worker_positions(len(plan.order), piece_size=self.batch_size or self.chunk_size, worker=stream,
-                                     num_workers=world.num_workers)[consumed:]
+        position = StreamPosition(self.epoch, self._progress.pending, world.num_replicas, world.worker,
+                                  world.num_workers, piece_size=piece_size or self.batch_size or self.chunk_size)
+        return self._worker_share(position, world.rank)
+
+    def _worker_share(self, position: StreamPosition, rank: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        plan = self._pass_order(position.hops, epoch=position.epoch, rank=rank, num_replicas=position.num_replicas)
+        assert position.piece_size is not None
+        positions = worker_positions(len(plan.order), piece_size=position.piece_size, worker=position.stream,
+                                     num_workers=position.num_workers)[position.start:]
         return plan.order[positions], plan.pool_of(positions), plan.runs()
 
-    def _rank_order(self, world: World, epoch: int) -> RankOrder:
-        return rank_order(len(self.targets), chunk_size=self.chunk_size, pool_size=self.pool_size, seed=self.seed,
-                          epoch=epoch, rank=world.rank, num_replicas=world.num_replicas, drop_last=self.drop_last,
-                          shuffle=self.shuffle)
-
-    def _stream_of(self, share_length: int, world: World) -> tuple[int, int]:
-        """The stream (rank-share piece set) this worker serves, and how many of its samples were consumed.
-
-        Normally worker ``w`` serves stream ``w``. Resuming mid-epoch, the streams rotate so that
-        the DataLoader, which starts again at worker 0, continues exactly where the consumed
-        part ended.
-        """
-        if self._resume is not None:
-            if self._resume.num_workers != world.num_workers:
-                raise ValueError(f"this worker's state was saved with num_workers={self._resume.num_workers}, "
-                                 f"the DataLoader now has num_workers={world.num_workers}")
-            return self._resume.stream, self._resume.start
-        skip = self._progress.skip_for(world.worker)
-        saved_workers = self._progress.pass_workers
-        if skip and saved_workers and saved_workers != world.num_workers:
-            raise ValueError(f"the resume point was saved from a DataLoader with num_workers={saved_workers} "
-                             f"(0 counts as 1), this pass has {world.num_workers}: resume with the same "
-                             "num_workers")
-        if skip == 0 or world.num_workers == 1:
-            return world.worker, skip
-        if self.batch_size is None:
-            raise ValueError("resuming mid-epoch with several DataLoader workers needs the DataLoader's "
-                             "batch size: pass batch_size=... to LMDBIterableDataset")
-        lengths = [len(worker_positions(share_length, piece_size=self.batch_size, worker=w,
-                                        num_workers=world.num_workers)) for w in range(world.num_workers)]
-        consumed, next_worker = consumed_per_worker(lengths, batch_size=self.batch_size, samples_consumed=skip)
-        stream = (world.worker + next_worker) % world.num_workers
-        return stream, consumed[stream]
-
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        """Plans the pass at once (so a state asked for before the first sample is this pass's start)."""
+        """Begins the pass at once (so a state asked for before the first sample is this pass's start).
+
+        The records are planned at the first fetch, when the DataLoader's batch size can be seen.
+        """
         world = current_world(self.num_replicas, self.rank)
-        saved_workers = self._progress.pass_workers
-        position: StreamPosition | None = None
-        regrouped = bool(self._resume is None and self._progress.skip_for(world.worker) and saved_workers
-                         and saved_workers != world.num_workers)
-        records, pools, runs = self._regrouped_plan(world, saved_workers) if regrouped else self.worker_plan(world)
+        resume, self._resume = self._resume, None
+        hops = self._progress.begin_pass(world, in_worker=get_worker_info() is not None)
+        if resume is not None and resume.epoch > self.epoch:
+            raise ValueError(f"this worker's resume state is of epoch {resume.epoch}, the dataset is set to epoch "
+                             f"{self.epoch}: call set_epoch({resume.epoch}) before iterating to resume it")
+        if resume is not None and resume.epoch == self.epoch:  # a worker's own state (StatefulDataLoader)
+            for name, now in (("num_workers", world.num_workers), ("num_replicas", world.num_replicas)):
+                if getattr(resume, name) != now:
+                    raise ValueError(f"this worker's state was saved with {name}={getattr(resume, name)}, the "
+                                     f"DataLoader now has {name}={now}: a DataLoader worker's own state resumes "
+                                     "only in the same world; load the StatefulDataLoader's whole state into "
+                                     "the dataset (dataset.load_state_dict(loader_state)) to resume elsewhere")
+            position = dataclasses.replace(resume, start=resume.start + resume.emitted, emitted=0)
+        else:  # older states are of epochs the run has moved past
+            position = StreamPosition(self.epoch, hops, world.num_replicas, world.worker, world.num_workers)
+        self._position = position
+        return self._stream(position, world)
+
+    def _piece_size(self, fetching: int | None, position: StreamPosition) -> int:
+        """Positions per piece dealt to the workers: the batch size the DataLoader fetches, if it can be seen."""
+        if fetching is not None and self.batch_size is not None and fetching != self.batch_size:
+            raise ValueError(f"LMDBIterableDataset(batch_size={self.batch_size}) is read by a DataLoader with "
+                             f"batch_size={fetching}: give both the same batch size (or leave the dataset's unset)")
+        piece = fetching or self.batch_size or self.chunk_size
+        if position.piece_size is not None and position.piece_size != piece:
+            raise ValueError(f"this worker's state was saved with batch_size={position.piece_size}, the DataLoader "
+                             f"now fetches batches of {piece}: resume a worker's own state with the same batch size")
+        self._progress.record_order(fetching is not None or self.batch_size is not None)
+        return piece
+
+    def _stream(self, position: StreamPosition, world: World) -> Iterator[tuple[Any, Any]]:
+        """Yield the position's stream, planned at the first fetch (pieces of the batch size seen there)."""
+        position.piece_size = self._piece_size(loader_batch_size(sys._getframe(1)), position)
+        records, pools, runs = self._worker_share(position, world.rank)
         # The next epoch's first pool, requested as the last pool starts, by one worker per rank: the
         # last, whose first batch the DataLoader takes last.
-        following = (self._rank_order(world, self.epoch + 1).pool_runs(0)
+        following = (self._pass_order((), epoch=position.epoch + 1, rank=world.rank,
+                                      num_replicas=world.num_replicas).pool_runs(0)
                      if world.worker == world.num_workers - 1 else None)
         release_free_heap()  # the plans' N-sized temporaries, kept by malloc otherwise
-        if not regrouped:
-            stream, start = self._stream_of(rank_length(len(self.targets), world.num_replicas, self.drop_last),
-                                            world)
-            position = StreamPosition(self.epoch, stream, start, world.num_workers)
-        self._progress.start_pass(world, in_worker=get_worker_info() is not None, regrouped=regrouped)
-        self._resume = None
-        self._position = position
-        samples = self._read(records, pools, runs, following)
-        return samples if position is None else self._counted(position, samples)
-
-    def _regrouped_plan(self, world: World, saved_workers: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Resuming with another ``num_workers`` than the resume point was saved with.
-
-        The rest of the epoch is what each of the ``saved_workers`` streams had left; this
-        worker serves the saved streams ``worker, worker + num_workers, ...`` one after the
-        other. Exactly the unconsumed samples, in another order than an uninterrupted run.
-        Returns what :meth:`worker_plan` returns.
-        """
-        plans = [self.worker_plan(dataclasses.replace(world, worker=old, num_workers=saved_workers))
-                 for old in range(world.worker, saved_workers, world.num_workers)]
-        if not plans:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), []
-        return (np.concatenate([records for records, _, _ in plans]),
-                np.concatenate([pools for _, pools, _ in plans]), plans[0][2])
-
-    @staticmethod
-    def _counted(position: StreamPosition, samples: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
-        for sample in samples:
+        for sample in self._read(records, pools, runs, following):
             position.emitted += 1
             yield sample
 
@@ -276,45 +311,81 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             for index, value in self.reader.values(records[start:stop].tolist()):
                 yield self._sample(index, value)
 
-    def _loop_state(self, samples_consumed: int) -> dict[str, Any]:
+    def _loop_state(self, samples_consumed: int, *, base: Sequence[Hop] | None = None) -> dict[str, Any]:
         progress = self._progress
-        remaining = rank_length(len(self.targets), self.num_replicas, self.drop_last) - progress.base
-        if progress.regrouped and 0 < samples_consumed < remaining:
-            raise ValueError(f"this pass resumed a state saved with num_workers={progress.pass_workers} using "
-                             "another num_workers, so it runs in another order: a state within it cannot be "
-                             f"saved (save at the epoch's end, or resume with num_workers={progress.pass_workers})")
-        return {**super()._loop_state(samples_consumed), "num_workers": progress.pass_workers}
+        if (progress.workers_iterated and not progress.pass_in_order and 0 < samples_consumed
+                < self._pass_length(progress.base if base is None else base)):
+            raise ValueError(f"the pass was read by {progress.pass_workers} DataLoader workers in pieces of "
+                             f"chunk_size={self.chunk_size} (the DataLoader's batch size could not be seen), so the "
+                             "samples the loop consumed are not a position in the rank's order: pass "
+                             "batch_size=<the DataLoader's> to LMDBIterableDataset, or use torchdata's "
+                             "StatefulDataLoader")
+        return super()._loop_state(samples_consumed, base=base)
 
     def _own_state(self) -> dict[str, Any]:
         position = self._position
         if get_worker_info() is not None and position is not None:
-            return {"epoch": position.epoch, "stream": position.stream, "stream_position": position.start +
-                    position.emitted, "num_workers": position.num_workers, **self._identity()}
+            return {"epoch": position.epoch, "resumed_from": [list(hop) for hop in position.hops],
+                    "num_replicas": position.num_replicas, "stream": position.stream,
+                    "stream_position": position.start + position.emitted, "num_workers": position.num_workers,
+                    "piece_size": position.piece_size, **self._identity()}
         if self._progress.workers_iterated:
             raise ValueError("DataLoader workers read ahead of the training loop, so the dataset cannot tell "
                              "which samples were consumed: pass state_dict(samples_consumed=<samples the loop "
                              "consumed this epoch>), or use torchdata's StatefulDataLoader, which asks each "
                              "worker for its own position")
         if position is not None:  # iterated in this process, without workers: what it yielded is what was consumed
-            return {"epoch": position.epoch, "samples_consumed": position.start + position.emitted,
-                    "num_workers": 1, **self._identity()}
+            return self._loop_state(position.start + position.emitted, base=position.hops)
         return self._loop_state(0)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`: the next pass yields exactly the rest of that epoch.
 
         A worker's own state (from ``state_dict()`` inside a DataLoader worker, as torchdata's
-        ``StatefulDataLoader`` saves them) resumes that worker only.
+        ``StatefulDataLoader`` saves them) resumes that worker only, in the same world and with
+        the same ``num_workers`` and batch size, if the dataset is set to its epoch (a state of
+        an earlier epoch is one the run has moved past). A ``StatefulDataLoader``'s whole state
+        (``loader.state_dict()``) merges its workers' states into the rank's: it then loads into
+        any world and ``num_workers``, like a state the loop counted.
         """
+        workers = worker_states(state)
+        if workers is not None:
+            state = merged_worker_state(workers)
         if "stream" not in state:
             super().load_state_dict(state)
             return
         check_identity(state, self._identity())
-        self._progress.set_epoch(int(state["epoch"]))
-        self._resume = StreamPosition(int(state["epoch"]), int(state["stream"]), int(state["stream_position"]),
-                                      int(state["num_workers"]))
+        self._resume = StreamPosition(int(state["epoch"]), tuple((int(k), int(w)) for k, w in state["resumed_from"]),
+                                      int(state["num_replicas"]), int(state["stream"]), int(state["num_workers"]),
+                                      start=int(state["stream_position"]),
+                                      piece_size=None if state["piece_size"] is None else int(state["piece_size"]))
 
-    def _identity(self) -> dict[str, Any]:
-        return {"order_version": ORDER_VERSION, "seed": self.seed, "length": len(self.targets),
-                "chunk_size": self.chunk_size, "pool_size": self.pool_size, "num_replicas": self.num_replicas,
-                "shuffle": self.shuffle, "drop_last": self.drop_last, "batch_size": self.batch_size}
+
+def worker_states(state: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The dataset states of a torchdata ``StatefulDataLoader.state_dict()``'s workers, or None for any other state."""
+    snapshot = state.get("_snapshot")
+    if not isinstance(snapshot, dict) or "_worker_snapshots" not in snapshot:
+        return None
+    return [worker["dataset_state"] for worker in snapshot["_worker_snapshots"].values()]
+
+
+def merged_worker_state(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One rank's resume state from all of its DataLoader workers' own states (one pass, one world).
+
+    The workers were dealt whole batches in turn and the loader took one from each in turn,
+    so what they had delivered when the states were taken is a prefix of the pass: its
+    length is the sum of their positions.
+
+    Raises:
+        ValueError: The states are not all of one pass, or the pass's pieces were not batches.
+    """
+    if not states or any(state is None or "stream" not in state for state in states):
+        raise ValueError("the loader state holds no worker states of LMDBIterableDataset")
+    first = states[0]
+    keys = ("epoch", "resumed_from", "num_replicas", "num_workers", "piece_size")
+    if any(state[key] != first[key] for state in states for key in keys) or len(states) != first["num_workers"]:
+        raise ValueError("the worker states are not of one pass of one rank's DataLoader")
+    merged = {key: value for key, value in first.items() if key not in ("stream", "stream_position", "num_workers",
+                                                                         "piece_size")}
+    merged["samples_consumed"] = sum(int(state["stream_position"]) for state in states)
+    return merged

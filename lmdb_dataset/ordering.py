@@ -14,8 +14,10 @@ One epoch's order over records ``0..n-1``:
    records (whole chunk pieces; an epoch's first pools ramp up to that size) and
    :func:`pool_shuffle` permutes records within each pool; :func:`rank_order` composes
    1, 2 and 4 into a :class:`RankOrder`.
-5. :func:`consumed_per_worker` replays the DataLoader's round-robin over worker batches to
-   tell how many samples each worker had delivered after the training loop consumed ``k``.
+5. :func:`rest_of_epoch` gives a rank what is left of an epoch after passes that stopped
+   part-way (a resume, perhaps with another number of ranks): every rank's unconsumed
+   part, re-dealt over the ranks of the new pass with 2.'s rules, each record in its pool.
+   Workers then split a rank's records as in 3., so a resumed pass is dealt like a fresh one.
 
 Nothing here touches files, torch or global random state; the same arguments give the
 same arrays on every run and machine (NumPy's PCG64 via ``default_rng``).
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -222,6 +226,103 @@ def rank_order(n: int, *, chunk_size: int, pool_size: int, seed: int, epoch: int
     return RankOrder(reads[pool_shuffle(starts, seed=seed, stream=(epoch, rank))], reads, starts)
 
 
+Hop = tuple[int, int]
+"""One step of a resumed epoch: ``(samples_consumed, num_replicas)``, the samples each of the
+``num_replicas`` ranks of a pass had consumed (ranks step in lockstep) when it stopped."""
+
+
+def _all_rank_orders(n: int, *, num_replicas: int, **order: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's :func:`rank_order` delivery order, concatenated rank after rank, and a pool id per position.
+
+    Returns:
+        ``(records, pools)``, int64 arrays of ``num_replicas * rank_length(n, ...)`` items:
+        the epoch as ``DistributedSampler`` pads it, rank by rank; ``pools`` numbers each
+        rank's pools apart (rank ``r``'s pool ``q`` is ``r * n + q``).
+    """
+    records, pools = [], []
+    for rank in range(num_replicas):
+        plan = rank_order(n, rank=rank, num_replicas=num_replicas, **order)
+        records.append(plan.order)
+        pools.append(plan.pool_of(np.arange(len(plan.order))) + rank * max(n, 1))
+    return np.concatenate(records).astype(np.int64), np.concatenate(pools).astype(np.int64)
+
+
+def rest_length(n: int, *, hops: Sequence[Hop], num_replicas: int, drop_last: bool) -> int:
+    """Samples each of ``num_replicas`` ranks gets of an epoch of which ``hops`` were consumed (see :func:`rest_of_epoch`).
+
+    Pure arithmetic (no arrays): ``rank_length(n, ...)`` without hops.
+
+    Raises:
+        ValueError: A hop consumed more than its pass held, or names a world size below 1.
+    """
+    world = hops[0][1] if hops else num_replicas
+    length = rank_length(n, _checked_world(world), drop_last)
+    for index, (consumed, world) in enumerate(hops):
+        if not 0 <= consumed <= length:
+            raise ValueError(f"samples_consumed={consumed} is not within the {length} samples per rank of that "
+                             f"pass (num_replicas={world})")
+        following = hops[index + 1][1] if index + 1 < len(hops) else num_replicas
+        length = rank_length(world * (length - consumed), _checked_world(following), drop_last)
+    return length
+
+
+def _checked_world(num_replicas: int) -> int:
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas={num_replicas} must be >= 1")
+    return num_replicas
+
+
+def rest_of_epoch(n: int, *, chunk_size: int, pool_size: int, seed: int, epoch: int, rank: int, num_replicas: int,
+                  drop_last: bool, shuffle: bool, hops: Sequence[Hop] = ()) -> RankOrder:
+    """One rank's records for what is left of an epoch: the rest, re-dealt over the ranks of this pass.
+
+    Without ``hops`` this is :func:`rank_order`. Each hop ``(k, w)`` says that a pass of
+    ``w`` ranks stopped after each rank had consumed ``k`` samples. The rest of that pass is
+    every rank's unconsumed part, rank after rank (rank 0's rest, then rank 1's, ...): it is
+    dealt over the next pass's ranks like ``DistributedSampler`` deals an epoch (padded by
+    repeating from its start, or with ``drop_last`` truncated, to a multiple of the world
+    size; a contiguous slice per rank), and each rank keeps the mixing pools its records
+    came from, in the same order. With the world unchanged, rank ``r`` gets exactly the
+    tail of its own uninterrupted order; with another world (an elastic restart) the ranks
+    share exactly the samples not yet consumed.
+
+    Args:
+        n: Number of records.
+        chunk_size, pool_size, seed, epoch, drop_last, shuffle: As for :func:`rank_order`.
+        rank: This rank, in ``[0, num_replicas)``.
+        num_replicas: Ranks of this pass.
+        hops: The passes this epoch already ran, oldest first (:data:`Hop`).
+
+    Returns:
+        A :class:`RankOrder` of :func:`rest_length` items. Its pools are the pools the
+        records came from (those of a rest wrapped round by padding are pools of their own);
+        ``reads`` lists each pool's records in storage order.
+    """
+    options = {"chunk_size": chunk_size, "pool_size": pool_size, "seed": seed, "epoch": epoch,
+               "drop_last": drop_last, "shuffle": shuffle}
+    if not hops:
+        return rank_order(n, rank=rank, num_replicas=num_replicas, **options)
+    length = rest_length(n, hops=hops, num_replicas=num_replicas, drop_last=drop_last)  # checks the hops
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+    records, pools = _all_rank_orders(n, num_replicas=hops[0][1], **options)
+    for index, (consumed, world) in enumerate(hops):
+        per_rank = len(records) // world
+        rest = np.arange(len(records)) % per_rank >= consumed if per_rank else np.zeros(0, dtype=bool)
+        records, pools = records[rest], pools[rest]
+        following = hops[index + 1][1] if index + 1 < len(hops) else num_replicas
+        total = rank_length(len(records), following, drop_last) * following
+        if total > len(records):  # padded from the start: those repeats form pools of their own
+            wrapped = np.arange(total, dtype=np.int64)
+            laps = wrapped // len(records)
+            records, pools = records[wrapped % len(records)], pools[wrapped % len(records)] + laps * (pools.max() + 1)
+        records, pools = records[:total], pools[:total]
+    records, pools = records[rank * length:(rank + 1) * length], pools[rank * length:(rank + 1) * length]
+    starts = np.concatenate((np.flatnonzero(np.diff(pools, prepend=-1)), [length])).astype(np.int64)
+    reads = records[np.lexsort((records, np.repeat(np.arange(len(starts) - 1), np.diff(starts))))]
+    return RankOrder(records, reads, starts)
+
+
 def worker_positions(length: int, *, piece_size: int, worker: int, num_workers: int) -> np.ndarray:
     """Positions of a rank's slice that a worker handles: pieces dealt round-robin."""
     if piece_size < 1:
@@ -230,45 +331,6 @@ def worker_positions(length: int, *, piece_size: int, worker: int, num_workers: 
         raise ValueError(f"worker={worker} must be in [0, num_workers={num_workers})")
     positions = np.arange(length, dtype=np.int64)
     return positions[(positions // piece_size) % num_workers == worker]
-
-
-def consumed_per_worker(worker_lengths: list[int], *, batch_size: int,
-                        samples_consumed: int) -> tuple[list[int], int]:
-    """Where each worker stood when the training loop had consumed ``samples_consumed`` samples.
-
-    Replays ``torch.utils.data.DataLoader`` over an IterableDataset: worker ``w`` batches its
-    own stream into ``batch_size`` pieces (its last one may be short), and the loader takes
-    one batch from each worker in turn, skipping exhausted workers.
-
-    Returns:
-        ``(consumed, next_worker)``: samples each worker had delivered, and the worker whose
-        batch the loader would have taken next (a fresh loader starts at worker 0, so a
-        resumed epoch rotates streams by ``next_worker`` to continue in the same order).
-
-    Raises:
-        ValueError: ``samples_consumed`` does not fall on a batch boundary, or exceeds the total.
-    """
-    consumed = [0] * len(worker_lengths)
-    remaining = samples_consumed
-    next_worker = 0
-    rounds = max((math.ceil(n / batch_size) for n in worker_lengths), default=0)
-    for _ in range(rounds):
-        for worker, length in enumerate(worker_lengths):
-            if remaining == 0:
-                return consumed, next_worker
-            batch = min(batch_size, length - consumed[worker])
-            if batch <= 0:
-                continue
-            if batch > remaining:
-                raise ValueError(f"samples_consumed={samples_consumed} is not at a batch boundary "
-                                 f"(batch_size={batch_size})")
-            consumed[worker] += batch
-            remaining -= batch
-            next_worker = (worker + 1) % len(worker_lengths)
-    if remaining:
-        raise ValueError(f"samples_consumed={samples_consumed} exceeds the {sum(worker_lengths)} samples "
-                         "of the epoch")
-    return consumed, next_worker
 
 
 def contiguous_runs(indices: np.ndarray) -> np.ndarray:

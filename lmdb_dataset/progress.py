@@ -1,160 +1,226 @@
 """Epoch number, resume points and copy semantics, shared by the sampler and the iterable dataset.
 
-Two ways to resume mid-epoch, both exact:
+A resume state says which epoch was running and what of it was consumed, as a list of
+:data:`ordering.Hop`: ``(samples each rank had consumed, ranks of that pass)``. Loading it
+makes the next pass yield exactly the rest of that epoch, re-dealt over the ranks and
+DataLoader workers of the new run (:func:`ordering.rest_of_epoch`): with the same world
+the uninterrupted order goes on, with another world (an elastic restart) the new ranks
+share exactly the samples not yet consumed. One mechanism covers both, and any number of
+workers before and after.
+
+Two ways to take a state mid-epoch, both exact:
 
 * **The training loop counts** (stock ``DataLoader``): ``state_dict(samples_consumed=k)``
-  with the ``k`` samples the loop consumed this epoch on this rank; loading it sets a
-  *resume point* that the next pass over the data starts from (every DataLoader worker of
-  that pass takes its part of it), and later passes are whole again.
+  with the ``k`` samples the loop consumed in the current pass on this rank.
 * **torchdata's ``StatefulDataLoader``** calls ``state_dict()`` without arguments: a sampler
   then reports the indices its iterator yielded, and an iterable dataset called inside a
   DataLoader worker reports that worker's own position, which ``load_state_dict`` restores in
   that worker only (torchdata pairs the states with its prefetching itself).
+
+The epoch that runs is the one set last: ``load_state_dict`` sets the state's epoch (the
+next one if the state's epoch was complete, leaving nothing pending) and ``set_epoch`` of
+another epoch drops a pending resume point, so either order of the two calls resumes right.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from .ordering import ORDER_VERSION, Hop, RankOrder, rest_length, rest_of_epoch
 from .world import Replicas, World
 
 MAX_WORKERS = 1024
 """DataLoader workers per rank that can take part of a resume point."""
 
+MAX_HOPS = 64
+"""Passes of one epoch a resume state can describe (a world change within an epoch adds one)."""
 
-def _shared_value(index: int, kind: type, doc: str) -> property:
-    """A read-only property: element ``index`` of the shared values, as ``kind``."""
-    return property(lambda self: kind(self._values[index]), doc=doc)
+_EPOCH, _PENDING, _BASE, _WORKERS_ITERATED, _PASS_WORKERS, _PASS_IN_ORDER = range(6)
+
+
+def compose(hops: Sequence[Hop], consumed: int, num_replicas: int) -> tuple[Hop, ...]:
+    """``hops`` followed by a pass of ``num_replicas`` ranks that consumed ``consumed`` each, in shortest form.
+
+    A pass that consumed nothing is left out; two passes in a row over the same world are
+    one (the second deals each rank exactly the tail of its first share).
+    """
+    result = [tuple(hop) for hop in hops if hop[0]]
+    if consumed:
+        if result and result[-1][1] == num_replicas:
+            result[-1] = (result[-1][0] + consumed, num_replicas)
+        else:
+            result.append((consumed, num_replicas))
+    return tuple((int(k), int(w)) for k, w in result)
 
 
 class EpochProgress:
-    """The epoch to produce and a pending resume point, in shared memory.
+    """The epoch to produce, a pending resume point and the current pass's start, in shared memory.
 
     Kept in shared-memory tensors, so ``set_epoch`` or ``load_state_dict`` in the training
     process reach DataLoader workers that outlive an epoch (``persistent_workers=True``),
-    under fork and spawn alike. A resume point applies to the next pass only: each worker
-    slot marks when it began a pass from it, and the point is cleared once all workers of
-    that pass have. Setting another epoch drops it. ``copy.deepcopy`` gives an independent
-    progress in fresh shared memory.
+    under fork, spawn and forkserver alike. A resume point applies to the next pass only:
+    each worker slot marks when it began a pass from it, and the point is cleared once all
+    workers of that pass have. Setting another epoch drops it. ``copy.deepcopy`` gives an
+    independent progress in fresh shared memory.
     """
 
     def __init__(self) -> None:
-        # [epoch, skip, base, workers_iterated, pass_workers, regrouped]: the properties below
+        # [epoch, pending hops, base hops, workers_iterated, pass_workers, pass_in_order]
         self._values = torch.zeros(6, dtype=torch.int64).share_memory_()
+        self._hops = torch.zeros((2, MAX_HOPS, 2), dtype=torch.int64).share_memory_()  # [pending, base]
         self._started = torch.zeros(MAX_WORKERS, dtype=torch.uint8).share_memory_()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> EpochProgress:
         clone = EpochProgress()
         clone._values.copy_(self._values)
+        clone._hops.copy_(self._hops)
         clone._started.copy_(self._started)
         return clone
 
-    epoch = _shared_value(0, int, "The current epoch.")
-    skip = _shared_value(1, int, "Samples of the current epoch the next pass skips (a pending resume point).")
-    base = _shared_value(2, int, "Samples of the current epoch consumed before the current (resumed) pass began.")
-    workers_iterated = _shared_value(3, bool, "Whether DataLoader workers began a pass since the epoch or resume "
-                                              "point was set.")
-    pass_workers = _shared_value(4, int, "Workers per rank of the current pass, or of the pass a loaded resume "
-                                         "point came from (0: unknown).")
-    regrouped = _shared_value(5, bool, "Whether the current pass resumed a point saved with another number of "
-                                       "DataLoader workers.")
+    @property
+    def epoch(self) -> int:
+        """The current epoch."""
+        return int(self._values[_EPOCH])
+
+    def _read_hops(self, which: int, count: int) -> tuple[Hop, ...]:
+        return tuple((int(k), int(w)) for k, w in self._hops[which, :count].tolist())
+
+    @property
+    def pending(self) -> tuple[Hop, ...]:
+        """The resume point the next pass starts from (empty: a whole epoch)."""
+        return self._read_hops(0, int(self._values[_PENDING]))
+
+    @property
+    def base(self) -> tuple[Hop, ...]:
+        """What the current pass (or, before it starts, a loaded resume point) began from."""
+        return self._read_hops(1, int(self._values[_BASE]))
+
+    @property
+    def workers_iterated(self) -> bool:
+        """Whether DataLoader workers began a pass since the epoch or resume point was set."""
+        return bool(self._values[_WORKERS_ITERATED])
+
+    @property
+    def pass_workers(self) -> int:
+        """DataLoader workers of the current pass (0 before one began)."""
+        return int(self._values[_PASS_WORKERS])
+
+    @property
+    def pass_in_order(self) -> bool:
+        """Whether the current pass's batches come in the rank's order (one worker, or workers dealt whole
+        DataLoader batches), so that the loop's count of consumed samples is a position in it."""
+        return bool(self._values[_PASS_IN_ORDER])
 
     def set_epoch(self, epoch: int) -> None:
         """Switch to ``epoch``; a resume point of another epoch is dropped."""
         if epoch < 0:
             raise ValueError(f"epoch={epoch} must be >= 0")
         if epoch != self.epoch:
-            self._reset(epoch, 0, 0)
+            self.resume(epoch, ())
 
-    def _reset(self, epoch: int, point: int, workers: int) -> None:
+    def resume(self, epoch: int, hops: Sequence[Hop]) -> None:
+        """Make the next pass yield epoch ``epoch`` less what ``hops`` consumed (all of it without hops)."""
+        if len(hops) > MAX_HOPS:
+            raise ValueError(f"the state describes {len(hops)} passes of one epoch; at most {MAX_HOPS} are kept")
         self._started.zero_()
-        self._values.copy_(torch.tensor([epoch, point, point, 0, workers, 0], dtype=torch.int64))
+        self._hops.zero_()
+        if hops:
+            self._hops[0, :len(hops)] = self._hops[1, :len(hops)] = torch.tensor(hops, dtype=torch.int64)
+        self._values.copy_(torch.tensor([epoch, len(hops), len(hops), 0, 0, 1], dtype=torch.int64))
 
-    def skip_for(self, worker: int) -> int:
-        """Samples of the resume point worker slot ``worker`` has yet to skip (0 once it began a pass)."""
-        skip = self.skip
-        if skip == 0:
-            return 0
-        if worker >= MAX_WORKERS:
-            raise ValueError(f"DataLoader worker {worker}: resuming mid-epoch supports at most {MAX_WORKERS} "
-                             "workers per rank")
-        return 0 if self._started[worker] else skip
+    def begin_pass(self, world: World, *, in_worker: bool) -> tuple[Hop, ...]:
+        """Record that ``world.worker`` begins a pass; return the hops it starts from.
 
-    def start_pass(self, world: World, *, in_worker: bool, regrouped: bool = False) -> None:
-        """Record that ``world.worker`` begins a pass: its part of a pending resume point is used up.
-
-        ``regrouped``: the pass resumes a point saved with another number of workers (which stays
-        recorded, so that every worker of the pass sees it).
+        The pending resume point for the first pass each worker slot begins after it was set
+        (it is cleared once every worker of the pass took it), nothing for later passes.
         """
-        if self.skip_for(world.worker):
+        if world.worker >= MAX_WORKERS:
+            raise ValueError(f"DataLoader worker {world.worker}: at most {MAX_WORKERS} workers per rank are "
+                             "supported")
+        hops = self.pending
+        if hops and not self._started[world.worker]:
             self._started[world.worker] = 1
             if bool(self._started[:world.num_workers].all()):
-                self._values[1] = 0
-        else:  # a pass after the resumed one: whole, counted from the epoch's start
-            self._values[1] = 0
-            self._values[2] = 0
-        if in_worker:
-            self._values[3] = 1
-        if regrouped:
-            self._values[5] = 1
-        else:
-            self._values[4] = world.num_workers
-            self._values[5] = 0
+                self._values[_PENDING] = 0
+        else:  # a later pass: a whole epoch
+            hops = ()
+            self._values[_BASE] = 0
+        self._values[_WORKERS_ITERATED] |= int(in_worker)
+        self._values[_PASS_WORKERS] = world.num_workers
+        self._values[_PASS_IN_ORDER] = 1
+        return hops
 
-    def state_dict(self, samples_consumed: int, **identity: Any) -> dict[str, Any]:
-        """The resume state after ``samples_consumed`` samples of the current pass.
-
-        ``identity`` (seed, length, ...) is stored too and checked on load.
-        """
-        if samples_consumed < 0:
-            raise ValueError(f"samples_consumed={samples_consumed} must be >= 0")
-        return {"epoch": self.epoch, "samples_consumed": int(samples_consumed) + self.base, **identity}
-
-    def load_state_dict(self, state: dict[str, Any], **identity: Any) -> None:
-        """Restore a :meth:`state_dict`; raises ValueError if it belongs to another configuration."""
-        check_identity(state, identity)
-        if int(state["samples_consumed"]) < 0:
-            raise ValueError(f"samples_consumed={state['samples_consumed']} in the state must be >= 0")
-        self._reset(int(state["epoch"]), int(state["samples_consumed"]), int(state.get("num_workers", 0)))
-
-
-def check_identity(state: dict[str, Any], identity: dict[str, Any]) -> None:
-    """Raise ValueError naming the first setting in which ``state`` differs from ``identity``."""
-    if state.get("order_version") != identity.get("order_version"):
-        raise ValueError(f"state was saved under epoch order version {state.get('order_version')!r} (another "
-                         "lmdb-dataset release), this one orders epochs by version "
-                         f"{identity.get('order_version')!r}: its mid-epoch position cannot be resumed exactly; "
-                         "restart that epoch instead (set_epoch(state['epoch']))")
-    for key, value in identity.items():
-        if state.get(key) != value:
-            raise ValueError(f"state was saved with {key}={state.get(key)!r}, this object has {key}={value!r}")
+    def record_order(self, in_order: bool) -> None:
+        """Record whether the current pass's workers were dealt whole DataLoader batches (:attr:`pass_in_order`)."""
+        self._values[_PASS_IN_ORDER] = int(in_order or self.pass_workers <= 1)
 
 
 class EpochResumable:
-    """Mixin: epoch, DDP world, exact-resume state and copy semantics of the sampler and the iterable.
+    """Mixin: epoch, DDP world, exact and elastic resume state, and copy semantics of the sampler and the iterable.
 
-    The class sets ``self._progress = EpochProgress()`` and ``self._replicas = Replicas(...)``
-    and implements ``_identity()`` (the settings a saved state must match to be loaded) and
-    ``_own_state()`` (the state of what this process's own iteration has produced).
-    Attributes named in ``_PROCESS_LOCAL`` describe this process's iteration and are reset
-    in pickles and copies.
+    The class sets ``self._progress = EpochProgress()``, ``self._replicas = Replicas(...)``
+    and the order settings (``chunk_size``, ``pool_size``, ``seed``, ``shuffle``,
+    ``drop_last``), and implements ``_record_count()`` (records in the order) and
+    ``_own_state()`` (the state of what this process's own iteration produced). Attributes
+    named in ``_PROCESS_LOCAL`` describe this process's iteration and are reset in pickles
+    and copies.
     """
 
     _progress: EpochProgress
     _replicas: Replicas
     _PROCESS_LOCAL: dict[str, Any] = {}
+    chunk_size: int
+    pool_size: int
+    seed: int
+    shuffle: bool
+    drop_last: bool
 
-    def _identity(self) -> dict[str, Any]:
+    def _record_count(self) -> int:
         raise NotImplementedError
 
     def _own_state(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _loop_state(self, samples_consumed: int) -> dict[str, Any]:
-        """The state after the training loop consumed ``samples_consumed`` samples of the current pass."""
-        return self._progress.state_dict(samples_consumed, **self._identity())
+    def _identity(self) -> dict[str, Any]:
+        """The settings that define the epoch order: a saved state must match them to be loaded."""
+        return {"order_version": ORDER_VERSION, "seed": self.seed, "length": self._record_count(),
+                "chunk_size": self.chunk_size, "pool_size": self.pool_size, "shuffle": self.shuffle,
+                "drop_last": self.drop_last}
+
+    def _pass_order(self, hops: Sequence[Hop], *, epoch: int | None = None, rank: int | None = None,
+                    num_replicas: int | None = None) -> RankOrder:
+        """This rank's records for a pass of ``epoch`` (default: the current one) that starts from ``hops``."""
+        return rest_of_epoch(self._record_count(), chunk_size=self.chunk_size, pool_size=self.pool_size,
+                             seed=self.seed, epoch=self.epoch if epoch is None else epoch,
+                             rank=self.rank if rank is None else rank,
+                             num_replicas=self.num_replicas if num_replicas is None else num_replicas,
+                             drop_last=self.drop_last, shuffle=self.shuffle, hops=hops)
+
+    def _pass_length(self, hops: Sequence[Hop], num_replicas: int | None = None) -> int:
+        return rest_length(self._record_count(), hops=hops, drop_last=self.drop_last,
+                           num_replicas=self.num_replicas if num_replicas is None else num_replicas)
+
+    def _next_pass_length(self) -> int:
+        """Samples this rank yields in the next pass (its share of the epoch, or of the rest of a resumed one)."""
+        return self._pass_length(self._progress.pending)
+
+    def _state(self, epoch: int, hops: Sequence[Hop]) -> dict[str, Any]:
+        """A resume state: ``epoch`` less what ``hops`` consumed."""
+        *earlier, (consumed, world) = hops or ((0, self.num_replicas),)
+        return {"epoch": epoch, "samples_consumed": consumed, "num_replicas": world,
+                "resumed_from": [list(hop) for hop in earlier], **self._identity()}
+
+    def _loop_state(self, samples_consumed: int, *, base: Sequence[Hop] | None = None) -> dict[str, Any]:
+        """The state after ``samples_consumed`` samples of the current pass (which began from ``base``)."""
+        base = self._progress.base if base is None else base
+        length = self._pass_length(base)
+        if not 0 <= samples_consumed <= length:
+            raise ValueError(f"samples_consumed={samples_consumed} must be within the {length} samples this rank's "
+                             "pass holds")
+        return self._state(self.epoch, compose(base, samples_consumed, self.num_replicas))
 
     @property
     def num_replicas(self) -> int:
@@ -174,7 +240,7 @@ class EpochResumable:
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` (deterministic in ``seed`` and ``epoch``), like ``DistributedSampler``.
 
-        Reaches persistent DataLoader workers too.
+        Reaches persistent DataLoader workers too. A resume point of another epoch is dropped.
         """
         if epoch != self.epoch:
             self.__dict__.update(self._PROCESS_LOCAL)
@@ -184,22 +250,44 @@ class EpochResumable:
         """Resume state, for a checkpoint.
 
         Args:
-            samples_consumed: The samples of this epoch the training loop consumed on this rank
-                (count them in the loop, ``sum(len(batch))``: the DataLoader prefetches ahead of
-                the loop, so only the loop knows). None (torchdata's ``StatefulDataLoader``
-                protocol): what this object's own iteration produced in this process.
+            samples_consumed: The samples of the current pass the training loop consumed on this
+                rank (count them in the loop, ``sum(len(batch))``: the DataLoader prefetches
+                ahead of the loop, so only the loop knows). None (torchdata's
+                ``StatefulDataLoader`` protocol): what this object's own iteration produced in
+                this process.
+
+        Returns:
+            A dict of plain ints, bools and lists: ``epoch``, ``samples_consumed`` (per rank, in
+            the pass of ``num_replicas`` ranks), ``resumed_from`` (earlier passes of the epoch, as
+            ``[samples_consumed, num_replicas]``) and the order's settings.
         """
         if samples_consumed is None:
             return self._own_state()
         return self._loop_state(samples_consumed)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`: the next pass yields exactly the rest of that epoch."""
-        self._progress.load_state_dict(state, **self._identity())
+        """Restore a :meth:`state_dict`, saved with this world size or another: the next pass yields the rest.
+
+        Loading sets the state's epoch; if that epoch was complete, the next one, with nothing
+        pending. The rest of a part-consumed epoch is re-dealt over this object's ranks
+        (``num_replicas``) and workers: with the world of the state the order is the
+        uninterrupted one; with another, each unconsumed sample comes once (plus
+        ``DistributedSampler``'s padding, or less its ``drop_last`` truncation, of that rest).
+
+        Raises:
+            ValueError: The state belongs to another dataset length, seed or order setting (the
+                message names it) or to another release's order.
+        """
+        check_identity(state, self._identity())
+        epoch, hops = int(state["epoch"]), hops_of(state)
+        if rest_length(self._record_count(), hops=hops, num_replicas=1, drop_last=self.drop_last) == 0:
+            epoch, hops = epoch + 1, ()  # the epoch was complete: nothing of it is pending
+        self._progress.resume(epoch, hops)
         self.__dict__.update(self._PROCESS_LOCAL)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(super().__getstate__())  # type: ignore[misc]
+        parent = getattr(super(), "__getstate__", None)  # object.__getstate__ exists from Python 3.11
+        state = dict(parent() if parent is not None else self.__dict__)
         state["_replicas"] = self._replicas.pinned()  # spawned workers have no process group
         state.update(self._PROCESS_LOCAL)
         return state
@@ -211,3 +299,28 @@ class EpochResumable:
         clone.__dict__.update(self._PROCESS_LOCAL)
         clone._progress = self._progress.__deepcopy__({})
         return clone
+
+
+def hops_of(state: dict[str, Any]) -> tuple[Hop, ...]:
+    """The passes a saved state says were consumed, shortest form (:func:`compose`)."""
+    try:
+        earlier = [(int(k), int(w)) for k, w in state.get("resumed_from", [])]
+        consumed, world = int(state["samples_consumed"]), int(state["num_replicas"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a resume state of lmdb_dataset: {exc!r}") from None
+    if consumed < 0 or world < 1 or any(k < 0 or w < 1 for k, w in earlier):
+        raise ValueError(f"resume state with samples_consumed={consumed}, num_replicas={world}, resumed_from="
+                         f"{earlier}: counts must be >= 0 and world sizes >= 1")
+    return compose(earlier, consumed, world)
+
+
+def check_identity(state: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Raise ValueError naming the first setting in which ``state`` differs from ``identity``."""
+    if state.get("order_version") != identity.get("order_version"):
+        raise ValueError(f"state was saved under epoch order version {state.get('order_version')!r} (another "
+                         "lmdb-dataset release), this one orders epochs by version "
+                         f"{identity.get('order_version')!r}: its mid-epoch position cannot be resumed exactly; "
+                         "restart that epoch instead (set_epoch(state['epoch']))")
+    for key, value in identity.items():
+        if state.get(key) != value:
+            raise ValueError(f"state was saved with {key}={state.get(key)!r}, this object has {key}={value!r}")

@@ -9,7 +9,7 @@ import numpy as np
 from torch.utils.data import DistributedSampler
 
 from .mixing import check_class_locality, labels_in_file_order
-from .ordering import ORDER_VERSION, RankOrder, check_seed, rank_length, rank_order
+from .ordering import RankOrder, check_seed, rank_length
 from .progress import EpochProgress, EpochResumable
 from .world import Replicas, World
 
@@ -53,9 +53,13 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
     the sampler may be built before the process group exists.
 
     Resuming mid-epoch: ``state_dict(samples_consumed=k)`` with the ``k`` samples the loop
-    consumed (stock DataLoader), or plain ``state_dict()``, the indices the iterator yielded
-    (what torchdata's ``StatefulDataLoader`` expects). After ``load_state_dict`` the next
-    pass yields exactly the rest of that epoch; later passes are whole.
+    consumed in the current pass (stock DataLoader), or plain ``state_dict()``, the indices
+    the iterator yielded (what torchdata's ``StatefulDataLoader`` expects). After
+    ``load_state_dict`` the next pass yields exactly the rest of that epoch; later passes are
+    whole. A state saved by any rank loads on any world size (an elastic restart): the rest
+    of the epoch is re-dealt over the new ranks, each unconsumed index once
+    (:func:`ordering.rest_of_epoch`). A state taken after an epoch's last batch resumes at
+    the next epoch, whichever order ``set_epoch`` and ``load_state_dict`` are called in.
 
     Args:
         data_source: The dataset (kept as ``dataset``, as in ``DistributedSampler``): its length; its ``file_order`` (the sample each stored record
@@ -100,11 +104,15 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
         self.drop_last = drop_last
         self._progress = EpochProgress()
         self._yielded = 0  # indices the current pass's iterator yielded
+        self._base: tuple[tuple[int, int], ...] = ()  # what the current pass started from
         if shuffle:
             check_class_locality(labels_in_file_order(data_source), chunk_size=chunk_size, pool_size=pool_size,
                                  reader=type(self).__name__)
 
-    _PROCESS_LOCAL = {"_yielded": 0}
+    _PROCESS_LOCAL = {"_yielded": 0, "_base": ()}
+
+    def _record_count(self) -> int:
+        return self.length
 
     @property
     def num_samples(self) -> int:
@@ -116,36 +124,29 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
         """Indices per epoch over all ranks, padding included (``DistributedSampler.total_size``)."""
         return self.num_samples * self.num_replicas
 
-    def _rank_order(self, epoch: int | None = None) -> RankOrder:
-        return rank_order(self.length, chunk_size=self.chunk_size, pool_size=self.pool_size, seed=self.seed,
-                          epoch=self.epoch if epoch is None else epoch, rank=self.rank,
-                          num_replicas=self.num_replicas, drop_last=self.drop_last, shuffle=self.shuffle)
-
     def _samples(self, records: np.ndarray) -> np.ndarray:
         return records if self.file_order is None else self.file_order[records]
 
     def epoch_indices(self) -> np.ndarray:
         """This rank's full index order for the current epoch (int64, shape ``(num_samples,)``)."""
-        return self._samples(self._rank_order().order)
+        return self._samples(self._pass_order(()).order)
 
     def __iter__(self) -> Iterator[int]:
-        skip = self._progress.skip_for(0)
-        self._progress.start_pass(World(), in_worker=False)
+        self._base = self._progress.begin_pass(World(), in_worker=False)
         self._yielded = 0
-        for index in self._indices_from(skip):
+        for index in self._indices(self._pass_order(self._base)):
             self._yielded += 1
             yield index
 
-    def _indices_from(self, skip: int) -> Iterator[int]:
-        """This epoch's indices from position ``skip`` on, prefetching pools when the dataset can."""
-        plan = self._rank_order()
+    def _indices(self, plan: RankOrder) -> Iterator[int]:
+        """The pass's indices, prefetching pools when the dataset can."""
         prefetch = getattr(self.dataset, "prefetch", None)
         if prefetch is None or not self.shuffle:
-            return iter(self._samples(plan.order[skip:]).tolist())
-        return self._prefetching(plan, skip, prefetch)
+            return iter(self._samples(plan.order).tolist())
+        return self._prefetching(plan, prefetch)
 
-    def _prefetching(self, plan: RankOrder, skip: int, prefetch: Callable[..., Any]) -> Iterator[int]:
-        """Yield the epoch's indices from ``skip`` on, prefetching pools one ahead.
+    def _prefetching(self, plan: RankOrder, prefetch: Callable[..., Any]) -> Iterator[int]:
+        """Yield the pass's indices, prefetching pools one ahead.
 
         The first pool is read before anything else is requested (``prefetch(runs,
         wait=True)``). As pool ``q`` starts, pool ``q + 1``'s runs are requested (as the last
@@ -155,27 +156,21 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
         records from the page cache, not at random from a slow device while it is read.
         """
         indices, runs = self._samples(plan.order), plan.runs()
-        first = int(plan.pool_of(np.asarray(skip)))
-        if first < len(runs):
-            prefetch(runs[first], wait=True)
+        if runs:
+            prefetch(runs[0], wait=True)
         pending = None
-        for pool in range(first, len(runs)):
+        for pool in range(len(runs)):
             if pending is not None:
                 pending.wait()
             if pool + 1 < len(runs):
                 pending = prefetch(runs[pool + 1])
             else:  # the last pool: the next epoch's first
-                prefetch(self._rank_order(self.epoch + 1).pool_runs(0))
-            yield from indices[max(skip, plan.starts[pool]):plan.starts[pool + 1]].tolist()
+                prefetch(self._pass_order((), epoch=self.epoch + 1).pool_runs(0))
+            yield from indices[plan.starts[pool]:plan.starts[pool + 1]].tolist()
 
     def __len__(self) -> int:
-        """Indices the next iteration yields (fewer than ``num_samples`` when resuming mid-epoch)."""
-        return self.num_samples - self._progress.skip
+        """Indices the next iteration yields (the rest of the epoch when resuming mid-epoch)."""
+        return self._next_pass_length()
 
     def _own_state(self) -> dict[str, Any]:
-        return self._progress.state_dict(self._yielded, **self._identity())
-
-    def _identity(self) -> dict[str, Any]:
-        return {"order_version": ORDER_VERSION, "seed": self.seed, "length": self.length,
-                "chunk_size": self.chunk_size, "pool_size": self.pool_size,
-                "num_replicas": self.num_replicas, "shuffle": self.shuffle, "drop_last": self.drop_last}
+        return self._loop_state(self._yielded, base=self._base)

@@ -33,7 +33,7 @@ def pixel_checksum(image: np.ndarray) -> int:
 def dataloader_batches(streams: list[list[int]], batch_size: int) -> list[tuple[int, list[int]]]:
     """``(worker, batch)`` in the order torch's DataLoader yields an IterableDataset's worker batches.
 
-    Written independently of ``ordering.consumed_per_worker``: each worker batches its own
+    Written independently of the package: each worker batches its own
     stream (the last batch may be short); the loader takes one batch from each worker in
     turn, starting at worker 0, and skips workers whose stream is exhausted.
     """

@@ -16,7 +16,6 @@ from torch.utils.data import DistributedSampler
 from lmdb_dataset.mixing import chunk_class_counts, order_quality, repeat_cooccurrence
 from lmdb_dataset.ordering import (
     chunk_bounds,
-    consumed_per_worker,
     contiguous_runs,
     epoch_order,
     pool_shuffle,
@@ -25,8 +24,11 @@ from lmdb_dataset.ordering import (
     rank_length,
     rank_order,
     rank_share,
+    rest_length,
+    rest_of_epoch,
     worker_positions,
 )
+from lmdb_dataset.progress import compose
 
 
 def assert_chunk_structure(order: np.ndarray, bounds: np.ndarray) -> None:
@@ -296,27 +298,96 @@ def test_rank_order_chunk_mates_are_split_by_the_next_epochs_grid(num_chunks, ch
         np.testing.assert_array_equal(same_before, same_after)
 
 
-# --- consumed_per_worker -------------------------------------------------------------------------------------
+# --- rest_of_epoch: the rest of an epoch, re-dealt over another world -------------------------------------------
+
+
+def reference_rest(n: int, hops: list[tuple[int, int]], num_replicas: int, **options) -> list[list[int]]:
+    """Each rank's records after ``hops``, by DistributedSampler's rule on plain lists (independent of the package)."""
+    world = hops[0][1] if hops else num_replicas
+    ranks = [rank_order(n, rank=r, num_replicas=world, **options).order.tolist() for r in range(world)]
+    for index, (consumed, world) in enumerate(hops):
+        rest = [record for share in ranks for record in share[consumed:]]
+        following = hops[index + 1][1] if index + 1 < len(hops) else num_replicas
+        per_rank = (len(rest) // following if options["drop_last"] else -(-len(rest) // following))
+        dealt = (rest * (per_rank * following // max(len(rest), 1) + 1))[:per_rank * following]
+        ranks = [dealt[r * per_rank:(r + 1) * per_rank] for r in range(following)]
+    return ranks
+
+
+order_settings = st.fixed_dictionaries({"chunk_size": st.integers(1, 20), "pool_size": st.integers(1, 60),
+                                        "seed": seeds, "epoch": epochs, "drop_last": st.booleans(),
+                                        "shuffle": st.booleans()})
 
 
 @PROPERTY
-@given(worker_lengths=st.lists(st.integers(0, 120), min_size=1, max_size=4), batch_size=st.integers(1, 20))
-def test_consumed_per_worker_matches_simulated_dataloader_and_raises_off_batch_boundaries(worker_lengths,
-                                                                                           batch_size):
-    streams = [list(range(n)) for n in worker_lengths]
-    boundaries = {0: ([0] * len(worker_lengths), 0)}
-    consumed, total = [0] * len(worker_lengths), 0
-    for worker, batch in dataloader_batches(streams, batch_size):
-        consumed[worker] += len(batch)
-        total += len(batch)
-        boundaries[total] = (list(consumed), (worker + 1) % len(worker_lengths))
-    assert total == sum(worker_lengths)
-    for k in range(total + 3):
-        if k in boundaries:
-            assert consumed_per_worker(worker_lengths, batch_size=batch_size, samples_consumed=k) == boundaries[k]
-        else:
-            with pytest.raises(ValueError):
-                consumed_per_worker(worker_lengths, batch_size=batch_size, samples_consumed=k)
+@given(data=st.data(), n=st.integers(0, 400), options=order_settings, worlds=st.lists(replicas, min_size=2,
+                                                                                        max_size=4))
+def test_rest_of_epoch_equals_distributed_sampler_rule_applied_to_every_ranks_rest(data, n, options, worlds):
+    hops = []
+    for world in worlds[:-1]:  # each pass consumed part of what it was dealt
+        length = rest_length(n, hops=hops, num_replicas=world, drop_last=options["drop_last"])
+        hops.append((data.draw(st.integers(0, length), label=f"consumed of {length} in a world of {world}"), world))
+    expected = reference_rest(n, hops, worlds[-1], **options)
+    for rank in range(worlds[-1]):
+        plan = rest_of_epoch(n, rank=rank, num_replicas=worlds[-1], hops=hops, **options)
+        assert plan.order.tolist() == expected[rank]
+        assert len(plan.order) == rest_length(n, hops=hops, num_replicas=worlds[-1], drop_last=options["drop_last"])
+        for a, b in zip(plan.starts[:-1], plan.starts[1:]):  # pools: delivered as permutations of storage order
+            assert sorted(plan.order[a:b].tolist()) == plan.reads[a:b].tolist()
+            covered = {i for start, stop in plan.pool_runs(int(np.searchsorted(plan.starts, a, side="right") - 1))
+                       for i in range(start, stop)}
+            assert set(plan.order[a:b].tolist()) <= covered
+    # Two passes in a row over one world are one pass of their sum (what compose relies on).
+    if hops and worlds[-1] == hops[-1][1]:
+        more = data.draw(st.integers(0, len(expected[0])), label="consumed in the last world")
+        assert reference_rest(n, [*hops[:-1], (hops[-1][0] + more, hops[-1][1])], worlds[-1], **options) == \
+            reference_rest(n, [*hops, (more, worlds[-1])], worlds[-1], **options)
+        assert compose(hops, more, worlds[-1]) == tuple(h for h in [*hops[:-1], (hops[-1][0] + more, hops[-1][1])]
+                                                        if h[0])
+
+
+@PROPERTY
+@given(data=st.data(), per_rank=st.integers(1, 60), options=order_settings, before=replicas, after=replicas)
+def test_rest_of_epoch_elastic_restart_deals_exactly_the_unconsumed_samples_once(data, per_rank, options, before,
+                                                                                  after):
+    n = per_rank * before  # no padding in the first world: every record once per epoch
+    consumed = data.draw(st.integers(0, per_rank), label="consumed per rank")
+    shares = [rank_order(n, rank=r, num_replicas=before, **options).order for r in range(before)]
+    seen = Counter(int(i) for share in shares for i in share[:consumed])
+    plans = [rest_of_epoch(n, rank=r, num_replicas=after, hops=[(consumed, before)], **options).order
+             for r in range(after)]
+    assert len({len(plan) for plan in plans}) == 1  # equal lengths: DDP steps in lockstep
+    rest = Counter(int(i) for plan in plans for i in plan)
+    left = n - sum(seen.values())
+    if options["drop_last"]:  # the rest truncated to a multiple of the new world, nothing repeated
+        assert max(rest.values(), default=1) == 1 and not set(rest) & set(seen)
+        assert sum(rest.values()) == left - left % after
+    else:  # every unconsumed sample, plus the padding repeats (fewer than the new world)
+        assert set(rest) | set(seen) == set(range(n)) and not set(rest) & set(seen)
+        assert sum(rest.values()) - left == (-left) % after
+
+
+def test_rest_of_epoch_at_imagenet_scale_8_ranks_to_6_and_16_with_32_workers_each_index_once():
+    n, batch = 1_281_167, 256
+    options = {"chunk_size": 64, "pool_size": 8192, "seed": 0, "epoch": 7, "drop_last": False, "shuffle": True}
+    consumed = 300 * batch  # 300 steps of 8 ranks
+    seen = np.zeros(n, dtype=np.int64)
+    for rank in range(8):
+        seen[rank_order(n, rank=rank, num_replicas=8, **options).order[:consumed]] += 1
+    for after in (6, 16):
+        counts = seen.copy()
+        lengths = set()
+        for rank in range(after):
+            plan = rest_of_epoch(n, rank=rank, num_replicas=after, hops=[(consumed, 8)], **options)
+            lengths.add(len(plan.order))
+            for worker in range(32):  # every worker's share of whole batches, dealt in turn
+                counts[plan.order[worker_positions(len(plan.order), piece_size=batch, worker=worker,
+                                                   num_workers=32)]] += 1
+        assert lengths == {rest_length(n, hops=[(consumed, 8)], num_replicas=after, drop_last=False)}
+        padding = lengths.pop() * after - (8 * rank_length(n, 8, False) - 8 * consumed)
+        assert 0 <= padding < after
+        # 8 x 160,146 = 1,281,168: the first epoch's one padding repeat, plus the new world's.
+        assert counts.min() == 1 and counts.sum() - n == 1 + padding and counts.max() == 2
 
 
 # --- contiguous_runs -----------------------------------------------------------------------------------------
