@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module (relative to this package) that defines it.
 _EXPORTS = {
+    "BadRecordWarning": "bad_records",
     "CenterCropDecode": "crop_decode",
     "ChunkShuffleSampler": "sampler",
     "ClassLocalityWarning": "mixing",
@@ -53,6 +54,7 @@ _EXPORTS = {
     "RandomResizedCropDecode": "crop_decode",
     "RecordReadError": "errors",
     "SourceImageError": "errors",
+    "SkipReport": "bad_records",
     "StaleOffsetsWarning": "errors",
     "UnsupportedValueError": "sources.errors",
     "convert_image_folder": "convert",
@@ -82,6 +84,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from .bad_records import BadRecordWarning, SkipReport
     from .convert import ConversionReport, convert_image_folder
     from .crop_decode import CenterCropDecode, RandomResizedCropDecode
     from .dataset import LMDBImageDataset

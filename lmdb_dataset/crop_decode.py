@@ -77,24 +77,26 @@ class CropBox:
 
 
 def random_resized_crop_box(height: int, width: int, *, scale: Sequence[float] = (0.08, 1.0),
-                            ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+                            ratio: Sequence[float] = (3 / 4, 4 / 3),
+                            generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
     """``(top, left, height, width)`` of a random crop, drawn exactly as torchvision's RandomResizedCrop.
 
-    The same algorithm and the same draws from the global torch RNG as
+    The same algorithm and the same draws as
     ``torchvision.transforms.v2.RandomResizedCrop.make_params`` (and ``v1``'s ``get_params``):
     up to ten tries of an area fraction uniform in ``scale`` and a log-uniform aspect ratio in
-    ``ratio``, then a centre crop clamped to ``ratio`` as the fallback.
+    ``ratio``, then a centre crop clamped to ``ratio`` as the fallback. The draws come from
+    ``generator``, or the global torch RNG (torchvision's source) when it is None.
     """
     area = height * width
     log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
-        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
         w = int(round(math.sqrt(target_area * aspect_ratio)))
         h = int(round(math.sqrt(target_area / aspect_ratio)))
         if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
-            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
             return top, left, h, w
     in_ratio = float(width) / float(height)
     if in_ratio < min(ratio):
@@ -168,7 +170,9 @@ class CropDecoder:
     3. :meth:`finish` turns the decoded image (at whatever scale) into the output.
 
     Instances hold only their settings, so DataLoader workers can use them; the random draws
-    come from torch's global RNG, which the DataLoader seeds per worker.
+    come from the ``generator`` given (:class:`lmdb_dataset.draws.RecordDraws` in
+    :class:`LMDBLoader`: one per sample), else from torch's global RNG, which the DataLoader
+    seeds per worker.
 
     Args:
         size: Output side in pixels (square output).
@@ -179,8 +183,8 @@ class CropDecoder:
             raise ValueError(f"size={size} must be >= 1")
         self.size = size
 
-    def box(self, height: int, width: int) -> CropBox:
-        """The crop of an image of ``height x width`` pixels."""
+    def box(self, height: int, width: int, generator: torch.Generator | None = None) -> CropBox:
+        """The crop of an image of ``height x width`` pixels (random draws from ``generator``, else torch's RNG)."""
         raise NotImplementedError
 
     def decode_size(self, height: int, width: int, box: CropBox) -> tuple[int, int]:
@@ -191,13 +195,14 @@ class CropDecoder:
         """``3 x size x size`` output from the CHW uint8 ``image`` decoded at any scale, on any device."""
         raise NotImplementedError
 
-    def __call__(self, header: RecordHeader, payload: bytes | memoryview) -> torch.Tensor:
+    def __call__(self, header: RecordHeader, payload: bytes | memoryview,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Decode the crop of one record: a ``3 x size x size`` uint8 CHW tensor.
 
         Raises:
             ValueError: The image does not decode (the dataset names the record).
         """
-        box = self.box(header.height, header.width)
+        box = self.box(header.height, header.width, generator)
         min_height, min_width = self.decode_size(header.height, header.width, box)
         pixels = decode_scaled(payload, header, min_height=min_height, min_width=min_width)
         if not pixels.flags.writeable:  # Pillow's arrays are read-only views
@@ -237,9 +242,10 @@ class RandomResizedCropDecode(CropDecoder):
         self.ratio = tuple(ratio)
         self.flip_p = flip_p
 
-    def box(self, height: int, width: int) -> CropBox:
-        top, left, h, w = random_resized_crop_box(height, width, scale=self.scale, ratio=self.ratio)
-        flip = bool(torch.rand(1) < self.flip_p)  # drawn even when flip_p is 0, as torchvision does
+    def box(self, height: int, width: int, generator: torch.Generator | None = None) -> CropBox:
+        top, left, h, w = random_resized_crop_box(height, width, scale=self.scale, ratio=self.ratio,
+                                                  generator=generator)
+        flip = bool(torch.rand(1, generator=generator) < self.flip_p)  # drawn even at flip_p 0, as torchvision does
         return CropBox(top, left, h, w, flip)
 
     def decode_size(self, height: int, width: int, box: CropBox) -> tuple[int, int]:
@@ -272,8 +278,8 @@ class CenterCropDecode(CropDecoder):
             raise ValueError(f"resize={resize} must be >= size={size}")
         self.resize = resize
 
-    def box(self, height: int, width: int) -> CropBox:
-        """The whole image (the crop is taken after resizing, in :meth:`finish`)."""
+    def box(self, height: int, width: int, generator: torch.Generator | None = None) -> CropBox:
+        """The whole image (the crop is taken after resizing, in :meth:`finish`); nothing is drawn."""
         return CropBox(0, 0, height, width)
 
     def decode_size(self, height: int, width: int, box: CropBox) -> tuple[int, int]:

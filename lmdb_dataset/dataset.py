@@ -5,14 +5,16 @@ from __future__ import annotations
 import operator
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from torchvision.datasets import VisionDataset
 
+from .bad_records import BadRecords, OnError, SkipReport, check_on_error
 from .decoding import Output, Sample, check_output, to_output
 from .environment import DatasetMetadata, load_metadata, read_path_table
+from .errors import CorruptRecordError
 from .format import PathTable
 from .memory import freeze_inherited_objects
 from .reader import Access, RecordReader, check_access, record_pixels
@@ -28,9 +30,11 @@ class LMDBDatasetBase(VisionDataset):
     """
 
     def __init__(self, path: str | os.PathLike, transform: Callable | None, target_transform: Callable | None,
-                 *, output: Output, verify_checksums: bool, access: Access, readahead: bool) -> None:
+                 *, output: Output, verify_checksums: bool, access: Access, readahead: bool,
+                 on_error: OnError = "raise") -> None:
         check_output(output)
         check_access(access)
+        check_on_error(on_error)
         self._meta: DatasetMetadata = load_metadata(path)
         super().__init__(os.fspath(path), transform=transform, target_transform=target_transform)
         self.path = self._meta.path
@@ -47,6 +51,20 @@ class LMDBDatasetBase(VisionDataset):
         The labels in file order are ``targets[file_order]``. Treat it as read-only."""
         self._reader: RecordReader | None = None
         self._paths: PathTable | bool | None = None  # loaded on first source_path(); False: none stored
+        self._bad = BadRecords(on_error, len(self.targets))
+
+    @property
+    def on_error(self) -> OnError:
+        """``"raise"`` or ``"skip"``: what a record that cannot be read or decoded does (see :mod:`bad_records`)."""
+        return self._bad.on_error
+
+    @property
+    def skipped(self) -> SkipReport:
+        """The bad records skipped so far with ``on_error="skip"``, by this object and its DataLoader workers.
+
+        ``skipped.records`` are record indices; the sample each holds is ``file_order[record]``.
+        """
+        return self._bad.report
 
     @property
     def storage(self) -> str:
@@ -111,6 +129,28 @@ class LMDBDatasetBase(VisionDataset):
             raise IndexError(f"index {index} is out of range for the {count} records of {self.path}")
         return position
 
+    def _read_samples(self, records: Sequence[int]) -> Iterator[tuple[Any, Any]]:
+        """Yield the samples of ``records`` in order (read forward when sorted), bad ones per :attr:`on_error`."""
+        position = 0
+        while position < len(records):
+            values = self.reader.values(records[position:])
+            for record in records[position:]:
+                position += 1
+                try:
+                    _, value = next(values)
+                except CorruptRecordError as error:  # its bytes could not be read: the reads start again after it
+                    yield self._bad.replace(record, error, self._read_one)
+                    break
+                try:
+                    sample = self._sample(record, value)
+                except CorruptRecordError as error:
+                    sample = self._bad.replace(record, error, self._read_one)
+                yield sample
+
+    def _read_one(self, record: int) -> tuple[Any, Any]:
+        ((_, value),) = self.reader.values([record])
+        return self._sample(record, value)
+
     def _sample(self, record: int, value: bytes | memoryview | None) -> tuple[Any, Any]:
         """Decode, verify and transform the stored value of ``record`` into ``(image, target)``."""
         pixels, label = record_pixels(self._meta, record, value, verify=self.verify_checksums)
@@ -161,6 +201,11 @@ class LMDBImageDataset(LMDBDatasetBase):
             cold cache, spinning disks and network filesystems) or ``"mmap"`` (LMDB's memory
             map). Defaults to ``"pread"``; datasets without an offset table, or with one that
             cannot be proven to belong to the file, use ``"mmap"``.
+        on_error: ``"raise"``: a record that fails its CRC32 check, cannot be read or does not
+            decode raises :class:`CorruptRecordError` naming it. ``"skip"``: it is replaced by a
+            fixed other record (the same on every rank, worker layout and resume, so epoch
+            lengths never change), reported once with a :class:`BadRecordWarning` and listed
+            in :attr:`skipped`. Defaults to ``"raise"``.
 
     Raises:
         DatasetNotFoundError: ``path`` does not exist.
@@ -175,9 +220,9 @@ class LMDBImageDataset(LMDBDatasetBase):
 
     def __init__(self, path: str | os.PathLike, transform: Callable | None = None,
                  target_transform: Callable | None = None, *, output: Output = "pil",
-                 verify_checksums: bool = True, access: Access = "pread") -> None:
+                 verify_checksums: bool = True, access: Access = "pread", on_error: OnError = "raise") -> None:
         super().__init__(path, transform, target_transform, output=output, verify_checksums=verify_checksums,
-                         access=access, readahead=False)
+                         access=access, readahead=False, on_error=on_error)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -190,7 +235,6 @@ class LMDBImageDataset(LMDBDatasetBase):
         records = self._meta.record_of_sample[[self._checked_index(i) for i in indices]].tolist()
         order = sorted(range(len(records)), key=records.__getitem__)
         samples: list[Any] = [None] * len(records)
-        values = self.reader.values([records[k] for k in order])
-        for k, (record, value) in zip(order, values):
-            samples[k] = self._sample(record, value)
+        for k, sample in zip(order, self._read_samples([records[k] for k in order])):
+            samples[k] = sample
         return samples

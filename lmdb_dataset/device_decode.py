@@ -81,10 +81,11 @@ class SplitDecoder:
     def __init__(self, crop: CropDecoder) -> None:
         self.crop = crop
 
-    def __call__(self, header: RecordHeader, payload: bytes | memoryview) -> EncodedImage | torch.Tensor:
+    def __call__(self, header: RecordHeader, payload: bytes | memoryview,
+                 generator: torch.Generator | None = None) -> EncodedImage | torch.Tensor:
         if not device_decodable(header, payload):
-            return self.crop(header, payload)
-        box = self.crop.box(header.height, header.width)
+            return self.crop(header, payload, generator)
+        box = self.crop.box(header.height, header.width, generator)
         geometry = torch.tensor([header.height, header.width, box.top, box.left, box.height, box.width,
                                  int(box.flip)], dtype=torch.int64)
         return EncodedImage(torch.frombuffer(bytearray(payload), dtype=torch.uint8), geometry)

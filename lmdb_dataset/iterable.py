@@ -13,6 +13,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 from torch.utils.data._utils.fetch import _IterableDatasetFetcher
 
+from .bad_records import OnError
 from .dataset import LMDBDatasetBase
 from .decoding import Output
 from .memory import release_free_heap
@@ -156,13 +157,16 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             ``chunk_size`` positions (then several workers' output order is not the rank's
             order, and the loop's count cannot be saved mid-epoch).
         verify_checksums: Check each record's CRC32. Defaults to True.
+        on_error: ``"raise"`` or ``"skip"`` a bad record, as in :class:`LMDBImageDataset`
+            (a skipped record's replacement is read on its own, out of the pools). Defaults to ``"raise"``.
     """
 
     def __init__(self, path: str | os.PathLike, transform: Callable | None = None,
                  target_transform: Callable | None = None, *, shuffle: bool = True,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, pool_size: int = DEFAULT_POOL_SIZE, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False,
-                 output: Output = "pil", batch_size: int | None = None, verify_checksums: bool = True) -> None:
+                 output: Output = "pil", batch_size: int | None = None, verify_checksums: bool = True,
+                 on_error: OnError = "raise") -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size} must be >= 1")
         if pool_size < 1:
@@ -171,7 +175,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         check_seed(seed)
         super().__init__(path, transform, target_transform, output=output, verify_checksums=verify_checksums,
-                         access="pread", readahead=False)
+                         access="pread", readahead=False, on_error=on_error)
         self.shuffle = shuffle
         self.chunk_size = chunk_size
         self.pool_size = pool_size
@@ -308,8 +312,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
                 request(pool + 1)
             elif following is not None:  # the last pool: ask for the next epoch's first (each worker
                 self.prefetch(following, records=[])  # waits for its own records of it then)
-            for index, value in self.reader.values(records[start:stop].tolist()):
-                yield self._sample(index, value)
+            yield from self._read_samples(records[start:stop].tolist())
 
     def _loop_state(self, samples_consumed: int, *, base: Sequence[Hop] | None = None) -> dict[str, Any]:
         progress = self._progress

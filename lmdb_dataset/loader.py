@@ -20,9 +20,11 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader
 
+from .bad_records import OnError, SkipReport
 from .crop_decode import CenterCropDecode, CropDecoder, RandomResizedCropDecode
 from .dataset import LMDBImageDataset
 from .device_decode import EncodedImage, MixedBatch, SplitDecoder, collate_mixed, decode_batch
+from .draws import RecordDraws, draw_seed
 from .iterable import LMDBIterableDataset
 from .reader import record_pixels
 from .sampler import ChunkShuffleSampler
@@ -36,17 +38,21 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class _RecordDecoding:
-    """Dataset mixin: each record's checked payload goes through ``record_decoder(header, payload)``.
+    """Dataset mixin: each record's checked payload goes through ``record_decoder(header, payload, generator)``.
 
     The decoder replaces the pixel decode, ``output`` conversion and ``transform`` of the
-    dataset classes; labels are returned as stored.
+    dataset classes; labels are returned as stored. Its random draws come from ``draws``,
+    seeded per record and epoch (:mod:`lmdb_dataset.draws`).
     """
 
     record_decoder: Callable[..., Any]
+    draws: RecordDraws | None = None  # None: torch's global RNG
 
     def _sample(self, record: int, value: bytes | memoryview | None) -> tuple[Any, Any]:
         meta, verify = self._meta, self.verify_checksums  # type: ignore[attr-defined]
-        image, label = record_pixels(meta, record, value, verify=verify, decode=self.record_decoder)
+        generator = None if self.draws is None else self.draws.generator(record)
+        image, label = record_pixels(meta, record, value, verify=verify,
+                                     decode=lambda header, payload: self.record_decoder(header, payload, generator))
         if isinstance(image, EncodedImage):
             image.record = record
         return image, label
@@ -143,8 +149,10 @@ class LMDBLoader:
         mean: Per-channel mean in [0, 1]. Defaults to ImageNet's.
         std: Per-channel standard deviation in [0, 1]. Defaults to ImageNet's.
         shuffle: Shuffle the order. Defaults to ``train``.
-        seed: Non-negative seed of the order (identical on all ranks) and of the workers'
-            augmentation draws. Defaults to 0.
+        seed: Non-negative seed of the order and of the augmentation draws, identical on all
+            ranks: each sample's crop and flip are drawn from ``(seed, epoch, record)``
+            (:mod:`lmdb_dataset.draws`), so ranks never share draws, epochs never repeat them,
+            and a run is reproducible whatever its ranks, workers and resumes. Defaults to 0.
         reader_options: Tuning options passed on to the reader: :class:`ChunkShuffleSampler`'s
             (``chunk``) or :class:`LMDBIterableDataset`'s (``iterable``), e.g.
             ``{"chunk_size": 512}``; their docstrings explain each trade-off. Not for
@@ -158,6 +166,11 @@ class LMDBLoader:
         multiprocessing_context: ``"fork"``, ``"spawn"``, ``"forkserver"`` or None (the
             platform's default). Defaults to None.
         verify_checksums: Check each record's CRC32. Defaults to True.
+        on_error: ``"raise"`` or ``"skip"``: a record that fails its CRC32 check, cannot be read
+            or does not decode in a worker either raises :class:`CorruptRecordError`, or is
+            replaced by a fixed other record (the same on every rank, worker layout and resume:
+            epoch lengths and step counts never change), reported once with a
+            :class:`BadRecordWarning` and listed in :attr:`skipped`. Defaults to ``"raise"``.
 
     Raises:
         ValueError: An option is out of range, or CUDA was asked for and is not available.
@@ -172,7 +185,8 @@ class LMDBLoader:
                  reader_options: Mapping[str, Any] | None = None, num_replicas: int | None = None,
                  rank: int | None = None, drop_last: bool | None = None, pin_memory: bool | None = None,
                  persistent_workers: bool | None = None, prefetch_factor: int | None = None,
-                 multiprocessing_context: str | None = None, verify_checksums: bool = True) -> None:
+                 multiprocessing_context: str | None = None, verify_checksums: bool = True,
+                 on_error: OnError = "raise") -> None:
         self.device = torch.device(device)
         self.decode: Decode = decode or ("device" if self.device.type == "cuda" else "worker")
         self.reader: Reader = reader
@@ -186,9 +200,10 @@ class LMDBLoader:
                                   else CenterCropDecode(size, resize=resize))
         self.dataset, sampler = _reader(path, reader, batch_size=batch_size, shuffle=shuffle, seed=seed,
                                         options=dict(reader_options or {}), num_replicas=num_replicas, rank=rank,
-                                        verify_checksums=verify_checksums)
+                                        verify_checksums=verify_checksums, on_error=on_error)
         self.dataset.record_decoder = SplitDecoder(self.crop) if self.decode == "device" else self.crop
         self._resumable = sampler if sampler is not None else self.dataset
+        self.dataset.draws = RecordDraws(seed, self._resumable.epoch_progress)
         self.normalize = NormalizeBatch(mean, std, dtype=dtype, channels_last=channels_last).to(self.device)
         self.dataloader = DataLoader(
             self.dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
@@ -197,8 +212,9 @@ class LMDBLoader:
             drop_last=train if drop_last is None else drop_last,
             persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
             prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
-            generator=torch.Generator().manual_seed(seed))
-        self._consumed = 0
+            generator=torch.Generator().manual_seed(draw_seed(seed, self._resumable.rank)))
+        self._consumed = 0  # samples of the current pass handed to the loop
+        self._pass_done = False
 
     @property
     def epoch(self) -> int:
@@ -208,16 +224,21 @@ class LMDBLoader:
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch``, like ``DistributedSampler.set_epoch``; call it every epoch."""
         if epoch != self.epoch:
-            self._consumed = 0  # nothing of the new epoch was handed out yet
+            self._consumed, self._pass_done = 0, False  # nothing of the new epoch was handed out yet
         self._resumable.set_epoch(epoch)
 
     def __len__(self) -> int:
         """Batches the next pass yields on this rank."""
         return len(self.dataloader)
 
+    @property
+    def skipped(self) -> SkipReport:
+        """The bad records skipped so far with ``on_error="skip"`` on this rank (see :mod:`lmdb_dataset.bad_records`)."""
+        return self.dataset.skipped
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         side = SideStream(self.device)
-        self._consumed = 0
+        self._consumed, self._pass_done = 0, False
         staged: tuple[torch.Tensor, torch.Tensor] | None = None
         for batch in self.dataloader:
             with side.context():
@@ -227,6 +248,7 @@ class LMDBLoader:
             staged = ready  # the next batch is prepared while the loop works on this one
         if staged is not None:
             yield self._hand_over(side, staged)
+        self._pass_done = True  # every sample of the pass was handed out (or dropped with drop_last)
 
     def _prepare(self, batch: MixedBatch | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Device batch from a DataLoader batch: decode (device mode), copy, normalise."""
@@ -244,22 +266,30 @@ class LMDBLoader:
         return images, labels
 
     def state_dict(self) -> dict[str, Any]:
-        """Resume state after the batches this loader has yielded in the current pass."""
+        """Resume state after the batches this loader has yielded in the current pass.
+
+        Taken after a pass's last batch, it says the epoch is complete (also when
+        ``drop_last`` dropped a short batch): loading it resumes at the next epoch.
+        """
+        consumed = self._resumable.pass_length if self._pass_done else self._consumed
         return {"reader": self.reader, "batch_size": self.dataloader.batch_size,
-                "position": self._resumable.state_dict(samples_consumed=self._consumed)}
+                "position": self._resumable.state_dict(samples_consumed=consumed)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`: the next pass yields exactly the samples not yet consumed.
+        """Restore a :meth:`state_dict`, saved with this world size or another, and any ``num_workers``.
+
+        The next pass yields exactly the samples not yet consumed, re-dealt over this loader's
+        ranks (see :meth:`ChunkShuffleSampler.load_state_dict`); the batch size may differ.
 
         Raises:
-            ValueError: The state was saved by a loader with another reader or batch size, or
-                another dataset length, seed or world (the message names the setting).
+            ValueError: The state was saved by a loader with another reader, or another dataset
+                length, seed or order setting (the message names it).
         """
-        for key, value in (("reader", self.reader), ("batch_size", self.dataloader.batch_size)):
-            if state.get(key) != value:
-                raise ValueError(f"state was saved with {key}={state.get(key)!r}, this loader has {key}={value!r}")
+        if state.get("reader") != self.reader:
+            raise ValueError(f"state was saved with reader={state.get('reader')!r}, this loader has "
+                             f"reader={self.reader!r}")
         self._resumable.load_state_dict(state["position"])
-        self._consumed = 0
+        self._consumed, self._pass_done = 0, False
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({str(self.dataset.path)!r}, reader={self.reader!r}, "
@@ -284,17 +314,17 @@ def _check_options(*, reader: str, decode: str, dtype: torch.dtype, batch_size: 
 
 
 def _reader(path: str | os.PathLike, reader: str, *, batch_size: int, shuffle: bool, seed: int,
-            options: dict[str, Any], num_replicas: int | None, rank: int | None,
-            verify_checksums: bool) -> tuple[_RecordDecoding, ChunkShuffleSampler | None]:
+            options: dict[str, Any], num_replicas: int | None, rank: int | None, verify_checksums: bool,
+            on_error: OnError) -> tuple[_RecordDecoding, ChunkShuffleSampler | None]:
     """The dataset and, for map-style readers, the sampler (``random`` = chunks of one record)."""
     common = {"shuffle": shuffle, "seed": seed, "num_replicas": num_replicas, "rank": rank}
     if reader == "iterable":
         dataset = _DecodingIterableDataset(path, batch_size=batch_size, verify_checksums=verify_checksums,
-                                           **common, **options)
+                                           on_error=on_error, **common, **options)
         return dataset, None
     if reader == "random" and options:
         raise ValueError(f"reader_options={options!r}: reader='random' takes none (it shuffles single records); "
                          "use reader='chunk' to tune chunked reading")
-    dataset = _DecodingImageDataset(path, verify_checksums=verify_checksums)
+    dataset = _DecodingImageDataset(path, verify_checksums=verify_checksums, on_error=on_error)
     sampler = ChunkShuffleSampler(dataset, **({"chunk_size": 1} if reader == "random" else {}), **common, **options)
     return dataset, sampler

@@ -203,6 +203,17 @@ class EpochResumable:
         return rest_length(self._record_count(), hops=hops, drop_last=self.drop_last,
                            num_replicas=self.num_replicas if num_replicas is None else num_replicas)
 
+    @property
+    def epoch_progress(self) -> EpochProgress:
+        """The shared epoch and resume point (what per-epoch state in DataLoader workers follows)."""
+        return self._progress
+
+    @property
+    def pass_length(self) -> int:
+        """Samples this rank's current pass holds (before a pass begins, the next one): a whole epoch's share, or
+        the share of the rest of a resumed one. ``state_dict(samples_consumed=pass_length)`` says the epoch is done."""
+        return self._pass_length(self._progress.base)
+
     def _next_pass_length(self) -> int:
         """Samples this rank yields in the next pass (its share of the epoch, or of the rest of a resumed one)."""
         return self._pass_length(self._progress.pending)

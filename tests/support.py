@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
+import os
 import time
 import zlib
 from collections.abc import Callable
@@ -81,3 +83,17 @@ def run_ranks(target: Callable, args_of: Callable[[int], tuple], world_size: int
     if codes != [0] * world_size:
         pytest.fail(f"ranks exited with {codes}\n{errors}")
     return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(world_size)]
+
+
+def failing_pread(monkeypatch, bad_offset: int, failure: str) -> None:
+    """Make ``os.pread`` fail (``failure`` "eio") or come back short ("short") for one span's offset."""
+    real = os.pread
+
+    def pread(fd, length, offset):
+        if offset != bad_offset:
+            return real(fd, length, offset)
+        if failure == "eio":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd, length, offset)[:length // 2]
+
+    monkeypatch.setattr(os, "pread", pread)

@@ -189,7 +189,8 @@ def test_dataset_with_a_crop_decoder_yields_crops_and_labels(converted):
 def test_a_forged_header_surfaces_as_a_corrupt_record_naming_it(converted):
     path = converted(num_images=27, special=True)
     dataset = _DecodingImageDataset(path, verify_checksums=False)
-    dataset.record_decoder = lambda header, payload: decode_scaled(payload, _header(7, 9), min_height=1, min_width=1)
+    dataset.record_decoder = lambda header, payload, generator: decode_scaled(payload, _header(7, 9), min_height=1,
+                                                                                min_width=1)
     with pytest.raises(CorruptRecordError, match=r"record 0\b.*JPEG is"):
         dataset[0]
 

@@ -5,7 +5,6 @@ The outcome matrix these tests establish is written up in tests/README.md.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import failing_pread
 from torch.utils.data import DataLoader
 
 from lmdb_dataset import (
@@ -40,26 +40,12 @@ ACCESS = ["pread", "mmap"]
 
 # --- failing reads: EIO and short reads on one record ----------------------------------------------------
 
-def _failing_pread(monkeypatch, bad_offset: int, failure):
-    """Make ``os.pread`` fail (``failure`` "eio") or come back short ("short") for one span's offset."""
-    real = os.pread
-
-    def pread(fd, length, offset):
-        if offset != bad_offset:
-            return real(fd, length, offset)
-        if failure == "eio":
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real(fd, length, offset)[:length // 2]
-
-    monkeypatch.setattr(os, "pread", pread)
-
-
 @pytest.mark.parametrize("failure, message", [("eio", r"failed \(\[Errno 5\] Input/output error\)"),
                                               ("short", r"returned \d+: the data file is shorter")])
 def test_failing_pread_of_one_record_raises_record_read_error_naming_it(converted, monkeypatch, failure, message):
     ds = LMDBImageDataset(converted(), output="numpy")
     offset = int(ds._meta.spans[7][0])
-    _failing_pread(monkeypatch, offset, failure)
+    failing_pread(monkeypatch, offset, failure)
     with pytest.raises(RecordReadError, match=rf"record 7 \(source file '.+'\): reading its \d+ bytes at offset "
                                               rf"{offset} {message}") as caught:
         ds[7]
@@ -69,7 +55,7 @@ def test_failing_pread_of_one_record_raises_record_read_error_naming_it(converte
 
 def test_failing_read_in_a_dataloader_worker_reaches_the_loop_as_corrupt_record_error(converted, monkeypatch):
     ds = LMDBImageDataset(converted(), output="numpy")
-    _failing_pread(monkeypatch, int(ds._meta.spans[5][0]), "eio")
+    failing_pread(monkeypatch, int(ds._meta.spans[5][0]), "eio")
     loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context="fork",
                         collate_fn=lambda batch: [label for _, label in batch])
     with pytest.raises(CorruptRecordError, match=r"record 5 .*Input/output error"):

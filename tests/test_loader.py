@@ -153,12 +153,44 @@ def test_resume_mid_epoch_yields_exactly_the_rest(path, reader, num_workers, dec
     assert consumed + _samples(resumed) == whole
 
 
-def test_load_state_dict_refuses_another_configuration(path):
+def test_load_state_dict_refuses_another_reader_and_resumes_with_another_batch_size(path):
     state = _loader(path, reader="random").state_dict()
     with pytest.raises(ValueError, match="reader='random'"):
         _loader(path, reader="chunk").load_state_dict(state)
-    with pytest.raises(ValueError, match="batch_size=5"):
-        _loader(path, reader="random", batch_size=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed=0"):
+        _loader(path, reader="random", seed=1).load_state_dict(state)
+    options = {"reader": "chunk", "train": True, "seed": 3}
+    whole = _samples(_loader(path, drop_last=False, **options))
+    interrupted = iter(_loader(path, **options))
+    consumed = _samples([next(interrupted), next(interrupted)])
+    resumed = _loader(path, batch_size=4, drop_last=False, **options)
+    resumed.load_state_dict(interrupted.gi_frame.f_locals["self"].state_dict())
+    assert consumed + _samples(resumed) == whole  # the same samples, crops and flips, in batches of 4
+
+
+@pytest.mark.parametrize("reader, num_workers", [("random", 0), ("iterable", 2)])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_state_after_the_last_batch_resumes_at_the_next_epoch_whole_in_either_call_order(path, reader,
+                                                                                         num_workers, drop_last):
+    options = {"reader": reader, "num_workers": num_workers, "train": True, "drop_last": drop_last,
+               "batch_size": 3, "persistent_workers": False}
+    loader = _loader(path, **options)
+    loader.set_epoch(1)
+    delivered = _samples(loader)
+    assert len(delivered) == (30 if drop_last else 32) and len(loader) * 3 >= len(delivered)
+    state = loader.state_dict()  # an end-of-epoch checkpoint (Lightning's default)
+    reference = _loader(path, **options)
+    reference.set_epoch(2)
+    epoch_two = _samples(reference)
+    for set_first in (True, False):
+        resumed = _loader(path, **options)
+        if set_first:
+            resumed.set_epoch(2)
+        resumed.load_state_dict(state)
+        if not set_first:
+            resumed.set_epoch(2)
+        assert resumed.epoch == 2 and len(resumed) == len(reference)
+        assert _samples(resumed) == epoch_two  # epoch 2 whole, not epoch 1 again and not empty
 
 
 @pytest.mark.parametrize("reader", ["random", "iterable"])

@@ -11,6 +11,7 @@ import lmdb
 import numpy as np
 from torchvision.datasets import VisionDataset
 
+from ..bad_records import BadRecords, OnError, SkipReport
 from ..decoding import Output, check_output, decode_image, to_output
 from ..errors import CorruptRecordError
 from .base import read_classes_file
@@ -47,6 +48,10 @@ class LegacyLMDBDataset(VisionDataset):
         classes: Class names (a list, or a text file with one a line). Defaults to none
             (``classes`` is then empty; labels are the stored integers).
         output: ``"pil"``, ``"tensor"`` (CHW uint8) or ``"numpy"`` (HWC uint8). Defaults to ``"pil"``.
+        on_error: ``"raise"``: a record that cannot be parsed or decoded raises
+            :class:`CorruptRecordError` naming it. ``"skip"``: it is replaced by a fixed other
+            record, reported once (:class:`BadRecordWarning`) and listed in :attr:`skipped`,
+            as in :class:`LMDBImageDataset`. Defaults to ``"raise"``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -55,7 +60,8 @@ class LegacyLMDBDataset(VisionDataset):
 
     def __init__(self, path: str | os.PathLike, transform: Callable | None = None,
                  target_transform: Callable | None = None, *, kind: str | None = None,
-                 classes: Sequence[str] | str | os.PathLike | None = None, output: Output = "pil") -> None:
+                 classes: Sequence[str] | str | os.PathLike | None = None, output: Output = "pil",
+                 on_error: OnError = "raise") -> None:
         check_output(output)
         self._source = LegacyLMDBSource(path, kind=kind)
         super().__init__(os.fspath(path), transform=transform, target_transform=target_transform)
@@ -68,6 +74,7 @@ class LegacyLMDBDataset(VisionDataset):
         self._targets: np.ndarray | None = None
         self._env: lmdb.Environment | None = None
         self._pid: int | None = None
+        self._bad = BadRecords(on_error, self._source.count())
 
     def __len__(self) -> int:
         return self._source.count()
@@ -97,6 +104,22 @@ class LegacyLMDBDataset(VisionDataset):
         position += count if position < 0 else 0
         if not 0 <= position < count:
             raise IndexError(f"index {index} is out of range for the {count} records of {self.path}")
+        try:
+            return self._load(position)
+        except CorruptRecordError as error:
+            return self._bad.replace(position, error, self._load)
+
+    @property
+    def on_error(self) -> OnError:
+        """``"raise"`` or ``"skip"`` a record that cannot be parsed or decoded."""
+        return self._bad.on_error
+
+    @property
+    def skipped(self) -> SkipReport:
+        """The bad records skipped so far with ``on_error="skip"``, by this object and its DataLoader workers."""
+        return self._bad.report
+
+    def _load(self, position: int) -> tuple[Any, Any]:
         with self._transaction() as txn:
             image, label = self._record(txn, position)
         try:
