@@ -164,7 +164,7 @@ class LMDBLoader:
         persistent_workers: Keep workers across epochs. Defaults to True when ``num_workers > 0``.
         prefetch_factor: Batches each worker prepares ahead. Defaults to the DataLoader's (2).
         multiprocessing_context: ``"fork"``, ``"spawn"``, ``"forkserver"`` or None (the
-            platform's default). Defaults to None.
+            platform's default); ignored without workers. Defaults to None.
         verify_checksums: Check each record's CRC32. Defaults to True.
         on_error: ``"raise"`` or ``"skip"``: a record that fails its CRC32 check, cannot be read
             or does not decode in a worker either raises :class:`CorruptRecordError`, or is
@@ -211,7 +211,8 @@ class LMDBLoader:
             pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
             drop_last=train if drop_last is None else drop_last,
             persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
-            prefetch_factor=prefetch_factor, multiprocessing_context=multiprocessing_context,
+            prefetch_factor=prefetch_factor,
+            multiprocessing_context=multiprocessing_context if num_workers else None,
             generator=torch.Generator().manual_seed(draw_seed(seed, self._resumable.rank)))
         self._consumed = 0  # samples of the current pass handed to the loop
         self._pass_done = False

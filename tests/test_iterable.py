@@ -345,3 +345,41 @@ def test_iterable_with_batch_size_dataloader_order_is_the_samplers(plan_datasets
     dataset.set_epoch(epoch)
     sampler.set_epoch(epoch)
     assert planned_order(dataset, batch_size, rank, num_replicas, num_workers) == list(sampler)
+
+
+# --- lengths and the batch-size precondition -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_workers", [0, 3])
+@pytest.mark.parametrize("loader_drop_last", [False, True])
+@pytest.mark.parametrize("dataset_batch_size", [None, 7], ids=["seen", "given"])
+@pytest.mark.parametrize("num_replicas, rank, drop_last", [(1, 0, False), (3, 2, False), (3, 1, True)])
+def test_len_loader_is_the_batches_delivered_and_drop_last_loses_at_most_one_per_rank(
+        dataset_path, checksums, num_workers, loader_drop_last, dataset_batch_size, num_replicas, rank, drop_last):
+    dataset = LMDBIterableDataset(dataset_path, transform=pixel_checksum, output="numpy", chunk_size=4, pool_size=8,
+                                  batch_size=dataset_batch_size, num_replicas=num_replicas, rank=rank,
+                                  drop_last=drop_last)
+    loader = DataLoader(dataset, batch_size=7, num_workers=num_workers, drop_last=loader_drop_last,
+                        multiprocessing_context="fork" if num_workers else None)
+    sizes = [len(labels) for _, labels in loader]
+    share = rank_length(32, num_replicas, drop_last)
+    assert len(sizes) == len(loader)  # what LR schedules are sized from
+    assert sum(sizes) == (share - share % 7 if loader_drop_last else share)
+    assert sizes[:-1] == [7] * (len(sizes) - 1)  # one short batch per rank at most, the last
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataset_batch_size_other_than_the_dataloaders_is_refused_naming_both(dataset_path, num_workers):
+    dataset = LMDBIterableDataset(dataset_path, output="numpy", chunk_size=4, batch_size=4)
+    loader = DataLoader(dataset, batch_size=7, num_workers=num_workers,
+                        multiprocessing_context="fork" if num_workers else None)
+    with pytest.raises(ValueError, match=r"batch_size=4\) is read by a DataLoader with batch_size=7"):
+        next(iter(loader))
+
+
+def test_without_automatic_batching_workers_are_dealt_single_samples_in_turn(dataset_path, checksums):
+    options = {"transform": pixel_checksum, "output": "numpy", "chunk_size": 4, "pool_size": 8, "seed": 1}
+    ordered = [checksums[int(c)] for c, _ in LMDBIterableDataset(dataset_path, **options)]
+    loader = DataLoader(LMDBIterableDataset(dataset_path, **options), batch_size=None, num_workers=3,
+                        multiprocessing_context="fork")
+    assert [checksums[int(c)] for c, _ in loader] == ordered  # the rank's order, sample by sample
