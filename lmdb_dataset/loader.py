@@ -234,7 +234,7 @@ class LMDBLoader:
 
     @property
     def skipped(self) -> SkipReport:
-        """The bad records skipped so far with ``on_error="skip"`` on this rank (see :mod:`lmdb_dataset.bad_records`)."""
+        """The bad records skipped so far with ``on_error="skip"`` on this rank (:mod:`lmdb_dataset.bad_records`)."""
         return self.dataset.skipped
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -217,9 +217,16 @@ def rank_order(n: int, *, chunk_size: int, pool_size: int, seed: int, epoch: int
         The :class:`RankOrder`; its arrays have ``rank_length(n, num_replicas, drop_last)`` items.
     """
     order = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=shuffle)
-    reads = rank_share(order, rank=rank, num_replicas=num_replicas, drop_last=drop_last)
     chunk_starts = (chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=epoch)[:-1] if shuffle
                     else np.arange(0, n, chunk_size))
+    return _rank_order_from(order, chunk_starts, pool_size=pool_size, seed=seed, epoch=epoch, rank=rank,
+                       num_replicas=num_replicas, drop_last=drop_last, shuffle=shuffle)
+
+
+def _rank_order_from(order: np.ndarray, chunk_starts: np.ndarray, *, pool_size: int, seed: int, epoch: int,
+                     rank: int, num_replicas: int, drop_last: bool, shuffle: bool) -> RankOrder:
+    """:func:`rank_order` of one rank from the epoch's order and chunk starts (computed once for all ranks)."""
+    reads = rank_share(order, rank=rank, num_replicas=num_replicas, drop_last=drop_last)
     starts = pool_starts(reads, chunk_starts=chunk_starts, pool_size=pool_size)
     if not shuffle:
         return RankOrder(reads, reads, starts)
@@ -240,15 +247,20 @@ def _all_rank_orders(n: int, *, num_replicas: int, **order: Any) -> tuple[np.nda
         rank's pools apart (rank ``r``'s pool ``q`` is ``r * n + q``).
     """
     records, pools = [], []
+    chunk_size, seed, epoch, shuffle = order["chunk_size"], order["seed"], order["epoch"], order["shuffle"]
+    epoch_records = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=shuffle)
+    chunk_starts = (chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=epoch)[:-1] if shuffle
+                    else np.arange(0, n, chunk_size))
     for rank in range(num_replicas):
-        plan = rank_order(n, rank=rank, num_replicas=num_replicas, **order)
+        plan = _rank_order_from(epoch_records, chunk_starts, pool_size=order["pool_size"], seed=seed, epoch=epoch,
+                           rank=rank, num_replicas=num_replicas, drop_last=order["drop_last"], shuffle=shuffle)
         records.append(plan.order)
         pools.append(plan.pool_of(np.arange(len(plan.order))) + rank * max(n, 1))
     return np.concatenate(records).astype(np.int64), np.concatenate(pools).astype(np.int64)
 
 
 def rest_length(n: int, *, hops: Sequence[Hop], num_replicas: int, drop_last: bool) -> int:
-    """Samples each of ``num_replicas`` ranks gets of an epoch of which ``hops`` were consumed (see :func:`rest_of_epoch`).
+    """Samples each of ``num_replicas`` ranks gets of an epoch after ``hops`` (see :func:`rest_of_epoch`).
 
     Pure arithmetic (no arrays): ``rank_length(n, ...)`` without hops.
 
