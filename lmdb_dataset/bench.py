@@ -25,6 +25,7 @@ from .environment import data_file
 from .iterable import LMDBIterableDataset
 from .pagecache import evict_from_page_cache, resident_fraction
 from .sampler import ChunkShuffleSampler
+from .system import available_cpus
 from .transforms import NormalizeBatch, train_transform, val_transform
 
 PREFETCH_FACTOR = 2
@@ -118,7 +119,7 @@ def run_bench(path: str | os.PathLike, *, loader: str = "random", workers: int |
     Raises:
         ValueError: ``batches`` or ``batch_size`` is below 1, or ``workers`` below 0.
     """
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    workers = available_cpus() if workers is None else workers
     if batches is not None and batches < 1:
         raise ValueError(f"batches={batches} must be at least 1 (or None for one epoch)")
     if batch_size < 1 or workers < 0:

@@ -18,6 +18,7 @@ from .environment import load_metadata
 from .errors import LMDBDatasetError, SourceImageError
 from .format import DatasetInfo
 from .parallel import ordered_map
+from .system import available_cpus
 from .writer import LMDBWriter, build_record
 
 
@@ -158,7 +159,7 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
         ValueError: An argument is out of range.
     """
     started = time.perf_counter()
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    workers = available_cpus() if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers={workers} must be >= 0")
     src = Path(src).resolve()

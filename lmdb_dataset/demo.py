@@ -19,6 +19,7 @@ from .dataset import LMDBImageDataset
 from .iterable import LMDBIterableDataset
 from .sampler import ChunkShuffleSampler
 from .samples import make_photo_folder
+from .system import available_cpus
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch, train_transform
 
 
@@ -39,7 +40,7 @@ def run_demo(workdir: str | os.PathLike | None = None, *, num_images: int = 512,
         workers: DataLoader and conversion workers. Defaults to the usable cores.
         batch_size: DataLoader batch size. Defaults to 64.
     """
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    workers = available_cpus() if workers is None else workers
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="lmdb-dataset-demo-") as tmp:
             return run_demo(tmp, num_images=num_images, workers=workers, batch_size=batch_size)

@@ -28,6 +28,7 @@ from .draws import RecordDraws, draw_seed
 from .iterable import LMDBIterableDataset
 from .reader import record_pixels
 from .sampler import ChunkShuffleSampler
+from .system import available_cpus
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch
 
 Reader = Literal["random", "chunk", "iterable"]
@@ -191,7 +192,7 @@ class LMDBLoader:
         self.decode: Decode = decode or ("device" if self.device.type == "cuda" else "worker")
         self.reader: Reader = reader
         self.train = train
-        num_workers = min(8, len(os.sched_getaffinity(0))) if num_workers is None else num_workers
+        num_workers = min(8, available_cpus()) if num_workers is None else num_workers
         _check_options(reader=reader, decode=self.decode, dtype=dtype, batch_size=batch_size,
                        num_workers=num_workers, device=self.device)
         shuffle = train if shuffle is None else shuffle

@@ -7,6 +7,8 @@ import ctypes.util
 import mmap
 import os
 
+from .system import fadvise
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
@@ -17,7 +19,7 @@ def evict_from_page_cache(path: str | os.PathLike) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        fadvise(fd, 0, 0, "DONTNEED")
     finally:
         os.close(fd)
 

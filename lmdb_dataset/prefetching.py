@@ -33,6 +33,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from .system import fadvise
+
 PREFETCH_GAP = 1 << 20
 """Record spans closer than this many bytes are requested from the kernel as one range: on a
 spinning disk reading 1 MB more costs less than the seek it saves (~8 ms is ~1.2 MB at 150 MB/s),
@@ -72,7 +74,7 @@ def advise(fd: int, spans: Sequence[Sequence[int]] | np.ndarray) -> None:
     """
     for offset, length in coalesce(spans, gap=PREFETCH_GAP):
         for piece in range(offset, offset + length, PREFETCH_PIECE):
-            os.posix_fadvise(fd, piece, min(PREFETCH_PIECE, offset + length - piece), os.POSIX_FADV_WILLNEED)
+            fadvise(fd, piece, min(PREFETCH_PIECE, offset + length - piece), "WILLNEED")
 
 
 @contextlib.contextmanager

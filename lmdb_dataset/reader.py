@@ -35,6 +35,7 @@ from .environment import (
 )
 from .errors import CorruptRecordError, RecordReadError
 from .prefetching import Prefetcher, advise
+from .system import fadvise
 
 Access = Literal["pread", "mmap"]
 ACCESS_MODES = ("pread", "mmap")
@@ -79,7 +80,7 @@ class RecordReader:
             # A record's pread reads its own pages only, not a readahead window past it (4x a
             # ~110 KB record: 3 ms more per cold record at 150 MB/s); explicit prefetches
             # (WILLNEED) are unaffected.
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            fadvise(fd, 0, 0, "RANDOM")
             self._fd = fd
         return self._fd
 

@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
-from lmdb_dataset.world import World
 
 BATCH = 3
 

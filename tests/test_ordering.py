@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import PROPERTY, chunk_sizes, dataloader_batches, epochs, replicas, seeds, sizes, workers
+from support import PROPERTY, chunk_sizes, epochs, replicas, seeds, sizes, workers
 from torch.utils.data import DistributedSampler
 
 from lmdb_dataset.mixing import chunk_class_counts, order_quality, repeat_cooccurrence

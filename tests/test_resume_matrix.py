@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import zlib
 
-import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..convert import ConversionReport
 from ..errors import LMDBDatasetError, SourceImageError
 from ..parallel import ordered_map
+from ..system import available_cpus
 from ..writer import LMDBWriter, build_record
 from .base import Image, SourceRecord, read_classes_file
 from .detect import open_source
@@ -123,7 +124,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
         ValueError: Unknown ``kind`` or options, or labels beyond the classes file.
     """
     started = time.perf_counter()
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    workers = available_cpus() if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers={workers} must be >= 0")
     source = open_source(src, kind=kind, **options)
