@@ -202,9 +202,14 @@ class CropDecoder:
         Raises:
             ValueError: The image does not decode (the dataset names the record).
         """
-        box = self.box(header.height, header.width, generator)
-        min_height, min_width = self.decode_size(header.height, header.width, box)
-        pixels = decode_scaled(payload, header, min_height=min_height, min_width=min_width)
+        if not (header.height and header.width):  # written unchecked, without a readable size: decode to learn it
+            pixels = pixels_of(header, payload)
+            header = dataclasses.replace(header, height=pixels.shape[0], width=pixels.shape[1])
+            box = self.box(header.height, header.width, generator)
+        else:
+            box = self.box(header.height, header.width, generator)
+            min_height, min_width = self.decode_size(header.height, header.width, box)
+            pixels = decode_scaled(payload, header, min_height=min_height, min_width=min_width)
         if not pixels.flags.writeable:  # Pillow's arrays are read-only views
             pixels = pixels.copy()
         image = torch.from_numpy(pixels).permute(2, 0, 1)  # CHW view: torchvision's fast uint8 path

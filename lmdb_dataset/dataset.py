@@ -44,11 +44,6 @@ class LMDBDatasetBase(VisionDataset):
         self._readahead = readahead
         self.classes: list[str] = list(self._meta.info.classes)
         self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
-        self.targets: np.ndarray = self._meta.labels[self._meta.record_of_sample]
-        self.file_order: np.ndarray = self._meta.file_order
-        """Logical sample indices in the order their records lie in the file (``file_order[r]``
-        is the sample held by record ``r``); identity for a dataset stored in logical order.
-        The labels in file order are ``targets[file_order]``. Treat it as read-only."""
         self._reader: RecordReader | None = None
         self._paths: PathTable | bool | None = None  # loaded on first source_path(); False: none stored
         self._bad = BadRecords(on_error, len(self.targets))
@@ -65,6 +60,18 @@ class LMDBDatasetBase(VisionDataset):
         ``skipped.records`` are record indices; the sample each holds is ``file_order[record]``.
         """
         return self._bad.report
+
+    @property
+    def targets(self) -> np.ndarray:
+        """The label of each sample, in index order (int64, read-only, shared with DataLoader workers)."""
+        return self._meta.targets
+
+    @property
+    def file_order(self) -> np.ndarray:
+        """Logical sample indices in the order their records lie in the file (``file_order[r]`` is the sample
+        held by record ``r``); identity for a dataset stored in logical order. The labels in file order are
+        ``targets[file_order]``. Read-only, shared with DataLoader workers."""
+        return self._meta.file_order
 
     @property
     def storage(self) -> str:

@@ -49,6 +49,7 @@ from .errors import (
     NotADatasetError,
     StaleOffsetsWarning,
 )
+from .shared_tables import SharedTables
 
 DATA_FILE = "data.mdb"
 MAX_DBS = 2
@@ -222,19 +223,38 @@ class DatasetMetadata:
 
     ``labels`` is an int64 array in record (file) order; ``record_of_sample`` maps a logical
     sample index to the record holding it and ``file_order`` is its inverse (the sample held
-    by each record), both identity for datasets stored in logical order; ``spans`` is an
-    (N, 2) int64 array of (offset, length) of each record value inside ``data.mdb`` (None for
-    datasets written without them). All are numpy arrays, so DataLoader workers share them
-    copy-on-write instead of touching per-sample objects.
+    by each record), both identity for datasets stored in logical order; ``targets`` is the
+    label of each sample (``labels[record_of_sample]``); ``spans`` is an (N, 2) int64 array of
+    (offset, length) of each record value inside ``data.mdb`` (None for datasets written
+    without them). They are read-only numpy views of one shared-memory block
+    (:class:`shared_tables.SharedTables`), so DataLoader workers map them instead of copying
+    them, under ``fork``, ``spawn`` and ``forkserver`` alike.
     """
 
     path: str
     identity: FileIdentity
     info: fmt.DatasetInfo
-    labels: np.ndarray
-    spans: np.ndarray | None
-    record_of_sample: np.ndarray
-    file_order: np.ndarray
+    tables: SharedTables
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.tables["labels"]
+
+    @property
+    def spans(self) -> np.ndarray | None:
+        return self.tables["spans"]
+
+    @property
+    def record_of_sample(self) -> np.ndarray:
+        return self.tables["record_of_sample"]
+
+    @property
+    def file_order(self) -> np.ndarray:
+        return self.tables["file_order"]
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.tables["targets"]
 
 
 def read_info(env: lmdb.Environment, meta_db: lmdb._Database, path: str | os.PathLike) -> fmt.DatasetInfo:
@@ -309,7 +329,9 @@ def _load_metadata(path: str) -> DatasetMetadata:
             record_of_sample, file_order = fmt.decode_order(order, info.num_records)
         except ValueError as exc:
             raise NotADatasetError(f"{path!r}: {exc}; the dataset is damaged, re-convert it") from None
-    return DatasetMetadata(path, identity, info, labels, spans, record_of_sample, file_order)
+    tables = SharedTables({"labels": labels, "spans": spans, "record_of_sample": record_of_sample,
+                           "file_order": file_order, "targets": labels[record_of_sample]})
+    return DatasetMetadata(path, identity, info, tables)
 
 
 def proven_spans(env: lmdb.Environment, records_db: lmdb._Database, meta_db: lmdb._Database,

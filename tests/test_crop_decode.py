@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -205,3 +206,14 @@ def test_a_forged_header_surfaces_as_a_corrupt_record_naming_it(converted):
 def test_bad_settings_are_value_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_a_record_header_without_a_size_is_decoded_to_learn_it(converted):
+    path = converted(num_images=27, special=True)
+    value = bytes(next(LMDBImageDataset(path).reader.values([0]))[1])
+    header, payload = decode_header(value), payload_of(value)
+    unsized = dataclasses.replace(header, height=0, width=0)  # as LMDBWriter.add(check=False) wrote unreadable headers
+    crop = RandomResizedCropDecode(16)(unsized, payload)
+    assert crop.shape == (3, 16, 16)
+    with pytest.raises(ValueError):
+        RandomResizedCropDecode(16)(unsized, b"\xff\xd8 not an image")
