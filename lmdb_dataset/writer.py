@@ -12,7 +12,7 @@ import lmdb
 import numpy as np
 
 from . import format as fmt
-from .decoding import check_decodes, decode_image
+from .decoding import check_decodes, decode_image, image_size
 from .environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans, store_spans
 from .errors import LMDBDatasetError, NotADatasetError, SourceImageError
 
@@ -38,7 +38,10 @@ def build_record(image: bytes | memoryview | np.ndarray, label: int, *, storage:
         label: Integer class label.
         storage: ``"encoded"`` or ``"raw"``.
         check: Decode encoded bytes to prove they are a readable image (see
-            :func:`decoding.check_decodes`). Defaults to True.
+            :func:`decoding.check_decodes`). Defaults to True. Without the check the
+            image's size is still read from its header (:func:`decoding.image_size`), so
+            the record carries it, as readers that plan crops from it need; bytes without
+            a readable header are stored as given, with size 0 x 0, and fail when read.
 
     Raises:
         ValueError: The image is not decodable, or not of a storable shape/dtype.
@@ -48,7 +51,7 @@ def build_record(image: bytes | memoryview | np.ndarray, label: int, *, storage:
     if storage == "encoded":
         if isinstance(image, np.ndarray):
             raise ValueError("encoded storage takes the image file's bytes; use storage='raw' for arrays")
-        height, width = check_decodes(image) if check else (0, 0)
+        height, width = check_decodes(image) if check else _header_size(image)
         return fmt.encode_record(image, kind=fmt.KIND_ENCODED, label=label, height=height, width=width,
                                  channels=3)
     pixels = image if isinstance(image, np.ndarray) else decode_image(image)
@@ -58,6 +61,14 @@ def build_record(image: bytes | memoryview | np.ndarray, label: int, *, storage:
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     return fmt.encode_record(np.ascontiguousarray(pixels).data.cast("B"), kind=fmt.KIND_RAW, label=label,
                              height=pixels.shape[0], width=pixels.shape[1], channels=channels)
+
+
+def _header_size(image: bytes | memoryview) -> tuple[int, int]:
+    """(height, width) from the image's header, or (0, 0) when it has none (``check=False``: stored as given)."""
+    try:
+        return image_size(image)
+    except ValueError:
+        return 0, 0
 
 
 class LMDBWriter:
@@ -199,7 +210,8 @@ class LMDBWriter:
             image: Encoded image bytes, or (raw storage) a uint8 array; see :func:`build_record`.
             label: Integer class label.
             path: The image's source path relative to the dataset root, kept in the metadata.
-            check: Decode encoded bytes to prove they are readable. Defaults to True.
+            check: Decode encoded bytes to prove they are readable. Defaults to True; without
+                it only the image's header is read, for its size.
 
         Raises:
             SourceImageError: The image cannot be decoded or stored (names ``path``).
