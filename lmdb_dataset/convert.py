@@ -11,11 +11,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm import tqdm
 
 from .environment import load_metadata
 from .errors import LMDBDatasetError, SourceImageError
+from .folder import image_folder_samples
 from .format import DatasetInfo
 from .parallel import ordered_map
 from .writer import LMDBWriter, build_record
@@ -42,23 +42,8 @@ class ConversionReport:
     bytes_read: int
 
 
-def image_folder_samples(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names and (path, label) samples in exactly torchvision ImageFolder's order.
-
-    Uses torchvision's own ``find_classes``/``make_dataset`` with its ``IMG_EXTENSIONS``,
-    so sample ``i`` of a converted dataset is ``ImageFolder(root).samples[i]`` (and so is
-    record ``i`` of an ``order="folder"`` conversion).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"source folder {str(root)!r} does not exist or is not a directory")
-    classes, class_to_idx = find_classes(str(root))
-    return classes, make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
-
-
 ORDERS = ("shuffled", "folder")
 """Physical record orders ``convert_image_folder(order=...)`` writes."""
-
 
 
 def write_plan(paths: Sequence[str], *, order: str, seed: int) -> np.ndarray:
