@@ -155,7 +155,7 @@ class LMDBWriter:
         data = self.path / DATA_FILE
         if not data.exists():
             raise NotADatasetError(f"cannot resume {str(self.path)!r}: it holds no dataset ({DATA_FILE} "
-                                   "is missing); start the conversion without resume")
+                                   "is missing); start the conversion without resume=True")
         return data.stat().st_size
 
     def _prepare_new_directory(self, overwrite: bool) -> None:
@@ -195,7 +195,8 @@ class LMDBWriter:
             return (self._env.open_db(fmt.RECORDS_DB, create=create),
                     self._env.open_db(fmt.META_DB, create=create))
         except lmdb.NotFoundError:
-            raise NotADatasetError(f"{str(self.path)!r} is not an lmdb_dataset dataset") from None
+            raise NotADatasetError(f"{str(self.path)!r} is an LMDB but not an lmdb_dataset dataset; "
+                                   "write the dataset to a new path") from None
 
     @property
     def num_records(self) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..convert import ConversionReport
+from ..convert import ConversionReport, check_destination, refuse_empty, resumable
 from ..errors import LMDBDatasetError, SourceImageError
 from ..parallel import ordered_map
 from ..writer import LMDBWriter, build_record
@@ -105,7 +105,8 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
             arrays), which cannot be kept as image files.
         workers: Processes that check images. Defaults to the number of usable cores; 0
             works in this process.
-        resume: Continue an interrupted conversion into ``dst``. Defaults to False.
+        resume: Continue an interrupted conversion into ``dst``; with nothing at ``dst`` yet,
+            start one (so a job script may always pass it). Defaults to False.
         skip_bad: Leave bad records out (listed in the report and the metadata) instead of
             stopping with an error naming the record. Defaults to False.
         overwrite: Replace an existing dataset at ``dst``. Defaults to False.
@@ -120,15 +121,24 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     Raises:
         SourceImageError: A record is bad (without ``skip_bad``); the message names its key.
         FileExistsError: ``dst`` exists and neither ``resume`` nor ``overwrite`` was given.
-        ValueError: Unknown ``kind`` or options, or labels beyond the classes file.
+        ValueError: Unknown ``kind`` or options, labels beyond the classes file, or ``dst``
+            inside a source directory.
+        LMDBDatasetError: Nothing was converted (an empty source, every record skipped: a
+            dataset of 0 records is never written), or the source changed since the
+            conversion being resumed started.
     """
     started = time.perf_counter()
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers={workers} must be >= 0")
+    check_destination(Path(src).resolve(), dst)
+    resume = resumable(dst, resume)
     source = open_source(src, kind=kind, **options)
     names = read_classes_file(classes) if classes is not None else source.classes
     count = source.count()
+    if count == 0:
+        raise LMDBDatasetError(f"{str(source.path)!r} holds no records: nothing to convert (a dataset of 0 "
+                               "records is not written)")
     state = {"source": str(source.path), "source_kind": source.kind, "source_count": count,
              "source_files": source_fingerprint(source.path), "next_source": 0, "max_label": -1}
     source_records = source.records()
@@ -172,6 +182,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                 if position % 16 == 0:
                     elapsed = max(bar.format_dict["elapsed"], 1e-9)
                     bar.set_postfix_str(f"{bytes_read / elapsed / 1e6:.1f} MB/s", refresh=False)
+        refuse_empty(writer, "records")
         if names is None:
             writer.info.classes = [str(label) for label in range(state["max_label"] + 1)]
     if progress and writer.info.skipped:
