@@ -12,10 +12,12 @@ import argparse
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from . import __version__
 from .errors import LMDBDatasetError
+from .interrupts import Terminated, terminate_as_interrupt
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -37,7 +39,7 @@ def _convert(args: argparse.Namespace) -> int:
     report = convert_image_folder(args.src, args.dst, storage=args.storage or "encoded", workers=args.workers,
                                   order=args.order or "shuffled", seed=args.seed, resume=args.resume,
                                   skip_bad=args.skip_bad, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {report.num_records} records to {report.path} in {report.seconds:.1f} s"
+    print(f"wrote {report.num_records} records to {report.path} in {time.perf_counter() - args.started:.1f} s"
           + (f"; skipped {len(report.skipped)} unreadable file(s)" if report.skipped else ""))
     return 0
 
@@ -50,7 +52,7 @@ def _convert_source(args: argparse.Namespace) -> int:
     report = convert_source(args.src, args.dst, kind=args.source_kind, classes=args.classes, storage=args.storage,
                             workers=args.workers, resume=args.resume, skip_bad=args.skip_bad,
                             overwrite=args.overwrite, progress=not args.quiet, **options)
-    print(f"wrote {report.num_records} records to {report.path} in {report.seconds:.1f} s"
+    print(f"wrote {report.num_records} records to {report.path} in {time.perf_counter() - args.started:.1f} s"
           + (f"; skipped {len(report.skipped)} bad record(s)" if report.skipped else ""))
     return 0
 
@@ -248,24 +250,37 @@ def user_error(exc: BaseException) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lmdb-dataset`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
-        getattr(stream, "reconfigure", lambda **_: None)(errors="surrogateescape")
+    """Entry point of the ``lmdb-dataset`` console script.
+
+    Ctrl-C (SIGINT) and SIGTERM (``kill``, a cluster job's time limit) end any command the
+    same way, at any instant: what is under way stops (a conversion commits what it has and
+    ends its worker processes), one line on stderr says so (for ``convert``: resume with
+    ``--resume``), and the exit status is 130.
+    """
+    started = time.perf_counter()
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in words if not word.startswith("-")), "")  # named even before parsing ends
     try:
-        status = args.run(args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
-        return status
+        with terminate_as_interrupt():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            command = args.command
+            args.started = started  # the summaries' times are wall times of the whole command
+            for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
+                getattr(stream, "reconfigure", lambda **_: None)(errors="surrogateescape")
+            status = args.run(args)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+            return status
     except BrokenPipeError:
         # The reader went away (`lmdb-dataset info PATH | head -3`): stop quietly, and point stdout
         # at /dev/null so that the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        how = " (SIGTERM)" if isinstance(exc, Terminated) else ""
         advice = "; everything committed is kept: run the same command with --resume to continue" \
-            if args.command == "convert" else ""
-        print(f"lmdb-dataset {args.command}: interrupted{advice}", file=sys.stderr)
+            if command == "convert" else ""
+        print(f"lmdb-dataset{' ' + command if command else ''}: interrupted{how}{advice}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         message = user_error(exc)
