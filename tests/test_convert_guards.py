@@ -3,7 +3,9 @@ folder given as the root, ``--resume`` in a job script, an LMDB of an unknown la
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 
 import lmdb
 import numpy as np
@@ -40,8 +42,6 @@ def test_every_file_skipped_is_an_error_not_an_empty_dataset(tmp_path, capsys):
 
 @pytest.mark.parametrize("layout", ["empty list file", "empty webdataset tar"])
 def test_an_empty_source_is_an_error(tmp_path, capsys, layout):
-    import tarfile
-
     if layout == "empty list file":
         source = tmp_path / "val.txt"
         source.write_text("")
@@ -53,13 +53,23 @@ def test_an_empty_source_is_an_error(tmp_path, capsys, layout):
     assert status == 2 and "holds no records" in error and "0 records is not written" in error, error
 
 
-def test_resume_on_a_missing_destination_starts_the_conversion(image_folder, tmp_path, capsys):
+@pytest.mark.parametrize("source", ["image folder", "webdataset tar"])
+def test_resume_on_a_missing_destination_starts_the_conversion(image_folder, tmp_path, capsys, source):
     """A job script may always pass --resume: the first run starts, a later one continues or does nothing."""
+    src, jpegs = image_folder(), sorted(p for p in image_folder().rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    if source == "webdataset tar":
+        src = tmp_path / "shards.tar"
+        with tarfile.open(src, "w") as archive:
+            for key, path in enumerate(jpegs):
+                for name, payload in ((f"{key:04d}.jpg", path.read_bytes()), (f"{key:04d}.cls", b"1")):
+                    member = tarfile.TarInfo(name)
+                    member.size = len(payload)
+                    archive.addfile(member, io.BytesIO(payload))
     target = tmp_path / "deeper" / "train.lmdb"
     for _ in range(2):
-        assert main(["convert", str(image_folder()), str(target), "--workers", "0", "--quiet", "--resume"]) == 0
-        assert "wrote 29 records" in capsys.readouterr().out
-    assert len(LMDBImageDataset(target)) == 29
+        assert main(["convert", str(src), str(target), "--workers", "0", "--quiet", "--resume"]) == 0
+        assert "records to" in capsys.readouterr().out
+    assert len(LMDBImageDataset(target)) == (29 if source == "image folder" else len(jpegs))
 
 
 @pytest.mark.parametrize("where", ["inside", "the source itself", "in a class folder"])

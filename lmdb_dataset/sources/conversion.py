@@ -14,7 +14,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..convert import ConversionReport, check_destination, refuse_empty, resumable
+from ..environment import load_metadata
 from ..errors import LMDBDatasetError, SourceImageError
+from ..format import DatasetInfo
 from ..parallel import ordered_map
 from ..writer import LMDBWriter, build_record
 from .base import Image, SourceRecord, read_classes_file
@@ -51,8 +53,9 @@ def _built(records: Iterator[SourceRecord], storage: str, workers: int) -> Itera
             in_flight.append(record)
             yield record.image, record.label, storage
 
-    for built, error in ordered_map(_build, tasks(), workers):
-        yield in_flight.popleft(), built, error
+    with contextlib.closing(ordered_map(_build, tasks(), workers)) as results:  # closed: the workers end now
+        for built, error in results:
+            yield in_flight.popleft(), built, error
 
 
 def _first_storage(records: Iterator[SourceRecord]) -> tuple[str, Iterator[SourceRecord]]:
@@ -141,6 +144,10 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                                "records is not written)")
     state = {"source": str(source.path), "source_kind": source.kind, "source_count": count,
              "source_files": source_fingerprint(source.path), "next_source": 0, "max_label": -1}
+    finished = _finished_conversion(dst, state) if resume else None
+    if finished is not None:  # e.g. a job script that always passes --resume, run once more
+        return ConversionReport(path=Path(dst), num_records=finished.num_records, skipped=list(finished.skipped),
+                                converted=0, seconds=time.perf_counter() - started, bytes_read=0)
     source_records = source.records()
     detected, records = _first_storage(source_records)
     storage = storage or detected
@@ -192,6 +199,24 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     return ConversionReport(path=Path(dst), num_records=writer.info.num_records, skipped=list(writer.info.skipped),
                             converted=state["next_source"] - first, seconds=time.perf_counter() - started,
                             bytes_read=bytes_read)
+
+
+def _finished_conversion(dst: str | os.PathLike, state: dict) -> DatasetInfo | None:
+    """The info of a complete dataset at ``dst`` converted from this source, or None if there is none.
+
+    Raises:
+        LMDBDatasetError: ``dst`` holds a complete dataset converted from another source.
+    """
+    try:
+        info = load_metadata(dst).info
+    except LMDBDatasetError:
+        return None  # absent, incomplete or damaged: the writer decides
+    saved = info.conversion or {}
+    if any(saved.get(key) != state[key] for key in ("source_kind", "source_count", "source_files")):
+        raise LMDBDatasetError(f"the dataset at {str(dst)!r} is already complete, converted from another source "
+                               "(or the source changed since); nothing to resume (pass overwrite=True to write "
+                               "it again)")
+    return info
 
 
 def _check_resumable(writer: LMDBWriter, state: dict) -> None:
