@@ -112,7 +112,7 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     run_bench(args.path, loader=args.loader, workers=args.workers, batch_size=args.batch_size,
-              pipeline=args.pipeline, cold=args.cold, batches=args.batches)
+              pipeline=args.pipeline, cold=args.cold, batches=args.batches, progress=not args.quiet)
     return 0
 
 
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", type=_count(1), default=None,
                        help="read at most this many batches (default: one epoch); the first ones are warm-up, "
                             "timed apart")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_bench)
     return parser
 
@@ -263,7 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with terminate_as_interrupt():
             parser = build_parser()
-            args = parser.parse_args(argv)
+            args, unknown = parser.parse_known_args(argv)
+            if unknown:  # said in the command's own usage, not the top level's
+                commands_of(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
             command = args.command
             args.started = started  # the summaries' times are wall times of the whole command
             for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
