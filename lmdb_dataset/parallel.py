@@ -121,14 +121,12 @@ def _start_workers(context: Any, function: Callable[[Any], Result], workers: int
     handlers (it then ignores SIGINT) and is delivered here afterwards: a Ctrl-C at that
     instant interrupts the parent, never a half-started worker.
     """
-    blocked = (threading.current_thread() is threading.main_thread()
-               and signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) is not None)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         for _ in range(workers):
             started.append(_Worker(context, function))
     finally:
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def ordered_map(function: Callable[[Any], Result], tasks: Iterable[Any], workers: int) -> Iterator[Result]:

@@ -7,12 +7,15 @@ them, so worker processes get them too.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -20,7 +23,7 @@ import numpy as np
 import pytest
 from test_convert import logical_content
 
-from lmdb_dataset import LMDBDatasetError, convert_image_folder, writer
+from lmdb_dataset import LMDBDatasetError, convert_image_folder, convert_source, writer
 from lmdb_dataset.inspection import summarize
 from lmdb_dataset.interrupts import deferred_interrupts, terminate_as_interrupt
 from lmdb_dataset.parallel import ordered_map
@@ -42,7 +45,7 @@ CLI = textwrap.dedent("""
 """)
 
 
-def start_convert(src: Path, dst: Path) -> tuple[subprocess.Popen, float]:
+def start_convert(src: Path, dst: Path, workers: int = 2) -> tuple[subprocess.Popen, float]:
     """The command line converting ``src`` into ``dst``, and the instant its interpreter had started.
 
     The interpreter's own start-up (before any Python code runs) is left out: no program can
@@ -50,7 +53,7 @@ def start_convert(src: Path, dst: Path) -> tuple[subprocess.Popen, float]:
     """
     ready, ready_in_child = os.pipe()
     child = subprocess.Popen([sys.executable, "-c", CLI, str(ready_in_child), "convert", str(src), str(dst),
-                              "--workers", "2", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              "--workers", str(workers), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
                              pass_fds=(ready_in_child,))
     os.close(ready_in_child)
@@ -59,14 +62,15 @@ def start_convert(src: Path, dst: Path) -> tuple[subprocess.Popen, float]:
     return child, time.monotonic()
 
 
-def cut_at(src: Path, target: Path, instant: float, sig: signal.Signals, expected: dict) -> tuple[str, int, float]:
+def cut_at(src: Path, target: Path, instant: float, sig: signal.Signals, *, workers: int, expected: dict,
+           resume: Callable[[Path], object]) -> tuple[str, int, float]:
     """Convert ``src`` into ``target`` on the command line, send ``sig`` to its process group ``instant`` s after
-    its start, check what it printed, and resume it in this process to the ``expected`` content.
+    its start, check what it printed, and ``resume`` it in this process to the ``expected`` content.
 
     Returns the outcome (``finished``, ``interrupted``, ``not started``: before the command line was
     imported), the records committed when it stopped (-1 if none could be read) and its stop time.
     """
-    child, started = start_convert(src, target)
+    child, started = start_convert(src, target, workers)
     time.sleep(max(0.0, started + instant - time.monotonic()))
     sent = time.monotonic()
     with contextlib.suppress(ProcessLookupError):  # it may have finished, and its workers with it
@@ -84,13 +88,13 @@ def cut_at(src: Path, target: Path, instant: float, sig: signal.Signals, expecte
             assert "run the same command with --resume" in err, where
             assert ("(SIGTERM)" in err) == (sig == signal.SIGTERM), where
     else:  # done; the signal may have come as the interpreter was exiting, after the conversion
-        assert child.returncode in (0, -sig) and "wrote 360 records" in out, where
+        assert child.returncode in (0, -sig) and f"wrote {len(expected['records'])} records" in out, where
         outcome = "finished"
     committed = -1
     if target.exists():
         with contextlib.suppress(LMDBDatasetError):  # cut before its first commit: nothing to read
             committed = summarize(target).info.num_records
-        convert_image_folder(src, target, workers=0, resume=True, progress=False)
+        resume(target)
         assert logical_content(target) == expected, where
     return outcome, committed, stop_s
 
@@ -105,20 +109,49 @@ def test_convert_stops_at_any_instant_of_sigint_or_sigterm_and_resumes_to_the_sa
     expected = logical_content(tmp_path / "whole.lmdb")
     rng = np.random.default_rng(20)
     instants = (np.arange(16) + rng.uniform(size=16)) / 16 * whole_s * 1.1  # stratified over the whole run
-    runs = [cut_at(src, tmp_path / f"cut{k}.lmdb", instant, (signal.SIGINT, signal.SIGTERM)[k % 2], expected)
+
+    def resume(target: Path) -> None:
+        convert_image_folder(src, target, workers=0, resume=True, progress=False)
+
+    runs = [cut_at(src, tmp_path / f"cut{k}.lmdb", instant, (signal.SIGINT, signal.SIGTERM)[k % 2],
+                   workers=(2, 2, 0, 0)[k % 4], expected=expected, resume=resume)
             for k, instant in enumerate(instants.tolist())]
     # A busy machine stretches start-up: until a run was cut with part of its records committed, aim later.
     for k in range(8):
         if any(outcome == "interrupted" and 0 < committed < 360 for outcome, committed, _ in runs):
             break
         runs.append(cut_at(src, tmp_path / f"late{k}.lmdb", whole_s * rng.uniform(0.5, 1.0),
-                           (signal.SIGINT, signal.SIGTERM)[k % 2], expected))
+                           (signal.SIGINT, signal.SIGTERM)[k % 2], workers=2, expected=expected, resume=resume))
     outcomes = [outcome for outcome, _, _ in runs]
     assert outcomes.count("interrupted") >= 4 and any(
         outcome == "interrupted" and 0 < committed < 360 for outcome, committed, _ in runs), runs
     stop_s = [seconds for _, _, seconds in runs]
     assert max(stop_s) < 5.0, stop_s  # measured on a busy 2-core box: under 0.2 s
     print(f"{len(runs)} runs, stop times (s): {sorted(round(t, 3) for t in stop_s)}; {runs}")
+
+
+def test_convert_of_another_source_kind_stops_at_any_instant_too(image_folder, tmp_path):
+    """The same on webdataset shards (the path of every --from kind), 6 instants."""
+    src = tmp_path / "shards.tar"
+    with tarfile.open(src, "w") as archive:
+        for key, path in enumerate(sorted(image_folder(360, special=False).rglob("*.JPEG"))):
+            for name, payload in ((f"{key:04d}.jpg", path.read_bytes()), (f"{key:04d}.cls", str(key % 3).encode())):
+                member = tarfile.TarInfo(name)
+                member.size = len(payload)
+                archive.addfile(member, io.BytesIO(payload))
+    reference, started = start_convert(src, tmp_path / "whole.lmdb")
+    out, err = reference.communicate(timeout=120)
+    whole_s = time.monotonic() - started
+    assert reference.returncode == 0 and "wrote 360 records" in out, err
+    expected = logical_content(tmp_path / "whole.lmdb")
+
+    def resume(target: Path) -> None:
+        convert_source(src, target, workers=0, resume=True, progress=False)
+
+    instants = (np.arange(6) + np.random.default_rng(6).uniform(size=6)) / 6 * whole_s
+    runs = [cut_at(src, tmp_path / f"cut{k}.lmdb", instant, (signal.SIGINT, signal.SIGTERM)[k % 2],
+                   workers=(2, 0)[k % 2], expected=expected, resume=resume) for k, instant in enumerate(instants)]
+    assert max(seconds for _, _, seconds in runs) < 5.0, runs
 
 
 @pytest.mark.parametrize("how", ["raised", "signalled"])
@@ -208,3 +241,14 @@ def test_resume_after_a_cut_before_the_first_commit_starts_afresh(image_folder, 
     convert_image_folder(src, target, workers=0, resume=True, progress=False)
     convert_image_folder(src, tmp_path / "whole.lmdb", workers=0, progress=False)
     assert logical_content(target) == logical_content(tmp_path / "whole.lmdb")
+
+
+def test_a_source_conversion_cut_before_it_saved_its_settings_resumes(image_folder, tmp_path):
+    """Cut right after the writer's first commit, before the conversion's own: --resume starts it afresh."""
+    src = tmp_path / "val.txt"
+    src.write_text("".join(f"{path} {k % 2}\n" for k, path in enumerate(sorted(image_folder(12, special=False)
+                                                                              .rglob("*.JPEG")))))
+    writer.LMDBWriter(tmp_path / "cut.lmdb", source=f"list:{src}").close(complete=False)  # as convert_source starts
+    convert_source(src, tmp_path / "cut.lmdb", workers=0, resume=True, progress=False)
+    convert_source(src, tmp_path / "whole.lmdb", workers=0, progress=False)
+    assert logical_content(tmp_path / "cut.lmdb") == logical_content(tmp_path / "whole.lmdb")

@@ -153,7 +153,8 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     storage = storage or detected
     with LMDBWriter(dst, storage=storage, classes=names, source=f"{source.kind}:{source.path}",
                     resume=resume, overwrite=overwrite) as writer:
-        if resume:
+        # Cut before the conversion saved its settings (right after the writer's first commit): nothing to continue.
+        if resume and (writer.info.conversion is not None or writer.num_records or writer.info.skipped):
             _check_resumable(writer, state)
             state.update(next_source=writer.info.conversion["next_source"],
                          max_label=writer.info.conversion["max_label"])
