@@ -1,9 +1,10 @@
 """The ``lmdb-dataset`` command line: convert, info, verify, demo, bench.
 
-Only what a command needs is imported, when it runs: ``--help``, ``--version``, ``info`` and
-``verify`` never import torch. Errors a user can cause (a wrong path, a wrong flag, a bad source
-image, an incomplete dataset) end in one line on stderr that names the fix in the command line's
-words (flags, not keyword arguments) and exit status 2; never a traceback.
+Only what a command needs is imported, when it runs: ``--help``, ``--version``, ``convert``,
+``info`` and ``verify`` never import torch. Errors a user can cause (a wrong path, a wrong flag, a
+bad source image, an incomplete dataset) end in one line on stderr that names the fix in the
+command line's words (flags, not keyword arguments) and exit status 2; never a traceback. Ctrl-C
+and SIGTERM end a command with one line and exit status 130.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def _add_source_arguments(convert: argparse.ArgumentParser) -> None:
 
     group = convert.add_argument_group("other sources", "legacy LMDBs, tar archives, list files, HDF5")
     group.add_argument("--from", dest="source_kind", choices=["auto", "folder", *KINDS], default=None,
-                       help="what SRC is (default: detected from its content)")
+                       help="what SRC is (default: detected from its content): folder, an image folder "
+                            "SRC/<class>/<image>; lmdb, an LMDB written by tensorpack, a folder2lmdb script or "
+                            "Caffe (which one is detected; tensorpack, folder2lmdb, caffe name it); tar, "
+                            "ILSVRC2012's tar of class tars; webdataset, key.jpg + key.cls shards; list, a list "
+                            "file of 'path label' lines; hdf5")
     group.add_argument("--classes", default=None, help="text file of class names, one a line (label i = line i)")
     group.add_argument("--root", default=None, help="list files: folder the listed paths are relative to")
     group.add_argument("--images", default=None, help="HDF5: name of the images dataset")
@@ -152,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "by class); the dataset index is ImageFolder's either way. Other sources keep "
                               "their own order")
     convert.add_argument("--seed", type=int, default=0, help="seed of the shuffled order (default 0)")
-    convert.add_argument("--resume", action="store_true", help="continue an interrupted conversion into DST")
+    convert.add_argument("--resume", action="store_true", help="continue an interrupted conversion into DST; with nothing at DST yet, start "
+                         "one (a job script may always pass it)")
     convert.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")

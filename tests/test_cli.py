@@ -291,3 +291,19 @@ def test_bench_too_few_batches_names_the_cause(workers, batch_size, batches, cau
                          epoch_batches=epoch)
     (line,) = [line for line in report_lines(timing, 1.0) if line.startswith("steady state: not measured")]
     assert cause in line
+
+
+def test_convert_prints_the_commands_wall_time(image_folder, tmp_path, monkeypatch, capsys):
+    """Not the library's own figure, which leaves out what happened before it was called."""
+    import time
+
+    import lmdb_dataset.convert
+
+    def slow(src, dst, **options):
+        time.sleep(0.3)
+        return lmdb_dataset.convert.ConversionReport(dst, 7, [], 7, 0.0, 0)
+
+    monkeypatch.setattr(lmdb_dataset.convert, "convert_image_folder", slow)
+    assert main(["convert", str(image_folder()), str(tmp_path / "t.lmdb"), "--quiet"]) == 0
+    seconds = float(capsys.readouterr().out.split(" in ")[1].split(" s")[0])
+    assert 0.3 <= seconds < 5
