@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "by class); the dataset index is ImageFolder's either way. Other sources keep "
                               "their own order")
     convert.add_argument("--seed", type=int, default=0, help="seed of the shuffled order (default 0)")
-    convert.add_argument("--resume", action="store_true", help="continue an interrupted conversion into DST; with nothing at DST yet, start "
-                         "one (a job script may always pass it)")
+    convert.add_argument("--resume", action="store_true",
+                         help="continue an interrupted conversion into DST; with nothing at DST yet, start one "
+                              "(a job script may always pass it)")
     convert.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -53,8 +53,8 @@ def start_convert(src: Path, dst: Path, workers: int = 2) -> tuple[subprocess.Po
     """
     ready, ready_in_child = os.pipe()
     child = subprocess.Popen([sys.executable, "-c", CLI, str(ready_in_child), "convert", str(src), str(dst),
-                              "--workers", str(workers), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              "--workers", str(workers), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
                              pass_fds=(ready_in_child,))
     os.close(ready_in_child)
     with os.fdopen(ready, "rb") as pipe:
