@@ -188,7 +188,8 @@ class LMDBImageDataset(LMDBDatasetBase):
 
         Paths are the source paths relative to the source root (``class/file.JPEG``), so
         ``os.path.join(src, path)`` is ImageFolder's path for a dataset converted from ``src``
-        (which need not exist any more); ``""`` for an image written without a path. Built
+        (which need not exist any more); for other sources the record's key or member name,
+        for :class:`LMDBWriter` datasets the ``path`` given, ``""`` where none was. Built
         on first use (a pass over the path table: about 3 s for ImageNet's 1.28M images),
         then kept; never pickled (DataLoader workers rebuild it only if they read it).
         """
@@ -219,8 +220,9 @@ class LMDBImageDataset(LMDBDatasetBase):
         if self.__dict__.get("_sample_of_path") is None:
             self._sample_of_path = {sample_path: i for i, (sample_path, _) in enumerate(self.samples) if sample_path}
         name, root = os.fspath(path), os.path.join(self._meta.info.source, "")
-        absolute = os.path.abspath(name)  # ImageFolder's paths: under the source root, given as it was
-        index = self._sample_of_path.get(absolute[len(root):] if absolute.startswith(root) else name)
+        index = self._sample_of_path.get(name)
+        if index is None and os.path.isabs(root) and os.path.abspath(name).startswith(root):
+            index = self._sample_of_path.get(os.path.abspath(name)[len(root):])  # ImageFolder's path
         if index is None:
             raise FileNotFoundError(f"no sample of {self.path} was converted from {name!r}; the paths it holds are "
                                     "those of dataset.samples (relative to the source root)")

@@ -68,3 +68,17 @@ def test_skip_bad_leaves_the_files_out_of_samples(image_folder, tmp_path):
     assert dataset.samples == kept and broken not in {path for path, _ in dataset.samples}
     with pytest.raises(FileNotFoundError):
         dataset.loader(broken)
+
+
+def test_samples_and_loader_of_a_dataset_written_with_lmdb_writer(image_folder, tmp_path):
+    from lmdb_dataset import LMDBWriter
+
+    files = sorted(image_folder(12, special=False).rglob("*.JPEG"))[:3]
+    with LMDBWriter(tmp_path / "own.lmdb", classes=["a", "b"]) as writer:
+        for k, file in enumerate(files):
+            writer.add(file.read_bytes(), k % 2, path=f"mine/{k}.jpg" if k else None)
+    dataset = LMDBImageDataset(tmp_path / "own.lmdb", output="numpy")
+    assert dataset.samples == [("", 0), ("mine/1.jpg", 1), ("mine/2.jpg", 0)]
+    assert np.array_equal(dataset.loader("mine/2.jpg"), dataset[2][0])
+    with pytest.raises(FileNotFoundError):
+        dataset.loader("")
