@@ -3,7 +3,6 @@ folder given as the root, ``--resume`` in a job script, an LMDB of an unknown la
 
 from __future__ import annotations
 
-import io
 import shutil
 import tarfile
 
@@ -11,6 +10,7 @@ import lmdb
 import numpy as np
 import pytest
 from conftest import add_corrupt_image
+from legacy_writers import source_images, write_shards
 from torchvision.datasets import ImageFolder
 
 from lmdb_dataset import LMDBImageDataset, convert_image_folder
@@ -53,23 +53,18 @@ def test_an_empty_source_is_an_error(tmp_path, capsys, layout):
     assert status == 2 and "holds no records" in error and "0 records is not written" in error, error
 
 
-@pytest.mark.parametrize("source", ["image folder", "webdataset tar"])
+@pytest.mark.parametrize("source", ["image folder", "webdataset shards"])
 def test_resume_on_a_missing_destination_starts_the_conversion(image_folder, tmp_path, capsys, source):
     """A job script may always pass --resume: the first run starts, a later one continues or does nothing."""
-    src, jpegs = image_folder(), sorted(p for p in image_folder().rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
-    if source == "webdataset tar":
-        src = tmp_path / "shards.tar"
-        with tarfile.open(src, "w") as archive:
-            for key, path in enumerate(jpegs):
-                for name, payload in ((f"{key:04d}.jpg", path.read_bytes()), (f"{key:04d}.cls", b"1")):
-                    member = tarfile.TarInfo(name)
-                    member.size = len(payload)
-                    archive.addfile(member, io.BytesIO(payload))
+    src = image_folder()
+    if source == "webdataset shards":
+        src = tmp_path / "shards"
+        write_shards(source_images(image_folder()), src)
     target = tmp_path / "deeper" / "train.lmdb"
     for _ in range(2):
         assert main(["convert", str(src), str(target), "--workers", "0", "--quiet", "--resume"]) == 0
-        assert "records to" in capsys.readouterr().out
-    assert len(LMDBImageDataset(target)) == (29 if source == "image folder" else len(jpegs))
+        assert "wrote 29 records" in capsys.readouterr().out
+    assert len(LMDBImageDataset(target)) == 29
 
 
 @pytest.mark.parametrize("where", ["inside", "the source itself", "in a class folder"])

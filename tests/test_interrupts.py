@@ -7,12 +7,10 @@ them, so worker processes get them too.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+from legacy_writers import source_images, write_shards
 from test_convert import logical_content
 
 from lmdb_dataset import LMDBDatasetError, convert_image_folder, convert_source, writer
@@ -132,13 +131,8 @@ def test_convert_stops_at_any_instant_of_sigint_or_sigterm_and_resumes_to_the_sa
 
 def test_convert_of_another_source_kind_stops_at_any_instant_too(image_folder, tmp_path):
     """The same on webdataset shards (the path of every --from kind), 6 instants."""
-    src = tmp_path / "shards.tar"
-    with tarfile.open(src, "w") as archive:
-        for key, path in enumerate(sorted(image_folder(360, special=False).rglob("*.JPEG"))):
-            for name, payload in ((f"{key:04d}.jpg", path.read_bytes()), (f"{key:04d}.cls", str(key % 3).encode())):
-                member = tarfile.TarInfo(name)
-                member.size = len(payload)
-                archive.addfile(member, io.BytesIO(payload))
+    src = tmp_path / "shards"
+    write_shards(source_images(image_folder(360, special=False)), src, per_shard=40)
     reference, started = start_convert(src, tmp_path / "whole.lmdb")
     out, err = reference.communicate(timeout=120)
     whole_s = time.monotonic() - started
