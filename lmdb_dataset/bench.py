@@ -49,12 +49,15 @@ class BenchTiming:
         batch_images: Images in each batch.
         warmup: Batches treated as warm-up (see :func:`warmup_batches`).
         min_steady: Batches after the warm-up needed for a steady-state figure.
+        epoch_batches: Batches in one epoch (more than were read when ``--batches`` cut the
+            run short). Defaults to unknown.
     """
 
     batch_done_s: Sequence[float]
     batch_images: Sequence[int]
     warmup: int
     min_steady: int = MIN_STEADY_BATCHES
+    epoch_batches: int | None = None
 
     @property
     def images(self) -> int:
@@ -97,7 +100,8 @@ def pipeline_transform(pipeline: str):
 
 
 def run_bench(path: str | os.PathLike, *, loader: str = "random", workers: int | None = None, batch_size: int = 256,
-              pipeline: str = "train", cold: bool = False, batches: int | None = None) -> dict[str, float | None]:
+              pipeline: str = "train", cold: bool = False, batches: int | None = None,
+              progress: bool = True) -> dict[str, float | None]:
     """Read a dataset through a DataLoader and print the time to the first batch and the steady speed.
 
     Args:
@@ -110,6 +114,7 @@ def run_bench(path: str | os.PathLike, *, loader: str = "random", workers: int |
         cold: Evict the data file from the page cache first. Defaults to False.
         batches: Read at most this many batches (at least 1). Defaults to a whole epoch. For a
             steady-state figure, read at least ``workers * 2 + 10`` batches.
+        progress: Show a progress bar. Defaults to True.
 
     Returns:
         ``images_per_s`` (steady state; None when too few batches were read), ``mb_per_s``
@@ -117,7 +122,8 @@ def run_bench(path: str | os.PathLike, *, loader: str = "random", workers: int |
         (start-up included), ``images``, ``warmup_batches`` and ``steady_batches``.
 
     Raises:
-        ValueError: ``batches`` or ``batch_size`` is below 1, or ``workers`` below 0.
+        ValueError: ``batches`` or ``batch_size`` is below 1, ``workers`` below 0, or the dataset
+            holds 0 records.
     """
     workers = available_cpus() if workers is None else workers
     if batches is not None and batches < 1:
@@ -133,9 +139,13 @@ def run_bench(path: str | os.PathLike, *, loader: str = "random", workers: int |
                    prefetch_factor=PREFETCH_FACTOR if workers else None)
     if loader == "iterable":
         dataset = LMDBIterableDataset(path, transform=transform, output="tensor", batch_size=batch_size)
-        data_loader = DataLoader(dataset, **options)
     else:
         dataset = LMDBImageDataset(path, transform=transform, output="tensor")
+    if not len(dataset.targets):
+        raise ValueError(f"{os.fspath(path)!r} holds 0 records: there is nothing to read")
+    if loader == "iterable":
+        data_loader = DataLoader(dataset, **options)
+    else:
         sampler = ChunkShuffleSampler(dataset) if loader == "chunk" else None
         data_loader = DataLoader(dataset, sampler=sampler, shuffle=sampler is None, **options)
     normalize = NormalizeBatch() if pipeline != "none" else None
@@ -146,7 +156,7 @@ def run_bench(path: str | os.PathLike, *, loader: str = "random", workers: int |
     done: list[float] = []
     sizes: list[int] = []
     started = time.perf_counter()
-    with tqdm(total=total, unit="batch", desc=f"bench {loader}/{pipeline}") as bar:
+    with tqdm(total=total, unit="batch", desc=f"bench {loader}/{pipeline}", disable=not progress) as bar:
         for batch, _ in data_loader:
             if normalize is not None:
                 batch = normalize(batch)
@@ -155,7 +165,7 @@ def run_bench(path: str | os.PathLike, *, loader: str = "random", workers: int |
             bar.update()
             if len(done) >= total:
                 break
-    timing = BenchTiming(done, sizes, warmup=warmup_batches(workers))
+    timing = BenchTiming(done, sizes, warmup=warmup_batches(workers), epoch_batches=len(data_loader))
     print("\n".join(report_lines(timing, mean_record)))
     steady = timing.steady_images_per_s
     return {"images_per_s": steady, "mb_per_s": None if steady is None else steady * mean_record / 1e6,
@@ -171,10 +181,33 @@ def report_lines(timing: BenchTiming, mean_record_bytes: float) -> list[str]:
     steady = timing.steady_images_per_s
     if steady is None:
         lines.append(f"steady state: not measured: {len(timing.batch_done_s)} batches read, it takes "
-                     f"{timing.warmup} warm-up + {timing.min_steady} measured batches; the dataset is too small "
-                     "for a steady-state figure (use a smaller --batch-size or a larger dataset)")
+                     f"{timing.warmup} warm-up + {timing.min_steady} measured batches; "
+                     + too_few_batches_advice(timing))
     else:
         lines.append(f"steady state: {steady:.0f} images/s ({steady * mean_record_bytes / 1e6:.1f} MB/s of stored "
                      f"data) over {timing.steady_batches} batches after {timing.warmup} warm-up batches")
     lines.append(f"end to end, start-up included: {timing.end_to_end_images_per_s:.0f} images/s")
     return lines
+
+
+def too_few_batches_advice(timing: BenchTiming) -> str:
+    """What to change when a run read too few batches for a steady-state figure, naming the cause.
+
+    The warm-up is ``--workers`` x 2 prefetched batches: with many workers on a small dataset it
+    is the warm-up, not the batch size, that eats the epoch.
+    """
+    read, needed = len(timing.batch_done_s), timing.warmup + timing.min_steady
+    if timing.epoch_batches is not None and timing.epoch_batches > read:
+        return f"--batches {read} stopped the run early: pass --batches {needed} or more (or leave it out)"
+    images = sum(timing.batch_images)
+    cures = []
+    if timing.warmup > 1 and read > timing.min_steady:
+        most = (read - timing.min_steady) // PREFETCH_FACTOR
+        cures.append(f"--workers {most} or fewer (the warm-up is the {PREFETCH_FACTOR} batches each worker "
+                     f"prefetches: {timing.warmup} here, for {read} batches read)")
+    elif timing.warmup > 1:
+        cures.append(f"fewer --workers (their {timing.warmup} prefetched batches are warm-up)")
+    if images >= needed:
+        cures.append(f"--batch-size {images // needed} or less")
+    cures.append("a larger dataset")
+    return "the dataset is too small for a steady-state figure: use " + ", or ".join(cures)

@@ -1,9 +1,10 @@
 """The ``lmdb-dataset`` command line: convert, info, verify, demo, bench.
 
-Only what a command needs is imported, when it runs: ``--help``, ``--version``, ``info`` and
-``verify`` never import torch. Errors a user can cause (a wrong path, a wrong flag, a bad source
-image, an incomplete dataset) end in one line on stderr that names the fix in the command line's
-words (flags, not keyword arguments) and exit status 2; never a traceback.
+Only what a command needs is imported, when it runs: ``--help``, ``--version``, ``convert``,
+``info`` and ``verify`` never import torch. Errors a user can cause (a wrong path, a wrong flag, a
+bad source image, an incomplete dataset) end in one line on stderr that names the fix in the
+command line's words (flags, not keyword arguments) and exit status 2; never a traceback. Ctrl-C
+and SIGTERM end a command with one line and exit status 130.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import argparse
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from . import __version__
 from .errors import LMDBDatasetError
+from .interrupts import Terminated, terminate_as_interrupt
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -37,7 +40,7 @@ def _convert(args: argparse.Namespace) -> int:
     report = convert_image_folder(args.src, args.dst, storage=args.storage or "encoded", workers=args.workers,
                                   order=args.order or "shuffled", seed=args.seed, resume=args.resume,
                                   skip_bad=args.skip_bad, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {report.num_records} records to {report.path} in {report.seconds:.1f} s"
+    print(f"wrote {report.num_records} records to {report.path} in {time.perf_counter() - args.started:.1f} s"
           + (f"; skipped {len(report.skipped)} unreadable file(s)" if report.skipped else ""))
     return 0
 
@@ -50,7 +53,7 @@ def _convert_source(args: argparse.Namespace) -> int:
     report = convert_source(args.src, args.dst, kind=args.source_kind, classes=args.classes, storage=args.storage,
                             workers=args.workers, resume=args.resume, skip_bad=args.skip_bad,
                             overwrite=args.overwrite, progress=not args.quiet, **options)
-    print(f"wrote {report.num_records} records to {report.path} in {report.seconds:.1f} s"
+    print(f"wrote {report.num_records} records to {report.path} in {time.perf_counter() - args.started:.1f} s"
           + (f"; skipped {len(report.skipped)} bad record(s)" if report.skipped else ""))
     return 0
 
@@ -61,7 +64,11 @@ def _add_source_arguments(convert: argparse.ArgumentParser) -> None:
 
     group = convert.add_argument_group("other sources", "legacy LMDBs, tar archives, list files, HDF5")
     group.add_argument("--from", dest="source_kind", choices=["auto", "folder", *KINDS], default=None,
-                       help="what SRC is (default: detected from its content)")
+                       help="what SRC is (default: detected from its content): folder, an image folder "
+                            "SRC/<class>/<image>; lmdb, an LMDB written by tensorpack, a folder2lmdb script or "
+                            "Caffe (which one is detected; tensorpack, folder2lmdb, caffe name it); tar, "
+                            "ILSVRC2012's tar of class tars; webdataset, key.jpg + key.cls shards; list, a list "
+                            "file of 'path label' lines; hdf5")
     group.add_argument("--classes", default=None, help="text file of class names, one a line (label i = line i)")
     group.add_argument("--root", default=None, help="list files: folder the listed paths are relative to")
     group.add_argument("--images", default=None, help="HDF5: name of the images dataset")
@@ -110,7 +117,7 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     run_bench(args.path, loader=args.loader, workers=args.workers, batch_size=args.batch_size,
-              pipeline=args.pipeline, cold=args.cold, batches=args.batches)
+              pipeline=args.pipeline, cold=args.cold, batches=args.batches, progress=not args.quiet)
     return 0
 
 
@@ -150,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "by class); the dataset index is ImageFolder's either way. Other sources keep "
                               "their own order")
     convert.add_argument("--seed", type=int, default=0, help="seed of the shuffled order (default 0)")
-    convert.add_argument("--resume", action="store_true", help="continue an interrupted conversion into DST")
+    convert.add_argument("--resume", action="store_true",
+                         help="continue an interrupted conversion into DST; with nothing at DST yet, start one "
+                              "(a job script may always pass it)")
     convert.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -193,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", type=_count(1), default=None,
                        help="read at most this many batches (default: one epoch); the first ones are warm-up, "
                             "timed apart")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_bench)
     return parser
 
@@ -248,24 +258,39 @@ def user_error(exc: BaseException) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lmdb-dataset`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
-        getattr(stream, "reconfigure", lambda **_: None)(errors="surrogateescape")
+    """Entry point of the ``lmdb-dataset`` console script.
+
+    Ctrl-C (SIGINT) and SIGTERM (``kill``, a cluster job's time limit) end any command the
+    same way, at any instant: what is under way stops (a conversion commits what it has and
+    ends its worker processes), one line on stderr says so (for ``convert``: resume with
+    ``--resume``), and the exit status is 130.
+    """
+    started = time.perf_counter()
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in words if not word.startswith("-")), "")  # named even before parsing ends
     try:
-        status = args.run(args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
-        return status
+        with terminate_as_interrupt():
+            parser = build_parser()
+            args, unknown = parser.parse_known_args(argv)
+            if unknown:  # said in the command's own usage, not the top level's
+                commands_of(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+            command = args.command
+            args.started = started  # the summaries' times are wall times of the whole command
+            for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
+                getattr(stream, "reconfigure", lambda **_: None)(errors="surrogateescape")
+            status = args.run(args)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+            return status
     except BrokenPipeError:
         # The reader went away (`lmdb-dataset info PATH | head -3`): stop quietly, and point stdout
         # at /dev/null so that the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        how = " (SIGTERM)" if isinstance(exc, Terminated) else ""
         advice = "; everything committed is kept: run the same command with --resume to continue" \
-            if args.command == "convert" else ""
-        print(f"lmdb-dataset {args.command}: interrupted{advice}", file=sys.stderr)
+            if command == "convert" else ""
+        print(f"lmdb-dataset{' ' + command if command else ''}: interrupted{how}{advice}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         message = user_error(exc)

@@ -11,11 +11,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm import tqdm
 
-from .environment import load_metadata
+from .environment import DATA_FILE, load_metadata
 from .errors import LMDBDatasetError, SourceImageError
+from .folder import image_folder_samples
 from .format import DatasetInfo
 from .parallel import ordered_map
 from .system import available_cpus
@@ -33,6 +33,10 @@ class ConversionReport:
         converted: Source files processed by this call (fewer than all when resumed).
         seconds: Wall time of this call.
         bytes_read: Bytes of source files read by this call.
+        skipped_indices: For an image folder, the ``ImageFolder(src)`` index of each skipped
+            file, ascending. Sample ``i`` of the dataset is ImageFolder's sample ``j``, found by
+            starting from ``j = i`` and adding one for each skipped index, in ascending order,
+            that is at most ``j``. Empty for other sources.
     """
 
     path: Path
@@ -41,25 +45,11 @@ class ConversionReport:
     converted: int
     seconds: float
     bytes_read: int
-
-
-def image_folder_samples(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names and (path, label) samples in exactly torchvision ImageFolder's order.
-
-    Uses torchvision's own ``find_classes``/``make_dataset`` with its ``IMG_EXTENSIONS``,
-    so sample ``i`` of a converted dataset is ``ImageFolder(root).samples[i]`` (and so is
-    record ``i`` of an ``order="folder"`` conversion).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"source folder {str(root)!r} does not exist or is not a directory")
-    classes, class_to_idx = find_classes(str(root))
-    return classes, make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+    skipped_indices: list[int] = dataclasses.field(default_factory=list)
 
 
 ORDERS = ("shuffled", "folder")
 """Physical record orders ``convert_image_folder(order=...)`` writes."""
-
 
 
 def write_plan(paths: Sequence[str], *, order: str, seed: int) -> np.ndarray:
@@ -88,6 +78,53 @@ def write_plan(paths: Sequence[str], *, order: str, seed: int) -> np.ndarray:
     ranks = np.fromiter((int.from_bytes(hashlib.blake2b(os.fsencode(p), key=key, digest_size=8).digest(), "little")
                          for p in paths), dtype=np.uint64, count=len(paths))
     return np.argsort(ranks, kind="stable").astype(np.int64)
+
+
+def check_destination(src: Path, dst: str | os.PathLike) -> None:
+    """Refuse a destination that is the source directory or lies inside it.
+
+    A dataset written inside an image folder becomes one more "class folder" (without images)
+    for ``ImageFolder(src)`` and for every later conversion of ``src``, which then fail.
+
+    Raises:
+        ValueError: ``dst`` is ``src`` or inside it.
+    """
+    target = Path(dst).resolve()
+    if src.is_dir() and (target == src or src in target.parents):
+        raise ValueError(f"the destination {str(dst)!r} is inside the source {str(src)!r}: it would become part "
+                         "of the source (a class folder without images for ImageFolder and every later "
+                         "conversion); write it outside, e.g. next to the source folder")
+
+
+def resumable(dst: str | os.PathLike, resume: bool) -> bool:
+    """``resume``, unless there is nothing at ``dst`` to resume: then the conversion starts afresh.
+
+    So a job script may always pass ``resume=True`` (``--resume``): the first run starts the
+    conversion, every later one continues it.
+    """
+    return resume and (Path(dst) / DATA_FILE).exists()
+
+
+def refuse_empty(writer: LMDBWriter, what: str) -> None:
+    """Raise unless the conversion wrote a record: a dataset of 0 records is never reported a success.
+
+    Raised inside the writer's ``with`` block, so the dataset stays incomplete (readers refuse it).
+
+    Raises:
+        LMDBDatasetError: Nothing was written; the message says why (every source skipped, or
+            an empty source).
+    """
+    if writer.num_records:
+        return
+    skipped = writer.info.skipped
+    if skipped:
+        first = skipped[0]
+        why = (f"every one of the {len(skipped)} {what} was unreadable and skipped, e.g. "
+               f"{_printable(first['path'])}: {_printable(first['error'])}")
+    else:
+        why = f"the source holds no {what}"
+    raise LMDBDatasetError(f"nothing converted into {str(writer.path)!r}: {why}. A dataset of 0 records is not "
+                           "written: fix the source, then convert again with overwrite=True.")
 
 
 def _build(task: tuple[str, int, str]) -> tuple[bytes | None, int, str]:
@@ -140,10 +177,12 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
             ImageFolder index) or ``"folder"`` (ImageFolder's order, class by class).
             Defaults to ``"shuffled"``.
         seed: Seed of the shuffled order, an integer in ``[0, 2**64)``. Defaults to 0.
-        resume: Continue an interrupted conversion into ``dst``. Defaults to False.
+        resume: Continue an interrupted conversion into ``dst``; with nothing at ``dst`` yet,
+            start one (so a job script may always pass it). Defaults to False.
         skip_bad: Leave unreadable images out and list them in the report and the metadata,
             instead of stopping with an error naming the file. The dataset's index is then
-            ImageFolder's without those files. Defaults to False.
+            ImageFolder's without those files (the report's ``skipped_indices`` lists their
+            ImageFolder indices). Defaults to False.
         overwrite: Replace an existing dataset at ``dst``. Defaults to False.
         progress: Show a progress bar (images/s, MB/s). Defaults to True.
 
@@ -154,15 +193,19 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
         SourceImageError: A source file is not a readable image (without ``skip_bad``); what
             was converted before it is kept: fix or delete the file and resume.
         FileExistsError: ``dst`` exists and neither ``resume`` nor ``overwrite`` was given.
-        LMDBDatasetError: Writing failed (e.g. the disk is full), or ``resume`` was asked for
-            a conversion started with other settings or from a changed source.
-        ValueError: An argument is out of range.
+        FileNotFoundError: ``src`` is not an image folder (the message explains the layout).
+        LMDBDatasetError: Writing failed (e.g. the disk is full); ``resume`` was asked for
+            a conversion started with other settings or from a changed source; or nothing
+            was converted (every file skipped: a dataset of 0 records is never written).
+        ValueError: An argument is out of range, or ``dst`` lies inside ``src``.
     """
     started = time.perf_counter()
     workers = available_cpus() if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers={workers} must be >= 0")
     src = Path(src).resolve()
+    check_destination(src, dst)
+    resume = resumable(dst, resume)
     classes, samples = image_folder_samples(src)
     prefix = os.path.join(str(src), "")  # make_dataset joins paths onto str(src)
     relative = [path[len(prefix):] for path, _ in samples]
@@ -171,7 +214,7 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
     finished = _finished_conversion(dst, state, classes, storage) if resume else None
     if finished is not None:  # e.g. killed after it completed: nothing left to do
         return ConversionReport(Path(dst), finished.num_records, list(finished.skipped), 0,
-                                time.perf_counter() - started, 0)
+                                time.perf_counter() - started, 0, _skipped_indices(finished.skipped, relative))
     with LMDBWriter(dst, storage=storage, classes=classes, source=str(src), resume=resume,
                     overwrite=overwrite) as writer:
         if resume and (writer.info.conversion is not None or writer.num_records or writer.info.skipped):
@@ -201,14 +244,21 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
                 if position % 16 == 0 or position + 1 == len(samples):
                     elapsed = max(bar.format_dict["elapsed"], 1e-9)
                     bar.set_postfix_str(f"{bytes_read / elapsed / 1e6:.1f} MB/s", refresh=False)
+        refuse_empty(writer, "source files")
         if order != "folder":
             writer.set_sample_order(_record_of_sample(writer.record_paths(), relative))
     if progress and writer.info.skipped:
         print(f"skipped {len(writer.info.skipped)} unreadable file(s):")
         for entry in writer.info.skipped:
             print(f"  {_printable(entry['path'])}: {_printable(entry['error'])}")
-    return ConversionReport(Path(dst), writer.info.num_records, list(writer.info.skipped),
-                            len(samples) - first, time.perf_counter() - started, bytes_read)
+    return ConversionReport(Path(dst), writer.info.num_records, list(writer.info.skipped), len(samples) - first,
+                            time.perf_counter() - started, bytes_read, _skipped_indices(writer.info.skipped, relative))
+
+
+def _skipped_indices(skipped: list[dict[str, str]], relative: list[str]) -> list[int]:
+    """The ImageFolder indices of the skipped files, ascending."""
+    index_of = {path: i for i, path in enumerate(relative)}
+    return sorted(index_of[entry["path"]] for entry in skipped if entry["path"] in index_of)
 
 
 def _printable(text: str) -> str:

@@ -77,6 +77,32 @@ def check_decodes(data: bytes | memoryview) -> tuple[int, int]:
     return image.height, image.width
 
 
+def image_size(data: bytes | memoryview) -> tuple[int, int]:
+    """(height, width) of encoded image bytes, read from the file's header without decoding.
+
+    JPEGs are read with ``simplejpeg.decode_jpeg_header``, other formats (and JPEGs it
+    rejects) with Pillow's ``Image.open``, which reads only the header. Nothing proves the
+    rest of the file is readable (:func:`check_decodes` does).
+
+    Raises:
+        ValueError: The header is not one of a known image format.
+    """
+    if bytes(data[:2]) == _JPEG_SOI:
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            return height, width
+        except ValueError:
+            pass
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except UnidentifiedImageError:
+        raise ValueError("not an image (UnidentifiedImageError: no known image format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read the image's header ({type(exc).__name__}: {exc})") from None
+    return height, width
+
+
 def pixels_of(header: RecordHeader, payload: bytes | memoryview) -> np.ndarray:
     """HxWx3 uint8 RGB pixels of a record's payload (a new array; never a view of ``payload``)."""
     if header.kind == KIND_RAW:

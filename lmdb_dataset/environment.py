@@ -214,7 +214,10 @@ def open_databases(env: lmdb.Environment, path: str | os.PathLike) -> tuple[lmdb
         return env.open_db(fmt.RECORDS_DB, create=False), env.open_db(fmt.META_DB, create=False)
     except lmdb.NotFoundError:
         raise NotADatasetError(f"{str(path)!r} is an LMDB environment but not an lmdb_dataset "
-                               "dataset (no 'records'/'meta' sub-databases)") from None
+                               "dataset (no 'records'/'meta' sub-databases). If another tool wrote it "
+                               "(tensorpack, a folder2lmdb script, Caffe), convert it once: "
+                               f"`lmdb-dataset convert {os.fspath(path)} NEW.lmdb` (or read it in place "
+                               "with LegacyLMDBDataset)") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,9 +12,10 @@ import lmdb
 import numpy as np
 
 from . import format as fmt
-from .decoding import check_decodes, decode_image
+from .decoding import check_decodes, decode_image, image_size
 from .environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans, store_spans
 from .errors import LMDBDatasetError, NotADatasetError, SourceImageError
+from .interrupts import deferred_interrupts
 
 DISK_FULL_MARGIN = 1 << 20
 """Free bytes below which a failed commit is reported as a full disk."""
@@ -38,7 +39,10 @@ def build_record(image: bytes | memoryview | np.ndarray, label: int, *, storage:
         label: Integer class label.
         storage: ``"encoded"`` or ``"raw"``.
         check: Decode encoded bytes to prove they are a readable image (see
-            :func:`decoding.check_decodes`). Defaults to True.
+            :func:`decoding.check_decodes`). Defaults to True. Without the check the
+            image's size is still read from its header (:func:`decoding.image_size`), so
+            the record carries it, as readers that plan crops from it need; bytes without
+            a readable header are stored as given, with size 0 x 0, and fail when read.
 
     Raises:
         ValueError: The image is not decodable, or not of a storable shape/dtype.
@@ -48,7 +52,7 @@ def build_record(image: bytes | memoryview | np.ndarray, label: int, *, storage:
     if storage == "encoded":
         if isinstance(image, np.ndarray):
             raise ValueError("encoded storage takes the image file's bytes; use storage='raw' for arrays")
-        height, width = check_decodes(image) if check else (0, 0)
+        height, width = check_decodes(image) if check else _header_size(image)
         return fmt.encode_record(image, kind=fmt.KIND_ENCODED, label=label, height=height, width=width,
                                  channels=3)
     pixels = image if isinstance(image, np.ndarray) else decode_image(image)
@@ -58,6 +62,14 @@ def build_record(image: bytes | memoryview | np.ndarray, label: int, *, storage:
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     return fmt.encode_record(np.ascontiguousarray(pixels).data.cast("B"), kind=fmt.KIND_RAW, label=label,
                              height=pixels.shape[0], width=pixels.shape[1], channels=channels)
+
+
+def _header_size(image: bytes | memoryview) -> tuple[int, int]:
+    """(height, width) from the image's header, or (0, 0) when it has none (``check=False``: stored as given)."""
+    try:
+        return image_size(image)
+    except ValueError:
+        return 0, 0
 
 
 class LMDBWriter:
@@ -118,8 +130,11 @@ class LMDBWriter:
         new_info = fmt.DatasetInfo(storage=storage, classes=list(classes or []), source=source)
         if resume:
             self._env = self._open(map_size=max(INITIAL_MAP_SIZE, 2 * self._file_size()), sync=sync)
-            # A writer killed before its first commit leaves no metadata and no records: start afresh.
-            self._records_db, self._meta_db = self._open_dbs(create=self._env.stat()["entries"] == 0)
+            # A writer killed before its first commit leaves no metadata and no records (perhaps not
+            # even both sub-databases): start afresh.
+            with begin_read(self._env) as txn:
+                names = set(txn.cursor().iternext(keys=True, values=False))
+            self._records_db, self._meta_db = self._open_dbs(create=names <= {fmt.RECORDS_DB, fmt.META_DB})
             with begin_read(self._env) as txn:
                 raw = txn.get(fmt.INFO_KEY, db=self._meta_db)
                 empty = txn.stat(self._records_db)["entries"] == 0
@@ -144,7 +159,7 @@ class LMDBWriter:
         data = self.path / DATA_FILE
         if not data.exists():
             raise NotADatasetError(f"cannot resume {str(self.path)!r}: it holds no dataset ({DATA_FILE} "
-                                   "is missing); start the conversion without resume")
+                                   "is missing); start the conversion without resume=True")
         return data.stat().st_size
 
     def _prepare_new_directory(self, overwrite: bool) -> None:
@@ -153,7 +168,8 @@ class LMDBWriter:
             if is_dataset and not overwrite:
                 raise FileExistsError(f"a dataset already exists at {str(self.path)!r}; pass "
                                       "overwrite=True to replace it or resume=True to continue it")
-            if not is_dataset and (not self.path.is_dir() or any(self.path.iterdir())):
+            # An interrupt between creating the lock file and the data file leaves the lock file alone.
+            if not is_dataset and (not self.path.is_dir() or any(p.name != LOCK_FILE for p in self.path.iterdir())):
                 raise FileExistsError(f"{str(self.path)!r} exists and is not a dataset; refusing to "
                                       "write into it (choose a new path)")
             if is_dataset:
@@ -184,7 +200,8 @@ class LMDBWriter:
             return (self._env.open_db(fmt.RECORDS_DB, create=create),
                     self._env.open_db(fmt.META_DB, create=create))
         except lmdb.NotFoundError:
-            raise NotADatasetError(f"{str(self.path)!r} is not an lmdb_dataset dataset") from None
+            raise NotADatasetError(f"{str(self.path)!r} is an LMDB but not an lmdb_dataset dataset; "
+                                   "write the dataset to a new path") from None
 
     @property
     def num_records(self) -> int:
@@ -199,7 +216,8 @@ class LMDBWriter:
             image: Encoded image bytes, or (raw storage) a uint8 array; see :func:`build_record`.
             label: Integer class label.
             path: The image's source path relative to the dataset root, kept in the metadata.
-            check: Decode encoded bytes to prove they are readable. Defaults to True.
+            check: Decode encoded bytes to prove they are readable. Defaults to True; without
+                it only the image's header is read, for its size.
 
         Raises:
             SourceImageError: The image cannot be decoded or stored (names ``path``).
@@ -262,13 +280,38 @@ class LMDBWriter:
             raise LMDBDatasetError(f"the writer of {str(self.path)!r} is closed")
 
     def commit(self) -> None:
-        """Write pending records, their label/path chunks and the info in one transaction."""
-        start = self.info.num_records
-        info = fmt.DatasetInfo(**{**self.info.__dict__, "num_records": start + len(self._pending)})
-        self._write(lambda txn: self._put_pending(txn, start, info))
+        """Write pending records, their label/path chunks and the info in one transaction.
+
+        Ctrl-C (or SIGTERM handled by the command line) during a commit takes effect once the
+        commit and its bookkeeping are done (:func:`interrupts.deferred_interrupts`): the
+        transaction either lands with the writer knowing it or not at all, so closing the
+        writer afterwards never writes the same records twice.
+        """
+        with deferred_interrupts():
+            start = self.info.num_records
+            info = fmt.DatasetInfo(**{**self.info.__dict__, "num_records": start + len(self._pending)})
+            try:
+                self._write(lambda txn: self._put_pending(txn, start, info))
+            except BaseException:
+                if self._pending and self._committed_records() == info.num_records:
+                    self._committed(info)  # it landed before the exception: keep the books right
+                raise
+            self._committed(info)
+
+    def _committed(self, info: fmt.DatasetInfo) -> None:
+        """Bookkeeping once the pending records are committed with ``info``."""
         self.info = info
         self._pending, self._pending_labels, self._pending_paths = [], [], []
         self._pending_bytes = 0
+
+    def _committed_records(self) -> int | None:
+        """The record count of the committed info, or None if it cannot be read."""
+        try:
+            with begin_read(self._env) as txn:
+                raw = txn.get(fmt.INFO_KEY, db=self._meta_db)
+            return None if raw is None else fmt.DatasetInfo.from_json(raw).num_records
+        except (lmdb.Error, LMDBDatasetError, ValueError):
+            return None
 
     def _put_pending(self, txn: lmdb.Transaction, start: int, info: fmt.DatasetInfo) -> None:
         for offset, record in enumerate(self._pending):
@@ -348,8 +391,9 @@ class LMDBWriter:
                 store_spans(txn, self._meta_db, spans)
             txn.put(fmt.INFO_KEY, info.to_json(), db=self._meta_db)
 
-        self._write(finish)
-        self.info = info
+        with deferred_interrupts():
+            self._write(finish)
+            self.info = info
 
     def _checked_sample_order(self) -> bytes:
         if len(self._sample_order) != self.info.num_records:

@@ -261,3 +261,49 @@ def test_bench_reports_steady_state_on_enough_batches(converted, capsys):
                  "--pipeline", "none", "--batches", "12"]) == 0
     out = capsys.readouterr().out
     assert "over 11 batches after 1 warm-up batches" in out and "time to first batch" in out
+
+
+def test_bench_mistakes_are_told_in_bench_words(converted, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", str(converted()), "--quit"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage: lmdb-dataset bench" in err
+    assert err.strip().splitlines()[-1] == "lmdb-dataset bench: error: unrecognized arguments: --quit"
+    from lmdb_dataset import LMDBWriter
+
+    with LMDBWriter(tmp_path / "empty.lmdb", classes=["a"]):
+        pass  # a dataset of 0 records (convert never writes one)
+    assert main(["bench", str(tmp_path / "empty.lmdb"), "--workers", "0", "--quiet"]) == 2
+    assert "empty.lmdb' holds 0 records: there is nothing to read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers, batch_size, batches, cause", [
+    (32, 8, None, "--workers 11 or fewer (the warm-up is the 2 batches each worker prefetches: 64 here, for 32 "
+                  "batches read)"),
+    (0, 16, None, "--batch-size 2 or less"),
+    (2, 2, 5, "--batches 5 stopped the run early: pass --batches 14 or more"),
+])
+def test_bench_too_few_batches_names_the_cause(workers, batch_size, batches, cause):
+    """A DataLoader's batches for 32 images (``--batches`` may stop it early)."""
+    epoch = -(-256 // batch_size) if workers == 32 else -(-32 // batch_size)
+    read = min(epoch, batches or epoch)
+    timing = BenchTiming([1.0 + k for k in range(read)], [batch_size] * read, warmup=warmup_batches(workers),
+                         epoch_batches=epoch)
+    (line,) = [line for line in report_lines(timing, 1.0) if line.startswith("steady state: not measured")]
+    assert cause in line
+
+
+def test_convert_prints_the_commands_wall_time(image_folder, tmp_path, monkeypatch, capsys):
+    """Not the library's own figure, which leaves out what happened before it was called."""
+    import time
+
+    import lmdb_dataset.convert
+
+    def slow(src, dst, **options):
+        time.sleep(0.3)
+        return lmdb_dataset.convert.ConversionReport(dst, 7, [], 7, 0.0, 0)
+
+    monkeypatch.setattr(lmdb_dataset.convert, "convert_image_folder", slow)
+    assert main(["convert", str(image_folder()), str(tmp_path / "t.lmdb"), "--quiet"]) == 0
+    seconds = float(capsys.readouterr().out.split(" in ")[1].split(" s")[0])
+    assert 0.3 <= seconds < 5

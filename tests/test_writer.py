@@ -135,3 +135,24 @@ def test_writer_refuses_a_sample_order_that_is_not_a_permutation_and_stays_resum
         assert w.record_paths() == ["", ""]
         w.set_sample_order([1, 0])
     assert LMDBImageDataset(tmp_path / "ds").targets.tolist() == [1, 0]
+
+
+def test_writer_unchecked_records_carry_the_size_read_from_the_header_and_feed_lmdb_loader(tmp_path):
+    from conftest import add_special_images
+
+    from lmdb_dataset import LMDBLoader
+    from lmdb_dataset import format as fmt
+
+    add_special_images(tmp_path / "src")  # grayscale, CMYK and progressive JPEGs, an RGBA PNG, a 1x1 JPEG
+    files = sorted((tmp_path / "src").rglob("*.*")) + [None]
+    with LMDBWriter(tmp_path / "ds", classes=["a"]) as w:
+        for file in files:
+            w.add(_jpeg(9, size=(53, 17)) if file is None else file.read_bytes(), 0, check=False)
+    ds = LMDBImageDataset(tmp_path / "ds", output="numpy")
+    sizes = [(fmt.decode_header(value).height, fmt.decode_header(value).width)
+             for _, value in ds.reader.values(range(len(ds)))]
+    expected = [Image.open(file).size[::-1] if file else (17, 53) for file in files]
+    assert sizes == [ds[i][0].shape[:2] for i in range(len(ds))] == expected
+    assert (97, 61)[::-1] in sizes and (1, 1) in sizes  # the gray 97x61 and the 1x1 JPEG
+    batches = list(LMDBLoader(tmp_path / "ds", batch_size=3, size=16, train=True, num_workers=0))
+    assert [tuple(images.shape) for images, _ in batches] == [(3, 3, 16, 16), (3, 3, 16, 16)]

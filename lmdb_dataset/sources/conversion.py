@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..convert import ConversionReport
+from ..convert import ConversionReport, check_destination, refuse_empty, resumable
+from ..environment import load_metadata
 from ..errors import LMDBDatasetError, SourceImageError
+from ..format import DatasetInfo
 from ..parallel import ordered_map
 from ..system import available_cpus
 from ..writer import LMDBWriter, build_record
@@ -52,8 +54,9 @@ def _built(records: Iterator[SourceRecord], storage: str, workers: int) -> Itera
             in_flight.append(record)
             yield record.image, record.label, storage
 
-    for built, error in ordered_map(_build, tasks(), workers):
-        yield in_flight.popleft(), built, error
+    with contextlib.closing(ordered_map(_build, tasks(), workers)) as results:  # closed: the workers end now
+        for built, error in results:
+            yield in_flight.popleft(), built, error
 
 
 def _first_storage(records: Iterator[SourceRecord]) -> tuple[str, Iterator[SourceRecord]]:
@@ -106,7 +109,8 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
             arrays), which cannot be kept as image files.
         workers: Processes that check images. Defaults to the number of usable cores; 0
             works in this process.
-        resume: Continue an interrupted conversion into ``dst``. Defaults to False.
+        resume: Continue an interrupted conversion into ``dst``; with nothing at ``dst`` yet,
+            start one (so a job script may always pass it). Defaults to False.
         skip_bad: Leave bad records out (listed in the report and the metadata) instead of
             stopping with an error naming the record. Defaults to False.
         overwrite: Replace an existing dataset at ``dst``. Defaults to False.
@@ -121,23 +125,37 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     Raises:
         SourceImageError: A record is bad (without ``skip_bad``); the message names its key.
         FileExistsError: ``dst`` exists and neither ``resume`` nor ``overwrite`` was given.
-        ValueError: Unknown ``kind`` or options, or labels beyond the classes file.
+        ValueError: Unknown ``kind`` or options, labels beyond the classes file, or ``dst``
+            inside a source directory.
+        LMDBDatasetError: Nothing was converted (an empty source, every record skipped: a
+            dataset of 0 records is never written), or the source changed since the
+            conversion being resumed started.
     """
     started = time.perf_counter()
     workers = available_cpus() if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers={workers} must be >= 0")
+    check_destination(Path(src).resolve(), dst)
+    resume = resumable(dst, resume)
     source = open_source(src, kind=kind, **options)
     names = read_classes_file(classes) if classes is not None else source.classes
     count = source.count()
+    if count == 0:
+        raise LMDBDatasetError(f"{str(source.path)!r} holds no records: nothing to convert (a dataset of 0 "
+                               "records is not written)")
     state = {"source": str(source.path), "source_kind": source.kind, "source_count": count,
              "source_files": source_fingerprint(source.path), "next_source": 0, "max_label": -1}
+    finished = _finished_conversion(dst, state) if resume else None
+    if finished is not None:  # e.g. a job script that always passes --resume, run once more
+        return ConversionReport(path=Path(dst), num_records=finished.num_records, skipped=list(finished.skipped),
+                                converted=0, seconds=time.perf_counter() - started, bytes_read=0)
     source_records = source.records()
     detected, records = _first_storage(source_records)
     storage = storage or detected
     with LMDBWriter(dst, storage=storage, classes=names, source=f"{source.kind}:{source.path}",
                     resume=resume, overwrite=overwrite) as writer:
-        if resume:
+        # Cut before the conversion saved its settings (right after the writer's first commit): nothing to continue.
+        if resume and (writer.info.conversion is not None or writer.num_records or writer.info.skipped):
             _check_resumable(writer, state)
             state.update(next_source=writer.info.conversion["next_source"],
                          max_label=writer.info.conversion["max_label"])
@@ -173,6 +191,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                 if position % 16 == 0:
                     elapsed = max(bar.format_dict["elapsed"], 1e-9)
                     bar.set_postfix_str(f"{bytes_read / elapsed / 1e6:.1f} MB/s", refresh=False)
+        refuse_empty(writer, "records")
         if names is None:
             writer.info.classes = [str(label) for label in range(state["max_label"] + 1)]
     if progress and writer.info.skipped:
@@ -182,6 +201,24 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     return ConversionReport(path=Path(dst), num_records=writer.info.num_records, skipped=list(writer.info.skipped),
                             converted=state["next_source"] - first, seconds=time.perf_counter() - started,
                             bytes_read=bytes_read)
+
+
+def _finished_conversion(dst: str | os.PathLike, state: dict) -> DatasetInfo | None:
+    """The info of a complete dataset at ``dst`` converted from this source, or None if there is none.
+
+    Raises:
+        LMDBDatasetError: ``dst`` holds a complete dataset converted from another source.
+    """
+    try:
+        info = load_metadata(dst).info
+    except LMDBDatasetError:
+        return None  # absent, incomplete or damaged: the writer decides
+    saved = info.conversion or {}
+    if any(saved.get(key) != state[key] for key in ("source_kind", "source_count", "source_files")):
+        raise LMDBDatasetError(f"the dataset at {str(dst)!r} is already complete, converted from another source "
+                               "(or the source changed since); nothing to resume (pass overwrite=True to write "
+                               "it again)")
+    return info
 
 
 def _check_resumable(writer: LMDBWriter, state: dict) -> None:

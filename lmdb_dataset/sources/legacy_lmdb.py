@@ -159,8 +159,13 @@ class LegacyLMDBSource:
         if first[:1] == b"\x80" or (first[:1] and first[0] in _MSGPACK_ARRAY_STARTS):
             return "tensorpack"
         raise UnsupportedValueError(
-            f"cannot tell which tool wrote the LMDB {str(self.path)!r} (first value starts "
-            f"{first[:8].hex(' ') or 'empty'}); pass --from with one of {', '.join(KINDS)}")
+            f"cannot tell which tool wrote the LMDB {str(self.path)!r}: its first value (starting "
+            f"{first[:8].hex(' ') or 'empty'}) is neither a pickled or msgpack datapoint nor a Caffe Datum, "
+            "and it has no __keys__ entry. LMDBs written by tensorpack, folder2lmdb scripts and Caffe are read "
+            "(--from lmdb, the default for an LMDB, detects which); if one of them wrote it, name it: "
+            f"{', '.join('--from ' + kind for kind in KINDS)} (kind= in Python). An LMDB of another layout "
+            "(e.g. written by your own py-lmdb script) cannot be read as such: export its images as an image "
+            "folder (SRC/<class>/<image>), a list file or a tar archive, and convert that")
 
     def count(self) -> int:
         """Number of records (bookkeeping keys excluded)."""
