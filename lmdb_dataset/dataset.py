@@ -17,6 +17,7 @@ from .environment import DatasetMetadata, load_metadata, read_path_table
 from .errors import CorruptRecordError
 from .format import PathTable
 from .memory import freeze_inherited_objects
+from .prefetching import SharedAsk
 from .reader import Access, RecordReader, check_access, record_pixels
 
 
@@ -93,7 +94,7 @@ class LMDBDatasetBase(VisionDataset):
         return self._reader
 
     def prefetch(self, runs: np.ndarray | Sequence[tuple[int, int]], *, records: Sequence[int] | None = None,
-                 wait: bool = False) -> threading.Event | None:
+                 wait: bool = False, shared: SharedAsk | None = None) -> threading.Event | None:
         """Have the records of these storage runs ``[start, stop)`` read into the page cache, in the background.
 
         The sequential readers call it for their next mixing pool. This process's prefetch
@@ -105,6 +106,8 @@ class LMDBDatasetBase(VisionDataset):
             records: The records this process will read (the request is done once they are
                 cached; other processes read the rest). Defaults to every record of ``runs``.
             wait: Return once the request is done (a cold start's first pool).
+            shared: When the rank's other processes read the same runs, who of them asks the
+                kernel for them (:class:`prefetching.SharedAsk`). Defaults to this process.
 
         Returns:
             An event set when the request is done; None (nothing to wait for) for datasets
@@ -115,7 +118,7 @@ class LMDBDatasetBase(VisionDataset):
             return None
         wanted = np.concatenate([spans[start:stop] for start, stop in runs])
         read = None if records is None else spans[np.asarray(records, dtype=np.int64)]
-        return self.reader.prefetch(wanted, read=read, wait=wait)
+        return self.reader.prefetch(wanted, read=read, wait=wait, shared=shared)
 
     def source_path(self, index: int) -> str | None:
         """The relative source path sample ``index`` was converted from, if the dataset kept it.

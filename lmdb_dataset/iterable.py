@@ -10,15 +10,18 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torch.utils.data._utils.fetch import _IterableDatasetFetcher
 
 from .bad_records import OnError
 from .dataset import LMDBDatasetBase
+from .draws import draw_seed
 from .decoding import Output
 from .memory import release_free_heap
 from .mixing import check_class_locality, labels_in_file_order
 from .ordering import Hop, check_seed, worker_positions
+from .prefetching import SharedAsk
 from .progress import EpochProgress, EpochResumable, check_identity
 from .world import Replicas, World, current_world
 
@@ -52,6 +55,12 @@ class StreamPosition:
     emitted: int = 0
 
 
+def pool_key(epoch: int, pool: int, runs: np.ndarray) -> int:
+    """A pool request's identity, the same in every worker of a rank: its epoch, index and runs (non-negative)."""
+    shape = (int(runs[0, 0]), int(runs[-1, 1]), len(runs), int(runs.sum())) if len(runs) else (0, 0, 0, 0)
+    return draw_seed(epoch, pool, *shape) >> 2
+
+
 def loader_batch_size(frame: types.FrameType | None) -> int | None:
     """The batch size of the ``DataLoader`` fetching from a generator, from the frame that called its ``next``.
 
@@ -79,11 +88,11 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     ``pool_size / chunk_size`` random chunks) is a mixing pool delivered in a uniformly
     random order (an epoch's first three pools hold 1/8, 1/4 and 1/2 of that, so a cold
     start's first batch waits for a small pool), and the rank's DataLoader workers take
-    pieces of that order round-robin. As a pool starts, each worker's background thread
-    asks the kernel to read the next pool's chunks into the page cache
+    pieces of that order round-robin. As a pool starts, the background thread of one worker
+    per rank asks the kernel to read the next pool's chunks into the page cache
     (``posix_fadvise(WILLNEED)``: one sequential read per chunk; as the last pool starts,
-    epoch ``epoch + 1``'s first pool), and a worker reads a pool's records once they are
-    cached: the records of a pool, read in shuffled order, come from memory (only the first
+    epoch ``epoch + 1``'s first pool), and every worker reads its records of a pool once
+    they are cached: the records of a pool, read in shuffled order, come from memory (only the first
     pool of a run, or of a resumed epoch, is cold), the file is read as sequential streams,
     yet no shuffle buffer holds images in the workers' memory.
 
@@ -184,6 +193,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         self.drop_last = drop_last
         self.batch_size = batch_size
         self._progress = EpochProgress()
+        self._asks = torch.full((64,), -1, dtype=torch.int64).share_memory_()  # pools the rank's asker asked for
         if shuffle:
             check_class_locality(labels_in_file_order(self), chunk_size=chunk_size, pool_size=pool_size,
                                  reader=type(self).__name__)
@@ -275,21 +285,24 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
                                       num_replicas=world.num_replicas).pool_runs(0)
                      if world.worker == world.num_workers - 1 else None)
         release_free_heap()  # the plans' N-sized temporaries, kept by malloc otherwise
-        for sample in self._read(records, pools, runs, following):
+        asker = world.worker == 0 if world.num_workers > 1 else None  # one process per rank asks for a pool
+        for sample in self._read(records, pools, runs, following, epoch=position.epoch, asker=asker):
             position.emitted += 1
             yield sample
 
-    def _read(self, records: np.ndarray, pools: np.ndarray, runs: list[np.ndarray],
-              following: np.ndarray | None) -> Iterator[tuple[Any, Any]]:
+    def _read(self, records: np.ndarray, pools: np.ndarray, runs: list[np.ndarray], following: np.ndarray | None,
+              *, epoch: int, asker: bool | None) -> Iterator[tuple[Any, Any]]:
         """Yield the samples of ``records`` in order, each pool's records once the pool is cached.
 
         As each pool starts, the next pool is requested (:meth:`prefetch`: read by this
         process's prefetch thread after the pools requested before, this worker reading
         through only its own records of it); a pool's records are read once its request is
-        done, so a slow disk serves them as sequential chunk reads, not as random reads. As
-        the last pool starts, the runs ``following`` (the next epoch's first pool, planned
-        with this epoch so that no worker builds an epoch's order, and holds its temporaries,
-        at the end of this one; None in all workers but one) are requested.
+        done, so a slow disk serves them as sequential chunk reads, not as random reads. Of a
+        rank's workers only the ``asker`` asks the kernel for a pool; the others wait until it
+        has (:class:`prefetching.SharedAsk`; ``asker`` None: a rank of one process). As the last
+        pool starts, the runs ``following`` (the next epoch's first pool, planned with this
+        epoch so that no worker builds an epoch's order, and holds its temporaries, at the end
+        of this one; None in all workers but one) are requested.
         """
         if len(records) == 0:
             return
@@ -299,7 +312,8 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         requests: dict[int, Any] = {}
 
         def request(pool: int, wait: bool = False) -> None:
-            requests[pool] = self.prefetch(runs[pool], records=own.get(pool, records[:0]), wait=wait)
+            shared = None if asker is None else SharedAsk(self._asks, pool_key(epoch, pool, runs[pool]), asker)
+            requests[pool] = self.prefetch(runs[pool], records=own.get(pool, records[:0]), wait=wait, shared=shared)
 
         request(int(pools[0]), wait=True)
         for start, stop in zip(starts, stops):
@@ -313,6 +327,9 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             elif following is not None:  # the last pool: ask for the next epoch's first (each worker
                 self.prefetch(following, records=[])  # waits for its own records of it then)
             yield from self._read_samples(records[start:stop].tolist())
+        if asker:  # the pools after this worker's last records, which the rank's other workers wait for
+            for pool in range(max(requests) + 1, len(runs)):
+                request(pool)
 
     def _loop_state(self, samples_consumed: int, *, base: Sequence[Hop] | None = None) -> dict[str, Any]:
         progress = self._progress

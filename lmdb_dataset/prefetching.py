@@ -12,24 +12,27 @@ prefetch never stalls the DataLoader's main loop or a worker's decoding, and the
 consumed is never queued behind the next. :func:`advise` is the synchronous request, for a
 batch the caller is about to read anyway.
 
-The iterable dataset's DataLoader workers each request the same pool (each then reads its own
-records of it). Asked by 8 processes at once, the kernel's reads of a pool came out fragmented
-on the modelled spinning disk: in 7 of 15 whole-epoch runs the prefetch threads spent seconds
-reading 4-32 KB pieces at scattered offsets (~2 MB/s), the epoch's rate falling from ~1,310 to
-749-1,137 samples/s; with the requests taken one process at a time, 0 of 10
-(``benchmarks/slow_storage/NOTES.md``, 2026-11-22). A prefetcher therefore holds an exclusive
-``flock`` on the file while it asks for a pool (:func:`asking_alone`); the processes that follow
-find the pool cached or in flight and ask for nothing more.
+The iterable dataset's DataLoader workers all read from the same pool (each its own records
+of it). Asked for by 8 processes at once, the kernel's reads of a pool came out fragmented on
+the modelled spinning disk: in 7 of 15 whole-epoch runs the prefetch threads spent seconds
+reading 4-32 KB pieces at scattered offsets (~2 MB/s), the epoch's rate falling from ~1,310
+to 749-1,137 samples/s; with one process asking at a time, 0 of 10
+(``benchmarks/slow_storage/NOTES.md``, 2026-11-22). So one process per rank asks the kernel
+for a pool and marks it asked (:class:`SharedAsk`, in shared memory); the rank's other
+workers wait for the mark, ask for nothing, and read through only their own records: one
+request per pool per rank, whatever the number of workers, and no lock between ranks, which
+read different pools.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import dataclasses
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,23 +80,42 @@ def advise(fd: int, spans: Sequence[Sequence[int]] | np.ndarray) -> None:
             fadvise(fd, piece, min(PREFETCH_PIECE, offset + length - piece), "WILLNEED")
 
 
-@contextlib.contextmanager
-def asking_alone(fd: int) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``fd``'s file (its own open file description) while inside.
+ASK_TIMEOUT_S = 10.0
+"""How long a worker waits for its rank's asker to ask for a pool before asking itself (a
+performance fallback: reading is correct either way)."""
 
-    Every process reading the file opens its own description, so prefetchers of different
-    processes take turns. A filesystem that refuses ``flock`` leaves it unlocked (the Linux NFS
-    client, which takes an exclusive ``flock`` only on a file open for writing, among them).
+
+@dataclasses.dataclass(frozen=True)
+class SharedAsk:
+    """One pool request shared by a rank's processes: one of them asks the kernel, the others wait for it.
+
+    Attributes:
+        marks: A small shared int64 tensor of the rank (slot ``key % len(marks)`` holds the key
+            of the pool asked last there).
+        key: The pool's identity (its epoch and runs; non-negative), the same in every process.
+        asker: Whether this process asks (and marks); the others only wait.
     """
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    marks: Any
+    key: int
+    asker: bool
+
+    def asked_elsewhere(self) -> bool:
+        """For a process that does not ask: wait until the asker asked for the pool (True), or time out (False)."""
+        if self.asker:
+            return False
+        slot = self.key % len(self.marks)
+        deadline = time.monotonic() + ASK_TIMEOUT_S
+        while int(self.marks[slot]) != self.key:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def mark(self) -> None:
+        """For the asker: record that the pool was asked for."""
+        if self.asker:
+            self.marks[self.key % len(self.marks)] = self.key
 
 
 def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: memoryview) -> None:
@@ -118,8 +140,8 @@ def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: 
 class Prefetcher:
     """Reads requested spans of one open file into the page cache from a background thread, one request after another.
 
-    Each request is asked of the kernel (:func:`advise`, one process at a time:
-    :func:`asking_alone`) and its spans to read are then read through (:func:`read_through`)
+    Each request is asked of the kernel (:func:`advise`; by one process of those sharing it:
+    :class:`SharedAsk`) and its spans to read are then read through (:func:`read_through`)
     before the next request is asked, so requests complete in
     the order made and a caller can wait for one. The thread starts on the first request,
     works on its own duplicate of ``fd`` (so the owner may close its descriptor at any time)
@@ -133,12 +155,14 @@ class Prefetcher:
 
     def __init__(self, fd: int) -> None:
         self._fd = os.dup(fd)
-        self._jobs: queue.SimpleQueue[tuple[np.ndarray, np.ndarray, threading.Event] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[np.ndarray, np.ndarray, threading.Event, SharedAsk | None] | None] = \
+            queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
 
     def request(self, spans: Sequence[Sequence[int]] | np.ndarray, *,
-                read: Sequence[Sequence[int]] | np.ndarray | None = None, wait: bool = False) -> threading.Event:
+                read: Sequence[Sequence[int]] | np.ndarray | None = None, wait: bool = False,
+                shared: SharedAsk | None = None) -> threading.Event:
         """Queue these ``(offset, length)`` spans to be read into the page cache after the requests queued before.
 
         Args:
@@ -146,6 +170,8 @@ class Prefetcher:
             read: The spans to read through before the request counts as done (the ones this
                 process will read, when others read the rest). Defaults to ``spans``.
             wait: Return only once the request is done.
+            shared: When other processes read the same spans: who asks the kernel for them.
+                Defaults to this process asking.
 
         Returns:
             An event set when the request is done (or was dropped by :meth:`close`).
@@ -154,7 +180,8 @@ class Prefetcher:
             raise ValueError("this prefetcher is closed")
         done = threading.Event()
         wanted = np.array(spans, dtype=np.int64).reshape(-1, 2)  # a copy: the caller may reuse its arrays
-        self._jobs.put((wanted, wanted if read is None else np.array(read, dtype=np.int64).reshape(-1, 2), done))
+        self._jobs.put((wanted, wanted if read is None else np.array(read, dtype=np.int64).reshape(-1, 2), done,
+                        shared))
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="lmdb-dataset prefetch", daemon=True)
             self._thread.start()
@@ -165,11 +192,13 @@ class Prefetcher:
     def _serve(self) -> None:
         scratch = memoryview(bytearray(READ_THROUGH_PIECE))
         while (job := self._jobs.get()) is not None:
-            spans, read, done = job
+            spans, read, done, shared = job
             try:
                 if not self._closed:
-                    with asking_alone(self._fd):
+                    if shared is None or not shared.asked_elsewhere():
                         advise(self._fd, spans)
+                        if shared is not None:
+                            shared.mark()
                     read_through(self._fd, read, scratch)
             except Exception:  # noqa: BLE001 - advisory: the thread must go on serving (readers wait on it),
                 pass  # and reading the records themselves raises their errors

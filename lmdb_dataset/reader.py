@@ -34,7 +34,7 @@ from .environment import (
     read_path_table,
 )
 from .errors import CorruptRecordError, RecordReadError
-from .prefetching import Prefetcher, advise
+from .prefetching import Prefetcher, SharedAsk, advise
 from .system import fadvise
 
 Access = Literal["pread", "mmap"]
@@ -125,15 +125,16 @@ class RecordReader:
         advise(self._data_fd(), spans)
 
     def prefetch(self, spans: Sequence[Sequence[int]] | np.ndarray, *,
-                 read: Sequence[Sequence[int]] | np.ndarray | None = None, wait: bool = False) -> threading.Event:
+                 read: Sequence[Sequence[int]] | np.ndarray | None = None, wait: bool = False,
+                 shared: SharedAsk | None = None) -> threading.Event:
         """Queue these (offset, length) byte spans for the page cache on this process's prefetch thread.
 
         Returns at once (or, with ``wait``, once done) an event set when the spans, or ``read``
-        of them, are cached; see :class:`Prefetcher`.
+        of them, are cached; see :class:`Prefetcher` (``shared``: who asks the kernel).
         """
         if self._prefetcher is None:
             self._prefetcher = Prefetcher(self._data_fd())
-        return self._prefetcher.request(spans, read=read, wait=wait)
+        return self._prefetcher.request(spans, read=read, wait=wait, shared=shared)
 
     def values(self, indices: Sequence[int]) -> Iterator[tuple[int, bytes | memoryview]]:
         """Yield ``(index, value)`` for ``indices``, in the order given (pass them sorted to read forward).

@@ -3,17 +3,19 @@ background thread in the order asked."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import multiprocessing
 import os
 import threading
 
+import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils.data import DataLoader
 
-from lmdb_dataset import LMDBImageDataset
-from lmdb_dataset.prefetching import PREFETCH_GAP, PREFETCH_PIECE, Prefetcher, coalesce
+from lmdb_dataset import LMDBImageDataset, LMDBIterableDataset, prefetching
+from lmdb_dataset.prefetching import PREFETCH_GAP, PREFETCH_PIECE, Prefetcher, SharedAsk, coalesce
 from support import PROPERTY
 
 spans = st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 10**6)), max_size=40)
@@ -161,33 +163,54 @@ def test_record_reads_ask_for_no_readahead_window_past_the_record(converted, mon
     assert advice[0] == os.POSIX_FADV_RANDOM  # on opening the data file, before any read
 
 
-def test_a_prefetcher_asks_for_its_spans_only_while_no_other_process_is_asking(tmp_path):
+def _asks(tmp_path, monkeypatch):
+    """A prefetcher over a 1 MB file, and the list of spans it asked the kernel for."""
     path = tmp_path / "file"
     path.write_bytes(bytes(1 << 20))
-    other = os.open(path, os.O_RDONLY)  # another process's open file description (flock is per description)
-    fcntl.flock(other, fcntl.LOCK_EX)
+    asked = []
+    monkeypatch.setattr(prefetching, "advise", lambda fd, spans: asked.append(np.asarray(spans).tolist()))
     fd = os.open(path, os.O_RDONLY)
-    prefetcher = Prefetcher(fd)
-    done = prefetcher.request([(0, 4096)])
-    assert not done.wait(0.5)  # it waits for the other to finish asking
-    fcntl.flock(other, fcntl.LOCK_UN)
-    assert done.wait(30)
-    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # and let go of the lock once it had asked
+    return Prefetcher(fd), fd, asked
+
+
+def test_a_worker_that_does_not_ask_waits_for_its_ranks_asker_then_reads_without_asking(tmp_path, monkeypatch):
+    prefetcher, fd, asked = _asks(tmp_path, monkeypatch)
+    marks = torch.full((8,), -1, dtype=torch.int64)
+    done = prefetcher.request([(0, 4096)], shared=SharedAsk(marks, key=13, asker=False))
+    assert not done.wait(0.3)  # the asker has not asked yet
+    SharedAsk(marks, key=13, asker=True).mark()
+    assert done.wait(30) and asked == []  # it read through its spans, asking for nothing
+    asker = prefetcher.request([(4096, 4096)], shared=SharedAsk(marks, key=22, asker=True))
+    assert asker.wait(30) and asked == [[[4096, 4096]]] and int(marks[22 % 8]) == 22
     prefetcher.close()
     os.close(fd)
-    os.close(other)
 
 
-def test_a_filesystem_refusing_flock_leaves_the_prefetch_unlocked(tmp_path, monkeypatch):
-    path = tmp_path / "file"
-    path.write_bytes(bytes(1 << 20))
-    fd = os.open(path, os.O_RDONLY)
-
-    def refuse(fd, operation):
-        raise OSError(errno.ENOLCK, "no locks available")
-
-    monkeypatch.setattr(fcntl, "flock", refuse)
-    prefetcher = Prefetcher(fd)
-    assert prefetcher.request([(0, 4096)]).wait(30)
+def test_a_worker_whose_asker_never_asks_asks_itself_after_the_timeout(tmp_path, monkeypatch):
+    prefetcher, fd, asked = _asks(tmp_path, monkeypatch)
+    monkeypatch.setattr(prefetching, "ASK_TIMEOUT_S", 0.2)
+    done = prefetcher.request([(0, 4096)], shared=SharedAsk(torch.full((8,), -1), key=5, asker=False))
+    assert done.wait(30) and asked == [[[0, 4096]]]
     prefetcher.close()
     os.close(fd)
+
+
+def _count_asks(counter, real_advise):
+    def advise(fd, spans):
+        with counter.get_lock():
+            counter.value += 1
+        real_advise(fd, spans)
+    return advise
+
+
+@pytest.mark.parametrize("num_workers", [1, 4])
+def test_a_ranks_workers_ask_the_kernel_once_per_pool_not_once_per_worker(converted, monkeypatch, num_workers):
+    path = converted(num_images=60, special=False)
+    counter = multiprocessing.get_context("fork").Value("i", 0)
+    monkeypatch.setattr(prefetching, "advise", _count_asks(counter, prefetching.advise))
+    dataset = LMDBIterableDataset(path, output="numpy", chunk_size=4, pool_size=16, seed=1, transform=len)
+    loader = DataLoader(dataset, batch_size=2, num_workers=num_workers, multiprocessing_context="fork")
+    assert sum(len(labels) for _, labels in loader) == 60
+    pools = len(dataset._pass_order(()).starts) - 1
+    assert pools >= 4
+    assert counter.value == pools + 1  # each pool once, and the next epoch's first
