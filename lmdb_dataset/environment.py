@@ -50,6 +50,7 @@ from .errors import (
     StaleOffsetsWarning,
 )
 from .shared_tables import SharedTables
+from .system import can_pread
 
 DATA_FILE = "data.mdb"
 MAX_DBS = 2
@@ -355,7 +356,7 @@ def proven_spans(env: lmdb.Environment, records_db: lmdb._Database, meta_db: lmd
         blob = txn.get(fmt.SPANS_KEY, db=meta_db)
         check = txn.get(fmt.SPANS_CHECK_KEY, db=meta_db)
         file_txn = txn.id()
-    if blob is None:
+    if blob is None or not can_pread():  # no table, or no pread to use one with: read through LMDB
         return None, None
     if check is None:
         return None, ("it carries no record of the file state it was measured on "

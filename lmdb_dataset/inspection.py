@@ -27,6 +27,7 @@ from .environment import (
     store_spans,
 )
 from .errors import IncompleteDatasetError, LMDBDatasetError
+from .system import can_pread
 
 
 def printable(text: str) -> str:
@@ -175,7 +176,7 @@ def _check_records(env: lmdb.Environment, records_db, path: str | os.PathLike, c
                    progress: bool) -> None:
     """Walk the records with a cursor, appending each bad one to ``bad`` (lmdb.Error escapes on damage)."""
     expected = 0
-    fd = os.open(data_file(path), os.O_RDONLY) if spans is not None else None
+    fd = os.open(data_file(path), os.O_RDONLY) if spans is not None and can_pread() else None
     try:
         with begin_read(env, buffers=True) as txn, tqdm(total=count, unit="rec", disable=not progress,
                                                         desc="verify") as bar:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .system import fadvise
+from .system import can_pread, fadvise
 
 PREFETCH_GAP = 1 << 20
 """Record spans closer than this many bytes are requested from the kernel as one range: on a
@@ -128,6 +128,8 @@ def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: 
     Raises:
         OSError: A read failed.
     """
+    if not can_pread():
+        return  # asked for, not waited on
     for offset, length in coalesce(spans, gap=READ_THROUGH_GAP):
         end = offset + length
         while offset < end:

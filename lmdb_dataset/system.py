@@ -6,8 +6,12 @@
   results never depend on it: it only asks the kernel to read ahead (``WILLNEED``), not to
   read ahead around a record (``RANDOM``), or to drop cached pages (``DONTNEED``), so without
   it every reader is correct and only the prefetching of slow storage is lost.
+* :func:`can_pread`: whether ``os.pread``/``os.preadv`` exist (not on Windows). Without them
+  the readers read every record through LMDB's memory map (``access="mmap"``) and the
+  prefetcher only asks, reading nothing through.
 
-Windows is not supported: LMDB's file locking and ``os.pread`` differ there.
+The test suite runs every reader and ``LMDBLoader`` with these calls deleted
+(``tests/test_platforms.py``). Windows itself is not tested.
 """
 
 from __future__ import annotations
@@ -32,3 +36,8 @@ def fadvise(fd: int, offset: int, length: int, advice: str) -> None:
     call = getattr(os, "posix_fadvise", None)
     if call is not None:
         call(fd, offset, length, getattr(os, f"POSIX_FADV_{advice}"))
+
+
+def can_pread() -> bool:
+    """Whether this platform reads at an offset without moving the file position (``os.pread``, ``os.preadv``)."""
+    return hasattr(os, "pread") and hasattr(os, "preadv")

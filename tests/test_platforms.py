@@ -1,9 +1,10 @@
 """Any Unix: every reader and LMDBLoader run end to end where Linux-only calls are missing (macOS, BSD).
 
 macOS has neither ``os.posix_fadvise`` nor ``os.sched_getaffinity``, and starts DataLoader
-workers with ``spawn``. A child interpreter deletes both attributes at start-up (a
-``sitecustomize`` on its path, so that spawned workers lose them too) and reads a dataset
-with each reader, two spawned workers, and ``LMDBLoader`` with its default worker count.
+workers with ``spawn``; Windows has no ``os.pread``/``os.preadv`` either. A child interpreter
+deletes all four at start-up (a ``sitecustomize`` on its path, so that spawned workers lose
+them too) and reads a dataset with each reader, two spawned workers, and ``LMDBLoader`` with
+its default worker count.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 SITE = """
 import os
-for name in ("posix_fadvise", "sched_getaffinity"):
+for name in ("posix_fadvise", "sched_getaffinity", "pread", "preadv"):
     if hasattr(os, name):
         delattr(os, name)
 """
@@ -31,7 +32,7 @@ from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableData
 
 
 def check_worker(_):
-    assert not hasattr(os, "posix_fadvise") and not hasattr(os, "sched_getaffinity")
+    assert not any(hasattr(os, name) for name in ("posix_fadvise", "sched_getaffinity", "pread", "preadv"))
 
 
 def channels(image):
@@ -46,6 +47,7 @@ if __name__ == "__main__":
     check_worker(None)
     path = sys.argv[1]
     dataset = LMDBImageDataset(path, output="tensor", transform=channels)
+    assert dataset.reader.access == "mmap"  # no pread: records are read through LMDB's map
     expected = Counter(int(t) for t in dataset.targets)
     spawn = {"num_workers": 2, "multiprocessing_context": "spawn", "worker_init_fn": check_worker}
     sampler = ChunkShuffleSampler(dataset, chunk_size=4, pool_size=8)
