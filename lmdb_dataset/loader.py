@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 
 from .crop_decode import CenterCropDecode, CropDecoder, RandomResizedCropDecode
 from .dataset import LMDBImageDataset
-from .device_decode import EncodedImage, MixedBatch, SplitDecoder, collate_mixed, decode_batch
+from .device_decode import EncodedImage, SplitDecoder, collate_mixed
+from .device_stage import DeviceDecodeStage
 from .iterable import LMDBIterableDataset
 from .reader import record_pixels
 from .sampler import ChunkShuffleSampler
@@ -108,11 +109,15 @@ class LMDBLoader:
       uint8 batches travel to the main process, pinned when the device is CUDA, and are
       copied on a side stream.
     * ``decode="device"`` (the default on CUDA): workers only read records and draw crops
-      from the stored image sizes; the main process decodes each batch's colour JPEGs with
-      one ``torchvision.io.decode_jpeg(list, device=device)`` call (nvJPEG), then crops,
-      resizes and flips on the device. Grayscale/CMYK JPEGs, PNGs, truncated JPEGs and
-      ``raw`` records are decoded in the workers and merged (see
-      :mod:`lmdb_dataset.device_decode`). Also works with ``device="cpu"`` (libjpeg-turbo).
+      from the stored image sizes; a background thread of the main process decodes each batch's colour JPEGs
+      with one ``torchvision.io.decode_jpeg(list, device=device)`` call (nvJPEG on CUDA), then
+      crops, resizes, flips and normalises the whole batch in a fixed number of kernels, up to
+      two batches ahead of the loop, on streams of its own
+      (:class:`~lmdb_dataset.device_stage.DeviceDecodeStage`). Grayscale/CMYK JPEGs, PNGs,
+      truncated JPEGs and ``raw`` records are decoded in the workers and merged (see
+      :mod:`lmdb_dataset.device_decode`). Pixels are within one grey level of the worker
+      path's on the same full-size image (:mod:`lmdb_dataset.resampling`). Also works with
+      ``device="cpu"`` (libjpeg-turbo).
 
     Under DDP every rank reads its own share (``num_replicas``/``rank``, defaulting to
     torch.distributed's). Call :meth:`set_epoch` every epoch. For exact mid-epoch resume save
@@ -216,8 +221,15 @@ class LMDBLoader:
         return len(self.dataloader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        side = SideStream(self.device)
         self._consumed = 0
+        if self.decode == "device":  # decoded ahead on a thread and streams of its own
+            with DeviceDecodeStage(iter(self.dataloader), size=self.crop.size, normalize=self.normalize,
+                                   device=self.device, path=str(self.dataset.path)) as stage:
+                for images, labels in stage:
+                    self._consumed += len(labels)
+                    yield images, labels
+            return
+        side = SideStream(self.device)
         staged: tuple[torch.Tensor, torch.Tensor] | None = None
         for batch in self.dataloader:
             with side.context():
@@ -228,15 +240,10 @@ class LMDBLoader:
         if staged is not None:
             yield self._hand_over(side, staged)
 
-    def _prepare(self, batch: MixedBatch | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Device batch from a DataLoader batch: decode (device mode), copy, normalise."""
-        if isinstance(batch, MixedBatch):
-            images = decode_batch(batch, self.crop, self.device, path=str(self.dataset.path))
-            labels = batch.labels
-        else:
-            images, labels = batch
-            images = images.to(self.device, non_blocking=True)
-        return self.normalize(images), labels.to(self.device, non_blocking=True)
+    def _prepare(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device batch from a DataLoader batch of worker-decoded images: copy, normalise."""
+        images, labels = batch
+        return self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
 
     def _hand_over(self, side: SideStream, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         images, labels = side.hand_over(*batch)
