@@ -105,10 +105,10 @@ class LMDBLoader:
 
     Two places to decode:
 
-    * ``decode="worker"`` (the default on the CPU): DataLoader workers decode and crop;
+    * ``decode="worker"`` (the default): DataLoader workers decode and crop;
       uint8 batches travel to the main process, pinned when the device is CUDA, and are
       copied on a side stream.
-    * ``decode="device"`` (the default on CUDA): workers only read records and draw crops
+    * ``decode="device"`` (opt-in): workers only read records and draw crops
       from the stored image sizes; a background thread of the main process decodes each batch's colour JPEGs
       with one ``torchvision.io.decode_jpeg(list, device=device)`` call (nvJPEG on CUDA), then
       crops, resizes, flips and normalises the whole batch in a fixed number of kernels, up to
@@ -117,7 +117,8 @@ class LMDBLoader:
       truncated JPEGs and ``raw`` records are decoded in the workers and merged (see
       :mod:`lmdb_dataset.device_decode`). Pixels are within one grey level of the worker
       path's on the same full-size image (:mod:`lmdb_dataset.resampling`). Also works with
-      ``device="cpu"`` (libjpeg-turbo).
+      ``device="cpu"`` (libjpeg-turbo). It has not run on a GPU yet, so it is not the default
+      on CUDA until ``benchmarks/gpu/check.sh`` has passed on one.
 
     Under DDP every rank reads its own share (``num_replicas``/``rank``, defaulting to
     torch.distributed's). Call :meth:`set_epoch` every epoch. For exact mid-epoch resume save
@@ -136,8 +137,7 @@ class LMDBLoader:
             Defaults to ``"random"``.
         num_workers: DataLoader worker processes. Defaults to ``min(8, CPUs available)``.
         device: Where batches are delivered. Defaults to ``"cpu"``.
-        decode: ``"worker"`` or ``"device"``; see above. Defaults to ``"device"`` on CUDA,
-            else ``"worker"``.
+        decode: ``"worker"`` or ``"device"``; see above. Defaults to ``"worker"``.
         dtype: ``torch.float32``, ``torch.bfloat16`` or ``torch.float16``. Defaults to float32.
         channels_last: Deliver channels-last images (faster convolutions on GPUs). Defaults to False.
         size: Output side. Defaults to 224.
@@ -179,7 +179,7 @@ class LMDBLoader:
                  persistent_workers: bool | None = None, prefetch_factor: int | None = None,
                  multiprocessing_context: str | None = None, verify_checksums: bool = True) -> None:
         self.device = torch.device(device)
-        self.decode: Decode = decode or ("device" if self.device.type == "cuda" else "worker")
+        self.decode: Decode = decode or "worker"  # "device" on CUDA once benchmarks/gpu/check.sh passed on a GPU
         self.reader: Reader = reader
         self.train = train
         num_workers = min(8, len(os.sched_getaffinity(0))) if num_workers is None else num_workers

@@ -318,6 +318,11 @@ def test_repr_names_the_setup(path):
 
 
 @cuda
+def test_device_decode_is_opt_in_on_cuda_until_measured_on_a_gpu(path):
+    assert _loader(path, device="cuda").decode == "worker"
+
+
+@cuda
 def test_mixed_batches_are_pinned_by_the_dataloader(path):
     batch = next(iter(_loader(path, decode="device", device="cuda", num_workers=1).dataloader))
     assert batch.labels.is_pinned() and batch.decoded.is_pinned() and batch.encoded.is_pinned()
