@@ -139,7 +139,8 @@ def collate_mixed(samples: Sequence[tuple[Any, Any]]) -> MixedBatch:
         labels=torch.tensor([int(label) for _, label in samples], dtype=torch.int64),
         encoded=torch.cat([image.data for image in jpegs]) if jpegs else torch.empty(0, dtype=torch.uint8),
         lengths=torch.tensor([len(image.data) for image in jpegs], dtype=torch.int64),
-        geometry=torch.stack([image.geometry for image in jpegs]) if jpegs else torch.empty(0, len(GEOMETRY_COLUMNS), dtype=torch.int64),
+        geometry=(torch.stack([image.geometry for image in jpegs]) if jpegs
+                  else torch.empty(0, len(GEOMETRY_COLUMNS), dtype=torch.int64)),
         records=torch.tensor([image.record for image in jpegs], dtype=torch.int64),
         encoded_at=torch.tensor(encoded_at, dtype=torch.int64),
         decoded=torch.stack(decoded) if decoded else torch.empty(0, dtype=torch.uint8),
