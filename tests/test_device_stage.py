@@ -287,3 +287,17 @@ def test_a_loader_loop_that_breaks_leaves_no_thread_behind(dataset_path):
         time.sleep(0.01)
     assert len(_stage_threads()) == before
     assert sum(len(labels) for _, labels in loader) == 32  # and the next pass starts afresh
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_decoded_ahead_for_three_epochs_each_match_the_cpu(dataset_path):
+    """The real streams and nvJPEG: a batch with another batch's pixels (the race) would be ~1.0 off."""
+    options = {"batch_size": 8, "num_workers": 2, "size": SIZE, "decode": "device", "train": True, "shuffle": True,
+               "seed": 5}
+    on_gpu, on_cpu = LMDBLoader(dataset_path, device="cuda", **options), LMDBLoader(dataset_path, **options)
+    for epoch in range(3):
+        on_gpu.set_epoch(epoch)
+        on_cpu.set_epoch(epoch)
+        for (gpu_images, gpu_labels), (cpu_images, cpu_labels) in zip(on_gpu, on_cpu, strict=True):
+            assert gpu_images.is_cuda and torch.equal(gpu_labels.cpu(), cpu_labels)
+            assert (gpu_images.cpu() - cpu_images).abs().mean() < 0.05  # nvJPEG vs libjpeg-turbo, not yet measured

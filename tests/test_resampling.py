@@ -155,3 +155,16 @@ def test_center_crop_geometry_is_torchvisions(imagenet_images):
     expected = F.center_crop(F.resize(image.float(), [256, 341], antialias=True), [224, 224]).round()
     batched = crop_resize([image], torch.tensor([[0, 0, 375, 500, 256, 341, 16, 58, 0]]), size=224)[0]
     assert (batched.float() - expected).abs().max() <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_cuda_batched_equals_the_cpu_batched_but_for_float_rounding(split, imagenet_images):
+    crop = DECODERS[split](224)
+    torch.manual_seed(0)
+    geometry = torch.tensor([resampling_geometry(crop, crop.box(*image.shape[-2:]), full_height=image.shape[-2],
+                                                 full_width=image.shape[-1]) for image in imagenet_images])
+    on_cpu = crop_resize(imagenet_images, geometry, size=224)
+    on_gpu = crop_resize([image.cuda() for image in imagenet_images], geometry, size=224)
+    difference = (on_gpu.cpu().int() - on_cpu.int()).abs()
+    assert on_gpu.is_cuda and difference.max() <= 1 and difference.float().mean() < 1e-3
