@@ -230,10 +230,11 @@ def test_a_record_nothing_decodes_is_raised_on_its_batch_naming_it(batches, monk
 
     monkeypatch.setattr(device_decode, "decode_jpeg", picky)
     monkeypatch.setattr(device_decode, "decode_image", mock.Mock(side_effect=ValueError("not a JPEG")))
-    stage = _stage(iter(batches))
-    next(stage)
-    with pytest.warns(RuntimeWarning, match="rejected it"), pytest.raises(CorruptRecordError) as error:
+    with pytest.warns(RuntimeWarning, match="rejected it"):  # warned on the stage's thread, whenever it gets there
+        stage = _stage(iter(batches))
         next(stage)
+        with pytest.raises(CorruptRecordError) as error:
+            next(stage)
     assert error.value.index == int(batches[1].records[0])
     assert not stage._thread.is_alive()
 
