@@ -244,7 +244,7 @@ def dali_case(folder: Path) -> Callable[..., Iterator]:
             else:
                 images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB)
                 images = fn.resize(images, resize_shorter=round(args.size * 256 / 224), antialias=True)
-                mirror = False
+                mirror = 0
             images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
                                               crop=(args.size, args.size), mean=mean, std=std, mirror=mirror)
             return images, labels.gpu()

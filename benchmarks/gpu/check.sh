@@ -40,7 +40,9 @@ if [[ -z "$python" ]]; then
       echo "check.sh: the torch installed has no CUDA build; install a CUDA torch into .venv and run again" >&2
       exit 2
     fi
-    "$python" -m pip install -q --extra-index-url https://pypi.nvidia.com "nvidia-dali-cuda${cuda}0"
+    # DALI's decoders run on nvImageCodec, a package of its own in some DALI releases
+    "$python" -m pip install -q --extra-index-url https://pypi.nvidia.com "nvidia-dali-cuda${cuda}0" \
+      "nvidia-nvimgcodec-cu${cuda}"
   fi
   echo "check.sh: installed in $((SECONDS - start)) s"
 fi
