@@ -13,17 +13,18 @@ goes through the same few kernels whatever ``K``::
 ``Wy`` (``K x S x Hp``) and ``Wx`` (``K x S x Wp``) hold, per image, the weights of
 torchvision's antialiased bilinear resize (PyTorch's ``_upsample_bilinear2d_aa``: a triangle
 filter stretched by the downscaling factor, normalised per output pixel), computed on the
-device from ``K x 9`` integers: the padding rows and columns get weight 0, so what the
+device from each image's 9 geometry values: the padding rows and columns get weight 0, so what the
 gather reads past a crop's edge never counts. A flip reverses ``Wx``'s rows; validation's
-centre crop keeps the ``S`` middle rows and columns of the resize's weights. The kernels
-launched per chunk: ``cat`` (PyTorch's CUDA ``cat`` copies up to 128 inputs per launch), one
-gather, the weights (about 25 small element-wise kernels), the two ``matmul``, rounding: a
-count that does not grow with the batch.
+centre crop keeps the ``S`` middle rows and columns of the resize's weights. Per chunk that is
+about 60 tensor operations whatever ``K`` (counted on the CPU by ``tests/test_resampling.py``):
+``cat`` (PyTorch's CUDA ``cat`` copies up to 128 inputs per launch), one gather, the two
+``matmul``, rounding, and a few dozen tiny element-wise ones that build the weights and indices
+from ``K x 13`` integers; the per-image loop it replaces launched ~1,500 kernels a batch of 256.
 
-Cost and memory. The matmuls are dense: ``2 x 3 x S x Hp x Wp`` multiply-adds per image (about
-0.17 GFLOP for a 500x500 crop at ``S = 224``, ~45 GFLOP a batch of 256: a few milliseconds
-on an A100-class GPU), growing with the crop's area, so multi-megapixel photos cost more than
-a per-image resize would. The padded crops take ``5 x K x 3 x Hp x Wp`` bytes (uint8 and
+Cost and memory. The matmuls are dense: ``3 x S x (Hp + S) x Wp`` multiply-adds per image
+(0.24 G for a 500x500 crop at ``S = 224``, 62 G for a batch of such crops: ~6 ms at an A100's
+float32 peak; RandomResizedCrop's crops average a third of the image), growing with the crop's
+area, so multi-megapixel photos cost more than a per-image resize would. The padded crops take ``5 x K x 3 x Hp x Wp`` bytes (uint8 and
 float32): images are sorted by crop size and cut into chunks of at most ``max_elements``
 padded values (default 2**26, ~320 MB), each chunk a fixed number of kernels.
 
