@@ -154,6 +154,12 @@ def decode_batch(batch: MixedBatch, size: int, device: torch.device, *, path: st
     :func:`decode_jpegs` then :func:`assemble`, with no stream of their own: what
     :class:`lmdb_dataset.device_stage.DeviceDecodeStage` runs ahead, on its own streams.
 
+    Args:
+        batch: A batch from :func:`collate_mixed`.
+        size: Output side.
+        device: Where to decode and assemble.
+        path: The dataset path, named in errors.
+
     Raises:
         CorruptRecordError: A JPEG decodes neither on the device nor on the CPU.
     """
@@ -179,6 +185,11 @@ def assemble(batch: MixedBatch, full_images: list[torch.Tensor], size: int, devi
 
 def decode_jpegs(batch: MixedBatch, device: torch.device, *, path: str) -> list[torch.Tensor]:
     """Full-size CHW uint8 images of the batch's JPEGs on ``device``; one call when all decode.
+
+    Args:
+        batch: A batch from :func:`collate_mixed`.
+        device: Where to decode (nvJPEG on CUDA, libjpeg-turbo on the CPU).
+        path: The dataset path, named in errors.
 
     Raises:
         CorruptRecordError: A JPEG decodes neither on the device nor on the CPU.
