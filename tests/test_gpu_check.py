@@ -18,7 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = ROOT / "benchmarks" / "gpu" / "check.sh"
-TINY = ["--images", "24", "--batch-size", "8", "--batches", "2", "--warmup", "1", "--size", "32", "--workers", "1"]
+TINY = ["--images", "24", "--batch-size", "8", "--epochs", "1", "--size", "32", "--workers", "1"]
 
 
 def _check(*arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -13,7 +13,9 @@ first; see benchmarks/README.md, "GPU check"). Three checks, on the device given
   reserved and the main process's RSS after each; passes when neither grows by more than
   ``MEMORY_GROWTH_BOUND`` percent from the second epoch's end to the third's (the first warms
   the caching allocator up).
-* **throughput**: ``--batches`` batches of ``--batch-size`` after ``--warmup``, train
+* **throughput**: ``--epochs`` whole epochs of ``--batch-size`` batches after one warm-up
+  epoch (DataLoader workers prefetch many batches at the start: timing whole epochs counts
+  every loader's steady state and its epoch boundaries alike), train
   (RandomResizedCrop 224 + flip) and val (Resize 256 + CenterCrop 224), of
   ``LMDBLoader(device, decode="device")``, ``LMDBLoader(device, decode="worker")``,
   ``ImageFolder`` + Pillow + torchvision v2 with the stock ``DataLoader`` (uint8 batches,
@@ -38,7 +40,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,10 @@ MEMORY_GROWTH_BOUND = 5.0
 GREY = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}
 """Normalisation that leaves grey levels (0-255) as they are."""
 CORES = len(os.sched_getaffinity(0))
+Epochs = Callable[[int], Iterable]
+"""``epoch(n)``: the batches of epoch ``n`` of a loader under test."""
+Case = Callable[..., Epochs]
+"""``case(train=, device=, args=)``: builds a loader, returns its :data:`Epochs`."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,8 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N (default), or cpu for the dry run")
     parser.add_argument("--images", type=int, default=4096, help="generated ImageNet-sized JPEGs (default 4096)")
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
-    parser.add_argument("--batches", type=int, default=12, help="timed batches per case (default 12)")
-    parser.add_argument("--warmup", type=int, default=3, help="batches before timing (default 3)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per case, after one warm-up (default 2)")
     parser.add_argument("--size", type=int, default=224, help="output side (default 224; val resizes to 256/224 x)")
     parser.add_argument("--workers", type=int, default=CORES, help=f"workers / DALI threads (default: all, {CORES})")
     parser.add_argument("--tests", default="not run", help="the CUDA tests' outcome, as check.sh saw it")
@@ -160,52 +165,42 @@ def memory_check(path: Path, device: str, *, batch_size: int, workers: int, size
 # --------------------------------------------------------------------------- throughput
 
 
-def _epochs(make: Callable[[int], Iterable]) -> Iterator:
-    """Batches of ``make(epoch)`` for epoch 0, 1, 2, ...: as many as the timing needs."""
-    epoch = 0
-    while True:
-        yield from make(epoch)
-        epoch += 1
-
-
-def time_batches(batches: Iterator, *, warmup: int, count: int, device: torch.device) -> dict[str, float]:
-    """img/s over ``count`` batches after ``warmup`` (the device synchronised at both ends), and the first batch's s."""
+def time_epochs(epoch: Epochs, *, epochs: int, device: torch.device) -> dict[str, float]:
+    """img/s over ``epochs`` epochs after a warm-up one (device synchronised at both ends); the first batch's s."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     start = time.perf_counter()
-    first = timed = images = 0.0
-    for step, (x, _) in enumerate(batches):
-        if step == 0:
+    first = None
+    for _ in epoch(0):
+        if first is None:
             sync()
             first = time.perf_counter() - start
-        if step == warmup - 1:
-            sync()
-            timed = time.perf_counter()
-        elif step >= warmup:
-            images += len(x)
-            if step == warmup + count - 1:
-                break
     sync()
-    return {"img_s": round(images / (time.perf_counter() - timed), 1), "first_batch_s": round(first, 2)}
+    timed, images = time.perf_counter(), 0
+    for n in range(1, epochs + 1):
+        for x, _ in epoch(n):
+            images += len(x)
+    sync()
+    return {"img_s": round(images / (time.perf_counter() - timed), 1), "first_batch_s": round(first or 0.0, 2)}
 
 
-def lmdb_case(path: Path, decode: str) -> Callable[..., Iterator]:
-    def make(*, train: bool, device: torch.device, args: argparse.Namespace) -> Iterator:
+def lmdb_case(path: Path, decode: str) -> Case:
+    def make(*, train: bool, device: torch.device, args: argparse.Namespace) -> Epochs:
         loader = LMDBLoader(path, batch_size=args.batch_size, train=train, num_workers=args.workers, size=args.size,
                             device=device, decode=decode, drop_last=True)
 
         def epoch(n: int) -> Iterable:
             loader.set_epoch(n)
             return loader
-        return _epochs(epoch)
+        return epoch
     return make
 
 
-def imagefolder_case(folder: Path) -> Callable[..., Iterator]:
+def imagefolder_case(folder: Path) -> Case:
     """torchvision ImageFolder + Pillow + v2 transforms to uint8, stock DataLoader, normalised on the device."""
-    def make(*, train: bool, device: torch.device, args: argparse.Namespace) -> Iterator:
+    def make(*, train: bool, device: torch.device, args: argparse.Namespace) -> Epochs:
         from torch.utils.data import DataLoader
         from torchvision.datasets import ImageFolder
         from torchvision.transforms import v2
@@ -220,13 +215,13 @@ def imagefolder_case(folder: Path) -> Callable[..., Iterator]:
 
         def epoch(n: int) -> Iterable:
             return ((normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)) for x, y in loader)
-        return _epochs(epoch)
+        return epoch
     return make
 
 
-def dali_case(folder: Path) -> Callable[..., Iterator]:
+def dali_case(folder: Path) -> Case:
     """DALI's mixed pipeline (NVIDIA's ResNet-50 recipe) on the same JPEGs and threads."""
-    def make(*, train: bool, device: torch.device, args: argparse.Namespace) -> Iterator:
+    def make(*, train: bool, device: torch.device, args: argparse.Namespace) -> Epochs:
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
@@ -255,8 +250,8 @@ def dali_case(folder: Path) -> Callable[..., Iterator]:
                                        last_batch_policy=LastBatchPolicy.DROP)
 
         def epoch(n: int) -> Iterable:
-            return ((batch[0]["images"], batch[0]["labels"]) for batch in iterator)
-        return _epochs(epoch)
+            return ((batch[0]["images"], batch[0]["labels"]) for batch in iterator)  # auto_reset: one epoch each
+        return epoch
     return make
 
 
@@ -277,10 +272,8 @@ def throughput(folder: Path, lmdb: Path, device: torch.device, args: argparse.Na
         for name, make in cases.items():
             if name in missing:
                 continue
-            batches = make(train=split == "train", device=device, args=args)
-            rows.append({"split": split, "loader": name,
-                         **time_batches(batches, warmup=args.warmup, count=args.batches, device=device)})
-            batches.close()
+            epoch = make(train=split == "train", device=device, args=args)
+            rows.append({"split": split, "loader": name, **time_epochs(epoch, epochs=args.epochs, device=device)})
     return rows, missing
 
 
@@ -315,7 +308,7 @@ def markdown(results: dict[str, Any]) -> str:
               + "; ".join(f"{name} {values} (growth {memory['growth_pct'][name]}%)"
                           for name, values in memory["series"].items()) + ".", ""]
     rows = results["throughput"]
-    lines += [f"Throughput ({results['batches']} batches after {results['warmup']}, img/s; ratio to "
+    lines += [f"Throughput ({results['epochs']} epochs after a warm-up one, img/s; ratio to "
               "ImageFolder + DataLoader and to DALI in the same split):", "",
               "| split | loader | img/s | first batch s | vs ImageFolder | vs DALI |", "|---|---|---|---|---|---|"]
     for row in rows:
@@ -349,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "memory": "passed" if memory["passed"] else "FAILED",
               "throughput": "measured" if not missing else f"measured, without {', '.join(missing)}"}
     results = {**report.provenance("gpu/check.py", argv), "device_name": device_name(device), "device": args.device,
-               "images": args.images, "batch_size": args.batch_size, "batches": args.batches, "warmup": args.warmup,
+               "images": args.images, "batch_size": args.batch_size, "epochs": args.epochs,
                "size": args.size, "workers": args.workers, "checks": checks,
                "passed": args.tests == "passed" and pixels_ok and memory["passed"] and not missing,
                "pixels": pixels, "memory": memory, "throughput": rows, "not_measured": missing}
