@@ -72,7 +72,7 @@ def resampling_geometry(crop: CropDecoder, box: CropBox, *, full_height: int, fu
     if isinstance(crop, CenterCropDecode):
         height, width = resized_shape(full_height, full_width, resize=crop.resize)
         # torchvision's center_crop: int(round((resized - size) / 2)) (Python's round, halves to even)
-        offset_y, offset_x = int(round((height - crop.size) / 2.0)), int(round((width - crop.size) / 2.0))
+        offset_y, offset_x = round((height - crop.size) / 2.0), round((width - crop.size) / 2.0)
         return [0, 0, full_height, full_width, height, width, offset_y, offset_x, 0]
     raise TypeError(f"{type(crop).__name__} has no batched resampling; use RandomResizedCropDecode or "
                     "CenterCropDecode")

@@ -19,8 +19,7 @@ import pytest
 import torch
 from torchvision.io import decode_jpeg
 
-from lmdb_dataset import LMDBImageDataset, LMDBLoader
-from lmdb_dataset import device_decode
+from lmdb_dataset import LMDBImageDataset, LMDBLoader, device_decode
 from lmdb_dataset.crop_decode import RandomResizedCropDecode
 from lmdb_dataset.device_decode import SplitDecoder, collate_mixed, decode_batch
 from lmdb_dataset.device_stage import CudaStreams, DeviceDecodeStage, HostStreams, Pending, prepare_batch
