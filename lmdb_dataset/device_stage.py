@@ -16,17 +16,18 @@ Streams, and why no kernel reads memory being rewritten (:class:`CudaStreams`)::
     loop's stream     waits for e_k; record_stream: the batch stays alive while the step reads it
 
 Hazard: torchvision allocates ``decode_jpeg``'s outputs from the caching allocator on the
-*current* stream but writes them on its own stream, without waiting for the current stream.
-If the decode ran on W (as the first version did), the blocks of batch k's full-size images and
+*current* stream but writes them on its own stream, without waiting for the current stream. If
+the decode ran on W (as the first version did), the blocks of batch k's full-size images and
 temporaries, dropped while batch k's kernels are still queued on W, could be handed to batch
 k+1's decode and overwritten before those kernels read them: wrong pixels, silently. By
-construction here: (1) nothing of ours is ever queued on D, so no block in D's pool has a
-pending reader of D; (2) every decoded image is marked ``record_stream(W)`` before it is
-handed to W, so the allocator returns its block to D's pool only after the work queued on W
-at the time it was dropped has finished; (3) W's temporaries live in W's pool, which only W
-allocates from, in stream order. ``tests/test_device_stage.py`` replays both orderings on a fake
-allocator that recycles freed blocks eagerly and runs queued work late: the old one gives
-wrong pixels, this one exact ones.
+construction here: (1) nothing of ours is allocated or queued on D, so D's pool holds only
+decoded images (and torchvision's own temporaries); (2) every decoded image is marked
+``record_stream(W)`` before it is handed to W, so the allocator returns its block to D's pool
+only after the work queued on W at the time it was dropped has finished; (3) W's temporaries
+live in W's pool, which only W allocates from, in stream order. ``tests/test_device_stage.py``
+replays the orderings on a fake allocator that recycles freed blocks eagerly and runs queued
+work late: the first version's and a decode stream without ``record_stream`` give wrong pixels,
+this one exact ones.
 
 Memory: at most ``ahead`` prepared batches wait in the queue, plus the batch being prepared
 and the one the loop holds. Shutdown: :meth:`DeviceDecodeStage.close` (also on leaving a
