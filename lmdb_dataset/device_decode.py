@@ -2,10 +2,13 @@
 
 With ``decode="device"`` a DataLoader worker does not decode colour JPEGs. It draws the
 crop from the record header's height and width (:meth:`CropDecoder.box`, the same draws as
-the CPU path) and ships the encoded bytes with it (:class:`EncodedImage`). The main process
-decodes all of a batch's JPEGs with one ``torchvision.io.decode_jpeg(list, device=...)`` call
-(nvJPEG on a CUDA device, libjpeg-turbo on the CPU), then crops, resizes and flips each
-image on the device with :meth:`CropDecoder.finish`.
+the CPU path) and ships the encoded bytes with the crop's resampling geometry
+(:class:`EncodedImage`). In the main process, on a thread of its own
+(:class:`lmdb_dataset.device_stage.DeviceDecodeStage`), all of a batch's JPEGs are decoded with
+one ``torchvision.io.decode_jpeg(list, device=...)`` call (nvJPEG on a CUDA device,
+libjpeg-turbo on the CPU) by :func:`decode_jpegs`, then :func:`assemble` crops, resizes and
+flips them all at once (:func:`lmdb_dataset.resampling.crop_resize`: a fixed number of kernels
+per batch) and merges the images decoded in the workers.
 
 Images the device decoder must not take are decoded in the worker by the datasets' pixel
 policy (fused crop decode, :mod:`lmdb_dataset.crop_decode`) and merged into the batch at
@@ -15,12 +18,8 @@ marker (truncated files, which a GPU decoder may turn into grey pixels where Pil
 the CPU by the datasets' policy; one that nothing decodes raises
 :class:`~lmdb_dataset.errors.CorruptRecordError` naming the record.
 
-nvJPEG pitfalls, and what is done about them: torchvision's CUDA decoder runs on a stream of
-its own and makes the calling stream wait for it, so decoding inside the loader's side stream
-(:class:`lmdb_dataset.loader.SideStream`) orders the crops after the decode; decoded full-size
-images are dropped as soon as their crop is taken, so the caching allocator reuses their blocks
-batch after batch instead of growing. Neither has been checked on a GPU yet (no GPU was
-available when this was written): the tests marked ``cuda`` do, where CUDA is present.
+Which CUDA stream runs what, and why no kernel reads memory that nvJPEG is rewriting, is
+explained in :mod:`lmdb_dataset.device_stage`.
 """
 
 from __future__ import annotations
@@ -34,10 +33,11 @@ import simplejpeg
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .crop_decode import JPEG_SOI, CropBox, CropDecoder
+from .crop_decode import JPEG_SOI, CropDecoder
 from .decoding import decode_image
 from .errors import CorruptRecordError
 from .format import KIND_ENCODED, RecordHeader
+from .resampling import GEOMETRY_COLUMNS, crop_resize, resampling_geometry
 
 _JPEG_EOI = b"\xff\xd9"
 
@@ -48,7 +48,8 @@ class EncodedImage:
 
     Attributes:
         data: The JPEG bytes as a 1-D uint8 tensor.
-        geometry: ``[full_height, full_width, top, left, height, width, flip]`` (int64).
+        geometry: The ``crop_resize`` geometry of its crop: 9 int64 values, the columns of
+            :data:`lmdb_dataset.resampling.GEOMETRY_COLUMNS`.
         record: The record it came from (named in errors).
     """
 
@@ -86,9 +87,9 @@ class SplitDecoder:
         if not device_decodable(header, payload):
             return self.crop(header, payload, generator)
         box = self.crop.box(header.height, header.width, generator)
-        geometry = torch.tensor([header.height, header.width, box.top, box.left, box.height, box.width,
-                                 int(box.flip)], dtype=torch.int64)
-        return EncodedImage(torch.frombuffer(bytearray(payload), dtype=torch.uint8), geometry)
+        geometry = resampling_geometry(self.crop, box, full_height=header.height, full_width=header.width)
+        return EncodedImage(torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+                            torch.tensor(geometry, dtype=torch.int64))
 
 
 @dataclasses.dataclass
@@ -100,7 +101,7 @@ class MixedBatch:
         encoded: The ``K`` JPEGs' bytes, concatenated (one tensor: one shared-memory segment
             between processes, not ``K``).
         lengths: ``K`` byte lengths of the JPEGs in ``encoded``.
-        geometry: ``K x 7`` crops of the JPEGs (see :class:`EncodedImage`).
+        geometry: ``K x 9`` resampling geometry of the JPEGs (see :class:`EncodedImage`).
         records: ``K`` record indices of the JPEGs.
         encoded_at: ``K`` positions of the JPEGs in the batch.
         decoded: ``(N - K) x 3 x S x S`` uint8 crops decoded in the worker.
@@ -139,7 +140,8 @@ def collate_mixed(samples: Sequence[tuple[Any, Any]]) -> MixedBatch:
         labels=torch.tensor([int(label) for _, label in samples], dtype=torch.int64),
         encoded=torch.cat([image.data for image in jpegs]) if jpegs else torch.empty(0, dtype=torch.uint8),
         lengths=torch.tensor([len(image.data) for image in jpegs], dtype=torch.int64),
-        geometry=torch.stack([image.geometry for image in jpegs]) if jpegs else torch.empty(0, 7, dtype=torch.int64),
+        geometry=(torch.stack([image.geometry for image in jpegs]) if jpegs
+                  else torch.empty(0, len(GEOMETRY_COLUMNS), dtype=torch.int64)),
         records=torch.tensor([image.record for image in jpegs], dtype=torch.int64),
         encoded_at=torch.tensor(encoded_at, dtype=torch.int64),
         decoded=torch.stack(decoded) if decoded else torch.empty(0, dtype=torch.uint8),
@@ -147,31 +149,52 @@ def collate_mixed(samples: Sequence[tuple[Any, Any]]) -> MixedBatch:
     )
 
 
-def decode_batch(batch: MixedBatch, crop: CropDecoder, device: torch.device, *, path: str) -> torch.Tensor:
-    """The ``N x 3 x S x S`` uint8 batch on ``device``: JPEGs decoded there in one call, crops merged.
+def decode_batch(batch: MixedBatch, size: int, device: torch.device, *, path: str) -> torch.Tensor:
+    """The ``N x 3 x size x size`` uint8 batch on ``device``, decoded and assembled in the calling thread.
+
+    :func:`decode_jpegs` then :func:`assemble`, with no stream of their own: what
+    :class:`lmdb_dataset.device_stage.DeviceDecodeStage` runs ahead, on its own streams.
 
     Args:
         batch: A batch from :func:`collate_mixed`.
-        crop: The decoder whose :meth:`CropDecoder.finish` crops, resizes and flips.
+        size: Output side.
         device: Where to decode and assemble.
         path: The dataset path, named in errors.
 
     Raises:
         CorruptRecordError: A JPEG decodes neither on the device nor on the CPU.
     """
-    images = torch.empty((len(batch), 3, crop.size, crop.size), dtype=torch.uint8, device=device)
+    return assemble(batch, decode_jpegs(batch, device, path=path), size, device)
+
+
+def assemble(batch: MixedBatch, full_images: list[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+    """The ``N x 3 x size x size`` uint8 batch: the JPEGs' crops (batched) and the workers' crops, in order.
+
+    Args:
+        batch: A batch from :func:`collate_mixed`.
+        full_images: Its JPEGs decoded at full size on ``device`` (:func:`decode_jpegs`).
+        size: Output side.
+        device: Where to assemble.
+    """
+    images = torch.empty((len(batch), 3, size, size), dtype=torch.uint8, device=device)
     if len(batch.decoded_at):
         images[batch.decoded_at.to(device)] = batch.decoded.to(device, non_blocking=True)
-    full_images = _decode_jpegs(batch, device, path=path)
-    for position, image, geometry in zip(batch.encoded_at.tolist(), full_images, batch.geometry.tolist()):
-        full_height, full_width, *box = geometry
-        images[position] = crop.finish(image, CropBox(*box[:4], flip=bool(box[4])), full_height=full_height,
-                                       full_width=full_width)
+    if full_images:
+        images[batch.encoded_at.to(device)] = crop_resize(full_images, batch.geometry, size=size)
     return images
 
 
-def _decode_jpegs(batch: MixedBatch, device: torch.device, *, path: str) -> list[torch.Tensor]:
-    """Full-size CHW uint8 images of the batch's JPEGs on ``device``; one call when all decode."""
+def decode_jpegs(batch: MixedBatch, device: torch.device, *, path: str) -> list[torch.Tensor]:
+    """Full-size CHW uint8 images of the batch's JPEGs on ``device``; one call when all decode.
+
+    Args:
+        batch: A batch from :func:`collate_mixed`.
+        device: Where to decode (nvJPEG on CUDA, libjpeg-turbo on the CPU).
+        path: The dataset path, named in errors.
+
+    Raises:
+        CorruptRecordError: A JPEG decodes neither on the device nor on the CPU.
+    """
     jpegs = batch.jpegs()
     if not jpegs:
         return []

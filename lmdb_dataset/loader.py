@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from .bad_records import OnError, SkipReport
 from .crop_decode import CenterCropDecode, CropDecoder, RandomResizedCropDecode
 from .dataset import LMDBImageDataset
-from .device_decode import EncodedImage, MixedBatch, SplitDecoder, collate_mixed, decode_batch
+from .device_decode import EncodedImage, SplitDecoder, collate_mixed
+from .device_stage import DeviceDecodeStage
 from .draws import RecordDraws, draw_seed
 from .iterable import LMDBIterableDataset
 from .reader import record_pixels
@@ -111,15 +112,20 @@ class LMDBLoader:
 
     Two places to decode:
 
-    * ``decode="worker"`` (the default on the CPU): DataLoader workers decode and crop;
+    * ``decode="worker"`` (the default): DataLoader workers decode and crop;
       uint8 batches travel to the main process, pinned when the device is CUDA, and are
       copied on a side stream.
-    * ``decode="device"`` (the default on CUDA): workers only read records and draw crops
-      from the stored image sizes; the main process decodes each batch's colour JPEGs with
-      one ``torchvision.io.decode_jpeg(list, device=device)`` call (nvJPEG), then crops,
-      resizes and flips on the device. Grayscale/CMYK JPEGs, PNGs, truncated JPEGs and
-      ``raw`` records are decoded in the workers and merged (see
-      :mod:`lmdb_dataset.device_decode`). Also works with ``device="cpu"`` (libjpeg-turbo).
+    * ``decode="device"`` (opt-in): workers only read records and draw crops
+      from the stored image sizes; a background thread of the main process decodes each batch's colour JPEGs
+      with one ``torchvision.io.decode_jpeg(list, device=device)`` call (nvJPEG on CUDA), then
+      crops, resizes, flips and normalises the whole batch in a fixed number of kernels, up to
+      two batches ahead of the loop, on streams of its own
+      (:class:`~lmdb_dataset.device_stage.DeviceDecodeStage`). Grayscale/CMYK JPEGs, PNGs,
+      truncated JPEGs and ``raw`` records are decoded in the workers and merged (see
+      :mod:`lmdb_dataset.device_decode`). Pixels are within one grey level of the worker
+      path's on the same full-size image (:mod:`lmdb_dataset.resampling`). Also works with
+      ``device="cpu"`` (libjpeg-turbo). It has not run on a GPU yet, so it is not the default
+      on CUDA until ``benchmarks/gpu/check.sh`` has passed on one.
 
     Under DDP every rank reads its own share (``num_replicas``/``rank``, defaulting to
     torch.distributed's). Call :meth:`set_epoch` every epoch. For exact mid-epoch resume save
@@ -138,8 +144,7 @@ class LMDBLoader:
             Defaults to ``"random"``.
         num_workers: DataLoader worker processes. Defaults to ``min(8, CPUs available)``.
         device: Where batches are delivered. Defaults to ``"cpu"``.
-        decode: ``"worker"`` or ``"device"``; see above. Defaults to ``"device"`` on CUDA,
-            else ``"worker"``.
+        decode: ``"worker"`` or ``"device"``; see above. Defaults to ``"worker"``.
         dtype: ``torch.float32``, ``torch.bfloat16`` or ``torch.float16``. Defaults to float32.
         channels_last: Deliver channels-last images (faster convolutions on GPUs). Defaults to False.
         size: Output side. Defaults to 224.
@@ -189,7 +194,7 @@ class LMDBLoader:
                  multiprocessing_context: str | None = None, verify_checksums: bool = True,
                  on_error: OnError = "raise") -> None:
         self.device = torch.device(device)
-        self.decode: Decode = decode or ("device" if self.device.type == "cuda" else "worker")
+        self.decode: Decode = decode or "worker"  # "device" on CUDA once benchmarks/gpu/check.sh passed on a GPU
         self.reader: Reader = reader
         self.train = train
         num_workers = min(8, available_cpus()) if num_workers is None else num_workers
@@ -239,8 +244,16 @@ class LMDBLoader:
         return self.dataset.skipped
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        side = SideStream(self.device)
         self._consumed, self._pass_done = 0, False
+        if self.decode == "device":  # decoded ahead on a thread and streams of its own
+            with DeviceDecodeStage(iter(self.dataloader), size=self.crop.size, normalize=self.normalize,
+                                   device=self.device, path=str(self.dataset.path)) as stage:
+                for images, labels in stage:
+                    self._consumed += len(labels)
+                    yield images, labels
+            self._pass_done = True  # every sample of the pass was handed out (or dropped with drop_last)
+            return
+        side = SideStream(self.device)
         staged: tuple[torch.Tensor, torch.Tensor] | None = None
         for batch in self.dataloader:
             with side.context():
@@ -252,15 +265,10 @@ class LMDBLoader:
             yield self._hand_over(side, staged)
         self._pass_done = True  # every sample of the pass was handed out (or dropped with drop_last)
 
-    def _prepare(self, batch: MixedBatch | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Device batch from a DataLoader batch: decode (device mode), copy, normalise."""
-        if isinstance(batch, MixedBatch):
-            images = decode_batch(batch, self.crop, self.device, path=str(self.dataset.path))
-            labels = batch.labels
-        else:
-            images, labels = batch
-            images = images.to(self.device, non_blocking=True)
-        return self.normalize(images), labels.to(self.device, non_blocking=True)
+    def _prepare(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device batch from a DataLoader batch of worker-decoded images: copy, normalise."""
+        images, labels = batch
+        return self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
 
     def _hand_over(self, side: SideStream, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         images, labels = side.hand_over(*batch)
