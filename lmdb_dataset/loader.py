@@ -130,8 +130,8 @@ class LMDBLoader:
     Under DDP every rank reads its own share (``num_replicas``/``rank``, defaulting to
     torch.distributed's). Call :meth:`set_epoch` every epoch. For exact mid-epoch resume save
     :meth:`state_dict` with the checkpoint and call :meth:`load_state_dict` after restarting:
-    the next pass yields exactly the samples not yet consumed (with the ``iterable`` reader,
-    keep ``num_workers`` and ``batch_size``).
+    the next pass yields exactly the samples not yet consumed, with any ``num_workers`` and
+    batch size, and on any world size (the rest of the epoch re-dealt over the new ranks).
 
     Args:
         path: Dataset directory.
@@ -140,8 +140,8 @@ class LMDBLoader:
             (centre crop, ordered). Defaults to True.
         reader: ``"random"`` (map-style, uniformly shuffled: best on SSDs and a warm page
             cache), ``"chunk"`` (map-style, chunk-shuffled: near-sequential reads for disks
-            and network filesystems) or ``"iterable"`` (cursor streams with a shuffle buffer).
-            Defaults to ``"random"``.
+            and network filesystems) or ``"iterable"`` (:class:`LMDBIterableDataset`: the
+            chunk order read as sequential streams, mixed in page-cache pools). Defaults to ``"random"``.
         num_workers: DataLoader worker processes. Defaults to ``min(8, CPUs available)``.
         device: Where batches are delivered. Defaults to ``"cpu"``.
         decode: ``"worker"`` or ``"device"``; see above. Defaults to ``"worker"``.
