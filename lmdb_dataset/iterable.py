@@ -312,7 +312,8 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         requests: dict[int, Any] = {}
 
         def request(pool: int, wait: bool = False) -> None:
-            shared = None if asker is None else SharedAsk(self._asks, pool_key(epoch, pool, runs[pool]), asker)
+            shared = None if asker is None else SharedAsk(self._asks, pool % len(self._asks),
+                                                          pool_key(epoch, pool, runs[pool]), asker)
             requests[pool] = self.prefetch(runs[pool], records=own.get(pool, records[:0]), wait=wait, shared=shared)
 
         request(int(pools[0]), wait=True)

@@ -90,13 +90,16 @@ class SharedAsk:
     """One pool request shared by a rank's processes: one of them asks the kernel, the others wait for it.
 
     Attributes:
-        marks: A small shared int64 tensor of the rank (slot ``key % len(marks)`` holds the key
-            of the pool asked last there).
-        key: The pool's identity (its epoch and runs; non-negative), the same in every process.
+        marks: A small shared int64 tensor of the rank: each slot holds the key of the pool asked
+            for last in it.
+        slot: This pool's slot (its index modulo ``len(marks)``: the pools in flight, a few
+            consecutive ones, never share a slot).
+        key: The pool's identity (its epoch, index and runs; non-negative), the same in every process.
         asker: Whether this process asks (and marks); the others only wait.
     """
 
     marks: Any
+    slot: int
     key: int
     asker: bool
 
@@ -104,9 +107,8 @@ class SharedAsk:
         """For a process that does not ask: wait until the asker asked for the pool (True), or time out (False)."""
         if self.asker:
             return False
-        slot = self.key % len(self.marks)
         deadline = time.monotonic() + ASK_TIMEOUT_S
-        while int(self.marks[slot]) != self.key:
+        while int(self.marks[self.slot]) != self.key:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.001)
@@ -115,7 +117,7 @@ class SharedAsk:
     def mark(self) -> None:
         """For the asker: record that the pool was asked for."""
         if self.asker:
-            self.marks[self.key % len(self.marks)] = self.key
+            self.marks[self.slot] = self.key
 
 
 def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: memoryview) -> None:

@@ -176,12 +176,14 @@ def _asks(tmp_path, monkeypatch):
 def test_a_worker_that_does_not_ask_waits_for_its_ranks_asker_then_reads_without_asking(tmp_path, monkeypatch):
     prefetcher, fd, asked = _asks(tmp_path, monkeypatch)
     marks = torch.full((8,), -1, dtype=torch.int64)
-    done = prefetcher.request([(0, 4096)], shared=SharedAsk(marks, key=13, asker=False))
+    done = prefetcher.request([(0, 4096)], shared=SharedAsk(marks, slot=5, key=13, asker=False))
     assert not done.wait(0.3)  # the asker has not asked yet
-    SharedAsk(marks, key=13, asker=True).mark()
+    SharedAsk(marks, slot=3, key=13, asker=True).mark()
+    assert not done.wait(0.3)  # another pool's slot
+    SharedAsk(marks, slot=5, key=13, asker=True).mark()
     assert done.wait(30) and asked == []  # it read through its spans, asking for nothing
-    asker = prefetcher.request([(4096, 4096)], shared=SharedAsk(marks, key=22, asker=True))
-    assert asker.wait(30) and asked == [[[4096, 4096]]] and int(marks[22 % 8]) == 22
+    asker = prefetcher.request([(4096, 4096)], shared=SharedAsk(marks, slot=6, key=22, asker=True))
+    assert asker.wait(30) and asked == [[[4096, 4096]]] and int(marks[6]) == 22
     prefetcher.close()
     os.close(fd)
 
@@ -189,7 +191,7 @@ def test_a_worker_that_does_not_ask_waits_for_its_ranks_asker_then_reads_without
 def test_a_worker_whose_asker_never_asks_asks_itself_after_the_timeout(tmp_path, monkeypatch):
     prefetcher, fd, asked = _asks(tmp_path, monkeypatch)
     monkeypatch.setattr(prefetching, "ASK_TIMEOUT_S", 0.2)
-    done = prefetcher.request([(0, 4096)], shared=SharedAsk(torch.full((8,), -1), key=5, asker=False))
+    done = prefetcher.request([(0, 4096)], shared=SharedAsk(torch.full((8,), -1), slot=5, key=5, asker=False))
     assert done.wait(30) and asked == [[[0, 4096]]]
     prefetcher.close()
     os.close(fd)
@@ -208,6 +210,7 @@ def test_a_ranks_workers_ask_the_kernel_once_per_pool_not_once_per_worker(conver
     path = converted(num_images=60, special=False)
     counter = multiprocessing.get_context("fork").Value("i", 0)
     monkeypatch.setattr(prefetching, "advise", _count_asks(counter, prefetching.advise))
+    monkeypatch.setattr(prefetching, "ASK_TIMEOUT_S", 600.0)  # a loaded machine's late asker is no extra ask
     dataset = LMDBIterableDataset(path, output="numpy", chunk_size=4, pool_size=16, seed=1, transform=len)
     loader = DataLoader(dataset, batch_size=2, num_workers=num_workers, multiprocessing_context="fork")
     assert sum(len(labels) for _, labels in loader) == 60
