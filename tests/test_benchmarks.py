@@ -121,7 +121,7 @@ def test_sections_are_skipped_when_absent_and_follow_the_registry_order(bench_mo
     ("train_ab.json", "train_ab"), ("fused_decode.json", "fused_decode"),
     ("legacy_repack.json", "legacy_repack"), ("legacy_repack_cold.json", "legacy_repack"),
     ("conversion_memory.json", "conversion_memory"), ("slow_storage/results.json", "slow_storage.report"),
-    ("slow_storage/scale.json", "slow_storage.report")])
+    ("slow_storage/scale.json", "slow_storage.report"), ("node_scale/results.json", "node_scale.report")])
 def test_each_section_renders_its_committed_json_and_only_its_numbers(bench_modules, name, module):
     import importlib
 
@@ -202,7 +202,7 @@ def test_a_stand_alone_run_records_its_provenance_and_re_renders_only_beside_a_m
 
 
 
-@pytest.mark.parametrize("name", ["NOTES.md", "slow_storage/NOTES.md"])
+@pytest.mark.parametrize("name", ["NOTES.md", "slow_storage/NOTES.md", "node_scale/NOTES.md"])
 def test_hand_written_notes_are_dated_and_name_their_command(name):
     notes = (BENCHMARKS / name).read_text()
     sections = [s for s in notes.split("\n## ")[1:]]
