@@ -39,6 +39,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("slow_storage/results.json", "slow_storage.report"),
     ("slow_storage/scale.json", "slow_storage.report"),
     ("gpu_check.json", "gpu.check"),
+    ("node_scale/results.json", "node_scale.report"),
 ]
 """The sections after the main report, in order: (JSON path relative to the folder, module of
 benchmarks/ whose ``markdown(results: dict) -> str`` renders it). A new stand-alone benchmark adds

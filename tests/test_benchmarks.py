@@ -121,7 +121,7 @@ def test_sections_are_skipped_when_absent_and_follow_the_registry_order(bench_mo
     ("train_ab.json", "train_ab"), ("fused_decode.json", "fused_decode"),
     ("legacy_repack.json", "legacy_repack"), ("legacy_repack_cold.json", "legacy_repack"),
     ("conversion_memory.json", "conversion_memory"), ("slow_storage/results.json", "slow_storage.report"),
-    ("slow_storage/scale.json", "slow_storage.report")])
+    ("slow_storage/scale.json", "slow_storage.report"), ("node_scale/results.json", "node_scale.report")])
 def test_each_section_renders_its_committed_json_and_only_its_numbers(bench_modules, name, module):
     import importlib
 
@@ -202,7 +202,7 @@ def test_a_stand_alone_run_records_its_provenance_and_re_renders_only_beside_a_m
 
 
 
-@pytest.mark.parametrize("name", ["NOTES.md", "slow_storage/NOTES.md"])
+@pytest.mark.parametrize("name", ["NOTES.md", "slow_storage/NOTES.md", "node_scale/NOTES.md"])
 def test_hand_written_notes_are_dated_and_name_their_command(name):
     notes = (BENCHMARKS / name).read_text()
     sections = [s for s in notes.split("\n## ")[1:]]
@@ -295,3 +295,30 @@ def test_experiment_runs_every_case_once_per_round_and_replaces_the_cases_it_rer
         (4, "imagefolder", 0), (4, "lmdb-chunk", 0), (4, "lmdb-chunk", 1), (8, "imagefolder", 0), (8, "lmdb-chunk", 0)]
     with pytest.raises(SystemExit, match="--repeats 0"):
         experiment.main([*common, "--repeats", "0"])
+
+
+def test_node_scale_quick_run_measures_every_process_and_renders_its_section(tmp_path):
+    """The smallest configuration (2 ranks x 1 worker, a 2,000-record dataset, fork): seconds."""
+    out = tmp_path / "node_scale.json"
+    command = [sys.executable, "-m", "benchmarks.node_scale.run", "--quick", "--readers", "iterable", "map-chunk",
+               "--pipelines", "raw", "--out", str(out)]
+    result = subprocess.run(command, cwd=BENCHMARKS.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())
+    assert results["command"].startswith("python -m benchmarks.node_scale.run --quick")
+    assert results["records"] == 2000 and results["plan"]["ranks"] == 2 and results["plan"]["workers"] == 1
+    names = [(run["config"]["reader"], run["config"]["ranks"], run["config"]["workers"]) for run in results["runs"]]
+    assert {("iterable", 2, 1), ("iterable", 1, 2), ("map-chunk", 2, 1), ("map-chunk", 1, 2)} <= set(names)
+    for run in results["runs"]:
+        assert run["rate"] >= 0 and len(run["first_batch_s"]) == run["config"]["ranks"]
+        assert run["processes"]["rank"]["count"] == run["config"]["ranks"]
+        assert set(run["processes"]["rank"]) >= {"count", "uss_mib", "pss_mib", "private_mib", "fds", "threads"}
+        assert len(run["prefetch"]) == run["config"]["ranks"]
+        assert all(set(rank) >= {"pools", "advise", "asked_elsewhere", "read_through"} for rank in run["prefetch"])
+        if run["config"]["reader"] != "bare":  # the floor: a DataLoader that reads nothing, so asks for no pool
+            assert all(rank["pools"] >= 1 and rank["advise"][0] >= 1 for rank in run["prefetch"])
+    from benchmarks.node_scale import report as node_report
+
+    text = node_report.markdown(results)
+    assert "### Targets" in text and "| raw/iterable/2x1 |" in text and "kernel requests per pool" in text
+    assert text in result.stdout
