@@ -64,7 +64,7 @@ class SharedTables:
         if self._block is None:  # first pickle: move the tables into shared memory, here too
             import torch
 
-            block = torch.empty(max(1, sum(int(np.prod(s)) for _, o, s in layout if o is not None)),
+            block = torch.empty(max(1, sum(view.size for view in self._views.values() if view is not None)),
                                 dtype=torch.int64)
             flat = block.numpy()
             for name, offset, shape in layout:

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import time
+import traceback
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -97,3 +98,22 @@ def failing_pread(monkeypatch, bad_offset: int, failure: str) -> None:
         return real(fd, length, offset)[:length // 2]
 
     monkeypatch.setattr(os, "pread", pread)
+
+
+def gloo_rank(rank: int, world_size: int, init_file: str, out_dir: str, body: Callable[[], dict],
+              timeout_s: float) -> None:
+    """One rank process of :func:`run_ranks`: join a gloo group, run ``body``, write its result (or traceback)."""
+    try:
+        import datetime
+
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        result = body()
+        dist.barrier()
+        dist.destroy_process_group()
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    except BaseException:  # noqa: BLE001 - any failure is reported to the parent
+        Path(out_dir, f"rank{rank}.error").write_text(traceback.format_exc())
+        raise SystemExit(1)

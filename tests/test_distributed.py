@@ -8,16 +8,13 @@ of blocking the test run.
 
 from __future__ import annotations
 
-import datetime
-import json
 import traceback
 import zlib
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
-from support import dataloader_batches, pixel_checksum, run_ranks
+from support import dataloader_batches, gloo_rank, pixel_checksum, run_ranks
 
 WORLD_SIZE = 2
 DEADLINE_S = 240
@@ -106,34 +103,31 @@ def _training_scenario(path: str) -> dict:
 
 
 def _rank_main(rank: int, world_size: int, init_file: str, path: str, odd_path: str, out_dir: str) -> None:
-    try:
-        import torch.distributed as dist
+    gloo_rank(rank, world_size, init_file, out_dir, lambda: _scenarios(rank, world_size, path, odd_path),
+              COLLECTIVE_TIMEOUT_S)
 
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-        # A scenario that raises is recorded and the next one still runs, so one failure does not
-        # hide the others (only the training loop uses collectives).
-        scenarios = {"world": lambda: _world_scenario(path),
-                     "sampler_even": lambda: _sampler_scenario(path),
-                     "sampler_odd": lambda: _sampler_scenario(odd_path),
-                     "iterable_even": lambda: _iterable_scenario(path, drop_last=False),
-                     "iterable_odd_drop_last": lambda: _iterable_scenario(odd_path, drop_last=True),
-                     "training": lambda: _training_scenario(path)}
-        result = {"rank": rank}
-        for name, scenario in scenarios.items():
-            try:
-                result[name] = scenario()
-            except Exception:  # noqa: BLE001 - reported to the parent
-                result[name] = {"error": traceback.format_exc()}
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, result["training"].get("steps"))
-        result["gathered_steps"] = gathered
-        dist.barrier()
-        dist.destroy_process_group()
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    except BaseException:  # noqa: BLE001 - any failure is reported to the parent
-        Path(out_dir, f"rank{rank}.error").write_text(traceback.format_exc())
-        raise SystemExit(1)
+
+def _scenarios(rank: int, world_size: int, path: str, odd_path: str) -> dict:
+    import torch.distributed as dist
+
+    # A scenario that raises is recorded and the next one still runs, so one failure does not
+    # hide the others (only the training loop uses collectives).
+    scenarios = {"world": lambda: _world_scenario(path),
+                 "sampler_even": lambda: _sampler_scenario(path),
+                 "sampler_odd": lambda: _sampler_scenario(odd_path),
+                 "iterable_even": lambda: _iterable_scenario(path, drop_last=False),
+                 "iterable_odd_drop_last": lambda: _iterable_scenario(odd_path, drop_last=True),
+                 "training": lambda: _training_scenario(path)}
+    result = {"rank": rank}
+    for name, scenario in scenarios.items():
+        try:
+            result[name] = scenario()
+        except Exception:  # noqa: BLE001 - reported to the parent
+            result[name] = {"error": traceback.format_exc()}
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, result["training"].get("steps"))
+    result["gathered_steps"] = gathered
+    return result
 
 
 # --- the launch (parent) and its checks ----------------------------------------------------------------------

@@ -8,15 +8,13 @@ reader), and with real processes on gloo process groups (4 ranks, then 3).
 
 from __future__ import annotations
 
-import datetime
 import json
-import traceback
 import zlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import pixel_checksum, run_ranks
+from support import gloo_rank, pixel_checksum, run_ranks
 from torch.utils.data import DataLoader
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, LMDBLoader
@@ -104,42 +102,37 @@ def test_state_of_any_rank_resumes_in_another_world_with_each_unconsumed_sample_
 
 def _elastic_rank(rank: int, world_size: int, init_file: str, path: str, state_file: str, resume: bool,
                   out_dir: str) -> None:
-    try:
-        import torch.distributed as dist
+    gloo_rank(rank, world_size, init_file, out_dir, lambda: _elastic_pass(rank, world_size, path, state_file, resume),
+              60)
 
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=60))
-        result = {}
-        for kind in ("sampler", "iterable"):
-            # num_replicas and rank come from the process group.
-            if kind == "sampler":
-                dataset = LMDBImageDataset(path, transform=pixel_checksum, output="numpy")
-                resumable = ChunkShuffleSampler(dataset, chunk_size=4, pool_size=8, seed=4)
-                loader = DataLoader(dataset, batch_size=BATCH, sampler=resumable)
-            else:
-                resumable = LMDBIterableDataset(path, transform=pixel_checksum, output="numpy", chunk_size=4,
-                                                pool_size=8, seed=4)
-                loader = DataLoader(resumable, batch_size=BATCH)
-            state_path = Path(f"{state_file}.{kind}")
-            if resume:  # the restarted job: every rank loads the state one rank saved
-                resumable.load_state_dict(json.loads(state_path.read_text()))
-                resumable.set_epoch(0)
-                result[kind] = [int(c) for images, _ in loader for c in images]
-            else:
-                seen = []
-                for step, (images, _) in enumerate(loader):
-                    seen += [int(c) for c in images]
-                    if step == 1:
-                        break
-                if rank == world_size - 1:  # the last rank writes the checkpoint
-                    state_path.write_text(json.dumps(resumable.state_dict(samples_consumed=len(seen))))
-                result[kind] = seen
-        dist.barrier()
-        dist.destroy_process_group()
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    except BaseException:  # noqa: BLE001 - any failure is reported to the parent
-        Path(out_dir, f"rank{rank}.error").write_text(traceback.format_exc())
-        raise SystemExit(1)
+
+def _elastic_pass(rank: int, world_size: int, path: str, state_file: str, resume: bool) -> dict:
+    result = {}
+    for kind in ("sampler", "iterable"):
+        # num_replicas and rank come from the process group.
+        if kind == "sampler":
+            dataset = LMDBImageDataset(path, transform=pixel_checksum, output="numpy")
+            resumable = ChunkShuffleSampler(dataset, chunk_size=4, pool_size=8, seed=4)
+            loader = DataLoader(dataset, batch_size=BATCH, sampler=resumable)
+        else:
+            resumable = LMDBIterableDataset(path, transform=pixel_checksum, output="numpy", chunk_size=4,
+                                            pool_size=8, seed=4)
+            loader = DataLoader(resumable, batch_size=BATCH)
+        state_path = Path(f"{state_file}.{kind}")
+        if resume:  # the restarted job: every rank loads the state one rank saved
+            resumable.load_state_dict(json.loads(state_path.read_text()))
+            resumable.set_epoch(0)
+            result[kind] = [int(c) for images, _ in loader for c in images]
+        else:
+            seen = []
+            for step, (images, _) in enumerate(loader):
+                seen += [int(c) for c in images]
+                if step == 1:
+                    break
+            if rank == world_size - 1:  # the last rank writes the checkpoint
+                state_path.write_text(json.dumps(resumable.state_dict(samples_consumed=len(seen))))
+            result[kind] = seen
+    return result
 
 
 def test_four_gloo_ranks_stop_mid_epoch_and_three_resume_with_exactly_the_rest(dataset_path, checksums,
