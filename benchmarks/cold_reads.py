@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
-
 from decode_cases import read_file
 from harness import MB, Case, Context, Result, evict
+
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
 from lmdb_dataset.environment import data_file, environments
 from lmdb_dataset.world import World
@@ -59,7 +59,8 @@ def lmdb_random_reader(access: str) -> Callable[[Context], tuple[Callable[[], tu
 def imagefolder_reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], list[str]]:
     """Random-order open+read of ImageFolder files."""
     files = ctx.files
-    chosen = [files[i] for batch in random_batches(len(files), ctx.args.cold_records, 1, ctx.args.batch_size) for i in batch]
+    batches = random_batches(len(files), ctx.args.cold_records, 1, ctx.args.batch_size)
+    chosen = [files[i] for batch in batches for i in batch]
 
     def work() -> tuple[int, int]:
         return len(chosen), sum(len(read_file(path)) for path in chosen)

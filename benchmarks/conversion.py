@@ -9,9 +9,7 @@ import threading
 import time
 
 import psutil
-
 from harness import MB, Context, Result
-
 
 CONVERT_SCRIPT = """
 import json, sys

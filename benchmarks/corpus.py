@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import CORES, MB
 from torchvision.datasets import ImageFolder
 
-from harness import CORES, MB
 from lmdb_dataset import LMDBImageDataset, convert_image_folder
 from lmdb_dataset.environment import environments
 
@@ -34,7 +34,8 @@ def default_corpus(data: Path, num_images: int) -> Path:
     """``DATA/corpus-N/train``: a generated corpus of ``num_images`` images, made with make_corpus.py if missing."""
     root = data / f"corpus-{num_images}"
     if not (root / "corpus_stats.json").exists():
-        print(f"generating a {num_images}-image corpus in {root} (~{num_images / 50 / 60:.1f} min on 2 cores)", flush=True)
+        minutes = num_images / 50 / 60
+        print(f"generating a {num_images}-image corpus in {root} (~{minutes:.1f} min on 2 cores)", flush=True)
         subprocess.run([sys.executable, str(HERE / "make_corpus.py"), str(root), "--num-images", str(num_images),
                         "--workers", str(CORES)], check=True)
     return root / "train"
@@ -63,7 +64,7 @@ def converted(data: Path, folder: Path, files: list[str], storage: str) -> Path:
     try:
         if len(LMDBImageDataset(path)) == len(files):
             return path
-    except Exception:  # noqa: BLE001 - missing or incomplete: convert again
+    except Exception:
         pass
     print(f"converting {folder} ({storage}) into {path}", flush=True)
     convert_image_folder(folder, path, storage=storage, workers=CORES, overwrite=True)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import simplejpeg
 import torch
+from harness import Case, Context, Result
 from PIL import Image
+from pipelines import classic_pipeline
 from torchvision.io import decode_jpeg
 
-from harness import Case, Context, Result
-from pipelines import classic_pipeline
 from lmdb_dataset.transforms import train_transform
 
 

@@ -7,9 +7,10 @@ import fnmatch
 import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torchvision.datasets import ImageFolder
 
@@ -111,7 +112,7 @@ def run_rounds(cases: list[Case], ctx: Context, rounds: int) -> dict[str, list[R
             case_started = time.perf_counter()
             try:
                 result = case.run(ctx)
-            except Exception as error:  # noqa: BLE001 - report it in the table
+            except Exception as error:
                 result = {"value": float("nan"), "error": f"{type(error).__name__}: {error}"}
             result["seconds"] = time.perf_counter() - case_started
             results[case.name].append(result)

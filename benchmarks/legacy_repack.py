@@ -37,6 +37,7 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
+import report
 
 from lmdb_dataset import make_photo_folder
 from lmdb_dataset.convert import image_folder_samples
@@ -45,8 +46,6 @@ from lmdb_dataset.pagecache import evict_from_page_cache
 from lmdb_dataset.sources import msgpack_values, safe_pickle
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.legacy_lmdb import decode_datapoint
-
-import report
 
 
 def build_source(corpus: Path, target: Path, fmt: str) -> None:
@@ -111,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/data/legacy"),
                         help="where the corpus, the legacy LMDB and the outputs go (default benchmarks/data/legacy)")
-    parser.add_argument("--corpus", type=Path, default=None, help="an ImageFolder root to use instead of generating one")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="an ImageFolder root to use instead of generating one")
     parser.add_argument("--num-images", type=int, default=1000, help="images to generate (default 1000)")
     parser.add_argument("--format", choices=["pickle", "msgpack"], default="pickle",
                         help="value serialisation of the legacy LMDB (default pickle, tensorpack >= 0.9.9)")

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
+from harness import Case, Context, Result, evict, warm
+from pipelines import HWCToCHW, SimplejpegImageFolder, classic_pipeline, float_v2_pipeline, uint8_pipeline
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-from harness import Case, Context, Result, evict, warm
-from pipelines import HWCToCHW, SimplejpegImageFolder, classic_pipeline, float_v2_pipeline, uint8_pipeline
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
 from lmdb_dataset.environment import data_file, environments
 from lmdb_dataset.transforms import NormalizeBatch
@@ -80,8 +80,8 @@ def make_loader(spec: LoaderSpec, ctx: Context, *, persistent: bool = False) -> 
         return peer.make_loader(prepared, transform=HWCToCHW(transform), **options)
     path = ctx.lmdb[spec.storage]
     if spec.source == "lmdb-iterable":
-        return DataLoader(LMDBIterableDataset(path, transform=transform, output="tensor", batch_size=ctx.args.batch_size),
-                          **options)
+        iterable = LMDBIterableDataset(path, transform=transform, output="tensor", batch_size=ctx.args.batch_size)
+        return DataLoader(iterable, **options)
     dataset = LMDBImageDataset(path, transform=transform, output="tensor", access=spec.access,
                                verify_checksums=spec.verify)
     sampler = ChunkShuffleSampler(dataset) if spec.source == "lmdb-chunk" else None

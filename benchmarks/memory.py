@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import psutil
-
 from harness import MB, Case, Context, Result, warm
 from loaders import LoaderSpec, make_loader
 

@@ -14,7 +14,7 @@ def prepared_peers(data: Path, folder: Path, files: list[str], wanted: set[str])
     """Peers that import, prepared (cached) for ``folder``; and ``name -> reason`` for the others."""
     try:
         peers = importlib.import_module("peers")
-    except Exception as error:  # noqa: BLE001 - peers are optional
+    except Exception as error:
         return {}, {"all peers": f"benchmarks/peers.py does not import: {type(error).__name__}: {error}"}
     ready: dict[str, tuple[Any, Path]] = {}
     missing = dict(peers.unavailable_peers())
@@ -29,7 +29,7 @@ def prepared_peers(data: Path, folder: Path, files: list[str], wanted: set[str])
                 work_dir.mkdir(parents=True, exist_ok=True)
                 marker.write_text(str(peer.prepare(folder, work_dir)))
             ready[name] = (peer, Path(marker.read_text()))
-        except Exception as error:  # noqa: BLE001 - one broken peer must not stop the suite
+        except Exception as error:
             missing[name] = f"prepare failed: {type(error).__name__}: {error}"
     return ready, missing
 
@@ -38,7 +38,7 @@ def peer_names() -> list[str]:
     """Names of the peers whose library imports (none if benchmarks/peers.py is missing or broken)."""
     try:
         return list(importlib.import_module("peers").available_peers())
-    except Exception:  # noqa: BLE001 - peers are optional
+    except Exception:
         return []
 
 

@@ -79,8 +79,8 @@ def missing_extras() -> list[str]:
 
 def all_cases(peers: list[str]) -> list:
     """Every case, in round order."""
-    from conversion import convert_case
     from cold_reads import cold_read_cases
+    from conversion import convert_case
     from decode_cases import decode_cases
     from harness import Case
     from loaders import COLD_PATHS, LoaderSpec, loader_case, warm_loader_specs
@@ -97,11 +97,10 @@ def all_cases(peers: list[str]) -> list:
 
 def prepare(args: argparse.Namespace, cases: list) -> tuple[Any, dict[str, float]]:
     """Corpus, subset, conversions and peers the selected cases need; and the datasets' sizes in MB."""
-    from torchvision.datasets import ImageFolder
-
     from corpus import converted, default_corpus, disk_mb, limited_folder
     from harness import Context
     from peer_setup import prepared_peers
+    from torchvision.datasets import ImageFolder
 
     folder = limited_folder(args.data, args.corpus or default_corpus(args.data, args.corpus_images),
                             args.limit_images)
@@ -126,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
               "pip install -e \".[bench]\" (from the repository root)", file=sys.stderr)
         return 2
     import torch
-
     from harness import CORES, MB, run_rounds, select
     from peer_setup import peer_names
     from report import machine, write

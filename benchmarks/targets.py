@@ -7,10 +7,9 @@ import fnmatch
 from dataclasses import dataclass
 
 import numpy as np
-
 from harness import CORES, Result, per_round_ratio, values
-from report import median
 from loaders import COLD_PATHS
+from report import median
 
 
 @dataclass(frozen=True)

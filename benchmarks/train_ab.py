@@ -6,7 +6,8 @@ scikit-learn package) are upscaled to 16x16, written as JPEGs into a class-sorte
 (shuffled) record order and in folder order (records stored class by class). A small CNN with
 BatchNorm is trained with random sampling (``LMDBImageDataset`` + ``shuffle=True``),
 ``ChunkShuffleSampler`` and ``LMDBIterableDataset`` (2 persistent DataLoader workers), several
-seeds each (Adam, cosine learning-rate decay), and scored on the test set (BatchNorm in eval mode, i.e. with its running statistics).
+seeds each (Adam, cosine learning-rate decay), and scored on the test set (BatchNorm in eval mode, i.e. with its
+running statistics).
 
 ``chunk_size`` and ``pool_size`` are scaled to the dataset so that the readers mix as little as
 at ImageNet scale with the defaults (repeat co-occurrence ~1.7x random's: ``pool_size`` ~
@@ -35,6 +36,7 @@ import time
 import warnings
 
 import numpy as np
+import report
 import torch
 from PIL import Image
 from torch import nn
@@ -42,8 +44,6 @@ from torch.utils.data import DataLoader
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, convert_image_folder
 from lmdb_dataset.mixing import ClassLocalityWarning
-
-import report
 
 SIZE = 16
 TARGET_POINTS = 1.0

@@ -196,7 +196,7 @@ class DeviceDecodeStage:
                     if self._stop.is_set() or not self._put(("batch", pending)):
                         return
             self._put(("end", None))
-        except BaseException as exc:  # noqa: BLE001 - raised by the consumer's next()
+        except BaseException as exc:
             self._put(("error", exc))
         finally:
             self._batches = None  # a DataLoader iterator shuts its workers down when released

@@ -16,8 +16,8 @@ from torch.utils.data._utils.fetch import _IterableDatasetFetcher
 
 from .bad_records import OnError
 from .dataset import LMDBDatasetBase
-from .draws import draw_seed
 from .decoding import Output
+from .draws import draw_seed
 from .memory import release_free_heap
 from .mixing import check_class_locality, labels_in_file_order
 from .ordering import Hop, check_seed, worker_positions

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-
 ORDER_VERSION = 2
 """Changes whenever the same arguments start giving another order (2: ramped first pools), so
 that a resume state saved under another order is refused rather than resumed wrongly."""
@@ -191,7 +190,10 @@ class RankOrder:
         return np.searchsorted(self.starts, positions, side="right").astype(np.int64) - 1
 
     def pool_runs(self, pool: int) -> np.ndarray:
-        """Pool ``pool``'s contiguous record runs ``[start, stop)`` in read order (int64 ``(runs, 2)``): one positioning each."""
+        """Pool ``pool``'s contiguous record runs ``[start, stop)`` in read order (int64 ``(runs, 2)``).
+
+        One positioning each.
+        """
         return contiguous_runs(self.reads[self.starts[pool]:self.starts[pool + 1]])
 
     def runs(self) -> list[np.ndarray]:

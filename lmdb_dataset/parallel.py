@@ -145,7 +145,8 @@ def ordered_map(function: Callable[[Any], Result], tasks: Iterable[Any], workers
         yield from map(function, tasks)
         return
     window = workers * BATCHES_PER_WORKER
-    batches = iter(lambda it=iter(tasks): list(itertools.islice(it, TASKS_PER_BATCH)), [])
+    pending = iter(tasks)
+    batches = iter(lambda: list(itertools.islice(pending, TASKS_PER_BATCH)), [])
     pool: list[_Worker] = []
     finished = False
     try:

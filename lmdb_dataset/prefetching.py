@@ -150,8 +150,8 @@ class Prefetcher:
     the order made and a caller can wait for one. The thread starts on the first request,
     works on its own duplicate of ``fd`` (so the owner may close its descriptor at any time)
     and ends at :meth:`close`. A request that fails (an I/O error) ends quietly, and the thread
-    goes on to the next: reading the record itself raises the error that names it. Belongs to the process that created it (a
-    reader re-creates its prefetcher after a fork).
+    goes on to the next: reading the record itself raises the error that names it. Belongs to
+    the process that created it (a reader re-creates its prefetcher after a fork).
 
     Args:
         fd: An open descriptor of the file.
@@ -204,7 +204,7 @@ class Prefetcher:
                         if shared is not None:
                             shared.mark()
                     read_through(self._fd, read, scratch)
-            except Exception:  # noqa: BLE001 - advisory: the thread must go on serving (readers wait on it),
+            except Exception:
                 pass  # and reading the records themselves raises their errors
             finally:
                 done.set()

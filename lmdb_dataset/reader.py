@@ -204,8 +204,8 @@ def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview |
 
     Raises:
         CorruptRecordError: The record is missing, malformed, fails its CRC32 check (with
-            ``verify``), holds another label than the label table, or its image does not decode. The message names the dataset path,
-            the record index and, when known, the source file.
+            ``verify``), holds another label than the label table, or its image does not decode.
+            The message names the dataset path, the record index and, when known, the source file.
     """
     if value is None:
         raise _corrupt(meta, index, "the record is missing")
@@ -235,7 +235,7 @@ def _corrupt(meta: DatasetMetadata, index: int, reason: str,
         paths = read_path_table(meta.path, meta.info.num_records)
         if paths is not None and paths[index]:
             source = f" (source file {paths[index]!r})"
-    except Exception:  # noqa: BLE001 - the path is a courtesy; never mask the real error
+    except Exception:
         pass
     return kind(f"{meta.path}: record {index}{source}: {reason}. "
                               f"Run `lmdb-dataset verify {meta.path}` to list every bad record.",

@@ -24,9 +24,9 @@ from ``K x 13`` integers; the per-image loop it replaces launched ~1,500 kernels
 Cost and memory. The matmuls are dense: ``3 x S x (Hp + S) x Wp`` multiply-adds per image
 (0.24 G for a 500x500 crop at ``S = 224``, 62 G for a batch of such crops: ~6 ms at an A100's
 float32 peak; RandomResizedCrop's crops average a third of the image), growing with the crop's
-area, so multi-megapixel photos cost more than a per-image resize would. The padded crops take ``5 x K x 3 x Hp x Wp`` bytes (uint8 and
-float32): images are sorted by crop size and cut into chunks of at most ``max_elements``
-padded values (default 2**26, ~320 MB), each chunk a fixed number of kernels.
+area, so multi-megapixel photos cost more than a per-image resize would. The padded crops take
+``5 x K x 3 x Hp x Wp`` bytes (uint8 and float32): images are sorted by crop size and cut into
+chunks of at most ``max_elements`` padded values (default 2**26, ~320 MB), each chunk a fixed number of kernels.
 
 Pixels against the worker path. Measured on the CPU against :meth:`CropDecoder.finish
 <lmdb_dataset.crop_decode.CropDecoder.finish>` applied to the same full-size images with the

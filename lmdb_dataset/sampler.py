@@ -31,8 +31,8 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
     pool starts, the first pool of epoch ``epoch + 1``): one sequential read per chunk,
     after which the DataLoader workers' random reads inside the pool hit memory. Only the
     first pool of a run (or of a resumed epoch) is read cold. It replaces ``RandomSampler`` /
-    ``DistributedSampler`` in a DataLoader over :class:`LMDBImageDataset` (or any map-style dataset with ``file_order``, or whose
-    neighbouring indices are stored together).
+    ``DistributedSampler`` in a DataLoader over :class:`LMDBImageDataset` (or any map-style
+    dataset with ``file_order``, or whose neighbouring indices are stored together).
 
     On a file written in the default shuffled order, batches hold as many classes as random
     sampling's and pairs of samples meet again in a batch the next epoch about
@@ -62,10 +62,10 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
     the next epoch, whichever order ``set_epoch`` and ``load_state_dict`` are called in.
 
     Args:
-        data_source: The dataset (kept as ``dataset``, as in ``DistributedSampler``): its length; its ``file_order`` (the sample each stored record
-            holds) and ``targets`` if it has them, for the storage order and the class-locality
-            check; its ``prefetch(runs, wait=...)`` if it has one (see
-            :meth:`LMDBImageDataset.prefetch`).
+        data_source: The dataset (kept as ``dataset``, as in ``DistributedSampler``): its length;
+            its ``file_order`` (the sample each stored record holds) and ``targets`` if it has
+            them, for the storage order and the class-locality check; its
+            ``prefetch(runs, wait=...)`` if it has one (see :meth:`LMDBImageDataset.prefetch`).
         chunk_size: Records per chunk, the unit of sequential reading: one positioning
             (seek) per chunk. Larger means longer sequential reads (on a spinning disk a
             64-record chunk of ImageNet, ~7 MB, reads in ~50 ms after a ~10 ms seek) but

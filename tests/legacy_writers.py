@@ -12,9 +12,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tarfile
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import lmdb
@@ -62,8 +62,8 @@ def write_folder2lmdb(root: Path, target: Path, *, protocol: int) -> Path:
     with db.begin(write=True) as txn:
         images = source_images(root)
         for idx, (_, data, label) in enumerate(images):
-            txn.put("{}".format(idx).encode("ascii"), pickle.dumps((data, label), protocol=protocol))
-        keys = ["{}".format(k).encode("ascii") for k in range(len(images))]
+            txn.put(f"{idx}".encode("ascii"), pickle.dumps((data, label), protocol=protocol))
+        keys = [f"{k}".encode("ascii") for k in range(len(images))]
         txn.put(b"__keys__", pickle.dumps(keys, protocol=protocol))
         txn.put(b"__len__", pickle.dumps(len(keys), protocol=protocol))
     db.sync()
@@ -97,7 +97,10 @@ def write_caffe(root: Path, target: Path, *, encoded: bool) -> Path:
     db = lmdb.open(str(target), map_size=1 << 28)
     with db.begin(write=True) as txn:
         for idx, (path, data, label) in enumerate(source_images(root)):
-            value = caffe_datum(label=label, data=data) if encoded else caffe_datum(label=label, pixels=decode_image(data))
+            if encoded:
+                value = caffe_datum(label=label, data=data)
+            else:
+                value = caffe_datum(label=label, pixels=decode_image(data))
             txn.put(f"{idx:08d}_{path}".encode(), value)
     db.close()
     return target

@@ -114,6 +114,6 @@ def gloo_rank(rank: int, world_size: int, init_file: str, out_dir: str, body: Ca
         dist.barrier()
         dist.destroy_process_group()
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    except BaseException:  # noqa: BLE001 - any failure is reported to the parent
+    except BaseException:
         Path(out_dir, f"rank{rank}.error").write_text(traceback.format_exc())
-        raise SystemExit(1)
+        raise SystemExit(1) from None

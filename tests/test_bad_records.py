@@ -18,8 +18,15 @@ from legacy_writers import poison, write_folder2lmdb
 from support import PROPERTY, failing_pread, pixel_checksum, records_of
 from torch.utils.data import DataLoader
 
-from lmdb_dataset import (BadRecordWarning, ChunkShuffleSampler, CorruptRecordError, LegacyLMDBDataset,
-                          LMDBImageDataset, LMDBIterableDataset, LMDBLoader)
+from lmdb_dataset import (
+    BadRecordWarning,
+    ChunkShuffleSampler,
+    CorruptRecordError,
+    LegacyLMDBDataset,
+    LMDBImageDataset,
+    LMDBIterableDataset,
+    LMDBLoader,
+)
 from lmdb_dataset.bad_records import MAX_REPLACEMENT_TRIES, replacement_candidates
 
 BAD = 9  # the damaged record (= sample: the fixture dataset is stored in folder order)

@@ -83,9 +83,11 @@ def test_report_is_built_from_the_run_numbers_only(bench_modules):
 
     text = report.markdown(synthetic_run(storage_mb={"encoded": 131.0, "raw": 858.0}))
     assert "Why" not in text and "profiled" not in text.lower()
-    assert "0 of 1 targets met: missed 4 conversion >= 0.9x simplejpeg ceiling x 2 workers (short by 0.1x (11%))" in text
+    assert ("0 of 1 targets met: missed 4 conversion >= 0.9x simplejpeg ceiling x 2 workers "
+            "(short by 0.1x (11%))") in text
     assert "the 1200 JPEG files take 130 MB; the datasets: `encoded` 131 MB (1.0x), `raw` 858 MB (6.6x)" in text
-    assert "| warm/train/w2/lmdb-chunk/uint8 | img/s | 512 | 512 | 512 | 0.8 | only 7 steady-state batches (asked 12) |" in text
+    assert ("| warm/train/w2/lmdb-chunk/uint8 | img/s | 512 | 512 | 512 | 0.8 | "
+            "only 7 steady-state batches (asked 12) |") in text
     assert "- peer:ffcv: not installed" in text and "batch 64" in text
 
 
@@ -218,7 +220,8 @@ def test_readme_slow_storage_block_is_generated_from_the_committed_runs(bench_mo
     results = json.loads((BENCHMARKS / "slow_storage" / "results.json").read_text())
     scale = json.loads((BENCHMARKS / "slow_storage" / "scale.json").read_text())
     readme = (BENCHMARKS.parent / "README.md").read_text()
-    assert slow.readme_block(results, scale) in readme, "regenerate it: python -m benchmarks.slow_storage.report README.md"
+    regenerate = "regenerate it: python -m benchmarks.slow_storage.report README.md"
+    assert slow.readme_block(results, scale) in readme, regenerate
 
 
 def _run(model, loader, pipeline, samples_per_s, mb_per_s=None, workers=8):
@@ -267,7 +270,8 @@ def test_repeated_cases_are_checked_on_the_median_of_ratios_paired_by_round(benc
     [(lone, base)] = slow.paired([run("lmdb-random", 500)], runs[0::2])
     assert base["samples_per_s"] == 200 and slow.speedup(lone, base, {}) == 2.5
     table = slow.run_table(runs, "nfs")
-    row = "| raw | 8 | lmdb-chunk | 3 | 4096 | 1.00 | 600 (320-600) | 3.00x (2.50-3.20x, 3 runs) | 527 | 52.7 | 1.5 (0.5) | 0.5 |"
+    row = ("| raw | 8 | lmdb-chunk | 3 | 4096 | 1.00 | 600 (320-600) | 3.00x (2.50-3.20x, 3 runs) | "
+           "527 | 52.7 | 1.5 (0.5) | 0.5 |")
     assert row in table
 
 

@@ -122,7 +122,7 @@ def _scenarios(rank: int, world_size: int, path: str, odd_path: str) -> dict:
     for name, scenario in scenarios.items():
         try:
             result[name] = scenario()
-        except Exception:  # noqa: BLE001 - reported to the parent
+        except Exception:
             result[name] = {"error": traceback.format_exc()}
     gathered = [None] * world_size
     dist.all_gather_object(gathered, result["training"].get("steps"))

@@ -142,9 +142,8 @@ def test_four_gloo_ranks_stop_mid_epoch_and_three_resume_with_exactly_the_rest(d
     for phase, world_size in (("before", 4), ("after", 3)):
         out_dir = tmp_path / phase
         out_dir.mkdir()
-        results[phase] = run_ranks(_elastic_rank, lambda rank: (rank, world_size, str(out_dir / "store"),
-                                                                str(dataset_path), state_file, phase == "after",
-                                                                str(out_dir)), world_size, out_dir, 240)
+        args = (world_size, str(out_dir / "store"), str(dataset_path), state_file, phase == "after", str(out_dir))
+        results[phase] = run_ranks(_elastic_rank, lambda rank, args=args: (rank, *args), world_size, out_dir, 240)
     for kind in ("sampler", "iterable"):
         consumed = [checksums[c] for r in results["before"] for c in r[kind]]
         shares = [[checksums[c] for c in r[kind]] for r in results["after"]]

@@ -117,9 +117,9 @@ def _accelerate_rank(rank: int, port: int, path: str) -> dict:
 def _rank_main(scenario, rank: int, port: int, path: str, out_dir: str) -> None:
     try:
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(scenario(rank, port, path)))
-    except BaseException:  # noqa: BLE001 - any failure is reported to the parent
+    except BaseException:
         Path(out_dir, f"rank{rank}.error").write_text(traceback.format_exc())
-        raise SystemExit(1)
+        raise SystemExit(1) from None
 
 
 def _free_port() -> int:

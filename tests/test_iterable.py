@@ -226,7 +226,11 @@ def _log_reads(dataset) -> list[tuple[str, list]]:
     """Record, in order, the runs ``dataset.prefetch`` is asked for and the records ``reader.values`` reads."""
     events = []
     prefetch, values = dataset.prefetch, dataset.reader.values
-    dataset.prefetch = lambda runs, **options: (events.append(("prefetch", np.asarray(runs).tolist())), prefetch(runs, **options))[1]
+    def recorded(runs, **options):
+        events.append(("prefetch", np.asarray(runs).tolist()))
+        return prefetch(runs, **options)
+
+    dataset.prefetch = recorded
     dataset.reader.values = lambda indices: (events.append(("read", list(indices))), values(indices))[1]
     return events
 

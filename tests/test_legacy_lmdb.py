@@ -13,8 +13,17 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from legacy_writers import (RunsCommand, caffe_datum, ilsvrc_train_tar, poison, source_images, stored_payloads,
-                            write_caffe, write_folder2lmdb, write_tensorpack)
+from legacy_writers import (
+    RunsCommand,
+    caffe_datum,
+    ilsvrc_train_tar,
+    poison,
+    source_images,
+    stored_payloads,
+    write_caffe,
+    write_folder2lmdb,
+    write_tensorpack,
+)
 from support import PROPERTY
 
 from lmdb_dataset import LMDBDatasetError, LMDBImageDataset, SourceImageError

@@ -118,7 +118,7 @@ def test_worker_decode_val_yields_every_record_once_with_fused_pixels(path):
     dataset = LMDBImageDataset(path)
     crop, normalize = CenterCropDecode(SIZE, resize=RESIZE), NormalizeBatch()
     expected = collections.Counter()
-    for index, value in dataset.reader.values(list(range(len(dataset)))):
+    for _index, value in dataset.reader.values(list(range(len(dataset)))):
         header = decode_header(value)
         expected[(header.label, _checksum(normalize(crop(header, payload_of(value))[None])[0]))] += 1
     loader = _loader(path, decode="worker", reader="chunk", num_workers=2)
@@ -241,9 +241,9 @@ def _ddp_rank(rank: int, init_file: str, path: str, out_dir: str) -> None:
         dist.destroy_process_group()
         torch.save(samples, Path(out_dir, f"rank{rank}.pt"))
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"batches": batches}))
-    except BaseException:  # noqa: BLE001 - reported to the parent
+    except BaseException:
         Path(out_dir, f"rank{rank}.error").write_text(traceback.format_exc())
-        raise SystemExit(1)
+        raise SystemExit(1) from None
 
 
 def test_ddp_process_group_two_ranks_share_the_dataset_exactly_once(path, reference, tmp_path):

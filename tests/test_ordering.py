@@ -305,7 +305,7 @@ def reference_rest(n: int, hops: list[tuple[int, int]], num_replicas: int, **opt
     """Each rank's records after ``hops``, by DistributedSampler's rule on plain lists (independent of the package)."""
     world = hops[0][1] if hops else num_replicas
     ranks = [rank_order(n, rank=r, num_replicas=world, **options).order.tolist() for r in range(world)]
-    for index, (consumed, world) in enumerate(hops):
+    for index, (consumed, _world) in enumerate(hops):
         rest = [record for share in ranks for record in share[consumed:]]
         following = hops[index + 1][1] if index + 1 < len(hops) else num_replicas
         per_rank = (len(rest) // following if options["drop_last"] else -(-len(rest) // following))

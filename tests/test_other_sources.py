@@ -108,7 +108,8 @@ def test_webdataset_shards_convert_in_shard_order(images, tmp_path) -> None:
 
 
 def test_webdataset_sample_without_label_is_named(images, tmp_path) -> None:
-    (tmp_path / "one.tar").write_bytes(tar_bytes([("k1.jpg", images[0][1]), ("k1.cls", b"0"), ("k2.jpg", images[1][1])]))
+    members = [("k1.jpg", images[0][1]), ("k1.cls", b"0"), ("k2.jpg", images[1][1])]
+    (tmp_path / "one.tar").write_bytes(tar_bytes(members))
     with pytest.raises(SourceImageError, match=r"one.tar/k2: expected one image and a .cls label, found jpg"):
         convert(tmp_path / "one.tar", tmp_path / "out", kind="webdataset")
 

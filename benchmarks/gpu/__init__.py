@@ -1,1 +1,4 @@
-"""The GPU check of the device-decoding path: ``check.sh`` (install, CUDA tests) and ``check.py`` (pixels, memory, speed)."""
+"""The GPU check of the device-decoding path.
+
+``check.sh`` installs and runs the CUDA tests; ``check.py`` measures pixels, memory and speed.
+"""

@@ -154,7 +154,7 @@ def throughput_rows(results: dict[str, Any]) -> list[str]:
         seen.append(key)
         runs = [r for r in results["runs"] if name(r["config"]) == key]
         rows.append(f"| {key} | {spread((r['rate'] for r in runs), 0)} | {spread((r['whole_rate'] for r in runs), 0)}"
-                    f" | {spread((statistics.median(r['first_batch_s']) for r in runs))}; "
+                    f" | {spread(statistics.median(r['first_batch_s']) for r in runs)}; "
                     f"{max(max(r['first_batch_s']) for r in runs):.2f} | {spread((r['window_s'] for r in runs), 1)} |")
     return rows
 
@@ -225,8 +225,8 @@ def extrapolation_lines(results: dict[str, Any]) -> list[str]:
     lines = [f"From the per-process costs of {ranks}x{workers} (round 0, raw), the node at {ranks}x{big} "
              f"({results['records']:,} records), against {ranks}x{big} as run:", "",
              "| reader | private MiB: ranks x (rank + workers x worker median) = predicted; measured | "
-             "fds per worker (median) at {0}x{1}; at {0}x{2} | kernel requests per pool and rank at {0}x{1}; at "
-             "{0}x{2} |".format(ranks, workers, big), "|---|---|---|---|"]
+             f"fds per worker (median) at {ranks}x{workers}; at {ranks}x{big} | "
+             f"kernel requests per pool and rank at {ranks}x{workers}; at {ranks}x{big} |", "|---|---|---|---|"]
     for reader in plan["readers"]:
         small = [r for r in select(results, reader=reader, pipeline="raw", ranks=ranks, workers=workers)
                  if r["round"] == 0]

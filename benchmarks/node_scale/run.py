@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report.markdown(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.resolve().parent == (BENCHMARKS / "node_scale").resolve():
-        from ..report import save  # noqa: PLC0415 - re-renders benchmarks/RESULTS.md, needs the bench extras
+        from ..report import save
 
         save(results, args.out)
     else:

@@ -106,7 +106,10 @@ class DeviceModel:
         return time.monotonic()
 
     def listing(self, path: str, entries: Sequence[str]) -> float:
-        """Reserve the listing of directory ``path`` holding ``entries`` (their paths); return its completion instant."""
+        """Reserve the listing of directory ``path`` holding ``entries`` (their paths).
+
+        Returns its completion instant.
+        """
         return self.metadata(path)
 
     def describe(self) -> str:

@@ -71,8 +71,8 @@ def mounted(source: str | os.PathLike, model: str, *, rtt_ms: float = 0.5,
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while not os.path.ismount(mountpoint):
             if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {model} passthrough did not mount {source} on {mountpoint}: "
-                                   f"{server.stderr.read().decode(errors='replace') if server.poll() is not None else 'timed out'}")
+                why = server.stderr.read().decode(errors="replace") if server.poll() is not None else "timed out"
+                raise RuntimeError(f"the {model} passthrough did not mount {source} on {mountpoint}: {why}")
             time.sleep(0.05)
         set_queue_depth(mountpoint, QUEUE_DEPTH)
         yield mountpoint

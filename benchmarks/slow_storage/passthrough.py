@@ -94,7 +94,8 @@ class ModelledPassthrough(mfusepy.Operations):
             wait_until(done)
             if self.trace is not None:
                 with self._trace_lock:
-                    self.trace.write(f"{arrived:.6f} {done:.6f} {mfusepy.fuse_get_context()[2]} {path} {offset} {len(data)}\n")
+                    pid = mfusepy.fuse_get_context()[2]
+                    self.trace.write(f"{arrived:.6f} {done:.6f} {pid} {path} {offset} {len(data)}\n")
                     self.trace.flush()
         return data
 

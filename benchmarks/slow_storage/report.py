@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 LMDB_LOADERS = ("lmdb-random", "lmdb-chunk", "lmdb-iterable")
 
 Run = dict[str, Any]
@@ -381,8 +380,8 @@ def experiment_section(results: dict[str, Any]) -> str:
         "more than the ceiling of their case: the most any reader could reach there, given ImageFolder's measured "
         "rate (see `ceiling` in `report.py`).", "", *target_rows(checks), "",
     ]
-    for model, title in (("hdd", "hdd"), ("nfs", "nfs"),
-                         ("local", "local: the source directory itself, every file in the page cache (no device model)")):
+    local = "local: the source directory itself, every file in the page cache (no device model)"
+    for model, title in (("hdd", "hdd"), ("nfs", "nfs"), ("local", local)):
         if any(run["model"] == model for run in runs):
             parts += [f"### {title}", "", run_table(runs, model), ""]
     parts += ["![slow storage](slow_storage/results.png)", ""]

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=("hdd", "nfs"), nargs="+", default=["hdd", "nfs"])
     parser.add_argument("--rtt-ms", type=float, default=0.5, help="nfs round trip in ms (default: %(default)s)")
     args = parser.parse_args(argv)
-    print(validation_table({model: validate(args.source, args.file, model, rtt_ms=args.rtt_ms) for model in args.model}))
+    results = {model: validate(args.source, args.file, model, rtt_ms=args.rtt_ms) for model in args.model}
+    print(validation_table(results))
 
 
 if __name__ == "__main__":

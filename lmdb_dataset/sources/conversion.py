@@ -41,7 +41,9 @@ def _build(task: tuple[Image | None, int, str]) -> tuple[bytes | None, str]:
         return None, str(exc)
 
 
-def _built(records: Iterator[SourceRecord], storage: str, workers: int) -> Iterator[tuple[SourceRecord, bytes | None, str]]:
+def _built(
+    records: Iterator[SourceRecord], storage: str, workers: int
+) -> Iterator[tuple[SourceRecord, bytes | None, str]]:
     """(source record, built record or None, error) in source order; checks run in ``workers`` processes.
 
     Source records are read only a bounded window ahead of the writer

@@ -154,7 +154,8 @@ class LegacyLMDBSource:
             return "folder2lmdb"
         if bookkeeping:
             return "tensorpack"
-        if len(self.keys) and all(_CAFFE_KEY.match(key) for key in self.keys[:1000]) and first[:1] in (b"\x08", b"\x22"):
+        caffe_keys = len(self.keys) and all(_CAFFE_KEY.match(key) for key in self.keys[:1000])
+        if caffe_keys and first[:1] in (b"\x08", b"\x22"):
             return "caffe"
         if first[:1] == b"\x80" or (first[:1] and first[0] in _MSGPACK_ARRAY_STARTS):
             return "tensorpack"
