@@ -37,9 +37,15 @@ import sys
 import numpy as np
 import report
 
-from lmdb_dataset.iterable import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE
 from lmdb_dataset.mixing import order_quality, seeks
-from lmdb_dataset.ordering import chunk_bounds, rank_length, rank_order, worker_positions
+from lmdb_dataset.ordering import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_POOL_SIZE,
+    chunk_bounds,
+    rank_length,
+    rank_order,
+    worker_positions,
+)
 
 TARGETS = {"distinct_classes": (">=", 0.9), "tv_distance": ("<=", 1.2), "repeat_cooccurrence": ("<=", 2.0)}
 

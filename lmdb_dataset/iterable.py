@@ -20,13 +20,10 @@ from .decoding import Output
 from .draws import draw_seed
 from .memory import release_free_heap
 from .mixing import check_class_locality, labels_in_file_order
-from .ordering import Hop, check_seed, worker_positions
+from .ordering import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE, Hop, check_positive, check_seed, worker_positions
 from .prefetching import SharedAsk
 from .progress import EpochProgress, EpochResumable, check_identity
 from .world import Replicas, World, current_world
-
-DEFAULT_CHUNK_SIZE = 64
-DEFAULT_POOL_SIZE = 8192
 
 
 @dataclasses.dataclass
@@ -176,12 +173,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False,
                  output: Output = "pil", batch_size: int | None = None, verify_checksums: bool = True,
                  on_error: OnError = "raise") -> None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size} must be >= 1")
-        if pool_size < 1:
-            raise ValueError(f"pool_size={pool_size} must be >= 1")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        check_positive(chunk_size=chunk_size, pool_size=pool_size, batch_size=batch_size)
         check_seed(seed)
         super().__init__(path, transform, target_transform, output=output, verify_checksums=verify_checksums,
                          access="pread", readahead=False, on_error=on_error)

@@ -9,12 +9,9 @@ import numpy as np
 from torch.utils.data import DistributedSampler
 
 from .mixing import check_class_locality, labels_in_file_order
-from .ordering import RankOrder, check_seed, rank_length
+from .ordering import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE, RankOrder, check_positive, check_seed, rank_length
 from .progress import EpochProgress, EpochResumable
 from .world import Replicas, World
-
-DEFAULT_CHUNK_SIZE = 64
-DEFAULT_POOL_SIZE = 8192
 
 
 class ChunkShuffleSampler(EpochResumable, DistributedSampler):
@@ -88,10 +85,7 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
     def __init__(self, data_source: Sized, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  pool_size: int = DEFAULT_POOL_SIZE, shuffle: bool = True, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False) -> None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size} must be >= 1")
-        if pool_size < 1:
-            raise ValueError(f"pool_size={pool_size} must be >= 1")
+        check_positive(chunk_size=chunk_size, pool_size=pool_size)
         check_seed(seed)
         self.dataset = data_source
         self.length = len(data_source)
