@@ -12,7 +12,7 @@ import numpy as np
 from torchvision.datasets import VisionDataset
 
 from .bad_records import BadRecords, OnError, SkipReport, check_on_error
-from .decoding import Output, Sample, check_output, to_output
+from .decoding import Output, Sample, check_output, pixels_of, to_output
 from .environment import DatasetMetadata, load_metadata, read_path_table
 from .errors import CorruptRecordError
 from .format import PathTable
@@ -163,7 +163,7 @@ class LMDBDatasetBase(VisionDataset):
 
     def _sample(self, record: int, value: bytes | memoryview | None) -> tuple[Any, Any]:
         """Decode, verify and transform the stored value of ``record`` into ``(image, target)``."""
-        pixels, label = record_pixels(self._meta, record, value, verify=self.verify_checksums)
+        pixels, label = record_pixels(self._meta, record, value, decode=pixels_of, verify=self.verify_checksums)
         image: Sample = to_output(pixels, self.output)
         if self.transform is not None:
             image = self.transform(image)
@@ -283,7 +283,7 @@ class LMDBImageDataset(LMDBDatasetBase):
                                     "those of dataset.samples (relative to the source root)")
         record = int(self._meta.record_of_sample[index])
         ((_, value),) = self.reader.values([record])
-        pixels, _ = record_pixels(self._meta, record, value, verify=self.verify_checksums)
+        pixels, _ = record_pixels(self._meta, record, value, decode=pixels_of, verify=self.verify_checksums)
         return to_output(pixels, self.output)
 
     def __getstate__(self) -> dict[str, Any]:

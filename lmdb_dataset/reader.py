@@ -22,7 +22,6 @@ import lmdb
 import numpy as np
 
 from . import format as fmt
-from .decoding import pixels_of
 from .environment import (
     DatasetMetadata,
     FileIdentity,
@@ -195,12 +194,13 @@ class RecordReader:
         self.close()
 
 
-def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview | None, *, verify: bool = True,
-                  decode: Callable[[fmt.RecordHeader, memoryview], Any] = pixels_of) -> tuple[Any, int]:
-    """HxWx3 uint8 RGB pixels and label of record ``index`` from its stored value.
+def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview | None, *,
+                  decode: Callable[[fmt.RecordHeader, memoryview], Any], verify: bool = True) -> tuple[Any, int]:
+    """The image and label of record ``index`` from its stored value, checked.
 
-    ``decode(header, payload)`` turns the checked payload into the image (a fused crop decoder,
-    say); it raises ValueError for an image that does not decode. Defaults to :func:`pixels_of`.
+    ``decode(header, payload)`` turns the checked payload into the image (``decoding.pixels_of``
+    for HxWx3 uint8 RGB pixels, a fused crop decoder, ...); it raises ValueError for an image that
+    does not decode.
 
     Raises:
         CorruptRecordError: The record is missing, malformed, fails its CRC32 check (with

@@ -15,6 +15,7 @@ from support import PROPERTY
 
 from lmdb_dataset import CorruptRecordError, LMDBDatasetError, LMDBImageDataset, verify_dataset
 from lmdb_dataset import format as fmt
+from lmdb_dataset.decoding import pixels_of
 from lmdb_dataset.environment import environments, load_metadata
 from lmdb_dataset.inspection import summarize
 from lmdb_dataset.reader import RecordReader, record_pixels
@@ -30,7 +31,7 @@ def stored(request, converted):
     reader = RecordReader(meta)
     values = [bytes(v) for _, v in reader.values(range(meta.info.num_records))]
     reader.close()
-    return meta, [(v, *record_pixels(meta, i, v)) for i, v in enumerate(values)]
+    return meta, [(v, *record_pixels(meta, i, v, decode=pixels_of)) for i, v in enumerate(values)]
 
 
 @PROPERTY
@@ -42,7 +43,7 @@ def test_damaged_header_raises_or_reads_the_very_same_sample(stored, index, dama
     for position, mask in damage:
         damaged[position] ^= mask
     try:
-        got, got_label = record_pixels(meta, index, bytes(damaged))
+        got, got_label = record_pixels(meta, index, bytes(damaged), decode=pixels_of)
     except CorruptRecordError as exc:
         assert exc.index == index and f"record {index}" in str(exc)
         return
@@ -57,7 +58,7 @@ def test_damaged_header_raises_or_reads_the_very_same_sample(stored, index, dama
 def test_arbitrary_record_bytes_raise_corrupt_record_error(stored, index, value):
     meta, _ = stored
     with pytest.raises(CorruptRecordError, match=f"record {index}"):
-        record_pixels(meta, index, value)
+        record_pixels(meta, index, value, decode=pixels_of)
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
