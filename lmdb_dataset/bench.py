@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -135,8 +136,8 @@ def run_bench(path: str | os.PathLike, *, loader: str = "random", workers: int |
         evict_from_page_cache(file)
         print(f"evicted {file}: {resident_fraction(file):.1%} of it left in the page cache")
     transform = pipeline_transform(pipeline)
-    options = dict(batch_size=batch_size, num_workers=workers, pin_memory=False,
-                   prefetch_factor=PREFETCH_FACTOR if workers else None)
+    options: dict[str, Any] = dict(batch_size=batch_size, num_workers=workers, pin_memory=False,
+                                   prefetch_factor=PREFETCH_FACTOR if workers else None)
     if loader == "iterable":
         dataset = LMDBIterableDataset(path, transform=transform, output="tensor", batch_size=batch_size)
     else:

@@ -6,7 +6,7 @@ import operator
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from torchvision.datasets import VisionDataset
@@ -46,7 +46,7 @@ class LMDBDatasetBase(VisionDataset):
         self.classes: list[str] = list(self._meta.info.classes)
         self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
         self._reader: RecordReader | None = None
-        self._paths: PathTable | bool | None = None  # loaded on first source_path(); False: none stored
+        self._paths: PathTable | Literal[False] | None = None  # loaded on first source_path(); False: none stored
         self._bad = BadRecords(on_error, len(self.targets))
 
     @property
@@ -93,8 +93,9 @@ class LMDBDatasetBase(VisionDataset):
             self._reader = RecordReader(self._meta, access=self.access, readahead=self._readahead)
         return self._reader
 
-    def prefetch(self, runs: np.ndarray | Sequence[tuple[int, int]], *, records: Sequence[int] | None = None,
-                 wait: bool = False, shared: SharedAsk | None = None) -> threading.Event | None:
+    def prefetch(self, runs: np.ndarray | Sequence[tuple[int, int]], *,
+                 records: Sequence[int] | np.ndarray | None = None, wait: bool = False,
+                 shared: SharedAsk | None = None) -> threading.Event | None:
         """Have the records of these storage runs ``[start, stop)`` read into the page cache, in the background.
 
         The sequential readers call it for their next mixing pool. This process's prefetch

@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,12 +63,12 @@ def run_demo(workdir: str | os.PathLike | None = None, *, num_images: int = 512,
 
     print(f"4. Reading one epoch with DataLoader(batch_size={batch_size}, num_workers={workers}), "
           "train augmentation (RandomResizedCrop 224 + flip); worker start-up included:")
-    loader_options = dict(batch_size=batch_size, num_workers=workers, persistent_workers=False)
+    loader_options: dict[str, Any] = dict(batch_size=batch_size, num_workers=workers, persistent_workers=False)
     classic = v1.Compose([v1.RandomResizedCrop(224), v1.RandomHorizontalFlip(), v1.ToTensor(),
                           v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     normalize = NormalizeBatch()
     fast = LMDBImageDataset(target, transform=train_transform(), output="tensor")
-    runs = [
+    runs: list[tuple[str, DataLoader, Callable[[torch.Tensor], torch.Tensor]]] = [
         ("ImageFolder + Pillow, float transforms (baseline)",
          DataLoader(ImageFolder(str(source), transform=classic), shuffle=True, **loader_options), lambda x: x),
         ("LMDBImageDataset + ChunkShuffleSampler, uint8 + NormalizeBatch",

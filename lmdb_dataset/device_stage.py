@@ -44,7 +44,7 @@ import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -189,6 +189,7 @@ class DeviceDecodeStage:
 
     def _run(self) -> None:
         try:
+            assert self._batches is not None  # released only as this, the stage's one run, ends
             with self.streams.scope():
                 for batch in self._batches:
                     pending = prepare_batch(batch, self.streams, size=self.size, normalize=self.normalize,
@@ -219,7 +220,7 @@ class DeviceDecodeStage:
             raise StopIteration
         kind, item = self._queue.get()
         if kind == "batch":
-            return self.streams.hand_over(item)
+            return cast(Batch, self.streams.hand_over(item))  # prepare_batch's work: (images, labels)
         self.close()
         if kind == "error":
             raise item

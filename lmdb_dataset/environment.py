@@ -36,6 +36,7 @@ import threading
 import warnings
 import zlib
 from pathlib import Path
+from typing import Literal, overload
 
 import lmdb
 import numpy as np
@@ -200,13 +201,22 @@ environments = _EnvironmentRegistry()
 """The process's environment registry; use ``environments.get(path)``."""
 
 
+@overload
+def begin_read(env: lmdb.Environment, *, buffers: Literal[False] = False) -> lmdb.Transaction[bytes]: ...
+
+
+@overload
+def begin_read(env: lmdb.Environment, *, buffers: Literal[True]) -> lmdb.Transaction[memoryview]: ...
+
+
 def begin_read(env: lmdb.Environment, *, buffers: bool = False) -> lmdb.Transaction:
     """Start a read transaction, adopting a map that another process grew meanwhile."""
+    # lmdb's stubs overload Environment.begin on buffers=Literal[False] / Literal[True] only, not on a bool.
     try:
-        return env.begin(buffers=buffers)
+        return env.begin(buffers=buffers)  # type: ignore[call-overload]
     except lmdb.MapResizedError:
         env.set_mapsize(0)
-        return env.begin(buffers=buffers)
+        return env.begin(buffers=buffers)  # type: ignore[call-overload]
 
 
 def open_databases(env: lmdb.Environment, path: str | os.PathLike) -> tuple[lmdb._Database, lmdb._Database]:
@@ -240,9 +250,14 @@ class DatasetMetadata:
     info: fmt.DatasetInfo
     tables: SharedTables
 
+    def _table(self, name: str) -> np.ndarray:
+        table = self.tables[name]
+        assert table is not None  # every table but the spans is always present
+        return table
+
     @property
     def labels(self) -> np.ndarray:
-        return self.tables["labels"]
+        return self._table("labels")
 
     @property
     def spans(self) -> np.ndarray | None:
@@ -250,15 +265,15 @@ class DatasetMetadata:
 
     @property
     def record_of_sample(self) -> np.ndarray:
-        return self.tables["record_of_sample"]
+        return self._table("record_of_sample")
 
     @property
     def file_order(self) -> np.ndarray:
-        return self.tables["file_order"]
+        return self._table("file_order")
 
     @property
     def targets(self) -> np.ndarray:
-        return self.tables["targets"]
+        return self._table("targets")
 
 
 def read_info(env: lmdb.Environment, meta_db: lmdb._Database, path: str | os.PathLike) -> fmt.DatasetInfo:
@@ -310,13 +325,13 @@ def _load_metadata(path: str) -> DatasetMetadata:
             f"{info.num_records} records. Finish it with `lmdb-dataset convert SRC {path} --resume` "
             "(or convert_image_folder(..., resume=True)).")
     with begin_read(env) as txn:
-        labels = txn.get(fmt.LABELS_KEY, db=meta_db)
+        stored_labels = txn.get(fmt.LABELS_KEY, db=meta_db)
         order = txn.get(fmt.ORDER_KEY, db=meta_db)
-    if labels is None:
+    if stored_labels is None:
         raise NotADatasetError(f"{path!r} has no label table (meta/labels is missing)")
-    if len(labels) % 8:
-        raise NotADatasetError(f"{path!r}: the label table is {len(labels)} bytes, not a multiple of 8")
-    labels = fmt.decode_labels(labels)
+    if len(stored_labels) % 8:
+        raise NotADatasetError(f"{path!r}: the label table is {len(stored_labels)} bytes, not a multiple of 8")
+    labels = fmt.decode_labels(stored_labels)
     if len(labels) != info.num_records:
         raise NotADatasetError(f"{path!r}: label table holds {len(labels)} labels for "
                                f"{info.num_records} records")

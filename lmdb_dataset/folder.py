@@ -33,7 +33,7 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
-def find_classes(root: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
     """The class folders of ``root``, sorted, and their labels (torchvision's ``find_classes``).
 
     Raises:

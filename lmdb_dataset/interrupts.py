@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -63,7 +64,7 @@ def deferred_interrupts() -> Iterator[None]:
         yield
         return
     received: list[tuple[int, FrameType | None]] = []
-    previous = {}
+    previous: dict[int, Callable[[int, FrameType | None], Any]] = {}  # keyed by the number a handler receives
     for signum in INTERRUPT_SIGNALS:
         handler = signal.getsignal(signum)
         if callable(handler):
@@ -72,8 +73,8 @@ def deferred_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         if received:
             number, frame = received[0]
             previous[number](number, frame)

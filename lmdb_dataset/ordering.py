@@ -323,8 +323,8 @@ def rest_of_epoch(n: int, *, chunk_size: int, pool_size: int, seed: int, epoch: 
         records came from (those of a rest wrapped round by padding are pools of their own);
         ``reads`` lists each pool's records in storage order.
     """
-    options = {"chunk_size": chunk_size, "pool_size": pool_size, "seed": seed, "epoch": epoch,
-               "drop_last": drop_last, "shuffle": shuffle}
+    options: dict[str, Any] = {"chunk_size": chunk_size, "pool_size": pool_size, "seed": seed, "epoch": epoch,
+                               "drop_last": drop_last, "shuffle": shuffle}
     if not hops:
         return rank_order(n, rank=rank, num_replicas=num_replicas, **options)
     length = rest_length(n, hops=hops, num_replicas=num_replicas, drop_last=drop_last)  # checks the hops

@@ -17,7 +17,7 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -129,7 +129,7 @@ def _start_workers(context: Any, function: Callable[[Any], Result], workers: int
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def ordered_map(function: Callable[[Any], Result], tasks: Iterable[Any], workers: int) -> Iterator[Result]:
+def ordered_map(function: Callable[[Any], Result], tasks: Iterable[Any], workers: int) -> Generator[Result, None, None]:
     """``map(function, tasks)`` in ``workers`` processes (0: in this process), yielding in task order.
 
     At most ``workers * BATCHES_PER_WORKER`` batches of :data:`TASKS_PER_BATCH` tasks are

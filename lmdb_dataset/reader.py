@@ -62,7 +62,7 @@ class RecordReader:
         self._pid = os.getpid()
         self._fd: int | None = None
         self._env: lmdb.Environment | None = None
-        self._records_db = None
+        self._records_db: lmdb._Database | None = None
         self._prefetcher: Prefetcher | None = None
 
     @property
@@ -97,13 +97,14 @@ class RecordReader:
             environments.release(self.meta.path, self.meta.identity)
             raise changed_error(self.meta.path)
 
-    def _environment(self) -> tuple[lmdb.Environment, object]:
+    def _environment(self) -> tuple[lmdb.Environment, lmdb._Database]:
         if self._env is None:
             self._env, _ = environments.get(self.meta.path, self.meta.identity, readahead=self._readahead)
             self._records_db, _ = open_databases(self._env, self.meta.path)
+        assert self._records_db is not None  # opened with the environment
         return self._env, self._records_db
 
-    def _transaction(self) -> lmdb.Transaction:
+    def _transaction(self) -> lmdb.Transaction[memoryview]:
         env, _ = self._environment()
         try:
             return begin_read(env, buffers=True)
@@ -135,8 +136,10 @@ class RecordReader:
             self._prefetcher = Prefetcher(self._data_fd())
         return self._prefetcher.request(spans, read=read, wait=wait, shared=shared)
 
-    def values(self, indices: Sequence[int]) -> Iterator[tuple[int, bytes | memoryview]]:
+    def values(self, indices: Sequence[int]) -> Iterator[tuple[int, bytes | memoryview | None]]:
         """Yield ``(index, value)`` for ``indices``, in the order given (pass them sorted to read forward).
+
+        The value is None for a record missing from the LMDB (``"mmap"`` access); :func:`record_pixels` refuses it.
 
         A yielded value stays valid only until the next one is requested; decode it first.
 
@@ -150,6 +153,7 @@ class RecordReader:
             self._prefetch(spans)
         if self.access == "pread":
             fd = self._data_fd()
+            assert spans is not None  # access is "pread" only for a dataset with the offset table
             for index, (offset, length) in zip(indices, spans):
                 yield index, self._pread(fd, index, offset, length)
             return

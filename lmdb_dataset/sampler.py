@@ -14,7 +14,9 @@ from .progress import EpochProgress, EpochResumable
 from .world import Replicas, World
 
 
-class ChunkShuffleSampler(EpochResumable, DistributedSampler):
+# torch declares DistributedSampler's epoch, num_replicas, rank, num_samples and total_size as plain attributes
+# set in its __init__ (never called here); this sampler derives them, as read-only properties.
+class ChunkShuffleSampler(EpochResumable, DistributedSampler):  # type: ignore[override]
     """Shuffled batches read as a few sequential streams: random chunks, mixed in page-cache pools.
 
     Each epoch the records (in storage order) are cut into chunks of ``chunk_size``
@@ -87,7 +89,7 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False) -> None:
         check_positive(chunk_size=chunk_size, pool_size=pool_size)
         check_seed(seed)
-        self.dataset = data_source
+        self.dataset = data_source  # type: ignore[assignment]  # torch says Dataset; any Sized works (len only)
         self.length = len(data_source)
         self.file_order: np.ndarray | None = getattr(data_source, "file_order", None)
         self.chunk_size = chunk_size
@@ -109,12 +111,12 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):
         return self.length
 
     @property
-    def num_samples(self) -> int:
+    def num_samples(self) -> int:  # type: ignore[override]  # a property over DistributedSampler's attribute
         """Indices per rank and epoch (``DistributedSampler.num_samples``)."""
         return rank_length(self.length, self.num_replicas, self.drop_last)
 
     @property
-    def total_size(self) -> int:
+    def total_size(self) -> int:  # type: ignore[override]  # a property over DistributedSampler's attribute
         """Indices per epoch over all ranks, padding included (``DistributedSampler.total_size``)."""
         return self.num_samples * self.num_replicas
 

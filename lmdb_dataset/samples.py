@@ -13,7 +13,7 @@ import functools
 import multiprocessing
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +101,7 @@ def make_photo_folder(
     chunks = _chunks(num_images, num_classes)
     render = functools.partial(_render_chunk, spec)
     with contextlib.ExitStack() as stack:
-        mapper = map
+        mapper: Callable[..., Iterable[int]] = map
         if workers > 1:
             pool = stack.enter_context(multiprocessing.Pool(min(workers, len(chunks))))
             mapper = pool.imap_unordered

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+_Layout = list[tuple[str, int | None, tuple[int, ...] | None]]
+"""(name, offset in the block, shape) of each table; offset and shape are None for an absent table."""
+
 
 class SharedTables:
     """Named int64 arrays as read-only numpy views, moved into one shared-memory block when first pickled.
@@ -42,14 +45,15 @@ class SharedTables:
         """Bytes of the tables."""
         return sum(view.nbytes for view in self._views.values() if view is not None)
 
-    def _layout(self) -> list[tuple[str, int | None, tuple[int, ...] | None]]:
-        layout, total = [], 0
+    def _layout(self) -> _Layout:
+        layout: _Layout = []
+        total = 0
         for name, view in self._views.items():
             layout.append((name, None, None) if view is None else (name, total, view.shape))
             total += 0 if view is None else view.size
         return layout
 
-    def _rebuild(self, layout: list[tuple[str, int | None, tuple[int, ...] | None]]) -> None:
+    def _rebuild(self, layout: _Layout) -> None:
         flat = self._block.numpy()
         for name, offset, shape in layout:
             if offset is None or shape is None:
@@ -69,7 +73,9 @@ class SharedTables:
             flat = block.numpy()
             for name, offset, shape in layout:
                 if offset is not None:
-                    flat[offset:offset + int(np.prod(shape))] = self._views[name].reshape(-1)
+                    view = self._views[name]
+                    assert shape is not None and view is not None  # a table has an offset only when present
+                    flat[offset:offset + int(np.prod(shape))] = view.reshape(-1)
             self._block = block.share_memory_()
             self._rebuild(layout)
         return {"_block": self._block, "_layout": layout}  # the views are rebuilt on the other side

@@ -46,6 +46,9 @@ class NormalizeBatch(nn.Module):
             Defaults to False.
     """
 
+    scale: torch.Tensor  # buffers, registered in __init__
+    shift: torch.Tensor
+
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, *,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False) -> None:
         super().__init__()

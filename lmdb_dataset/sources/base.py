@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Protocol
 
@@ -43,15 +43,21 @@ class Source(Protocol):
         classes: Class names stored in the source, or None when it stores only labels.
     """
 
-    kind: str
-    path: Path
-    classes: list[str] | None
+    # Read-only members: a reader may store them as plain attributes of narrower types (None, list[str]).
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def classes(self) -> list[str] | None: ...
 
     def count(self) -> int | None:
         """Number of records, or None when it is only known after reading (streamed tars)."""
 
-    def records(self, start: int = 0) -> Iterator[SourceRecord]:
-        """The records from position ``start`` on, in the source's order."""
+    def records(self, start: int = 0) -> Generator[SourceRecord, None, None]:
+        """The records from position ``start`` on, in the source's order (a generator: the caller may close it)."""
 
 
 def read_classes_file(path: str | os.PathLike) -> list[str]:

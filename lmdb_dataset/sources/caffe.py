@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def parse_datum(data: bytes | memoryview, *, where: str = "value") -> Datum:
             one holding float_data.
     """
     view = memoryview(data).cast("B")
-    fields: dict[str, int | bytes] = {}
+    fields: dict[str, Any] = {}  # Datum's keyword arguments: ints, bytes and a bool
     pos = 0
     while pos < len(view):
         tag, pos = _varint(view, pos, where)

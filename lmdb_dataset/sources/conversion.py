@@ -7,8 +7,9 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -43,7 +44,7 @@ def _build(task: tuple[Image | None, int, str]) -> tuple[bytes | None, str]:
 
 def _built(
     records: Iterator[SourceRecord], storage: str, workers: int
-) -> Iterator[tuple[SourceRecord, bytes | None, str]]:
+) -> Generator[tuple[SourceRecord, bytes | None, str], None, None]:
     """(source record, built record or None, error) in source order; checks run in ``workers`` processes.
 
     Source records are read only a bounded window ahead of the writer
@@ -145,8 +146,8 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     if count == 0:
         raise LMDBDatasetError(f"{str(source.path)!r} holds no records: nothing to convert (a dataset of 0 "
                                "records is not written)")
-    state = {"source": str(source.path), "source_kind": source.kind, "source_count": count,
-             "source_files": source_fingerprint(source.path), "next_source": 0, "max_label": -1}
+    state: dict[str, Any] = {"source": str(source.path), "source_kind": source.kind, "source_count": count,
+                             "source_files": source_fingerprint(source.path), "next_source": 0, "max_label": -1}
     finished = _finished_conversion(dst, state) if resume else None
     if finished is not None:  # e.g. a job script that always passes --resume, run once more
         return ConversionReport(path=Path(dst), num_records=finished.num_records, skipped=list(finished.skipped),
@@ -159,6 +160,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
         # Cut before the conversion saved its settings (right after the writer's first commit): nothing to continue.
         if resume and (writer.info.conversion is not None or writer.num_records or writer.info.skipped):
             _check_resumable(writer, state)
+            assert writer.info.conversion is not None  # _check_resumable refuses a dataset without one
             state.update(next_source=writer.info.conversion["next_source"],
                          max_label=writer.info.conversion["max_label"])
             source_records.close()  # the storage peek; the source may be opened once at a time
@@ -187,6 +189,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                 if error:
                     writer.skip(record.name, error)
                 else:
+                    assert built_record is not None  # a record is built unless it has an error
                     writer.add_record(built_record, record.label, path=record.name)
                 bytes_read += record.size
                 bar.update()

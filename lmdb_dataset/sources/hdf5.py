@@ -16,7 +16,7 @@ Rows are read in slices of :data:`ROWS_PER_READ`, in order.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +110,7 @@ class HDF5Source:
         """Number of rows."""
         return self._rows
 
-    def records(self, start: int = 0) -> Iterator[SourceRecord]:
+    def records(self, start: int = 0) -> Generator[SourceRecord, None, None]:
         """Read rows from ``start`` on, :data:`ROWS_PER_READ` at a time."""
         h5py = optional_import("h5py", "hdf5")
         with h5py.File(self.path, "r") as file:

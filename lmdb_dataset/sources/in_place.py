@@ -79,7 +79,7 @@ class LegacyLMDBDataset(VisionDataset):
     def __len__(self) -> int:
         return self._source.count()
 
-    def _transaction(self) -> lmdb.Transaction:
+    def _transaction(self) -> lmdb.Transaction[bytes]:
         if self._env is not None and self._pid != os.getpid():
             self._env.close()  # inherited over fork: never used here; closing unmaps only this copy
             self._env = None
@@ -88,7 +88,7 @@ class LegacyLMDBDataset(VisionDataset):
             self._pid = os.getpid()
         return self._env.begin(buffers=False)
 
-    def _record(self, txn: lmdb.Transaction, index: int) -> tuple[bytes | np.ndarray, int]:
+    def _record(self, txn: lmdb.Transaction[bytes], index: int) -> tuple[bytes | np.ndarray, int]:
         key = bytes(self._source.keys[index])
         value = txn.get(key)
         try:

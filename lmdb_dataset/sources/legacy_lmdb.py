@@ -24,8 +24,9 @@ The environment is opened read-only without locking: the source is never written
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import lmdb
@@ -72,7 +73,8 @@ def ordered_keys(keys: list[bytes]) -> np.ndarray:
     if keys and all(key.isdigit() for key in keys):
         numbers = [int(key) for key in keys]
     elif keys and all(_CAFFE_KEY.match(key) for key in keys):
-        numbers = [int(_CAFFE_KEY.match(key).group(1)) for key in keys]
+        matches = map(_CAFFE_KEY.match, keys)
+        numbers = [int(match.group(1)) for match in matches if match is not None]  # every key matches (checked)
     else:
         numbers = list(range(len(keys)))
     order = np.argsort(np.asarray(numbers, dtype=np.int64), kind="stable")
@@ -125,7 +127,7 @@ class LegacyLMDBSource:
             lmdb-dataset dataset.
     """
 
-    def __init__(self, path: str | Path, *, kind: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, kind: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"legacy LMDB {str(self.path)!r} does not exist")
@@ -144,6 +146,7 @@ class LegacyLMDBSource:
                                                 "read it with LMDBImageDataset, no conversion needed")
                 self.keys = ordered_keys(keys)
                 first = txn.get(bytes(self.keys[0])) if len(self.keys) else b""
+                assert first is not None  # the key was listed by this transaction's cursor
         finally:
             env.close()
         self.kind = kind or self._detect(set(keys) & BOOKKEEPING_KEYS, first)
@@ -184,7 +187,7 @@ class LegacyLMDBSource:
         """
         return self._decode(value, where=f"record {key!r}")
 
-    def records(self, start: int = 0) -> Iterator[SourceRecord]:
+    def records(self, start: int = 0) -> Generator[SourceRecord, None, None]:
         """Decode the records from position ``start`` on, in write order; bad values carry their error."""
         env = _open(self.path)
         try:

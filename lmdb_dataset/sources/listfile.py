@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 from .base import SourceRecord
@@ -46,7 +46,7 @@ def read_list(path: str | os.PathLike) -> tuple[list[tuple[str, str]], list[str]
     Raises:
         ValueError: A line cannot be split, or integer and name labels are mixed.
     """
-    entries = []
+    entries: list[tuple[str, str]] = []
     with open(path, encoding="utf-8") as file:
         for number, line in enumerate(file, start=1):
             line = line.strip()
@@ -87,10 +87,10 @@ class ListFileSource:
         """Number of listed images."""
         return len(self._entries)
 
-    def records(self, start: int = 0) -> Iterator[SourceRecord]:
+    def records(self, start: int = 0) -> Generator[SourceRecord, None, None]:
         """Read the listed files from entry ``start`` on; a missing file is a bad record."""
-        for name, label in self._entries[start:]:
-            label = self._index[label] if self.classes else int(label)
+        for name, text in self._entries[start:]:
+            label = self._index[text] if self.classes else int(text)
             try:
                 data = (self.root / name).read_bytes()
             except OSError as exc:

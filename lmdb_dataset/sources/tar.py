@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from .base import SourceRecord
@@ -43,7 +43,7 @@ def is_tar_of_tars(path: Path) -> bool:
     return False
 
 
-def _skip(records: Iterator[SourceRecord], start: int) -> Iterator[SourceRecord]:
+def _skip(records: Iterator[SourceRecord], start: int) -> Generator[SourceRecord, None, None]:
     for position, record in enumerate(records):
         if position >= start:
             yield record
@@ -67,7 +67,7 @@ class ClassTarsSource:
         """Unknown until streamed (counting would read every inner header)."""
         return None
 
-    def records(self, start: int = 0) -> Iterator[SourceRecord]:
+    def records(self, start: int = 0) -> Generator[SourceRecord, None, None]:
         """Stream the images from position ``start`` on, in archive order."""
         return _skip(self._all(), start)
 
@@ -83,7 +83,9 @@ class ClassTarsSource:
                 with tarfile.open(fileobj=archive.extractfile(member), mode="r|") as inner:
                     for image in inner:
                         if image.isfile():
-                            data = inner.extractfile(image).read()
+                            file = inner.extractfile(image)
+                            assert file is not None  # extractfile is None only for a member that is no file
+                            data = file.read()
                             yield SourceRecord(f"{_stem(member.name)}/{image.name}", data, label, "", len(data))
 
 
@@ -111,7 +113,7 @@ class WebDatasetSource:
         """Unknown until streamed."""
         return None
 
-    def records(self, start: int = 0) -> Iterator[SourceRecord]:
+    def records(self, start: int = 0) -> Generator[SourceRecord, None, None]:
         """Stream the samples from position ``start`` on, shard by shard."""
         return _skip((record for shard in self.shards for record in self._shard(shard)), start)
 
@@ -127,7 +129,9 @@ class WebDatasetSource:
                     yield self._sample(shard, key, group)
                     group = {}
                 key = member_key
-                group[extension] = archive.extractfile(member).read()
+                file = archive.extractfile(member)
+                assert file is not None  # extractfile is None only for a member that is no file
+                group[extension] = file.read()
         if key is not None:
             yield self._sample(shard, key, group)
 
