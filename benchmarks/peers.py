@@ -401,7 +401,7 @@ def _import_error(modules: tuple[str, ...]) -> str | None:
     for module in modules:
         try:
             importlib.import_module(module)
-        except Exception as error:  # noqa: BLE001 - any failure means unavailable.
+        except Exception as error:  # any failure means unavailable
             return f"{type(error).__name__}: {error}"
     return None
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +92,13 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_version_matches_the_package():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"lmdb-dataset {lmdb_dataset.__version__}"
+
+
+def test_changelog_opens_with_this_version():
+    """A version bump comes with its CHANGELOG.md section, and the newest section is the package's version."""
+    changelog = Path(__file__).resolve().parent.parent / "CHANGELOG.md"
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", changelog.read_text(), flags=re.MULTILINE)
+    assert releases and releases[0] == lmdb_dataset.__version__, f"CHANGELOG.md's newest release: {releases[:1]}"
 
 
 def test_every_option_has_help_text():
@@ -193,7 +202,8 @@ def test_flag_errors_are_one_line(converted, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(args)
         assert exit_info.value.code == 2
-        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"lmdb-dataset {args[0]}: error: argument --")
+        last_line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last_line.startswith(f"lmdb-dataset {args[0]}: error: argument --")
 
 
 def test_cli_errors_speak_flags_not_keyword_arguments(image_folder, converted, capsys):

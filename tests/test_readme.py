@@ -11,7 +11,10 @@ How each fenced block is checked (one test per block, named after its line numbe
   defines, and whatever it runs afterwards is either ``.ci/run``'s own test command or an
   ``lmdb-dataset`` command, run as above (``demo`` with ``--num-images 24 --workers 1``, small);
   ``[.venv/bin/]python benchmarks/run.py ARGS``: ARGS must parse (the suite takes minutes; it is
-  not run here); ``bash SCRIPT ARGS``: SCRIPT must exist and pass ``bash -n``.
+  not run here); ``bash SCRIPT ARGS``: SCRIPT must exist and pass ``bash -n``;
+  ``[.venv/bin/]python -m pytest ARGS``: either ``.ci/run``'s own test command (the whole suite,
+  of which this test is a part: not run again), or ARGS must collect at least one test
+  (``--collect-only``: the files and ``-k``/``-m`` expressions exist; the tests are not run).
   Any other command fails the test: teach this file how to check it, or mark the block.
 * A block without a language must be marked (below).
 
@@ -172,6 +175,10 @@ def check_bash_line(line: str, cwd: Path) -> None:
         script = ROOT / words[1]
         assert script.is_file(), f"{line!r}: no {words[1]}"
         run(["bash", "-n", str(script)], ROOT)
+        return
+    if words[0] in ("python", ".venv/bin/python") and words[1:3] == ["-m", "pytest"]:
+        if words not in [shlex.split(command) for command in ci_commands()]:
+            run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *words[3:]], ROOT)
         return
     assert "pip install" in line, f"no rule checks this README command: {line!r}"
     ci = ci_commands()
