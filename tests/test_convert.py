@@ -29,9 +29,9 @@ from lmdb_dataset import (
 )
 from lmdb_dataset import format as fmt
 from lmdb_dataset.convert import build_records, write_plan
-from lmdb_dataset.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
 from lmdb_dataset.environment import begin_read, environments, open_databases
 from lmdb_dataset.inspection import summarize
+from lmdb_dataset.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
 
 
 def raw_records(path) -> list[dict]:
@@ -354,11 +354,11 @@ def test_build_records_keeps_in_flight_work_bounded_whatever_the_dataset_size(tm
             nonlocal submitted
             for i in range(count):
                 submitted += 1
-                yield str(tmp_path / f"missing{i}.jpg"), 0, "encoded"
+                yield str(tmp_path / f"missing{i}.jpg"), 0, "encoded", None
 
         peak = 0
         results = build_records(tasks(), workers)
-        for consumed, (record, _, error) in enumerate(results, start=1):
+        for consumed, (record, _, error, _) in enumerate(results, start=1):
             assert record is None and f"missing{consumed - 1}.jpg" in error  # in order
             peak = max(peak, submitted - consumed)
             time.sleep(0.001)  # a slow writer: finished records must not pile up
