@@ -152,7 +152,7 @@ class LMDBWriter:
                  quality: int | None = None) -> None:
         if storage not in fmt.STORAGE_KINDS:
             raise ValueError(f"storage={storage!r} is not supported; use 'encoded' or 'raw'")
-        self.shaping = Shaping.of(max_side, quality, storage)
+        self._shaping = Shaping.of(max_side, quality, storage)
         if commit_bytes <= 0 or commit_records <= 0:
             raise ValueError("commit_bytes and commit_records must be positive")
         if resume and overwrite:
@@ -168,8 +168,8 @@ class LMDBWriter:
         self._closed = False
         environments.release(self.path)
         new_info = fmt.DatasetInfo(storage=storage, classes=list(classes or []), source=source,
-                                   shaping=None if self.shaping is None
-                                   else {**self.shaping.settings(), "resized": 0, "kept": 0})
+                                   shaping=None if self._shaping is None
+                                   else {**self._shaping.settings(), "resized": 0, "kept": 0})
         if resume:
             self._env = self._open(map_size=max(INITIAL_MAP_SIZE, 2 * self._file_size()), sync=sync)
             # A writer killed before its first commit leaves no metadata and no records (perhaps not
@@ -190,7 +190,7 @@ class LMDBWriter:
             if self.info.storage != storage:
                 raise ValueError(f"cannot resume {str(self.path)!r} with storage={storage!r}: it was "
                                  f"started with storage={self.info.storage!r}")
-            check_shaping(self.path, self.info, self.shaping)
+            check_shaping(self.path, self.info, self._shaping)
         else:
             self._prepare_new_directory(overwrite)
             self._env = self._open(map_size=INITIAL_MAP_SIZE, sync=sync)
@@ -267,8 +267,8 @@ class LMDBWriter:
         """
         resized = False
         try:
-            if self.shaping is not None:
-                image, resized = shape_image(image, self.shaping, self.info.storage)
+            if self._shaping is not None:
+                image, resized = shape_image(image, self._shaping, self.info.storage)
             record = build_record(image, label, storage=self.info.storage, check=check)
         except ValueError as exc:
             name = path if path is not None else f"image #{self.num_records}"
