@@ -352,3 +352,50 @@ def test_hdf5_pixel_arrays_are_resized_with_raw_storage(tmp_path):
 def test_png_bytes_are_readable_after_shaping(source):
     shaped, resized = shape_image(original(source, "png"), Shaping(100, 90), "encoded")
     assert resized and Image.open(io.BytesIO(shaped)).format == "JPEG"
+
+
+# ---------------------------------------------------------------------------------- the measurement's report
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def shaping_bench(monkeypatch):
+    """benchmarks/storage_shaping.py as a module, and its committed run."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import storage_shaping
+
+    return storage_shaping, json.loads((BENCHMARKS / "storage_shaping.json").read_text())
+
+
+def test_storage_shaping_section_is_registered_and_renders_only_its_numbers(shaping_bench):
+    import report
+
+    module, results = shaping_bench
+    assert ("storage_shaping.json", "storage_shaping") in report.SECTIONS
+    text = module.markdown(results)
+    assert text.startswith("## Storage shaping\n") and text.count("\n## ") == 0 and text.endswith("\n")
+    assert f"Command: `{results['command']}`" in text
+    for row in results["rows"]:
+        assert f"| {row['corpus']} | {module.LABELS[row['choice']]} | {row['disk_mb']} ({row['disk_x']}x) |" in text
+    corpora = {row["corpus"] for row in results["rows"]}
+    choices = {row["choice"] for row in results["rows"]} | {e["choice"] for e in results["not_measured"]}
+    assert corpora == {"imagenet", "highres"} and choices == {*module.CHOICES, *module.FFCV_CHOICES}
+
+
+def test_storage_shaping_findings_follow_the_numbers(shaping_bench):
+    module, results = shaping_bench
+    row = next(r for r in results["rows"] if r["choice"] == "raw-256" and r["corpus"] == "imagenet")
+    row.update(disk_x=9.99, speed_x=0.12)
+    assert "raw --max-side 256 takes 9.99x the disk and trains at 0.12x the speed" in module.markdown(results)
+    results["not_measured"] = [{"choice": "ffcv-256", "reason": "not measured: no ffcv"}]
+    assert "- FFCV max_resolution=256, jpeg_quality=90: not measured: no ffcv." in module.markdown(results)
+
+
+def test_readme_storage_shaping_table_is_generated_from_the_committed_run(shaping_bench):
+    module, results = shaping_bench
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    block = module.readme_block(results)
+    assert f"<!-- storage-shaping-table -->\n{block}<!-- /storage-shaping-table -->" in readme, (
+        "regenerate it: python benchmarks/storage_shaping.py --render benchmarks/storage_shaping.json "
+        "--readme README.md")
