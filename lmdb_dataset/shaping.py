@@ -115,10 +115,6 @@ class Shaping:
         """The settings as recorded in ``info.shaping`` (without the counts)."""
         return {"max_side": self.max_side, "quality": self.quality, "filter": FILTER}
 
-    def describe(self) -> str:
-        """``max_side=N, quality=Q`` (what to pass again to resume)."""
-        return f"max_side={self.max_side}" + ("" if self.quality is None else f", quality={self.quality}")
-
 
 def resize_pixels(pixels: np.ndarray, max_side: int) -> np.ndarray:
     """``pixels`` (HxW, HxWx1 or HxWx3 uint8) resized to :func:`shaped_size` with Pillow's Lanczos.

@@ -87,12 +87,12 @@ def check_shaping(path: str | os.PathLike, info: fmt.DatasetInfo, shaping: Shapi
         return
     def said(settings: dict | None) -> str:
         if settings is None:
-            return "no max_side (every image stored as given)"
+            return "every image stored as given"
         return f"max_side={settings['max_side']}" + (f", quality={settings['quality']}"
                                                      if settings["quality"] is not None else "")
 
     where = f"the dataset at {str(path)!r} is already complete" if complete else f"cannot resume {str(path)!r}"
-    raise LMDBDatasetError(f"{where}: it was converted with {said(saved)}, now {said(wanted)}; run again with "
+    raise LMDBDatasetError(f"{where}: it was converted with {said(saved)}, now with {said(wanted)}; run again with "
                            f"{said(saved)}, or start over with overwrite=True")
 
 

@@ -271,7 +271,7 @@ def interrupted(source, tmp_path):
 
 def test_resume_with_other_shaping_settings_is_refused_naming_both(interrupted):
     src, path = interrupted
-    for other, said in (({"max_side": 512}, "max_side=512, quality=90"), ({}, "no max_side"),
+    for other, said in (({"max_side": 512}, "max_side=512, quality=90"), ({}, "every image stored as given"),
                         ({"max_side": MAX_SIDE, "quality": 80}, "quality=80")):
         with pytest.raises(LMDBDatasetError, match=f"cannot resume .*converted with max_side={MAX_SIDE}, "
                                                    f"quality=90, now .*{said}.*overwrite=True"):
@@ -300,7 +300,7 @@ def test_cli_max_side_and_quality(source, tmp_path, capsys):
     assert (f"shaping:   lossy: images longer than 256 px resized (Lanczos) and re-encoded as JPEG at quality 80: "
             f"{len(RESIZED)} of {len(SOURCES)}") in capsys.readouterr().out
     assert main(["convert", str(source), str(target), "--max-side", "300", "--resume", "--quiet"]) == 2
-    assert ("already complete: it was converted with --max-side 256, --quality 80, now --max-side 300, "
+    assert ("already complete: it was converted with --max-side 256, --quality 80, now with --max-side 300, "
             "--quality 90") in capsys.readouterr().err
 
 
@@ -334,6 +334,21 @@ def test_list_file_sources_are_shaped_too(source, tmp_path):
     assert dataset._meta.info.shaping["resized"] == len(RESIZED)
     with pytest.raises(LMDBDatasetError, match="already complete: it was converted with max_side=256"):
         convert_source(listing, tmp_path / "ds", kind="list", root=source, resume=True, workers=0, progress=False)
+
+
+def test_cli_shapes_a_list_file_source_and_refuses_resuming_it_otherwise(source, tmp_path, capsys):
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{folder}/{file} 0\n" for folder, file, _ in SOURCES.values()))
+    target = tmp_path / "list.lmdb"
+    assert main(["convert", str(listing), str(target), "--from", "list", "--root", str(source), "--storage", "raw",
+                 "--max-side", "128", "--workers", "0", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(target)]) == 0
+    assert "images longer than 128 px resized (Lanczos) and stored as pixels" in capsys.readouterr().out
+    assert main(["convert", str(listing), str(target), "--from", "list", "--root", str(source), "--storage", "raw",
+                 "--resume", "--quiet"]) == 2
+    assert ("converted with --max-side 128, now with every image stored as given; run again with --max-side 128"
+            in capsys.readouterr().err)
 
 
 def test_hdf5_pixel_arrays_are_resized_with_raw_storage(tmp_path):
