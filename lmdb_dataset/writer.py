@@ -85,6 +85,7 @@ def check_shaping(path: str | os.PathLike, info: fmt.DatasetInfo, shaping: Shapi
     wanted = None if shaping is None else shaping.settings()
     if (None if saved is None else {key: saved.get(key) for key in ("max_side", "quality", "filter")}) == wanted:
         return
+
     def said(settings: dict | None) -> str:
         if settings is None:
             return "every image stored as given"
@@ -138,7 +139,7 @@ class LMDBWriter:
             Defaults to None: every image stored as given.
         quality: JPEG quality (1-100) of the images ``max_side`` re-encodes (``encoded``
             storage only). Defaults to 90 (FFCV's ImageNet example); higher keeps more detail,
-            lower takes less disk and decodes a little faster.
+            lower takes less disk.
 
     Raises:
         ValueError: An option is out of range (the message names it and what is allowed).
