@@ -40,6 +40,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("slow_storage/scale.json", "slow_storage.report"),
     ("gpu_check.json", "gpu.check"),
     ("node_scale/results.json", "node_scale.report"),
+    ("storage_shaping.json", "storage_shaping"),
 ]
 """The sections after the main report, in order: (JSON path relative to the folder, module of
 benchmarks/ whose ``markdown(results: dict) -> str`` renders it). A new stand-alone benchmark adds

@@ -39,7 +39,8 @@ def _convert(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} applies to other sources (see --from), not to the image folder {args.src!r}")
     report = convert_image_folder(args.src, args.dst, storage=args.storage or "encoded", workers=args.workers,
                                   order=args.order or "shuffled", seed=args.seed, resume=args.resume,
-                                  skip_bad=args.skip_bad, overwrite=args.overwrite, progress=not args.quiet)
+                                  skip_bad=args.skip_bad, overwrite=args.overwrite, progress=not args.quiet,
+                                  max_side=args.max_side, quality=args.quality)
     print(f"wrote {report.num_records} records to {report.path} in {time.perf_counter() - args.started:.1f} s"
           + (f"; skipped {len(report.skipped)} unreadable file(s)" if report.skipped else ""))
     return 0
@@ -52,7 +53,8 @@ def _convert_source(args: argparse.Namespace) -> int:
     options = {name: getattr(args, name) for name in ("root", "images", "labels") if getattr(args, name)}
     report = convert_source(args.src, args.dst, kind=args.source_kind, classes=args.classes, storage=args.storage,
                             workers=args.workers, resume=args.resume, skip_bad=args.skip_bad,
-                            overwrite=args.overwrite, progress=not args.quiet, **options)
+                            overwrite=args.overwrite, progress=not args.quiet, max_side=args.max_side,
+                            quality=args.quality, **options)
     print(f"wrote {report.num_records} records to {report.path} in {time.perf_counter() - args.started:.1f} s"
           + (f"; skipped {len(report.skipped)} bad record(s)" if report.skipped else ""))
     return 0
@@ -135,6 +137,17 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _quality(text: str) -> int:
+    """An argparse type: a JPEG quality, an integer from 1 to 100."""
+    value = _count(1)(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"{value} is too large; a JPEG quality is at most 100")
+    return value
+
+
+_quality.__name__ = "JPEG quality 1-100"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lmdb-dataset`` command."""
     parser = argparse.ArgumentParser(prog="lmdb-dataset", description="Image datasets in LMDB for PyTorch.")
@@ -163,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    shaping = convert.add_argument_group("storage shaping", "opt-in and lossy, like FFCV's max_resolution: "
+                                         "smaller stored images read faster and take less disk")
+    shaping.add_argument("--max-side", type=_count(1), default=None, metavar="N",
+                         help="resize images whose longer side exceeds N pixels to a longer side of exactly N "
+                              "(Lanczos, aspect kept; re-encoded as JPEG, or stored as pixels with --storage raw); "
+                              "smaller images keep their original bytes (default: every image as given)")
+    shaping.add_argument("--quality", type=_quality, default=None, metavar="Q",
+                         help="JPEG quality 1-100 of the images --max-side re-encodes (default 90; not with "
+                              "--storage raw)")
     _add_source_arguments(convert)
     convert.set_defaults(run=_convert)
 

@@ -18,8 +18,9 @@ from .errors import LMDBDatasetError, SourceImageError
 from .folder import image_folder_samples
 from .format import DatasetInfo
 from .parallel import ordered_map
+from .shaping import Shaping, shape_image
 from .system import available_cpus
-from .writer import LMDBWriter, build_record
+from .writer import LMDBWriter, build_record, check_shaping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,18 +128,25 @@ def refuse_empty(writer: LMDBWriter, what: str) -> None:
                            "written: fix the source, then convert again with overwrite=True.")
 
 
-def _build(task: tuple[str, int, str]) -> tuple[bytes | None, int, str]:
-    """Read one source file and build its record; returns (record or None, size, error)."""
-    path, label, storage = task
+Task = tuple[str, int, str, Shaping | None]
+"""What a worker builds one record from: (source file, label, storage, shaping or None)."""
+Built = tuple[bytes | None, int, str, bool]
+"""A worker's result: (record or None, bytes read, error, whether shaping resized the image)."""
+
+
+def _build(task: Task) -> Built:
+    """Read one source file, shape it (``max_side``) and build its record."""
+    path, label, storage, shaping = task
     try:
         with open(path, "rb") as file:
             data = file.read()
-        return build_record(data, label, storage=storage), len(data), ""
+        image, resized = shape_image(data, shaping, storage) if shaping is not None else (data, False)
+        return build_record(image, label, storage=storage), len(data), "", resized
     except (OSError, ValueError) as exc:
-        return None, 0, str(exc)
+        return None, 0, str(exc), False
 
 
-def build_records(tasks: Iterable[tuple[str, int, str]], workers: int) -> Iterator[tuple[bytes | None, int, str]]:
+def build_records(tasks: Iterable[Task], workers: int) -> Iterator[Built]:
     """Build records in ``workers`` processes (0: in this process), yielding in task order.
 
     Source files are read only a bounded window ahead of the writer (:func:`parallel.ordered_map`):
@@ -151,7 +159,8 @@ def build_records(tasks: Iterable[tuple[str, int, str]], workers: int) -> Iterat
 def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, storage: str = "encoded",
                          workers: int | None = None, order: str = "shuffled", seed: int = 0,
                          resume: bool = False, skip_bad: bool = False, overwrite: bool = False,
-                         progress: bool = True) -> ConversionReport:
+                         progress: bool = True, max_side: int | None = None,
+                         quality: int | None = None) -> ConversionReport:
     """Convert an ImageFolder tree into an LMDB dataset.
 
     The dataset's index is exactly torchvision's ``ImageFolder``: ``LMDBImageDataset(dst)[i]``
@@ -185,6 +194,18 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
             ImageFolder indices). Defaults to False.
         overwrite: Replace an existing dataset at ``dst``. Defaults to False.
         progress: Show a progress bar (images/s, MB/s). Defaults to True.
+        max_side: Opt-in, lossy storage shaping, as FFCV's ``max_resolution``: images whose
+            longer side exceeds it are resized (Pillow Lanczos, aspect kept) to a longer side
+            of exactly ``max_side``, and with ``encoded`` storage re-encoded as JPEG at
+            ``quality``; smaller images keep their original bytes. With ``raw`` storage the
+            resized pixels are stored (at 256 about the disk of the original JPEGs, and no
+            decode when reading). Faster reading and less disk, at the cost of the detail that
+            crops of the full image would have kept: ``dataset[i]`` is then no longer
+            ``ImageFolder(src)[i]`` for resized images. Recorded in the metadata and shown by
+            ``lmdb-dataset info``; :mod:`lmdb_dataset.shaping` has the rules (rounding,
+            grayscale, CMYK, PNG). Defaults to None: every image stored as given.
+        quality: JPEG quality (1-100) of the images ``max_side`` re-encodes; ``encoded``
+            storage only. Defaults to 90 (FFCV's ImageNet example).
 
     Returns:
         A :class:`ConversionReport`.
@@ -195,14 +216,16 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
         FileExistsError: ``dst`` exists and neither ``resume`` nor ``overwrite`` was given.
         FileNotFoundError: ``src`` is not an image folder (the message explains the layout).
         LMDBDatasetError: Writing failed (e.g. the disk is full); ``resume`` was asked for
-            a conversion started with other settings or from a changed source; or nothing
-            was converted (every file skipped: a dataset of 0 records is never written).
+            a conversion started with other settings (``max_side``/``quality`` included) or from
+            a changed source; or nothing was converted (every file skipped: a dataset of 0
+            records is never written).
         ValueError: An argument is out of range, or ``dst`` lies inside ``src``.
     """
     started = time.perf_counter()
     workers = available_cpus() if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers={workers} must be >= 0")
+    shaping = Shaping.of(max_side, quality, storage)
     src = Path(src).resolve()
     check_destination(src, dst)
     resume = resumable(dst, resume)
@@ -211,24 +234,24 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
     relative = [path[len(prefix):] for path, _ in samples]
     plan = write_plan(relative, order=order, seed=seed)
     state = {"source": str(src), "order": order, "seed": seed}
-    finished = _finished_conversion(dst, state, classes, storage) if resume else None
+    finished = _finished_conversion(dst, state, classes, storage, shaping) if resume else None
     if finished is not None:  # e.g. killed after it completed: nothing left to do
         return ConversionReport(Path(dst), finished.num_records, list(finished.skipped), 0,
                                 time.perf_counter() - started, 0, _skipped_indices(finished.skipped, relative))
     with LMDBWriter(dst, storage=storage, classes=classes, source=str(src), resume=resume,
-                    overwrite=overwrite) as writer:
+                    overwrite=overwrite, max_side=max_side, quality=quality) as writer:
         if resume and (writer.info.conversion is not None or writer.num_records or writer.info.skipped):
             first = _resume_point(writer, state, classes, [relative[i] for i in plan])
         else:
             first = 0
             writer.set_conversion_state(state)
             writer.commit()
-        tasks = ((samples[i][0], samples[i][1], storage) for i in plan[first:])
+        tasks = ((samples[i][0], samples[i][1], storage, shaping) for i in plan[first:])
         bytes_read = 0
         with tqdm(total=len(samples), initial=first, unit="img", disable=not progress,
                   desc=f"convert {src.name}", dynamic_ncols=True) as bar, \
                 contextlib.closing(build_records(tasks, workers)) as built:  # a stop ends the worker pool now
-            for position, (record, size, error) in enumerate(built, start=first):
+            for position, (record, size, error, resized) in enumerate(built, start=first):
                 source = int(plan[position])
                 if record is None and not skip_bad:
                     raise SourceImageError(
@@ -238,7 +261,7 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
                 if record is None:
                     writer.skip(relative[source], error)
                 else:
-                    writer.add_record(record, samples[source][1], path=relative[source])
+                    writer.add_record(record, samples[source][1], path=relative[source], resized=resized)
                 bytes_read += size
                 bar.update()
                 if position % 16 == 0 or position + 1 == len(samples):
@@ -266,7 +289,8 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _finished_conversion(dst: str | os.PathLike, state: dict, classes: list[str], storage: str) -> DatasetInfo | None:
+def _finished_conversion(dst: str | os.PathLike, state: dict, classes: list[str], storage: str,
+                         shaping: Shaping | None) -> DatasetInfo | None:
     """The info of a complete dataset at ``dst`` converted with these settings, or None if there is none.
 
     Raises:
@@ -280,6 +304,7 @@ def _finished_conversion(dst: str | os.PathLike, state: dict, classes: list[str]
         raise LMDBDatasetError(f"the dataset at {str(dst)!r} is already complete, converted with other "
                                "settings or from another source; nothing to resume (pass overwrite=True "
                                "to write it again)")
+    check_shaping(dst, info, shaping, complete=True)
     return info
 
 

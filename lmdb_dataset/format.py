@@ -23,7 +23,16 @@ named sub-databases::
     └── "meta"      small table of named values, none of them pickled:
           b"info"             JSON object (DatasetInfo): format version, number of records,
                               storage kind, class names, source description, `complete`
-                              flag, skipped source files, the converter's settings
+                              flag, skipped source files, the converter's settings,
+                              and `shaping` (absent or null: every image stored as
+                              given). With `convert --max-side N` it is
+                              {"max_side": N, "quality": Q (null for raw storage),
+                              "filter": "lanczos", "resized": R, "kept": K}: R images
+                              longer than N were resized to a longer side of exactly N
+                              (and, encoded, re-encoded as JPEG at quality Q), K were
+                              stored as given; R + K = records written so far
+                              (lmdb_dataset.shaping documents the rules). Readers need
+                              none of it: records hold the stored size in their header
           b"labels"           all labels, packed little-endian int64 (N values)
           b"paths"            relative source paths, UTF-8, joined by NUL bytes
           b"spans"            file offset and length of every record value inside
@@ -154,6 +163,8 @@ class DatasetInfo:
         skipped: Source files left out by a conversion, as ``{"path": ..., "error": ...}``.
         conversion: The settings a converter ran with (checked when it resumes; a record of how
             the dataset was made), or None.
+        shaping: Storage shaping (``max_side``, ``quality``, ``filter`` and the ``resized`` /
+            ``kept`` counts; see :mod:`lmdb_dataset.shaping`), or None when images are stored as given.
         format_version: Version of this format the dataset was written with.
     """
 
@@ -164,6 +175,7 @@ class DatasetInfo:
     complete: bool = False
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
     conversion: dict[str, Any] | None = None
+    shaping: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> bytes:
@@ -212,6 +224,19 @@ def _check_info_fields(fields: dict[str, Any]) -> None:
         raise fail("skipped")
     if "conversion" in fields and not isinstance(fields["conversion"], (dict, type(None))):
         raise fail("conversion")
+    if fields.get("shaping") is not None and not _valid_shaping(fields["shaping"]):
+        raise fail("shaping")
+
+
+def _valid_shaping(shaping: Any) -> bool:
+    """Whether a parsed ``info.shaping`` has the fields ``info`` and resuming rely on."""
+    def count(value: Any, least: int) -> bool:
+        return type(value) is int and value >= least
+
+    return (isinstance(shaping, dict) and count(shaping.get("max_side"), 1)
+            and (shaping.get("quality") is None or count(shaping["quality"], 1))
+            and isinstance(shaping.get("filter"), str)
+            and count(shaping.get("resized"), 0) and count(shaping.get("kept"), 0))
 
 
 def chunk_key(prefix: bytes, start: int) -> bytes:

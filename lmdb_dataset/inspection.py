@@ -55,10 +55,25 @@ class DatasetSummary:
                  f"size:      {self.size_bytes / 1e6:.1f} MB on disk",
                  f"source:    {printable(info.source) or '-'}",
                  f"format:    version {info.format_version}"]
+        if info.shaping is not None:
+            lines.append(f"shaping:   {shaping_line(info.shaping, info.storage)}")
         if info.skipped:
             lines.append(f"skipped:   {len(info.skipped)} unreadable source file(s), e.g. "
                          f"{printable(info.skipped[0]['path'])}")
         return lines
+
+
+def shaping_line(shaping: dict, storage: str) -> str:
+    """What ``info.shaping`` says, in one sentence for ``lmdb-dataset info``.
+
+    E.g. ``lossy: images longer than 256 px resized (Lanczos) and re-encoded as JPEG at quality
+    90: 560 of 600; the other 40 kept as they were``.
+    """
+    done = (f"resized ({shaping['filter'].capitalize()}) and re-encoded as JPEG at quality {shaping['quality']}"
+            if storage == "encoded" else f"resized ({shaping['filter'].capitalize()}) and stored as pixels")
+    total = shaping["resized"] + shaping["kept"]
+    return (f"lossy: images longer than {shaping['max_side']} px {done}: {shaping['resized']} of {total}; "
+            f"the other {shaping['kept']} kept as they were")
 
 
 def summarize(path: str | os.PathLike) -> DatasetSummary:

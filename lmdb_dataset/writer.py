@@ -16,6 +16,7 @@ from .decoding import check_decodes, decode_image, image_size
 from .environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans, store_spans
 from .errors import LMDBDatasetError, NotADatasetError, SourceImageError
 from .interrupts import deferred_interrupts
+from .shaping import Shaping, shape_image
 
 DISK_FULL_MARGIN = 1 << 20
 """Free bytes below which a failed commit is reported as a full disk."""
@@ -72,6 +73,30 @@ def _header_size(image: bytes | memoryview) -> tuple[int, int]:
         return 0, 0
 
 
+def check_shaping(path: str | os.PathLike, info: fmt.DatasetInfo, shaping: Shaping | None, *,
+                  complete: bool = False) -> None:
+    """Refuse to resume the conversion ``info`` describes (``complete``: a finished one) with other shaping.
+
+    Raises:
+        LMDBDatasetError: ``info.shaping``'s settings differ from ``shaping``'s; the message
+            gives both and the fix.
+    """
+    saved = info.shaping
+    wanted = None if shaping is None else shaping.settings()
+    if (None if saved is None else {key: saved.get(key) for key in ("max_side", "quality", "filter")}) == wanted:
+        return
+
+    def said(settings: dict | None) -> str:
+        if settings is None:
+            return "every image stored as given"
+        return f"max_side={settings['max_side']}" + (f", quality={settings['quality']}"
+                                                     if settings["quality"] is not None else "")
+
+    where = f"the dataset at {str(path)!r} is already complete" if complete else f"cannot resume {str(path)!r}"
+    raise LMDBDatasetError(f"{where}: it was converted with {said(saved)}, now with {said(wanted)}; run again with "
+                           f"{said(saved)}, or start over with overwrite=True")
+
+
 class LMDBWriter:
     """Appends images to a new (or resumed) dataset; a context manager.
 
@@ -105,14 +130,30 @@ class LMDBWriter:
         commit_records: Commit once this many records are pending. Defaults to 4096.
         sync: fsync each commit. Defaults to True (committed data survives power loss,
             not only a crash of the process).
+        max_side: Opt-in, lossy storage shaping (like FFCV's ``max_resolution``): images whose
+            longer side exceeds it are resized (Pillow Lanczos, aspect kept) to a longer side of
+            exactly ``max_side`` when added with :meth:`add`; smaller ones are stored as given
+            (encoded: their original bytes). Smaller stored images read faster and take less
+            disk, at the cost of detail a crop of the original would have kept. Recorded in
+            ``info.shaping``; see :mod:`lmdb_dataset.shaping` for grayscale, CMYK and PNG.
+            Defaults to None: every image stored as given.
+        quality: JPEG quality (1-100) of the images ``max_side`` re-encodes (``encoded``
+            storage only). Defaults to 90 (FFCV's ImageNet example); higher keeps more detail,
+            lower takes less disk.
+
+    Raises:
+        ValueError: An option is out of range (the message names it and what is allowed).
+        LMDBDatasetError: ``resume`` of a dataset started with other ``max_side``/``quality``.
     """
 
     def __init__(self, path: str | os.PathLike, *, storage: str = "encoded",
                  classes: Sequence[str] | None = None, source: str = "", resume: bool = False,
                  overwrite: bool = False, commit_bytes: int = DEFAULT_COMMIT_BYTES,
-                 commit_records: int = DEFAULT_COMMIT_RECORDS, sync: bool = True) -> None:
+                 commit_records: int = DEFAULT_COMMIT_RECORDS, sync: bool = True, max_side: int | None = None,
+                 quality: int | None = None) -> None:
         if storage not in fmt.STORAGE_KINDS:
             raise ValueError(f"storage={storage!r} is not supported; use 'encoded' or 'raw'")
+        self._shaping = Shaping.of(max_side, quality, storage)
         if commit_bytes <= 0 or commit_records <= 0:
             raise ValueError("commit_bytes and commit_records must be positive")
         if resume and overwrite:
@@ -127,7 +168,9 @@ class LMDBWriter:
         self._sample_order: np.ndarray | None = None
         self._closed = False
         environments.release(self.path)
-        new_info = fmt.DatasetInfo(storage=storage, classes=list(classes or []), source=source)
+        new_info = fmt.DatasetInfo(storage=storage, classes=list(classes or []), source=source,
+                                   shaping=None if self._shaping is None
+                                   else {**self._shaping.settings(), "resized": 0, "kept": 0})
         if resume:
             self._env = self._open(map_size=max(INITIAL_MAP_SIZE, 2 * self._file_size()), sync=sync)
             # A writer killed before its first commit leaves no metadata and no records (perhaps not
@@ -148,6 +191,7 @@ class LMDBWriter:
             if self.info.storage != storage:
                 raise ValueError(f"cannot resume {str(self.path)!r} with storage={storage!r}: it was "
                                  f"started with storage={self.info.storage!r}")
+            check_shaping(self.path, self.info, self._shaping)
         else:
             self._prepare_new_directory(overwrite)
             self._env = self._open(map_size=INITIAL_MAP_SIZE, sync=sync)
@@ -222,15 +266,26 @@ class LMDBWriter:
         Raises:
             SourceImageError: The image cannot be decoded or stored (names ``path``).
         """
+        resized = False
         try:
+            if self._shaping is not None:
+                image, resized = shape_image(image, self._shaping, self.info.storage)
             record = build_record(image, label, storage=self.info.storage, check=check)
         except ValueError as exc:
             name = path if path is not None else f"image #{self.num_records}"
             raise SourceImageError(f"{name}: {exc}", source=name) from None
-        return self.add_record(record, label, path=path)
+        return self.add_record(record, label, path=path, resized=resized)
 
-    def add_record(self, record: bytes, label: int, *, path: str | None = None) -> int:
+    def add_record(self, record: bytes, label: int, *, path: str | None = None, resized: bool = False) -> int:
         """Append a record already built by :func:`build_record` (e.g. in a worker process).
+
+        Args:
+            record: The record value.
+            label: Integer class label.
+            path: The image's source path relative to the dataset root, kept in the metadata.
+            resized: The record holds an image :func:`shaping.shape_image` resized under this
+                writer's ``max_side``; counted in ``info.shaping`` (``resized``, else ``kept``).
+                Defaults to False.
 
         Raises:
             ValueError: ``classes`` were given and ``label`` is not in ``range(len(classes))``.
@@ -241,6 +296,8 @@ class LMDBWriter:
             raise ValueError(f"{name}: label={label} is out of range for the {len(self.info.classes)} "
                              f"classes (labels 0..{len(self.info.classes) - 1})")
         index = self.num_records
+        if self.info.shaping is not None:
+            self.info.shaping["resized" if resized else "kept"] += 1
         self._pending.append(record)
         self._pending_labels.append(label)
         self._pending_paths.append(path or "")

@@ -29,9 +29,9 @@ from lmdb_dataset import (
 )
 from lmdb_dataset import format as fmt
 from lmdb_dataset.convert import build_records, write_plan
-from lmdb_dataset.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
 from lmdb_dataset.environment import begin_read, environments, open_databases
 from lmdb_dataset.inspection import summarize
+from lmdb_dataset.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
 
 
 def raw_records(path) -> list[dict]:
@@ -207,10 +207,10 @@ def test_convert_worker_processes_give_the_same_dataset_as_in_process(image_fold
     assert logical_content(tmp_path / "a") == logical_content(tmp_path / "b")
 
 
-def stepped_conversion(src, dst, kill_at: int, total) -> None:
+def stepped_conversion(src, dst, kill_at: int, total, options: dict) -> None:
     """Runs in a forked child: a conversion with numbered steps (before and after each record added,
     each transaction, its body and the offset scan) that SIGKILLs itself at step ``kill_at``
-    (0: never; the number of steps goes to ``total``)."""
+    (0: never; the number of steps goes to ``total``); ``options`` are more keyword arguments of it."""
     steps = 0
 
     def step():
@@ -232,13 +232,14 @@ def stepped_conversion(src, dst, kill_at: int, total) -> None:
     writer.LMDBWriter.add_record = stepped(writer.LMDBWriter.add_record)
     writer.record_spans = stepped(writer.record_spans)
     writer.LMDBWriter.__init__.__kwdefaults__["commit_records"] = 4
-    convert_image_folder(src, dst, workers=2, seed=5, skip_bad=True, progress=False)
+    convert_image_folder(src, dst, workers=2, seed=5, skip_bad=True, progress=False, **options)
     total.value = steps
 
 
-def run_stepped(src, dst, kill_at: int, total=None):
+def run_stepped(src, dst, kill_at: int, total=None, options: dict | None = None):
     context = multiprocessing.get_context("fork")
-    child = context.Process(target=stepped_conversion, args=(src, dst, kill_at, total or context.Value("i")))
+    child = context.Process(target=stepped_conversion,
+                            args=(src, dst, kill_at, total or context.Value("i"), options or {}))
     child.start()
     return child
 
@@ -262,17 +263,18 @@ def assert_spans_valid(path) -> None:
             assert os.pread(data.fileno(), length, offset) == value
 
 
+@pytest.mark.parametrize("options", [{}, {"max_side": 64, "quality": 80}], ids=["as-given", "max-side"])
 def test_convert_killed_at_any_step_including_finalisation_resumes_to_the_uninterrupted_dataset(image_folder,
-                                                                                                  tmp_path):
+                                                                                                  tmp_path, options):
     src = image_folder(12, corrupt=True)
     total = multiprocessing.get_context("fork").Value("i")
-    whole = run_stepped(src, tmp_path / "whole", 0, total)
+    whole = run_stepped(src, tmp_path / "whole", 0, total, options)
     whole.join(300)
     assert whole.exitcode == 0
     total = total.value
     points = range(1, total + 1)  # every step, those of finalisation included
     for group in points[::8]:
-        children = [run_stepped(src, tmp_path / f"killed{k}", k) for k in points[group - 1:group + 7]]
+        children = [run_stepped(src, tmp_path / f"killed{k}", k, options=options) for k in points[group - 1:group + 7]]
         for child in children:
             child.join(300)
             assert child.exitcode == -signal.SIGKILL
@@ -282,9 +284,11 @@ def test_convert_killed_at_any_step_including_finalisation_resumes_to_the_uninte
         if not is_complete(path):
             with pytest.raises((IncompleteDatasetError, NotADatasetError)):  # the latter: before the 1st commit
                 LMDBImageDataset(path)
-        convert_image_folder(src, path, workers=0, seed=5, skip_bad=True, resume=True, progress=False)
-        assert logical_content(path) == expected, f"killed at step {k} of {total}"
+        convert_image_folder(src, path, workers=0, seed=5, skip_bad=True, resume=True, progress=False, **options)
+        assert logical_content(path) == expected, f"killed at step {k} of {total}"  # shaping's counts included
         assert_spans_valid(path)
+    shaping = summarize(tmp_path / "whole").info.shaping
+    assert shaping is None if not options else shaping["resized"] > 0 and shaping["kept"] > 0
 
 
 def test_convert_bad_file_deleted_then_resume_finishes_as_if_it_never_existed(image_folder, tmp_path):
@@ -354,11 +358,11 @@ def test_build_records_keeps_in_flight_work_bounded_whatever_the_dataset_size(tm
             nonlocal submitted
             for i in range(count):
                 submitted += 1
-                yield str(tmp_path / f"missing{i}.jpg"), 0, "encoded"
+                yield str(tmp_path / f"missing{i}.jpg"), 0, "encoded", None
 
         peak = 0
         results = build_records(tasks(), workers)
-        for consumed, (record, _, error) in enumerate(results, start=1):
+        for consumed, (record, _, error, _) in enumerate(results, start=1):
             assert record is None and f"missing{consumed - 1}.jpg" in error  # in order
             peak = max(peak, submitted - consumed)
             time.sleep(0.001)  # a slow writer: finished records must not pile up

@@ -19,32 +19,35 @@ from ..environment import load_metadata
 from ..errors import LMDBDatasetError, SourceImageError
 from ..format import DatasetInfo
 from ..parallel import ordered_map
+from ..shaping import Shaping, shape_image
 from ..system import available_cpus
-from ..writer import LMDBWriter, build_record
+from ..writer import LMDBWriter, build_record, check_shaping
 from .base import Image, SourceRecord, read_classes_file
 from .detect import open_source
 
 
-def _build(task: tuple[Image | None, int, str]) -> tuple[bytes | None, str]:
-    """Worker: check and build one record from an in-memory image; returns (record or None, error).
+def _build(task: tuple[Image | None, int, str, Shaping | None]) -> tuple[bytes | None, str, bool]:
+    """Worker: check, shape (``max_side``) and build one record from an in-memory image.
 
-    A record the source could not read (image None) is passed through: its error is the source's.
+    Returns (record or None, error, whether shaping resized the image). A record the source
+    could not read (image None) is passed through: its error is the source's.
     """
-    image, label, storage = task
+    image, label, storage, shaping = task
     if image is None:
-        return None, ""
+        return None, "", False
     if storage == "encoded" and isinstance(image, np.ndarray):
         return None, (f"holds decoded pixels ({'x'.join(map(str, image.shape))} uint8), not an image file; "
-                      "convert with storage='raw' (--storage raw)")
+                      "convert with storage='raw' (--storage raw)"), False
     try:
-        return build_record(image, label, storage=storage), ""
+        stored, resized = shape_image(image, shaping, storage) if shaping is not None else (image, False)
+        return build_record(stored, label, storage=storage), "", resized
     except ValueError as exc:
-        return None, str(exc)
+        return None, str(exc), False
 
 
 def _built(
-    records: Iterator[SourceRecord], storage: str, workers: int
-) -> Generator[tuple[SourceRecord, bytes | None, str], None, None]:
+    records: Iterator[SourceRecord], storage: str, shaping: Shaping | None, workers: int
+) -> Generator[tuple[SourceRecord, bytes | None, str, bool], None, None]:
     """(source record, built record or None, error) in source order; checks run in ``workers`` processes.
 
     Source records are read only a bounded window ahead of the writer
@@ -52,14 +55,14 @@ def _built(
     """
     in_flight: collections.deque[SourceRecord] = collections.deque()
 
-    def tasks() -> Iterator[tuple[Image | None, int, str]]:
+    def tasks() -> Iterator[tuple[Image | None, int, str, Shaping | None]]:
         for record in records:
             in_flight.append(record)
-            yield record.image, record.label, storage
+            yield record.image, record.label, storage, shaping
 
     with contextlib.closing(ordered_map(_build, tasks(), workers)) as results:  # closed: the workers end now
-        for built, error in results:
-            yield in_flight.popleft(), built, error
+        for built, error, resized in results:
+            yield in_flight.popleft(), built, error, resized
 
 
 def _first_storage(records: Iterator[SourceRecord]) -> tuple[str, Iterator[SourceRecord]]:
@@ -87,7 +90,8 @@ def source_fingerprint(path: Path) -> list[list]:
 def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None = None,
                    classes: str | os.PathLike | None = None, storage: str | None = None,
                    workers: int | None = None, resume: bool = False, skip_bad: bool = False,
-                   overwrite: bool = False, progress: bool = True, **options: str) -> ConversionReport:
+                   overwrite: bool = False, progress: bool = True, max_side: int | None = None,
+                   quality: int | None = None, **options: str) -> ConversionReport:
     """Convert a legacy LMDB, tar archive, list file or HDF5 file into an LMDB dataset.
 
     Records keep the source's order (an LMDB's key order, an archive's member order, a list
@@ -118,6 +122,10 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
             stopping with an error naming the record. Defaults to False.
         overwrite: Replace an existing dataset at ``dst``. Defaults to False.
         progress: Show a progress bar. Defaults to True.
+        max_side: Opt-in, lossy: resize images (and pixel arrays) whose longer side exceeds it,
+            as :func:`~lmdb_dataset.convert_image_folder` does. Defaults to None (stored as given).
+        quality: JPEG quality (1-100) of the images ``max_side`` re-encodes; ``encoded`` storage
+            only. Defaults to 90.
         **options: Options of the source kind: ``root`` (list files: the folder paths are
             relative to; defaults to the list file's folder), ``images`` and ``labels``
             (HDF5: dataset names; detected when there is one obvious choice).
@@ -138,6 +146,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     workers = available_cpus() if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers={workers} must be >= 0")
+    Shaping.of(max_side, quality, storage or "encoded")  # ranges checked before the source is opened
     check_destination(Path(src).resolve(), dst)
     resume = resumable(dst, resume)
     source = open_source(src, kind=kind, **options)
@@ -149,14 +158,17 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     state: dict[str, Any] = {"source": str(source.path), "source_kind": source.kind, "source_count": count,
                              "source_files": source_fingerprint(source.path), "next_source": 0, "max_label": -1}
     finished = _finished_conversion(dst, state) if resume else None
+    if finished is not None:
+        check_shaping(dst, finished, Shaping.of(max_side, quality, finished.storage), complete=True)
     if finished is not None:  # e.g. a job script that always passes --resume, run once more
         return ConversionReport(path=Path(dst), num_records=finished.num_records, skipped=list(finished.skipped),
                                 converted=0, seconds=time.perf_counter() - started, bytes_read=0)
     source_records = source.records()
     detected, records = _first_storage(source_records)
     storage = storage or detected
+    shaping = Shaping.of(max_side, quality, storage)
     with LMDBWriter(dst, storage=storage, classes=names, source=f"{source.kind}:{source.path}",
-                    resume=resume, overwrite=overwrite) as writer:
+                    resume=resume, overwrite=overwrite, max_side=max_side, quality=quality) as writer:
         # Cut before the conversion saved its settings (right after the writer's first commit): nothing to continue.
         if resume and (writer.info.conversion is not None or writer.num_records or writer.info.skipped):
             _check_resumable(writer, state)
@@ -172,8 +184,9 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
         bytes_read = 0
         with tqdm(total=count, initial=first, unit="img", disable=not progress,
                   desc=f"convert {source.path.name}", dynamic_ncols=True) as bar, \
-                contextlib.closing(source_records), contextlib.closing(_built(records, storage, workers)) as built:
-            for position, (record, built_record, error) in enumerate(built, start=first):
+                contextlib.closing(source_records), \
+                contextlib.closing(_built(records, storage, shaping, workers)) as built:
+            for position, (record, built_record, error, resized) in enumerate(built, start=first):
                 error = record.error or (f"record {record.name!r}: {error}" if error else "")
                 if not error and record.label < 0:
                     error = f"record {record.name!r}: label {record.label} is negative"
@@ -190,7 +203,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                     writer.skip(record.name, error)
                 else:
                     assert built_record is not None  # a record is built unless it has an error
-                    writer.add_record(built_record, record.label, path=record.name)
+                    writer.add_record(built_record, record.label, path=record.name, resized=resized)
                 bytes_read += record.size
                 bar.update()
                 if position % 16 == 0:
