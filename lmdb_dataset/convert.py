@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +146,7 @@ def _build(task: Task) -> Built:
         return None, 0, str(exc), False
 
 
-def build_records(tasks: Iterable[Task], workers: int) -> Iterator[Built]:
+def build_records(tasks: Iterable[Task], workers: int) -> Generator[Built, None, None]:
     """Build records in ``workers`` processes (0: in this process), yielding in task order.
 
     Source files are read only a bounded window ahead of the writer (:func:`parallel.ordered_map`):

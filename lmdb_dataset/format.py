@@ -308,8 +308,8 @@ class PathTable:
         found = len(separators) + 1 if self._blob or count == 1 else 0
         if found != count:
             raise ValueError(f"path table holds {found} paths, expected {count}")
-        bounds = [[0], separators + 1, [len(self._blob) + 1]] if count else [[0]]
-        self._starts = np.concatenate(bounds).astype(np.int64)
+        bounds = [np.zeros(1, np.int64), separators + 1, np.array([len(self._blob) + 1])]
+        self._starts = np.concatenate(bounds if count else bounds[:1]).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self._starts) - 1

@@ -207,7 +207,7 @@ def _check_records(env: lmdb.Environment, records_db, path: str | os.PathLike, c
                 expected = index + 1
                 bar.update()
                 reason = _record_problem(index, value, labels, decode=decode)
-                if reason is None and fd is not None and index < len(spans):
+                if reason is None and fd is not None and spans is not None and index < len(spans):
                     offset, length = (int(x) for x in spans[index])
                     if os.pread(fd, length, offset) != value:
                         reason = "its bytes at the offset table's span differ from the record (pread readers)"

@@ -127,7 +127,7 @@ def resize_pixels(pixels: np.ndarray, max_side: int) -> np.ndarray:
     if target == (height, width):
         return pixels
     plane = pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels
-    resized = np.asarray(Image.fromarray(np.ascontiguousarray(plane)).resize(target[::-1], Image.LANCZOS))
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(plane)).resize(target[::-1], Image.Resampling.LANCZOS))
     return resized.reshape(*target, *pixels.shape[2:])
 
 

@@ -315,7 +315,9 @@ class LMDBWriter:
         """The source path of every record added so far (committed or pending), in record order."""
         with begin_read(self._env) as txn:
             _, paths, _ = self._chunks(txn)
-        committed = fmt.PathTable(b"\0".join(paths), self.info.num_records) if paths else []
+        if not paths:
+            return list(self._pending_paths)
+        committed = fmt.PathTable(b"\0".join(paths), self.info.num_records)
         return [committed[i] for i in range(len(committed))] + self._pending_paths
 
     def set_sample_order(self, record_of_sample: np.ndarray) -> None:
@@ -453,6 +455,7 @@ class LMDBWriter:
             self.info = info
 
     def _checked_sample_order(self) -> bytes:
+        assert self._sample_order is not None  # called only once set_sample_order has set it
         if len(self._sample_order) != self.info.num_records:
             raise ValueError(f"the sample order of {str(self.path)!r} has {len(self._sample_order)} "
                              f"entries for {self.info.num_records} records")
@@ -468,7 +471,7 @@ class LMDBWriter:
             marker = prefix + b"/"
             if cursor.set_range(marker):
                 for key, value in cursor:
-                    if not key.startswith(marker):
+                    if not bytes(key).startswith(marker):
                         break
                     out.append(bytes(value))
                     keys.append(bytes(key))
