@@ -85,7 +85,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .inspection import printable, verify_dataset
+    from .errors import printable
+    from .inspection import verify_dataset
 
     report = verify_dataset(args.path, decode=args.decode, progress=not args.quiet)
     for record in report.bad:

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .environment import DATA_FILE, load_metadata
-from .errors import LMDBDatasetError, SourceImageError
+from .errors import LMDBDatasetError, SourceImageError, printable
 from .folder import image_folder_samples
 from .format import DatasetInfo
 from .parallel import ordered_map
@@ -121,7 +121,7 @@ def refuse_empty(writer: LMDBWriter, what: str) -> None:
     if skipped:
         first = skipped[0]
         why = (f"every one of the {len(skipped)} {what} was unreadable and skipped, e.g. "
-               f"{_printable(first['path'])}: {_printable(first['error'])}")
+               f"{printable(first['path'])}: {printable(first['error'])}")
     else:
         why = f"the source holds no {what}"
     raise LMDBDatasetError(f"nothing converted into {str(writer.path)!r}: {why}. A dataset of 0 records is not "
@@ -273,7 +273,7 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
     if progress and writer.info.skipped:
         print(f"skipped {len(writer.info.skipped)} unreadable file(s):")
         for entry in writer.info.skipped:
-            print(f"  {_printable(entry['path'])}: {_printable(entry['error'])}")
+            print(f"  {printable(entry['path'])}: {printable(entry['error'])}")
     return ConversionReport(Path(dst), writer.info.num_records, list(writer.info.skipped), len(samples) - first,
                             time.perf_counter() - started, bytes_read, _skipped_indices(writer.info.skipped, relative))
 
@@ -282,11 +282,6 @@ def _skipped_indices(skipped: list[dict[str, str]], relative: list[str]) -> list
     """The ImageFolder indices of the skipped files, ascending."""
     index_of = {path: i for i, path in enumerate(relative)}
     return sorted(index_of[entry["path"]] for entry in skipped if entry["path"] in index_of)
-
-
-def _printable(text: str) -> str:
-    """``text`` with undecodable file-name bytes (surrogate escapes) shown as ``\\xNN``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _finished_conversion(dst: str | os.PathLike, state: dict, classes: list[str], storage: str,
@@ -340,7 +335,7 @@ def _resume_point(writer: LMDBWriter, state: dict, classes: list[str], planned: 
     committed = writer.record_paths()
     gone = [p for p in committed if p not in position]
     if gone:
-        raise LMDBDatasetError(f"{where}: {_printable(gone[0])!r} (and {len(gone) - 1} more) was converted "
+        raise LMDBDatasetError(f"{where}: {printable(gone[0])!r} (and {len(gone) - 1} more) was converted "
                                "but is no longer in the source; restore it, or start over with overwrite=True.")
     done = committed + [entry["path"] for entry in writer.info.skipped]
     cut = 1 + max((position[p] for p in done if p in position), default=-1)
@@ -349,6 +344,6 @@ def _resume_point(writer: LMDBWriter, state: dict, classes: list[str], planned: 
     if any(position[a] > position[b] for a, b in zip(committed, committed[1:])):
         new = ["(files were renamed)"]
     if new:
-        raise LMDBDatasetError(f"{where}: the source changed in the part already converted ({_printable(new[0])!r} "
+        raise LMDBDatasetError(f"{where}: the source changed in the part already converted ({printable(new[0])!r} "
                                "is new); start over with overwrite=True.")
     return cut

@@ -4,7 +4,8 @@ Every error names the dataset path and, where one is involved, the record index,
 and says what to do about it. All derive from :class:`LMDBDatasetError`, so one
 ``except`` clause catches them; the ones that mean "not found" or "bad value" also
 derive from the matching built-in (``FileNotFoundError``, ``IndexError``,
-``ValueError``) so generic handlers keep working.
+``ValueError``) so generic handlers keep working. :func:`printable` makes the file names
+that messages quote safe to print.
 """
 
 from __future__ import annotations
@@ -66,3 +67,8 @@ class SourceImageError(LMDBDatasetError):
     def __init__(self, message: str, *, source: str) -> None:
         super().__init__(message)
         self.source = source
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on any terminal: undecodable bytes of a file name (surrogate escapes) as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -26,13 +26,8 @@ from .environment import (
     record_spans,
     store_spans,
 )
-from .errors import IncompleteDatasetError, LMDBDatasetError
+from .errors import IncompleteDatasetError, LMDBDatasetError, printable
 from .system import can_pread
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print on any terminal: undecodable bytes of a file name (surrogate escapes) as ``\\xNN``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,8 +22,8 @@ from .memory import release_free_heap
 from .mixing import check_class_locality, labels_in_file_order
 from .ordering import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE, Hop, check_positive, check_seed, worker_positions
 from .prefetching import SharedAsk
-from .progress import EpochProgress, EpochResumable, check_identity
-from .world import Replicas, World, current_world
+from .progress import EpochResumable, check_identity
+from .world import World, current_world
 
 
 @dataclasses.dataclass
@@ -177,14 +177,9 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         check_seed(seed)
         super().__init__(path, transform, target_transform, output=output, verify_checksums=verify_checksums,
                          access="pread", readahead=False, on_error=on_error)
-        self.shuffle = shuffle
-        self.chunk_size = chunk_size
-        self.pool_size = pool_size
-        self.seed = seed
-        self._replicas = Replicas(num_replicas, rank)
-        self.drop_last = drop_last
+        self._set_order(chunk_size=chunk_size, pool_size=pool_size, shuffle=shuffle, seed=seed,
+                        num_replicas=num_replicas, rank=rank, drop_last=drop_last)
         self.batch_size = batch_size
-        self._progress = EpochProgress()
         self._asks = torch.full((64,), -1, dtype=torch.int64).share_memory_()  # pools the rank's asker asked for
         if shuffle:
             check_class_locality(labels_in_file_order(self), chunk_size=chunk_size, pool_size=pool_size,

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .ordering import ORDER_VERSION, Hop, RankOrder, rest_length, rest_of_epoch
+from .ordering import ORDER_VERSION, Hop, RankOrder, check_positive, check_seed, rest_length, rest_of_epoch
 from .world import Replicas, World
 
 MAX_WORKERS = 1024
@@ -161,12 +161,11 @@ class EpochProgress:
 class EpochResumable:
     """Mixin: epoch, DDP world, exact and elastic resume state, and copy semantics of the sampler and the iterable.
 
-    The class sets ``self._progress = EpochProgress()``, ``self._replicas = Replicas(...)``
-    and the order settings (``chunk_size``, ``pool_size``, ``seed``, ``shuffle``,
-    ``drop_last``), and implements ``_record_count()`` (records in the order) and
-    ``_own_state()`` (the state of what this process's own iteration produced). Attributes
-    named in ``_PROCESS_LOCAL`` describe this process's iteration and are reset in pickles
-    and copies.
+    The class calls :meth:`_set_order` (the order settings ``chunk_size``, ``pool_size``,
+    ``seed``, ``shuffle``, ``drop_last``, the world, a fresh progress) and implements
+    ``_record_count()`` (records in the order) and ``_own_state()`` (the state of what this
+    process's own iteration produced). Attributes named in ``_PROCESS_LOCAL`` describe this
+    process's iteration and are reset in pickles and copies.
     """
 
     _progress: EpochProgress
@@ -177,6 +176,19 @@ class EpochResumable:
     seed: int
     shuffle: bool
     drop_last: bool
+
+    def _set_order(self, *, chunk_size: int, pool_size: int, shuffle: bool, seed: int, num_replicas: int | None,
+                   rank: int | None, drop_last: bool) -> None:
+        """Check and keep the order settings, the DDP world asked for, and a fresh epoch progress."""
+        check_positive(chunk_size=chunk_size, pool_size=pool_size)
+        check_seed(seed)
+        self.chunk_size = chunk_size
+        self.pool_size = pool_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self._replicas = Replicas(num_replicas, rank)
+        self.drop_last = drop_last
+        self._progress = EpochProgress()
 
     def _record_count(self) -> int:
         raise NotImplementedError

@@ -9,9 +9,9 @@ import numpy as np
 from torch.utils.data import DistributedSampler
 
 from .mixing import check_class_locality, labels_in_file_order
-from .ordering import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE, RankOrder, check_positive, check_seed, rank_length
-from .progress import EpochProgress, EpochResumable
-from .world import Replicas, World
+from .ordering import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE, RankOrder, rank_length
+from .progress import EpochResumable
+from .world import World
 
 
 # torch declares DistributedSampler's epoch, num_replicas, rank, num_samples and total_size as plain attributes
@@ -87,18 +87,11 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):  # type: ignore[o
     def __init__(self, data_source: Sized, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  pool_size: int = DEFAULT_POOL_SIZE, shuffle: bool = True, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None, drop_last: bool = False) -> None:
-        check_positive(chunk_size=chunk_size, pool_size=pool_size)
-        check_seed(seed)
+        self._set_order(chunk_size=chunk_size, pool_size=pool_size, shuffle=shuffle, seed=seed,
+                        num_replicas=num_replicas, rank=rank, drop_last=drop_last)
         self.dataset = data_source  # type: ignore[assignment]  # torch says Dataset; any Sized works (len only)
         self.length = len(data_source)
         self.file_order: np.ndarray | None = getattr(data_source, "file_order", None)
-        self.chunk_size = chunk_size
-        self.pool_size = pool_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self._replicas = Replicas(num_replicas, rank)
-        self.drop_last = drop_last
-        self._progress = EpochProgress()
         self._yielded = 0  # indices the current pass's iterator yielded
         self._base: tuple[tuple[int, int], ...] = ()  # what the current pass started from
         if shuffle:
