@@ -354,7 +354,7 @@ def test_build_records_keeps_in_flight_work_bounded_whatever_the_dataset_size(tm
     for count in (bound, 6 * bound):
         submitted = 0
 
-        def tasks():
+        def tasks(count=count):
             nonlocal submitted
             for i in range(count):
                 submitted += 1
