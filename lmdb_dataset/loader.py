@@ -27,6 +27,7 @@ from .device_decode import EncodedImage, SplitDecoder, collate_mixed
 from .device_stage import DeviceDecodeStage
 from .draws import RecordDraws, draw_seed
 from .iterable import LMDBIterableDataset
+from .progress import EpochResumable
 from .reader import record_pixels
 from .sampler import ChunkShuffleSampler
 from .system import available_cpus
@@ -66,6 +67,9 @@ class _DecodingImageDataset(_RecordDecoding, LMDBImageDataset):
 
 class _DecodingIterableDataset(_RecordDecoding, LMDBIterableDataset):
     pass
+
+
+_DecodingDataset = _DecodingImageDataset | _DecodingIterableDataset
 
 
 class SideStream:
@@ -208,10 +212,12 @@ class LMDBLoader:
                                         options=dict(reader_options or {}), num_replicas=num_replicas, rank=rank,
                                         verify_checksums=verify_checksums, on_error=on_error)
         self.dataset.record_decoder = SplitDecoder(self.crop) if self.decode == "device" else self.crop
-        self._resumable = sampler if sampler is not None else self.dataset
+        resumable = sampler if sampler is not None else self.dataset
+        assert isinstance(resumable, EpochResumable)  # the sampler, or the iterable reader itself
+        self._resumable: EpochResumable = resumable
         self.dataset.draws = RecordDraws(seed, self._resumable.epoch_progress)
         self.normalize = NormalizeBatch(mean, std, dtype=dtype, channels_last=channels_last).to(self.device)
-        self.dataloader = DataLoader(
+        self.dataloader: DataLoader[Any] = DataLoader(
             self.dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
             collate_fn=collate_mixed if self.decode == "device" else None,
             pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
@@ -240,7 +246,7 @@ class LMDBLoader:
 
     @property
     def skipped(self) -> SkipReport:
-        """The bad records skipped so far with ``on_error="skip"`` on this rank (:mod:`lmdb_dataset.bad_records`)."""
+        """The bad records skipped so far with ``on_error="skip"`` on this rank (:mod:`.bad_records`)."""
         return self.dataset.skipped
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -270,7 +276,8 @@ class LMDBLoader:
         images, labels = batch
         return self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
 
-    def _hand_over(self, side: SideStream, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def _hand_over(self, side: SideStream,
+                   batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = side.hand_over(*batch)
         self._consumed += len(labels)
         return images, labels
@@ -325,9 +332,9 @@ def _check_options(*, reader: str, decode: str, dtype: torch.dtype, batch_size: 
 
 def _reader(path: str | os.PathLike, reader: str, *, batch_size: int, shuffle: bool, seed: int,
             options: dict[str, Any], num_replicas: int | None, rank: int | None, verify_checksums: bool,
-            on_error: OnError) -> tuple[_RecordDecoding, ChunkShuffleSampler | None]:
+            on_error: OnError) -> tuple[_DecodingDataset, ChunkShuffleSampler | None]:
     """The dataset and, for map-style readers, the sampler (``random`` = chunks of one record)."""
-    common = {"shuffle": shuffle, "seed": seed, "num_replicas": num_replicas, "rank": rank}
+    common: dict[str, Any] = {"shuffle": shuffle, "seed": seed, "num_replicas": num_replicas, "rank": rank}
     if reader == "iterable":
         dataset = _DecodingIterableDataset(path, batch_size=batch_size, verify_checksums=verify_checksums,
                                            on_error=on_error, **common, **options)
@@ -335,6 +342,8 @@ def _reader(path: str | os.PathLike, reader: str, *, batch_size: int, shuffle: b
     if reader == "random" and options:
         raise ValueError(f"reader_options={options!r}: reader='random' takes none (it shuffles single records); "
                          "use reader='chunk' to tune chunked reading")
-    dataset = _DecodingImageDataset(path, verify_checksums=verify_checksums, on_error=on_error)
-    sampler = ChunkShuffleSampler(dataset, **({"chunk_size": 1} if reader == "random" else {}), **common, **options)
-    return dataset, sampler
+    image_dataset = _DecodingImageDataset(path, verify_checksums=verify_checksums, on_error=on_error)
+    if reader == "random":
+        common["chunk_size"] = 1
+    sampler = ChunkShuffleSampler(image_dataset, **common, **options)
+    return image_dataset, sampler
