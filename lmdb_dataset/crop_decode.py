@@ -487,6 +487,27 @@ class CenterCropDecode(CropDecoder):
                                 2 * width / resized_width + 8, width)
         return rows[0], columns[0], rows[1], columns[1]
 
+    def finish_window(self, decoded: DecodedWindow, box: CropBox, *, full_height: int,
+                      full_width: int) -> torch.Tensor:
+        """:meth:`finish`'s pixels, resizing only the window's rows and then only the crop's columns.
+
+        torchvision's antialiased uint8 resize is separable (a horizontal pass, a uint8
+        intermediate, a vertical pass) and skips an axis whose size does not change, so two calls
+        give the one call's pixels exactly: the window's rows across to the resized width (their
+        columns outside the window are zeros that no crop pixel reads), the crop's columns of it,
+        then down to the resized height (rows outside the window likewise).
+        """
+        resized_height, resized_width = resized_shape(full_height, full_width, resize=self.resize)
+        top = round((resized_height - self.size) / 2.0)
+        left = round((resized_width - self.size) / 2.0)
+        rows, columns = decoded.pixels.shape[:2]
+        band = torch.zeros(rows, decoded.scaled_width, 3, dtype=torch.uint8)  # HWC: the channels-last fast path
+        band[:, decoded.left:decoded.left + columns] = torch.from_numpy(decoded.pixels)
+        across = F.resize(band.permute(2, 0, 1), [rows, resized_width], antialias=True)[:, :, left:left + self.size]
+        strip = torch.zeros(decoded.scaled_height, self.size, 3, dtype=torch.uint8)
+        strip[decoded.top:decoded.top + rows] = across.permute(1, 2, 0)
+        return F.resize(strip.permute(2, 0, 1), [resized_height, self.size], antialias=True)[:, top:top + self.size]
+
 
 def _widened_span(start: float, length: float, margin: float, limit: int) -> tuple[float, float]:
     """``(start, length)`` of ``[start - margin, start + length + margin)`` clipped to ``[0, limit)``."""

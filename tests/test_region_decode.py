@@ -16,6 +16,7 @@ from conftest import _photo
 from lmdb_dataset import crop_decode
 from lmdb_dataset.crop_decode import (
     CenterCropDecode,
+    CropDecoder,
     RandomResizedCropDecode,
     decode_scaled,
     decode_window,
@@ -120,6 +121,26 @@ def test_region_path_gives_the_whole_decode_path_pixels_and_draws(converted, mon
     for seed, ((crop, after), (expected, expected_after)) in enumerate(zip(outputs["region"], outputs["fallback"])):
         assert torch.equal(crop, expected), seed
         assert torch.equal(after, expected_after), seed  # the same number of draws from the RNG
+
+
+@needs_region
+@pytest.mark.parametrize("make", [lambda: RandomResizedCropDecode(48), lambda: CenterCropDecode(48, resize=56),
+                                  lambda: CenterCropDecode(224)], ids=["train48", "val48", "val224"])
+def test_each_finish_window_equals_the_generic_paste_and_finish(converted, make):
+    """The decoders' own finish_window (resize the window directly; two-pass for validation) and the base
+    class's (paste the window into a zero image of the scaled size, then finish) give the same pixels."""
+    decoder = make()
+    for seed, (header, payload) in enumerate(_records(converted)):
+        torch.manual_seed(seed)
+        box = decoder.box(header.height, header.width)
+        min_height, min_width = decoder.decode_size(header.height, header.width, box)
+        decoded = decode_window(payload, header, decoder.window(header.height, header.width, box),
+                                min_height=min_height, min_width=min_width)
+        if decoded is None:  # grayscale, CMYK, PNG
+            continue
+        size = {"full_height": header.height, "full_width": header.width}
+        expected = CropDecoder.finish_window(decoder, decoded, box, **size)
+        assert torch.equal(decoder.finish_window(decoded, box, **size), expected), seed
 
 
 @needs_region
