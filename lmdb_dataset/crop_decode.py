@@ -469,15 +469,23 @@ class CenterCropDecode(CropDecoder):
         resized = F.resize(image, list(resized_shape(full_height, full_width, resize=self.resize)), antialias=True)
         return F.center_crop(resized, [self.size, self.size])
 
-    def window(self, height: int, width: int, box: CropBox) -> Window:
+    def window(self, height: int, width: int, box: CropBox) -> Window | None:
         """What ``CenterCrop(size)`` keeps of ``Resize(resize)``, mapped back to full-size pixels and widened
-        by the resize filter's reach.
+        by the resize filter's reach; None (decode the whole image) when the JPEG is decoded at full scale.
 
         An output pixel of the antialiased resize reads input within one output pixel of its
         centre (``height / resized_height`` full-size pixels); the window adds two of those on each
         side, and 8 full-size pixels (a pixel at the smallest DCT scale) for rounding to the
         decode scale.
+
+        At full scale (a 500x375 photo resized to 256) the window keeps about two thirds of the
+        pixels, and what the region decode saves was measured to be no more than the region
+        decoder's libjpeg-turbo (the system's, 2.1.5 on Debian 12) loses to simplejpeg's (3.1.2):
+        0.93-0.99x. At reduced DCT scales (larger photos) it gained 1.07x.
         """
+        min_height, min_width = self.decode_size(height, width, box)
+        if fast_scale(height, width, min_height=min_height, min_width=min_width) == 8:
+            return None
         resized_height, resized_width = resized_shape(height, width, resize=self.resize)
         top = round((resized_height - self.size) / 2.0)  # torchvision's center_crop offsets
         left = round((resized_width - self.size) / 2.0)

@@ -125,22 +125,33 @@ def test_region_path_gives_the_whole_decode_path_pixels_and_draws(converted, mon
 
 @needs_region
 @pytest.mark.parametrize("make", [lambda: RandomResizedCropDecode(48), lambda: CenterCropDecode(48, resize=56),
-                                  lambda: CenterCropDecode(224)], ids=["train48", "val48", "val224"])
+                                  lambda: CenterCropDecode(24, resize=32)], ids=["train48", "val48", "val24"])
 def test_each_finish_window_equals_the_generic_paste_and_finish(converted, make):
     """The decoders' own finish_window (resize the window directly; two-pass for validation) and the base
     class's (paste the window into a zero image of the scaled size, then finish) give the same pixels."""
-    decoder = make()
+    decoder, windows = make(), 0
     for seed, (header, payload) in enumerate(_records(converted)):
         torch.manual_seed(seed)
         box = decoder.box(header.height, header.width)
         min_height, min_width = decoder.decode_size(header.height, header.width, box)
-        decoded = decode_window(payload, header, decoder.window(header.height, header.width, box),
-                                min_height=min_height, min_width=min_width)
-        if decoded is None:  # grayscale, CMYK, PNG
+        window = decoder.window(header.height, header.width, box)
+        decoded = None if window is None else decode_window(payload, header, window, min_height=min_height,
+                                                            min_width=min_width)
+        if decoded is None:  # grayscale, CMYK, PNG; validation at full scale
             continue
+        windows += 1
         size = {"full_height": header.height, "full_width": header.width}
         expected = CropDecoder.finish_window(decoder, decoded, box, **size)
         assert torch.equal(decoder.finish_window(decoded, box, **size), expected), seed
+    assert windows >= 5
+
+
+def test_validation_decodes_whole_at_full_scale_and_a_window_below_it():
+    decoder = CenterCropDecode(224, resize=256)
+    box = decoder.box(375, 500)
+    assert decoder.window(375, 500, box) is None  # resized to 256 x 341: more than half scale is needed
+    top, left, height, width = decoder.window(1500, 2000, decoder.box(1500, 2000))  # decoded at 1/4
+    assert 0 < top < 1500 * 16 / 256 and 0 < left and top + height < 1500 and left + width < 2000
 
 
 @needs_region
