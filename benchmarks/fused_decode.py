@@ -224,7 +224,8 @@ def candidate_decoders() -> dict[str, Callable]:
             return np.asarray(image.convert("RGB").crop((left, top, right, bottom)))
 
     candidates = {
-        "simplejpeg, whole, full scale": lambda header, data, eighths, box: simplejpeg.decode_jpeg(data, colorspace="RGB"),
+        "simplejpeg, whole, full scale": lambda header, data, eighths, box: simplejpeg.decode_jpeg(
+            data, colorspace="RGB"),
         "simplejpeg, whole, chosen scale (fused)": lambda header, data, eighths, box: simplejpeg.decode_jpeg(
             data, colorspace="RGB", min_height=scaled(header, eighths)[0], min_width=scaled(header, eighths)[1]),
         "Pillow draft, whole, then crop": pillow_draft,
@@ -528,7 +529,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "mean_abs_pixel_difference": round(differences["fused"]["mean"], 2)}
             if "region" in functions:
                 region = times[f"{corpus_name}/{split}/region"]
-                row.update(region_img_s=round(len(corpus) / region[middle], 1), **_ratio_fields("region_ratio", full, region),
+                row.update(region_img_s=round(len(corpus) / region[middle], 1),
+                           **_ratio_fields("region_ratio", full, region),
                            **_ratio_fields("region_vs_fused", fused, region),
                            region_pixel_difference=differences["region"])
             rows.append(row)

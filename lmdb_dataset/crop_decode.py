@@ -23,10 +23,12 @@ centre-crops.
 
 Pixels differ from ``full decode -> torchvision transforms`` only by the DCT-domain
 downscaling (and, for training crops, by the box's edges being rounded to whole pixels of
-the scaled image). Measured on 240 ImageNet-like photos (``make_photo_folder``, imagenet
+the scaled image). Measured on 300 ImageNet-like photos (``make_photo_folder``, imagenet
 profile, seed 0; grainy, sharpened photos, a hard case), output 224: mean absolute difference
-0.13 grey levels of 255 (train and validation), 99th percentile 3, maximum 96 (train) and 84
-(validation) on single values at high-contrast edges. The difference grows when the decode
+0.13 (train) and 0.12 (validation) grey levels of 255, 99th percentile 3, maximum 131 (train)
+and 84 (validation) on single values at high-contrast edges; on generated 1-4 MP photos mean
+1.35 and 1.19, 99th percentile 14 and 12 (``benchmarks/fused_decode.json``, 2026-12-06). The
+region decode below gives these same pixels. The difference grows when the decode
 scale leaves little for the resize to do (crops barely larger than the output): on 64-160 px
 images cropped to 48 px it is 0.8-1.2 on average. ``tests/test_crop_decode.py`` keeps bounds on it.
 
@@ -34,25 +36,27 @@ Region decoding (the optional compiled piece ``lmdb_dataset/_jpeg_region.c``, bu
 ``pip install`` where libjpeg-turbo's headers are installed, e.g. Debian's ``libjpeg62-turbo-dev``):
 on the CPU a colour JPEG is not decoded whole. Only the part of the image the output needs
 (:meth:`CropDecoder.window`: the crop box for training; for validation, the centre crop mapped
-back to the full image and widened by the resize filter's reach) is decoded, at the same DCT
-scale, with libjpeg-turbo's libjpeg API as DALI's CPU decoder does: the rows above it are
-skipped (``jpeg_skip_scanlines``: entropy-decoded only, no IDCT, upsampling or colour
-conversion), the rows below it are never read, and columns outside it (widened to whole iMCUs,
-``jpeg_crop_scanline``) get no IDCT or colour conversion. With :data:`REGION_MARGIN` spare
-columns the region's pixels equal the whole decode's bit for bit, so the outputs are exactly
-those of the whole-decode path (same draws, same pixels; ``tests/test_region_decode.py``).
+back to the full image and widened by the resize filter's reach, when the JPEG is decoded below
+full scale) is decoded, at the same DCT scale, with libjpeg-turbo's libjpeg API as DALI's CPU
+decoder does: the rows above it are skipped (``jpeg_skip_scanlines``: entropy-decoded only, no
+IDCT, upsampling or colour conversion), the rows below it are never read, and columns outside
+it (widened to whole iMCUs, ``jpeg_crop_scanline``) get no IDCT or colour conversion. With
+:data:`REGION_MARGIN` spare columns the region's pixels equal the whole decode's bit for bit,
+so the outputs are exactly those of the whole-decode path (same draws, same pixels; ``tests/test_region_decode.py``).
 Without the extension (:func:`region_decoding` is None) the decoders decode whole JPEGs as
 described above. JPEGs the region decoder declines (not YCbCr, no EOI marker at the end,
 corrupt data in the rows read) take the whole-decode path, so errors are the same.
 
-Why this decoder (measured 2026-12-06, 1 thread, ``benchmarks/NOTES.md``): simplejpeg links
+Why this decoder (measured 2026-12-06, 1 thread, decode only, on the training boxes:
+``benchmarks/fused_decode.py --candidates``, ``benchmarks/NOTES.md``): simplejpeg links
 libjpeg-turbo statically with hidden symbols (``nm -D`` lists only ``PyInit__jpeg``), so no
 region API is reachable through it; TurboJPEG 3's ``tj3SetCroppingRegion`` needs libjpeg-turbo
->= 3.0, which no maintained PyPI wheel ships for it (PyTurboJPEG 2.x refuses Debian's 2.1.5)
+>= 3.0, which no PyPI wheel ships as a usable library (PyTurboJPEG 2.6 refuses Debian's 2.1.5)
 and Debian 12 does not package; TurboJPEG 2.1's lossless ``tjTransform`` crop then a scaled
-decode took 1.7-1.8x today's time (it entropy-decodes and re-encodes the crop); pyvips
-(shrink-on-load + crop) 1.6-2.4x and Pillow's ``draft`` 1.4-2x. The libjpeg API region decode
-took 0.71-0.83x of today's decode time on ImageNet-sized and 1-4 MP photos.
+decode took 1.5-1.6x the whole decode's time (it entropy-decodes the whole file, then
+re-encodes and decodes the crop); pyvips (shrink-on-load + crop) 1.4-2.4x; Pillow's ``draft``
+1.5-1.7x. The libjpeg API region decode took 0.77x (ImageNet-sized) and 0.72x (1-4 MP) of it;
+end to end the training decoder ran 1.21x faster on both.
 
 Images the fused path cannot take are decoded in full by the datasets' own policy
 (:func:`decoding.pixels_of`: grayscale and CMYK JPEGs, PNG and other formats, JPEGs that

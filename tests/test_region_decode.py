@@ -52,7 +52,8 @@ JPEGS = {
 
 def test_region_decoder_is_built_where_libjpeg_headers_are():
     """CI installs libjpeg62-turbo-dev: a silently failed build of the optional piece must show up here."""
-    include_dirs = [pathlib.Path(sysconfig.get_config_var("INCLUDEDIR") or "/usr/include"), pathlib.Path("/usr/include")]
+    include_dirs = [pathlib.Path(sysconfig.get_config_var("INCLUDEDIR") or "/usr/include"),
+                    pathlib.Path("/usr/include")]
     if not any((folder / "jpeglib.h").exists() for folder in include_dirs):
         pytest.skip("no libjpeg headers on this machine: the package decodes whole JPEGs")
     assert region_decoding() is not None
