@@ -235,8 +235,9 @@ def decode_window(payload: bytes | memoryview, header: RecordHeader, window: Win
     iMCUs. The pixels equal ``decode_scaled(...)`` cut to the same rows and columns.
 
     Returns:
-        The pixels, or None when the region decoder is not built (:func:`region_decoding`) or cannot
-        take the record: not a YCbCr JPEG, a JPEG that does not end with its EOI marker (truncated:
+        The pixels, or None when the region decoder is not built (:func:`region_decoding`), the
+        window is the whole image (decoded whole by simplejpeg), or the decoder cannot take the
+        record: not a YCbCr JPEG, a JPEG that does not end with its EOI marker (truncated:
         the rows a crop skips could hide it), or libjpeg-turbo reports corrupt data in the rows it
         reads. The caller then decodes the record as without it (:func:`decode_scaled`), so
         grayscale, CMYK and damaged JPEGs are decoded, tolerated or rejected as before. Damage that
@@ -256,6 +257,8 @@ def decode_window(payload: bytes | memoryview, header: RecordHeader, window: Win
     eighths = fast_scale(header.height, header.width, min_height=min_height, min_width=min_width)
     scaled_height, scaled_width = math.ceil(header.height * eighths / 8), math.ceil(header.width * eighths / 8)
     top, bottom, left, right = scaled_window(window, header.height, header.width, scaled_height, scaled_width)
+    if (top, bottom, left, right) == (0, scaled_height, 0, scaled_width):
+        return None  # nothing to leave out: simplejpeg's (newer, faster) libjpeg-turbo decodes it whole
     try:
         data, rows, columns, first = _jpeg_region.decode_region(
             payload, eighths, top, bottom, max(0, left - REGION_MARGIN), min(scaled_width, right + REGION_MARGIN))

@@ -81,6 +81,13 @@ def test_window_is_the_scaled_decode_cut_exactly(name, eighths):
 
 
 @needs_region
+def test_a_window_of_the_whole_image_is_left_to_simplejpeg():
+    header, payload = _jpeg(2, (333, 250), subsampling=1)
+    assert decode_window(payload, header, (0, 0, 250, 333), min_height=125, min_width=167) is None
+    assert decode_window(payload, header, (0, 0, 250, 330), min_height=125, min_width=167) is not None
+
+
+@needs_region
 def test_without_the_column_margin_the_cut_edge_differs(monkeypatch):
     """The margin is what makes the region exact: libjpeg-turbo's upsampling at a cropped edge differs."""
     header, payload = _jpeg(3, (517, 389), subsampling=2)
@@ -144,7 +151,7 @@ def test_each_finish_window_equals_the_generic_paste_and_finish(converted, make)
         size = {"full_height": header.height, "full_width": header.width}
         expected = CropDecoder.finish_window(decoder, decoded, box, **size)
         assert torch.equal(decoder.finish_window(decoded, box, **size), expected), seed
-    assert windows >= 5
+    assert windows >= 3
 
 
 def test_validation_decodes_whole_at_full_scale_and_a_window_below_it():
