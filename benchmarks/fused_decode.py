@@ -346,16 +346,23 @@ def _stages(size: int) -> dict[str, Callable[[RecordHeader, bytes], object]]:
     return {"train decode (region)": decoder, "region decode alone": decode_only, "resize + flip alone": resize_only}
 
 
-def _run_share(stage: str, share: int, parts: int) -> int:
+def _run_share(stage: str, share: int, parts: int) -> tuple[int, float]:
+    """Run ``stage`` over one worker's share of the corpus: (images, CPU seconds of this thread)."""
     corpus = _WORK["corpus"]
     function = _WORK["stages"][stage]
+    start = time.thread_time()
     for header, data in corpus[share::parts]:
         function(header, data)
-    return len(corpus[share::parts])
+    return len(corpus[share::parts]), time.thread_time() - start
 
 
 def measure_threads(corpus: Corpus, size: int, rounds: int) -> list[dict]:
-    """img/s of each stage in 1 and 2 threads of one process and in 1 and 2 processes (fork), interleaved."""
+    """img/s of each stage in 1 and 2 threads of one process and in 1 and 2 processes (fork), interleaved.
+
+    Besides wall-clock img/s (which only shows scaling when the cores are free), each row has the
+    CPU milliseconds the workers spent per image (their threads' CPU time): per-core img/s that
+    other processes' load does not change.
+    """
     _WORK.update(corpus=corpus, stages=_stages(size))
     context = multiprocessing.get_context("fork")
     pools = {n: context.Pool(n) for n in (1, 2)}
@@ -363,16 +370,19 @@ def measure_threads(corpus: Corpus, size: int, rounds: int) -> list[dict]:
         pool.starmap(_run_share, [("resize + flip alone", k, 64 * n) for k in range(n)])  # started and warm
     threads = {n: ThreadPoolExecutor(n) for n in (1, 2)}
     rates: dict[tuple[str, str, int], list[float]] = {}
+    cpu: dict[tuple[str, str, int], list[float]] = {}
     try:
         for _ in range(rounds):
             for stage in _WORK["stages"]:
                 for kind, n in (("threads", 1), ("processes", 1), ("threads", 2), ("processes", 2)):
                     start = time.perf_counter()
                     if kind == "threads":
-                        done = sum(threads[n].map(lambda k, s=stage, m=n: _run_share(s, k, m), range(n)))
+                        shares = list(threads[n].map(lambda k, s=stage, m=n: _run_share(s, k, m), range(n)))
                     else:
-                        done = sum(pools[n].starmap(_run_share, [(stage, k, n) for k in range(n)]))
+                        shares = pools[n].starmap(_run_share, [(stage, k, n) for k in range(n)])
+                    done = sum(images for images, _ in shares)
                     rates.setdefault((stage, kind, n), []).append(done / (time.perf_counter() - start))
+                    cpu.setdefault((stage, kind, n), []).append(sum(seconds for _, seconds in shares) / done)
     finally:
         for pool in pools.values():
             pool.terminate()
@@ -384,7 +394,8 @@ def measure_threads(corpus: Corpus, size: int, rounds: int) -> list[dict]:
         scaling = [b / a for a, b in zip(one, series)]
         rows.append({"stage": stage, "kind": kind, "workers": n, "img_s": round(statistics.median(series), 1),
                      "scaling_median": round(statistics.median(scaling), 2), "scaling_min": round(min(scaling), 2),
-                     "scaling_max": round(max(scaling), 2)})
+                     "scaling_max": round(max(scaling), 2),
+                     "cpu_ms_per_image": round(statistics.median(cpu[(stage, kind, n)]) * 1e3, 3)})
     return rows
 
 
@@ -467,10 +478,14 @@ def markdown(results: dict) -> str:
     if results.get("threads"):
         gil = results["gil"]
         lines += [(f"Threads vs processes, `{results['threads_corpus']}` corpus: img/s of all workers together "
-                   "(median round); scaling = img/s with 2 / with 1 of the same kind per round, median [min, max]:"),
-                  "", "| stage | kind | workers | img/s | scaling |", "|---|---|---|---|---|"]
+                   "(median round); scaling = img/s with 2 / with 1 of the same kind per round, median [min, max]; "
+                   "CPU ms / image = the workers' CPU time per image (median round), per-core img/s = 1000 / it:"),
+                  "", "| stage | kind | workers | img/s | scaling | CPU ms / image | per-core img/s |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {row['stage']} | {row['kind']} | {row['workers']} | {row['img_s']} | "
-                  f"{_span(row, 'scaling')} |" for row in results["threads"]]
+                  f"{_span(row, 'scaling')} | {row.get('cpu_ms_per_image', '')} | "
+                  f"{round(1000 / row['cpu_ms_per_image'], 1) if row.get('cpu_ms_per_image') else ''} |"
+                  for row in results["threads"]]
         lines += ["", (f"GIL-held time per image: the training decode took {gil['ms_per_image']} CPU ms per image, "
                        f"the same calls on a 16x16 JPEG to 8 px {gil['overhead_ms_per_image']} ms (Python and "
                        f"dispatch, at most the GIL-held part): {gil['gil_fraction']} of the time, so threads of one "

@@ -54,9 +54,10 @@ region API is reachable through it; TurboJPEG 3's ``tj3SetCroppingRegion`` needs
 >= 3.0, which no PyPI wheel ships as a usable library (PyTurboJPEG 2.6 refuses Debian's 2.1.5)
 and Debian 12 does not package; TurboJPEG 2.1's lossless ``tjTransform`` crop then a scaled
 decode took 1.5-1.6x the whole decode's time (it entropy-decodes the whole file, then
-re-encodes and decodes the crop); pyvips (shrink-on-load + crop) 1.4-2.4x; Pillow's ``draft``
-1.5-1.7x. The libjpeg API region decode took 0.77x (ImageNet-sized) and 0.72x (1-4 MP) of it;
-end to end the training decoder ran 1.21x faster on both.
+re-encodes and decodes the crop); pyvips (shrink-on-load + crop) 1.2-2.3x; Pillow's ``draft``
+1.4-1.5x. The libjpeg API region decode took 0.75x (ImageNet-sized) and 0.67x (1-4 MP) of it;
+end to end the training decoder ran 1.12-1.21x faster (wall clock over five runs on a loaded
+machine; 1.19-1.21x in CPU time).
 
 Images the fused path cannot take are decoded in full by the datasets' own policy
 (:func:`decoding.pixels_of`: grayscale and CMYK JPEGs, PNG and other formats, JPEGs that
