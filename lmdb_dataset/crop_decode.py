@@ -76,7 +76,7 @@ import simplejpeg
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from .decoding import decode_image, pixels_of
+from .decoding import JPEG_EOI, JPEG_SOI, decode_image, pixels_of
 from .format import KIND_ENCODED, RecordHeader
 
 try:  # the optional compiled piece (setup.py): region decoding with the system's libjpeg-turbo
@@ -84,8 +84,6 @@ try:  # the optional compiled piece (setup.py): region decoding with the system'
 except ImportError:  # not built (no libjpeg headers at install time): whole JPEGs are decoded, as before
     _jpeg_region = None
 
-JPEG_SOI = b"\xff\xd8"
-JPEG_EOI = b"\xff\xd9"
 Window = tuple[float, float, float, float]
 """``(top, left, height, width)`` of a part of an image, in (possibly fractional) pixels of the full-size image."""
 REGION_MARGIN = 4
@@ -133,7 +131,8 @@ def random_resized_crop_box(height: int, width: int, *, scale: Sequence[float] =
     log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        log_aspect = torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=generator)
+        aspect_ratio = torch.exp(log_aspect).item()
         w = int(round(math.sqrt(target_area * aspect_ratio)))
         h = int(round(math.sqrt(target_area / aspect_ratio)))
         if 0 < w <= width and 0 < h <= height:

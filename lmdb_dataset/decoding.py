@@ -26,7 +26,10 @@ Output = Literal["pil", "tensor", "numpy"]
 OUTPUTS = ("pil", "tensor", "numpy")
 Sample = Union[Image.Image, "torch.Tensor", np.ndarray]
 
-_JPEG_SOI = b"\xff\xd8"
+JPEG_SOI = b"\xff\xd8"
+"""A JPEG file's first two bytes (start of image)."""
+JPEG_EOI = b"\xff\xd9"
+"""A whole JPEG file's last two bytes (end of image)."""
 
 
 def decode_image(data: bytes | memoryview) -> np.ndarray:
@@ -35,7 +38,7 @@ def decode_image(data: bytes | memoryview) -> np.ndarray:
     Raises:
         ValueError: The bytes are not a decodable image (the message says why).
     """
-    if bytes(data[:2]) == _JPEG_SOI:
+    if bytes(data[:2]) == JPEG_SOI:
         try:
             if simplejpeg.decode_jpeg_header(data)[2] == "YCbCr":
                 return simplejpeg.decode_jpeg(data, colorspace="RGB")
@@ -65,7 +68,7 @@ def check_decodes(data: bytes | memoryview) -> tuple[int, int]:
     Raises:
         ValueError: The bytes are not a decodable image.
     """
-    if bytes(data[:2]) == _JPEG_SOI:
+    if bytes(data[:2]) == JPEG_SOI:
         try:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
             if colorspace == "YCbCr":
@@ -87,7 +90,7 @@ def image_size(data: bytes | memoryview) -> tuple[int, int]:
     Raises:
         ValueError: The header is not one of a known image format.
     """
-    if bytes(data[:2]) == _JPEG_SOI:
+    if bytes(data[:2]) == JPEG_SOI:
         try:
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
             return height, width

@@ -33,13 +33,11 @@ import simplejpeg
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .crop_decode import JPEG_SOI, CropDecoder
-from .decoding import decode_image
+from .crop_decode import CropDecoder
+from .decoding import JPEG_EOI, JPEG_SOI, decode_image
 from .errors import CorruptRecordError
 from .format import KIND_ENCODED, RecordHeader
 from .resampling import GEOMETRY_COLUMNS, crop_resize, resampling_geometry
-
-_JPEG_EOI = b"\xff\xd9"
 
 
 @dataclasses.dataclass
@@ -60,7 +58,7 @@ class EncodedImage:
 
 def device_decodable(header: RecordHeader, payload: bytes | memoryview) -> bool:
     """Whether a record's payload is a complete colour (YCbCr) JPEG of the header's size."""
-    if header.kind != KIND_ENCODED or bytes(payload[:2]) != JPEG_SOI or bytes(payload[-2:]) != _JPEG_EOI:
+    if header.kind != KIND_ENCODED or bytes(payload[:2]) != JPEG_SOI or bytes(payload[-2:]) != JPEG_EOI:
         return False
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(payload)
