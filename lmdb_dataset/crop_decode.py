@@ -82,7 +82,7 @@ from .format import KIND_ENCODED, RecordHeader
 try:  # the optional compiled piece (setup.py): region decoding with the system's libjpeg-turbo
     from . import _jpeg_region
 except ImportError:  # not built (no libjpeg headers at install time): whole JPEGs are decoded, as before
-    _jpeg_region = None
+    _jpeg_region = None  # type: ignore[assignment]  # callers check for None first
 
 Window = tuple[float, float, float, float]
 """``(top, left, height, width)`` of a part of an image, in (possibly fractional) pixels of the full-size image."""
