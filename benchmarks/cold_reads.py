@@ -11,8 +11,8 @@ from decode_cases import read_file
 from harness import MB, Case, Context, Result, evict
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
-from lmdb_dataset.environment import data_file, environments
-from lmdb_dataset.world import World
+from lmdb_dataset.order.world import World
+from lmdb_dataset.storage.environment import data_file, environments
 
 
 def random_batches(count: int, limit: int, seed: int, batch_size: int) -> list[np.ndarray]:
@@ -75,7 +75,7 @@ def sampler_batches(sampler: ChunkShuffleSampler, batch_size: int) -> Iterable[n
 
 
 def chunk_reader(ctx: Context) -> tuple[Callable[[], tuple[int, int]], list[str]]:
-    """ChunkShuffleSampler order, batch by batch through ``reader.values`` (pread), pools prefetched."""
+    """ChunkShuffleSampler order, batch by batch through ``storage.reader.values`` (pread), pools prefetched."""
     dataset = LMDBImageDataset(ctx.lmdb["encoded"])
     sampler = ChunkShuffleSampler(dataset)
     batches = sampler_batches(sampler, ctx.args.batch_size)

@@ -49,10 +49,10 @@ from conversion import anonymous_rss, run_sampled
 from corpus import limited_folder
 from harness import MB
 
-from lmdb_dataset import convert as convert_module
-from lmdb_dataset import make_photo_folder
-from lmdb_dataset.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
-from lmdb_dataset.writer import LMDBWriter
+from lmdb_dataset.tools.photo_folders import make_photo_folder
+from lmdb_dataset.write import convert as convert_module
+from lmdb_dataset.write.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
+from lmdb_dataset.write.writer import LMDBWriter
 
 FEEDERS = ("bounded", "unbounded-imap")
 """The feeders compared: the package's ``build_records`` and version 0.1's ``Pool.imap``."""

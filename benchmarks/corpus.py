@@ -17,7 +17,7 @@ from harness import CORES, MB
 from torchvision.datasets import ImageFolder
 
 from lmdb_dataset import LMDBImageDataset, convert_image_folder
-from lmdb_dataset.environment import environments
+from lmdb_dataset.storage.environment import environments
 
 HERE = Path(__file__).resolve().parent
 

@@ -14,7 +14,7 @@ from PIL import Image
 from pipelines import classic_pipeline
 from torchvision.io import decode_jpeg
 
-from lmdb_dataset.transforms import train_transform
+from lmdb_dataset.decode.transforms import train_transform
 
 
 def ceiling_files(ctx: Context) -> list[str]:

@@ -7,7 +7,7 @@ RandomResizedCrop + flip or Resize + CenterCrop, uint8); ``fused`` is the fused 
 whole-image path, which they take without the region decoder (crop chosen from the stored size,
 simplejpeg decode of the whole JPEG at the smallest covering DCT scale, crop, resize);
 ``region`` is ``RandomResizedCropDecode`` / ``CenterCropDecode`` with the region decoder
-(``lmdb_dataset/_jpeg_region.c``: only the rows and iMCU columns the output needs are decoded;
+(``lmdb_dataset/decode/_jpeg_region.c``: only the rows and iMCU columns the output needs are decoded;
 omitted when it is not built). Two corpora side by side in one run:
 
 * ``imagenet``: ``make_photo_folder(size_profile="imagenet")`` (median 500x375, like ImageNet);
@@ -66,11 +66,10 @@ from torchvision.transforms.v2 import functional as F
 from lmdb_dataset import (
     CenterCropDecode,
     RandomResizedCropDecode,
-    make_photo_folder,
     train_transform,
     val_transform,
 )
-from lmdb_dataset.crop_decode import (
+from lmdb_dataset.decode.crop import (
     CropDecoder,
     decode_scaled,
     decode_window,
@@ -78,9 +77,9 @@ from lmdb_dataset.crop_decode import (
     region_decoding,
     scaled_window,
 )
-from lmdb_dataset.decoding import decode_image, to_output
-from lmdb_dataset.format import KIND_ENCODED, RecordHeader
-from lmdb_dataset.samples import PHOTO_DIR
+from lmdb_dataset.decode.image import decode_image, to_output
+from lmdb_dataset.storage.format import KIND_ENCODED, RecordHeader
+from lmdb_dataset.tools.photo_folders import PHOTO_DIR, make_photo_folder
 
 Corpus = list[tuple[RecordHeader, bytes]]
 TARGETS = {"highres": 1.3, "imagenet": 1.0}

@@ -14,7 +14,7 @@ from typing import Any
 
 from torchvision.datasets import ImageFolder
 
-from lmdb_dataset.pagecache import evict_from_page_cache, resident_fraction
+from lmdb_dataset.storage.pagecache import evict_from_page_cache, resident_fraction
 
 CORES = len(os.sched_getaffinity(0))
 MB = 1e6

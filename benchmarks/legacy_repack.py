@@ -39,13 +39,13 @@ import lmdb
 import numpy as np
 import report
 
-from lmdb_dataset import make_photo_folder
-from lmdb_dataset.convert import image_folder_samples
-from lmdb_dataset.decoding import check_decodes
-from lmdb_dataset.pagecache import evict_from_page_cache
+from lmdb_dataset.decode.image import check_decodes
 from lmdb_dataset.sources import msgpack_values, safe_pickle
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.legacy_lmdb import decode_datapoint
+from lmdb_dataset.storage.pagecache import evict_from_page_cache
+from lmdb_dataset.tools.photo_folders import make_photo_folder
+from lmdb_dataset.write.convert import image_folder_samples
 
 
 def build_source(corpus: Path, target: Path, fmt: str) -> None:

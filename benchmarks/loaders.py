@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
-from lmdb_dataset.environment import data_file, environments
-from lmdb_dataset.transforms import NormalizeBatch
+from lmdb_dataset.decode.transforms import NormalizeBatch
+from lmdb_dataset.storage.environment import data_file, environments
 
 
 @dataclass(frozen=True)

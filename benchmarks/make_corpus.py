@@ -3,7 +3,7 @@
 Collects the openly licensed photographs listed in ``benchmarks/PHOTOS.md``
 from installed packages into ``OUT_DIR/source_photos``, renders
 ``OUT_DIR/train/<class>/<class>_<i>.JPEG`` with
-``lmdb_dataset.samples.make_photo_folder(size_profile="imagenet")``, then
+``lmdb_dataset.tools.photo_folders.make_photo_folder(size_profile="imagenet")``, then
 prints the corpus statistics next to ImageNet's and writes them to
 ``OUT_DIR/corpus_stats.json``.
 
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
-from lmdb_dataset.samples import make_photo_folder
+from lmdb_dataset.tools.photo_folders import make_photo_folder
 
 KB = 1000
 JPEG_SUBSAMPLING_420 = 2  # value returned by JpegImagePlugin.get_sampling

@@ -37,8 +37,7 @@ import sys
 import numpy as np
 import report
 
-from lmdb_dataset.mixing import order_quality, seeks
-from lmdb_dataset.ordering import (
+from lmdb_dataset.order.maths import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_POOL_SIZE,
     chunk_bounds,
@@ -46,6 +45,7 @@ from lmdb_dataset.ordering import (
     rank_order,
     worker_positions,
 )
+from lmdb_dataset.order.quality import order_quality, seeks
 
 TARGETS = {"distinct_classes": (">=", 0.9), "tv_distance": ("<=", 1.2), "repeat_cooccurrence": ("<=", 2.0)}
 

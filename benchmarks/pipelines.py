@@ -11,8 +11,8 @@ from torchvision import transforms as v1
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from lmdb_dataset.decoding import decode_image
-from lmdb_dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
+from lmdb_dataset.decode.image import decode_image
+from lmdb_dataset.decode.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform, val_transform
 
 
 class HWCToCHW:

@@ -25,7 +25,7 @@ on two corpora: ``imagenet`` (``make_photo_folder(size_profile="imagenet")``, me
   ``LMDBLoader(train=False)`` crops) of each stored image vs of the original image, the same sample:
   mean and 99th percentile of |difference| over every output pixel and channel, in grey levels (0-255);
 * re-encode difference: the stored image vs the exact Lanczos resize of the decoded original at the
-  stored size (``lmdb_dataset.shaping.resize_pixels``), mean |difference|: the loss of the JPEG
+  stored size (``lmdb_dataset.write.shaping.resize_pixels``), mean |difference|: the loss of the JPEG
   re-encoding alone (0 for raw).
 
 Writes a JSON (default: benchmarks/data/results/storage_shaping.json); ``--out
@@ -53,9 +53,10 @@ import numpy as np
 import report
 import torch
 
-from lmdb_dataset import LMDBImageDataset, LMDBLoader, convert_image_folder, make_photo_folder, val_transform
-from lmdb_dataset.environment import environments
-from lmdb_dataset.shaping import resize_pixels
+from lmdb_dataset import LMDBImageDataset, LMDBLoader, convert_image_folder, val_transform
+from lmdb_dataset.storage.environment import environments
+from lmdb_dataset.tools.photo_folders import make_photo_folder
+from lmdb_dataset.write.shaping import resize_pixels
 
 MB = 1e6
 PAGE_SIZE = 1 << 21
@@ -172,7 +173,7 @@ def ffcv_loader(path: pathlib.Path, batch_size: int, *, train: bool):
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
-    from lmdb_dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from lmdb_dataset.decode.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if train:
         image = [RandomResizedCropRGBImageDecoder((224, 224)), RandomHorizontalFlip(),

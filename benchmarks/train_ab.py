@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, convert_image_folder
-from lmdb_dataset.mixing import ClassLocalityWarning
+from lmdb_dataset.order.quality import ClassLocalityWarning
 
 SIZE = 16
 TARGET_POINTS = 1.0

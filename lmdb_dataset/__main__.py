@@ -7,7 +7,7 @@ import sys
 # while the command line is still being imported ends the process quietly with status 130.
 signal.signal(signal.SIGTERM, signal.default_int_handler)
 try:
-    from .cli import main
+    from .tools.cli import main
 except KeyboardInterrupt:
     print("lmdb-dataset: interrupted before it started; nothing was written", file=sys.stderr)
     sys.exit(130)

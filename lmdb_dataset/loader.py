@@ -20,18 +20,18 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader
 
-from .bad_records import OnError, SkipReport
-from .crop_decode import CenterCropDecode, CropDecoder, RandomResizedCropDecode
-from .dataset import LMDBImageDataset
-from .device_decode import EncodedImage, SplitDecoder, collate_mixed
-from .device_stage import DeviceDecodeStage
-from .draws import RecordDraws, draw_seed
-from .iterable import LMDBIterableDataset
-from .progress import EpochResumable
-from .reader import record_pixels
-from .sampler import ChunkShuffleSampler
-from .system import available_cpus
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch
+from .decode.crop import CenterCropDecode, CropDecoder, RandomResizedCropDecode
+from .decode.device import EncodedImage, SplitDecoder, collate_mixed
+from .decode.device_stage import DeviceDecodeStage
+from .decode.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch
+from .order.draws import RecordDraws, draw_seed
+from .order.resume import EpochResumable
+from .read.bad_records import OnError, SkipReport
+from .read.dataset import LMDBImageDataset
+from .read.iterable import LMDBIterableDataset
+from .read.sampler import ChunkShuffleSampler
+from .storage.reader import record_pixels
+from .storage.system import available_cpus
 
 Reader = Literal["random", "chunk", "iterable"]
 READERS = ("random", "chunk", "iterable")
@@ -45,7 +45,7 @@ class _RecordDecoding:
 
     The decoder replaces the pixel decode, ``output`` conversion and ``transform`` of the
     dataset classes; labels are returned as stored. Its random draws come from ``draws``,
-    seeded per record and epoch (:mod:`lmdb_dataset.draws`).
+    seeded per record and epoch (:mod:`lmdb_dataset.order.draws`).
     """
 
     record_decoder: Callable[..., Any]
@@ -111,7 +111,7 @@ class LMDBLoader:
     ``images`` (``N x 3 x size x size``, ``dtype``, normalised with ``mean``/``std``) and
     ``labels`` (int64) on ``device``. ``train=True`` gives RandomResizedCrop + horizontal flip
     (torchvision's crop distribution), ``train=False`` Resize + CenterCrop, both decoded with
-    :mod:`lmdb_dataset.crop_decode` (colour JPEGs decoded at the smallest DCT scale that
+    :mod:`lmdb_dataset.decode.crop` (colour JPEGs decoded at the smallest DCT scale that
     still covers the output).
 
     Two places to decode:
@@ -124,10 +124,10 @@ class LMDBLoader:
       with one ``torchvision.io.decode_jpeg(list, device=device)`` call (nvJPEG on CUDA), then
       crops, resizes, flips and normalises the whole batch in a fixed number of kernels, up to
       two batches ahead of the loop, on streams of its own
-      (:class:`~lmdb_dataset.device_stage.DeviceDecodeStage`). Grayscale/CMYK JPEGs, PNGs,
+      (:class:`~lmdb_dataset.decode.device_stage.DeviceDecodeStage`). Grayscale/CMYK JPEGs, PNGs,
       truncated JPEGs and ``raw`` records are decoded in the workers and merged (see
-      :mod:`lmdb_dataset.device_decode`). Pixels are within one grey level of the worker
-      path's on the same full-size image (:mod:`lmdb_dataset.resampling`). Also works with
+      :mod:`lmdb_dataset.decode.device`). Pixels are within one grey level of the worker
+      path's on the same full-size image (:mod:`lmdb_dataset.decode.resampling`). Also works with
       ``device="cpu"`` (libjpeg-turbo). It has not run on a GPU yet, so it is not the default
       on CUDA until ``benchmarks/gpu/check.sh`` has passed on one.
 
@@ -161,7 +161,7 @@ class LMDBLoader:
         shuffle: Shuffle the order. Defaults to ``train``.
         seed: Non-negative seed of the order and of the augmentation draws, identical on all
             ranks: each sample's crop and flip are drawn from ``(seed, epoch, record)``
-            (:mod:`lmdb_dataset.draws`), so ranks never share draws, epochs never repeat them,
+            (:mod:`lmdb_dataset.order.draws`), so ranks never share draws, epochs never repeat them,
             and a run is reproducible whatever its ranks, workers and resumes. Defaults to 0.
         reader_options: Tuning options passed on to the reader: :class:`ChunkShuffleSampler`'s
             (``chunk``) or :class:`LMDBIterableDataset`'s (``iterable``), e.g.
@@ -246,7 +246,7 @@ class LMDBLoader:
 
     @property
     def skipped(self) -> SkipReport:
-        """The bad records skipped so far with ``on_error="skip"`` on this rank (:mod:`.bad_records`)."""
+        """The bad records skipped so far with ``on_error="skip"`` on this rank (:mod:`read.bad_records`)."""
         return self.dataset.skipped
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

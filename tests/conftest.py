@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lmdb_dataset import convert_image_folder, make_photo_folder
+from lmdb_dataset import convert_image_folder
+from lmdb_dataset.tools.photo_folders import make_photo_folder
 
 
 def _photo(seed: int, size: tuple[int, int]) -> Image.Image:
     """A crop of a shipped photograph, resized: real image content, not noise."""
-    from lmdb_dataset.samples import PHOTO_DIR
+    from lmdb_dataset.tools.photo_folders import PHOTO_DIR
 
     photos = sorted(PHOTO_DIR.glob("*.jpg"))
     rng = np.random.default_rng(seed)

@@ -64,7 +64,7 @@ def _verify(path: str) -> str:
 
 def main(pristine: str, workdir: str, cases_file: str) -> None:
     from lmdb_dataset import LMDBImageDataset
-    from lmdb_dataset.environment import environments
+    from lmdb_dataset.storage.environment import environments
 
     original = LMDBImageDataset(pristine, output="numpy")
     reference = [_identity(original[i]) for i in range(len(original))]

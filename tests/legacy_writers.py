@@ -22,19 +22,19 @@ import numpy as np
 
 import lmdb_dataset
 from lmdb_dataset import LMDBImageDataset
-from lmdb_dataset import format as fmt
-from lmdb_dataset.convert import image_folder_samples
+from lmdb_dataset.storage import format as fmt
+from lmdb_dataset.write.convert import image_folder_samples
 
 TENSORPACK_SCRIPT = """
 import sys, numpy as np
 from tensorpack.dataflow import DataFromList, LMDBSerializer
-from lmdb_dataset.convert import image_folder_samples
+from lmdb_dataset.write.convert import image_folder_samples
 root, target, mode = sys.argv[1:4]
 _, samples = image_folder_samples(root)
 def image(path):
     data = open(path, "rb").read()
     if mode == "numpy":  # cjsg's numpy mode: decoded pixels, CHW
-        from lmdb_dataset.decoding import decode_image
+        from lmdb_dataset.decode.image import decode_image
         return np.ascontiguousarray(decode_image(data).transpose(2, 0, 1))
     return np.frombuffer(data, dtype=np.uint8)  # BinaryILSVRC12: the file's bytes as a uint8 array
 LMDBSerializer.save(DataFromList([[image(p), label] for p, label in samples], shuffle=False), target)
@@ -92,7 +92,7 @@ def caffe_datum(*, label: int, data: bytes | None = None, pixels: np.ndarray | N
 
 def write_caffe(root: Path, target: Path, *, encoded: bool) -> Path:
     """convert_imageset's output: ``%08d_<path>`` keys, Datum values, subdir=True."""
-    from lmdb_dataset.decoding import decode_image
+    from lmdb_dataset.decode.image import decode_image
 
     db = lmdb.open(str(target), map_size=1 << 28)
     with db.begin(write=True) as txn:

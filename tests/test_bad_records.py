@@ -27,7 +27,7 @@ from lmdb_dataset import (
     LMDBIterableDataset,
     LMDBLoader,
 )
-from lmdb_dataset.bad_records import MAX_REPLACEMENT_TRIES, replacement_candidates
+from lmdb_dataset.read.bad_records import MAX_REPLACEMENT_TRIES, replacement_candidates
 
 BAD = 9  # the damaged record (= sample: the fixture dataset is stored in folder order)
 

@@ -12,8 +12,8 @@ import pytest
 from legacy_writers import ilsvrc_train_tar, source_images, write_caffe, write_shards, write_tensorpack
 
 from lmdb_dataset import LMDBImageDataset
-from lmdb_dataset.cli import main
-from lmdb_dataset.inspection import verify_dataset
+from lmdb_dataset.tools.cli import main
+from lmdb_dataset.tools.inspection import verify_dataset
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

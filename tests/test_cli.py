@@ -13,8 +13,8 @@ import pytest
 
 import lmdb_dataset
 from lmdb_dataset import LMDBImageDataset
-from lmdb_dataset.bench import BenchTiming, report_lines, warmup_batches
-from lmdb_dataset.cli import build_parser, cli_words, main, user_error
+from lmdb_dataset.tools.bench import BenchTiming, report_lines, warmup_batches
+from lmdb_dataset.tools.cli import build_parser, cli_words, main, user_error
 
 
 def run_cli(*args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
@@ -113,7 +113,7 @@ def test_metadata_commands_do_not_import_torch(converted):
     """`info`, `verify`, `--help` and `--version` start fast: they never import torch (checked, not timed)."""
     script = f"""
 import sys
-from lmdb_dataset.cli import main
+from lmdb_dataset.tools.cli import main
 assert main(["info", {str(converted())!r}]) == 0
 assert main(["verify", {str(converted())!r}, "--decode", "--quiet"]) == 0
 for flag in ("--help", "--version"):
@@ -227,19 +227,19 @@ def test_cli_words(message, expected):
 
 
 def test_interrupted_convert_says_how_to_resume(image_folder, tmp_path, monkeypatch, capsys):
-    import lmdb_dataset.convert
+    import lmdb_dataset.write.convert
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lmdb_dataset.convert, "convert_image_folder", interrupted)
+    monkeypatch.setattr(lmdb_dataset.write.convert, "convert_image_folder", interrupted)
     assert main(["convert", str(image_folder()), str(tmp_path / "t.lmdb")]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "run the same command with --resume" in err
 
 
 def test_bench_batches_zero_is_an_error_in_python_too(converted):
-    from lmdb_dataset.bench import run_bench
+    from lmdb_dataset.tools.bench import run_bench
 
     with pytest.raises(ValueError, match="batches=0"):
         run_bench(converted(), batches=0, workers=0)
@@ -307,13 +307,13 @@ def test_convert_prints_the_commands_wall_time(image_folder, tmp_path, monkeypat
     """Not the library's own figure, which leaves out what happened before it was called."""
     import time
 
-    import lmdb_dataset.convert
+    import lmdb_dataset.write.convert
 
     def slow(src, dst, **options):
         time.sleep(0.3)
-        return lmdb_dataset.convert.ConversionReport(dst, 7, [], 7, 0.0, 0)
+        return lmdb_dataset.write.convert.ConversionReport(dst, 7, [], 7, 0.0, 0)
 
-    monkeypatch.setattr(lmdb_dataset.convert, "convert_image_folder", slow)
+    monkeypatch.setattr(lmdb_dataset.write.convert, "convert_image_folder", slow)
     assert main(["convert", str(image_folder()), str(tmp_path / "t.lmdb"), "--quiet"]) == 0
     seconds = float(capsys.readouterr().out.split(" in ")[1].split(" s")[0])
     assert 0.3 <= seconds < 5

@@ -25,13 +25,13 @@ from lmdb_dataset import (
     NotADatasetError,
     SourceImageError,
     convert_image_folder,
-    writer,
 )
-from lmdb_dataset import format as fmt
-from lmdb_dataset.convert import build_records, write_plan
-from lmdb_dataset.environment import begin_read, environments, open_databases
-from lmdb_dataset.inspection import summarize
-from lmdb_dataset.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
+from lmdb_dataset.storage import format as fmt
+from lmdb_dataset.storage.environment import begin_read, environments, open_databases
+from lmdb_dataset.tools.inspection import summarize
+from lmdb_dataset.write import writer
+from lmdb_dataset.write.convert import build_records, write_plan
+from lmdb_dataset.write.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
 
 
 def raw_records(path) -> list[dict]:

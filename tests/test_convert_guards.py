@@ -14,8 +14,8 @@ from legacy_writers import source_images, write_shards
 from torchvision.datasets import ImageFolder
 
 from lmdb_dataset import LMDBImageDataset, convert_image_folder
-from lmdb_dataset.cli import main
-from lmdb_dataset.inspection import summarize
+from lmdb_dataset.tools.cli import main
+from lmdb_dataset.tools.inspection import summarize
 
 
 def one_line_error(capsys, command: str = "convert") -> str:

@@ -15,7 +15,7 @@ from support import PROPERTY
 from torchvision.transforms import v2
 
 from lmdb_dataset import LMDBImageDataset
-from lmdb_dataset.crop_decode import (
+from lmdb_dataset.decode.crop import (
     CenterCropDecode,
     RandomResizedCropDecode,
     decode_scaled,
@@ -24,8 +24,8 @@ from lmdb_dataset.crop_decode import (
     resized_shape,
 )
 from lmdb_dataset.errors import CorruptRecordError
-from lmdb_dataset.format import KIND_ENCODED, RecordHeader, decode_header, payload_of
 from lmdb_dataset.loader import _DecodingImageDataset
+from lmdb_dataset.storage.format import KIND_ENCODED, RecordHeader, decode_header, payload_of
 
 
 def _header(height: int, width: int) -> RecordHeader:

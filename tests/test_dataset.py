@@ -34,11 +34,11 @@ from lmdb_dataset import (
     reindex,
     verify_dataset,
 )
-from lmdb_dataset import format as fmt
-from lmdb_dataset.environment import environments
-from lmdb_dataset.inspection import summarize
-from lmdb_dataset.transforms import train_transform
-from lmdb_dataset.writer import build_record
+from lmdb_dataset.decode.transforms import train_transform
+from lmdb_dataset.storage import format as fmt
+from lmdb_dataset.storage.environment import environments
+from lmdb_dataset.tools.inspection import summarize
+from lmdb_dataset.write.writer import build_record
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 
@@ -404,7 +404,7 @@ def test_record_rewritten_with_garbage_fails_loudly_in_readers_and_verify(conver
 
 
 def _store_spans(path: Path, spans: np.ndarray) -> None:
-    from lmdb_dataset.environment import store_spans
+    from lmdb_dataset.storage.environment import store_spans
 
     environments.release(path)
     env = lmdb.open(str(path), max_dbs=2)
@@ -559,7 +559,7 @@ def test_a_file_that_is_not_an_lmdb_gets_a_one_line_error(image_folder):
 
 
 def test_verify_reports_an_incomplete_dataset_with_the_resume_advice(image_folder, tmp_path, capsys):
-    from lmdb_dataset.cli import main
+    from lmdb_dataset.tools.cli import main
 
     with pytest.raises(KeyError):
         with LMDBWriter(tmp_path / "ds") as writer:
@@ -573,7 +573,7 @@ def test_verify_reports_an_incomplete_dataset_with_the_resume_advice(image_folde
 
 
 def test_reindex_command_rebuilds_the_table_of_a_compacted_copy(converted, tmp_path, capsys):
-    from lmdb_dataset.cli import main
+    from lmdb_dataset.tools.cli import main
 
     copy = _compacted_copy(converted(), tmp_path / "compact.lmdb")
     assert main(["verify", str(copy), "--quiet"]) == 1

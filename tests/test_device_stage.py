@@ -19,12 +19,13 @@ import pytest
 import torch
 from torchvision.io import decode_jpeg
 
-from lmdb_dataset import LMDBImageDataset, LMDBLoader, device_decode
-from lmdb_dataset.crop_decode import RandomResizedCropDecode
-from lmdb_dataset.device_decode import SplitDecoder, collate_mixed, decode_batch
-from lmdb_dataset.device_stage import CudaStreams, DeviceDecodeStage, HostStreams, Pending, prepare_batch
+from lmdb_dataset import LMDBImageDataset, LMDBLoader
+from lmdb_dataset.decode import device as device_decode
+from lmdb_dataset.decode.crop import RandomResizedCropDecode
+from lmdb_dataset.decode.device import SplitDecoder, collate_mixed, decode_batch
+from lmdb_dataset.decode.device_stage import CudaStreams, DeviceDecodeStage, HostStreams, Pending, prepare_batch
 from lmdb_dataset.errors import CorruptRecordError
-from lmdb_dataset.format import decode_header, payload_of
+from lmdb_dataset.storage.format import decode_header, payload_of
 
 SIZE = 24
 

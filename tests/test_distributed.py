@@ -76,7 +76,7 @@ def _training_scenario(path: str) -> dict:
     from torch.utils.data import DataLoader
 
     from lmdb_dataset import LMDBIterableDataset
-    from lmdb_dataset.transforms import NormalizeBatch, val_transform
+    from lmdb_dataset.decode.transforms import NormalizeBatch, val_transform
 
     torch.manual_seed(1234 + dist.get_rank())  # different initial weights: DDP must broadcast rank 0's
     dataset = LMDBIterableDataset(path, transform=val_transform(size=16, resize=16), output="tensor", chunk_size=4,
@@ -206,7 +206,7 @@ def test_ddp_two_ranks_chunk_sampler_odd_dataset_padded_to_equal_lengths_like_di
 def test_ddp_two_ranks_iterable_two_workers_every_record_once_per_epoch_in_planned_order(ddp, checksum_tables,
                                                                                           paths):
     from lmdb_dataset import LMDBIterableDataset
-    from lmdb_dataset.world import World
+    from lmdb_dataset.order.world import World
 
     table = checksum_tables["even"]
     ranks = results_of(ddp, "iterable_even")

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from lmdb_dataset import LMDBLoader, LMDBWriter
-from lmdb_dataset.draws import draw_seed
+from lmdb_dataset.order.draws import draw_seed
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from support import gloo_rank, pixel_checksum, run_ranks
 from torch.utils.data import DataLoader
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, LMDBLoader
-from lmdb_dataset.ordering import rank_length
+from lmdb_dataset.order.maths import rank_length
 
 BATCH = 3
 N = 32  # records of the fixture dataset

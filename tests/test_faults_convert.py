@@ -11,10 +11,12 @@ import pytest
 from conftest import add_corrupt_image
 from test_convert import logical_content
 
-from lmdb_dataset import LMDBImageDataset, convert_image_folder, make_photo_folder, writer
-from lmdb_dataset.cli import main
-from lmdb_dataset.environment import environments
-from lmdb_dataset.inspection import summarize
+from lmdb_dataset import LMDBImageDataset, convert_image_folder
+from lmdb_dataset.storage.environment import environments
+from lmdb_dataset.tools.cli import main
+from lmdb_dataset.tools.inspection import summarize
+from lmdb_dataset.tools.photo_folders import make_photo_folder
+from lmdb_dataset.write import writer
 
 
 @pytest.fixture

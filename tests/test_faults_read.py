@@ -30,9 +30,9 @@ from lmdb_dataset import (
     reindex,
     verify_dataset,
 )
-from lmdb_dataset import format as fmt
-from lmdb_dataset.environment import environments
-from lmdb_dataset.inspection import summarize
+from lmdb_dataset.storage import format as fmt
+from lmdb_dataset.storage.environment import environments
+from lmdb_dataset.tools.inspection import summarize
 
 RUNNER = Path(__file__).with_name("damage_runner.py")
 ACCESS = ["pread", "mmap"]

@@ -15,7 +15,7 @@ from support import PROPERTY
 from torchvision.datasets import folder as tv
 
 from lmdb_dataset import convert_image_folder
-from lmdb_dataset.folder import IMG_EXTENSIONS, image_folder_samples
+from lmdb_dataset.write.folder import IMG_EXTENSIONS, image_folder_samples
 
 _STEMS = st.sampled_from(["a", "B", ".hidden", "_x", "z.jpg", "JPG", "img 1", "é", ".", ".."])
 _ENDINGS = st.sampled_from(["", ".jpg", ".JPG", ".Jpeg", ".png", ".PNG", ".webp", ".tif", ".TIFF", ".pgm",
@@ -91,7 +91,7 @@ def test_one_class_folder_as_source_gets_the_layout_hint(image_folder, tmp_path)
 
 
 def test_convert_imports_neither_torch_nor_torchvision(image_folder, tmp_path):
-    script = ("import sys; from lmdb_dataset.cli import main; "
+    script = ("import sys; from lmdb_dataset.tools.cli import main; "
               "status = main(['convert', sys.argv[1], sys.argv[2], '--workers', '2', '--quiet']); "
               "assert status == 0, status; "
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")

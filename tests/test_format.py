@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmdb_dataset import format as fmt
+from lmdb_dataset.storage import format as fmt
 
 labels = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 dims = st.integers(min_value=0, max_value=2**32 - 1)

@@ -19,7 +19,7 @@ import pytest
 from support import pixel_checksum, run_ranks
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBIterableDataset
-from lmdb_dataset.world import World
+from lmdb_dataset.order.world import World
 
 WORLD_SIZE = 2
 DEADLINE_S = 240

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from support import PROPERTY
 
 from lmdb_dataset import CorruptRecordError, LMDBDatasetError, LMDBImageDataset, verify_dataset
-from lmdb_dataset import format as fmt
-from lmdb_dataset.decoding import pixels_of
-from lmdb_dataset.environment import environments, load_metadata
-from lmdb_dataset.inspection import summarize
-from lmdb_dataset.reader import RecordReader, record_pixels
+from lmdb_dataset.decode.image import pixels_of
+from lmdb_dataset.storage import format as fmt
+from lmdb_dataset.storage.environment import environments, load_metadata
+from lmdb_dataset.storage.reader import RecordReader, record_pixels
+from lmdb_dataset.tools.inspection import summarize
 
 byte_damage = st.lists(st.tuples(st.integers(0, fmt.HEADER_SIZE - 1), st.integers(1, 255)), min_size=1, max_size=1)
 """One header byte XOR-ed with a non-zero mask: what a flipped bit or a torn write does to a header."""

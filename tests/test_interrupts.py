@@ -22,10 +22,11 @@ import pytest
 from legacy_writers import source_images, write_shards
 from test_convert import logical_content
 
-from lmdb_dataset import LMDBDatasetError, convert_image_folder, convert_source, writer
-from lmdb_dataset.inspection import summarize
-from lmdb_dataset.interrupts import deferred_interrupts, terminate_as_interrupt
-from lmdb_dataset.parallel import ordered_map
+from lmdb_dataset import LMDBDatasetError, convert_image_folder, convert_source
+from lmdb_dataset.tools.inspection import summarize
+from lmdb_dataset.write import writer
+from lmdb_dataset.write.interrupts import deferred_interrupts, terminate_as_interrupt
+from lmdb_dataset.write.parallel import ordered_map
 
 ROOT = Path(__file__).parents[1]
 
@@ -35,7 +36,7 @@ CLI = textwrap.dedent("""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # what lmdb_dataset/__main__.py does first
     os.write(int(sys.argv.pop(1)), b"ready")  # the interpreter has started: from now on every instant counts
     try:
-        from lmdb_dataset import writer
+        from lmdb_dataset.write import writer
         writer.LMDBWriter.__init__.__kwdefaults__["commit_records"] = 24
     except KeyboardInterrupt:
         print("lmdb-dataset: interrupted before it started; nothing was written", file=sys.stderr)

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from support import PROPERTY, dataloader_batches, pixel_checksum, records_of, replicas, seeds, workers
 from torch.utils.data import DataLoader
 
-from lmdb_dataset import ChunkShuffleSampler, ClassLocalityWarning, LMDBIterableDataset, iterable
-from lmdb_dataset.ordering import rank_length, rank_order
-from lmdb_dataset.world import World
+from lmdb_dataset import ChunkShuffleSampler, ClassLocalityWarning, LMDBIterableDataset
+from lmdb_dataset.order.maths import rank_length, rank_order
+from lmdb_dataset.order.world import World
+from lmdb_dataset.read import iterable
 
 
 def streams_of(dataset: LMDBIterableDataset, rank: int, num_replicas: int, num_workers: int) -> list[list[int]]:

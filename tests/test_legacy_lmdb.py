@@ -27,11 +27,11 @@ from legacy_writers import (
 from support import PROPERTY
 
 from lmdb_dataset import LMDBDatasetError, LMDBImageDataset, SourceImageError
-from lmdb_dataset.decoding import decode_image
-from lmdb_dataset.inspection import summarize, verify_dataset
+from lmdb_dataset.decode.image import decode_image
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.errors import MissingDependencyError
 from lmdb_dataset.sources.legacy_lmdb import LegacyLMDBSource, ordered_keys
+from lmdb_dataset.tools.inspection import summarize, verify_dataset
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_key_order_follows_the_writers_numbering() -> None:
 
 @pytest.mark.parametrize("kind", [None, "tensorpack"], ids=["detected", "from-tensorpack"])
 def test_cli_converts_a_single_file_tensorpack_lmdb(images, tensorpack_lmdb, tmp_path, capsys, kind) -> None:
-    from lmdb_dataset.cli import main
+    from lmdb_dataset.tools.cli import main
 
     argv = ["convert", str(tensorpack_lmdb()), str(tmp_path / "out"), "--workers", "1", "--quiet"]
     assert main(argv + (["--from", kind] if kind else [])) == 0
@@ -184,7 +184,7 @@ def test_cli_converts_a_single_file_tensorpack_lmdb(images, tensorpack_lmdb, tmp
 
 
 def test_cli_names_the_refused_record_and_the_fix(images, tmp_path, capsys) -> None:
-    from lmdb_dataset.cli import main
+    from lmdb_dataset.tools.cli import main
 
     source = write_folder2lmdb(images, tmp_path / "f2l.lmdb", protocol=2)
     poison(source, b"12", pickle.dumps((b"\xff\xd8", RunsCommand(str(tmp_path / "pwned"))), protocol=2))
@@ -196,7 +196,7 @@ def test_cli_names_the_refused_record_and_the_fix(images, tmp_path, capsys) -> N
 
 KILLER = """
 import os, signal, sys
-from lmdb_dataset import writer
+from lmdb_dataset.write import writer
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.errors import MissingDependencyError
 writer.LMDBWriter.__init__.__kwdefaults__["commit_records"] = 4

@@ -20,11 +20,11 @@ import torch
 from torchvision.transforms import v2
 
 from lmdb_dataset import LMDBImageDataset, LMDBLoader, NormalizeBatch
-from lmdb_dataset.crop_decode import CenterCropDecode
-from lmdb_dataset.device_decode import EncodedImage, collate_mixed, decode_batch, device_decodable
+from lmdb_dataset.decode.crop import CenterCropDecode
+from lmdb_dataset.decode.device import EncodedImage, collate_mixed, decode_batch, device_decodable
 from lmdb_dataset.errors import CorruptRecordError
-from lmdb_dataset.format import decode_header, payload_of
 from lmdb_dataset.loader import SideStream
+from lmdb_dataset.storage.format import decode_header, payload_of
 
 SIZE, RESIZE = 32, 40
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -53,7 +53,7 @@ def _assert_one_to_one_within_a_grey_level(samples: list[tuple[int, torch.Tensor
     """Each sample is a distinct reference sample with its label, every value within one grey level.
 
     The device path's batched resize computes in float32 where torchvision's uint8 CPU kernel
-    rounds its weights to fixed point (:mod:`lmdb_dataset.resampling`): values one grey level apart.
+    rounds its weights to fixed point (:mod:`lmdb_dataset.decode.resampling`): values one grey level apart.
     """
     assert len(samples) == len(reference)
     references = torch.stack([image for _, image in reference])
@@ -294,7 +294,7 @@ def test_a_jpeg_nothing_decodes_is_a_corrupt_record_naming_it():
 
 def test_a_jpeg_the_device_decoder_rejects_is_decoded_on_the_cpu_and_merged(path, reference, monkeypatch):
     """Simulates nvJPEG refusing one file: the batch call fails, the others decode alone, it on the CPU."""
-    from lmdb_dataset import device_decode
+    from lmdb_dataset.decode import device as device_decode
 
     real = device_decode.decode_jpeg
     rejected = bytes(payload_of(next(LMDBImageDataset(path).reader.values([3]))[1]))

@@ -9,7 +9,8 @@ import pytest
 import torch.utils.data
 from torch.utils.data import DataLoader
 
-from lmdb_dataset import LMDBImageDataset, LMDBIterableDataset, memory
+from lmdb_dataset import LMDBImageDataset, LMDBIterableDataset
+from lmdb_dataset.read import process_memory as memory
 
 
 def test_iterating_releases_the_free_heap_once_per_pass(converted, monkeypatch):

@@ -1,4 +1,4 @@
-"""Property tests of the epoch-order maths in lmdb_dataset.ordering (pure integer functions)."""
+"""Property tests of the epoch-order maths in lmdb_dataset.order.maths (pure integer functions)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from support import PROPERTY, chunk_sizes, epochs, replicas, seeds, sizes, workers
 from torch.utils.data import DistributedSampler
 
-from lmdb_dataset.mixing import chunk_class_counts, order_quality, repeat_cooccurrence
-from lmdb_dataset.ordering import (
+from lmdb_dataset.order.maths import (
     chunk_bounds,
     contiguous_runs,
     epoch_order,
@@ -28,7 +27,8 @@ from lmdb_dataset.ordering import (
     rest_of_epoch,
     worker_positions,
 )
-from lmdb_dataset.progress import compose
+from lmdb_dataset.order.quality import chunk_class_counts, order_quality, repeat_cooccurrence
+from lmdb_dataset.order.resume import compose
 
 
 def assert_chunk_structure(order: np.ndarray, bounds: np.ndarray) -> None:
@@ -342,8 +342,15 @@ def test_rest_of_epoch_equals_distributed_sampler_rule_applied_to_every_ranks_re
         more = data.draw(st.integers(0, len(expected[0])), label="consumed in the last world")
         assert reference_rest(n, [*hops[:-1], (hops[-1][0] + more, hops[-1][1])], worlds[-1], **options) == \
             reference_rest(n, [*hops, (more, worlds[-1])], worlds[-1], **options)
-        assert compose(hops, more, worlds[-1]) == tuple(h for h in [*hops[:-1], (hops[-1][0] + more, hops[-1][1])]
-                                                        if h[0])
+        # compose: passes that consumed nothing are left out (they only re-deal, adding no padding), and
+        # the new pass merges into the last one when it continues its world: the same rest, shortest.
+        composed = compose(hops, more, worlds[-1])
+        consumed = [hop for hop in [*hops, (more, worlds[-1])] if hop[0]]
+        assert reference_rest(n, list(composed), worlds[-1], **options) == \
+            reference_rest(n, consumed, worlds[-1], **options)
+        earlier = [hop for hop in hops if hop[0]]
+        merged = bool(more) and bool(earlier) and earlier[-1][1] == worlds[-1]
+        assert all(k for k, _ in composed) and len(composed) == len(earlier) + (bool(more) and not merged)
 
 
 @PROPERTY
@@ -455,7 +462,7 @@ def test_chunk_class_counts_class_sorted_versus_interleaved_hand_computed():
 def test_class_locality_check_on_an_imagenet_sized_file_judges_from_a_chunk_sample(layout):
     import warnings
 
-    from lmdb_dataset.mixing import CHECKED_CHUNKS, ClassLocalityWarning, check_class_locality
+    from lmdb_dataset.order.quality import CHECKED_CHUNKS, ClassLocalityWarning, check_class_locality
 
     labels = np.repeat(np.arange(1000), 1281)  # 20,000 chunks of 64: more than CHECKED_CHUNKS
     assert len(labels) // 64 > CHECKED_CHUNKS

@@ -15,7 +15,7 @@ from legacy_writers import ilsvrc_train_tar, source_images, stored_payloads, tar
 from support import PROPERTY
 
 from lmdb_dataset import LMDBImageDataset, SourceImageError
-from lmdb_dataset.decoding import decode_image
+from lmdb_dataset.decode.image import decode_image
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.detect import detect_kind, open_source
 from lmdb_dataset.sources.listfile import HEADER_FIELDS, read_list

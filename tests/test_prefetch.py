@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from support import PROPERTY
 from torch.utils.data import DataLoader
 
-from lmdb_dataset import LMDBImageDataset, LMDBIterableDataset, prefetching
-from lmdb_dataset.prefetching import PREFETCH_GAP, PREFETCH_PIECE, Prefetcher, SharedAsk, coalesce
+from lmdb_dataset import LMDBImageDataset, LMDBIterableDataset
+from lmdb_dataset.storage import prefetching
+from lmdb_dataset.storage.prefetching import PREFETCH_GAP, PREFETCH_PIECE, Prefetcher, SharedAsk, coalesce
 
 spans = st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 10**6)), max_size=40)
 

@@ -204,7 +204,7 @@ def command_lines(code: str) -> list[str]:
 
 
 def check_synopsis(code: str) -> None:
-    from lmdb_dataset.cli import build_parser, commands_of
+    from lmdb_dataset.tools.cli import build_parser, commands_of
 
     parser = build_parser()
     commands = commands_of(parser)

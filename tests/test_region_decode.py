@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import _photo
 
-from lmdb_dataset import crop_decode
-from lmdb_dataset.crop_decode import (
+from lmdb_dataset.decode import crop as crop_decode
+from lmdb_dataset.decode.crop import (
     CenterCropDecode,
     CropDecoder,
     RandomResizedCropDecode,
@@ -24,8 +24,8 @@ from lmdb_dataset.crop_decode import (
     scaled_window,
 )
 from lmdb_dataset.errors import CorruptRecordError
-from lmdb_dataset.format import KIND_ENCODED, RecordHeader
 from lmdb_dataset.loader import _DecodingImageDataset
+from lmdb_dataset.storage.format import KIND_ENCODED, RecordHeader
 
 needs_region = pytest.mark.skipif(region_decoding() is None, reason="the _jpeg_region extension is not built")
 
@@ -103,7 +103,7 @@ def test_without_the_column_margin_the_cut_edge_differs(monkeypatch):
 
 def _records(converted):
     from lmdb_dataset import LMDBImageDataset
-    from lmdb_dataset.format import decode_header, payload_of
+    from lmdb_dataset.storage.format import decode_header, payload_of
 
     dataset = LMDBImageDataset(converted(num_images=27, special=True))
     values = dict(dataset.reader.values(list(range(len(dataset)))))

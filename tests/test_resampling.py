@@ -10,11 +10,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.io import decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from lmdb_dataset import LMDBImageDataset, make_photo_folder
-from lmdb_dataset.crop_decode import CenterCropDecode, CropBox, CropDecoder, RandomResizedCropDecode
-from lmdb_dataset.device_decode import device_decodable
-from lmdb_dataset.format import decode_header, payload_of
-from lmdb_dataset.resampling import antialias_weights, crop_resize, resampling_geometry
+from lmdb_dataset import LMDBImageDataset
+from lmdb_dataset.decode.crop import CenterCropDecode, CropBox, CropDecoder, RandomResizedCropDecode
+from lmdb_dataset.decode.device import device_decodable
+from lmdb_dataset.decode.resampling import antialias_weights, crop_resize, resampling_geometry
+from lmdb_dataset.storage.format import decode_header, payload_of
+from lmdb_dataset.tools.photo_folders import make_photo_folder
 
 
 @pytest.fixture(scope="module")

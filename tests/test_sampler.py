@@ -14,7 +14,7 @@ from support import PROPERTY, chunk_sizes, epochs, pixel_checksum, records_of, r
 from torch.utils.data import DataLoader
 
 from lmdb_dataset import ChunkShuffleSampler, ClassLocalityWarning, LMDBImageDataset
-from lmdb_dataset.ordering import chunk_bounds, rank_length, rank_order, rest_of_epoch
+from lmdb_dataset.order.maths import chunk_bounds, rank_length, rank_order, rest_of_epoch
 
 
 def samplers(n: int, num_replicas: int, **options) -> list[ChunkShuffleSampler]:

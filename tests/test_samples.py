@@ -1,4 +1,4 @@
-"""Tests for lmdb_dataset.samples.make_photo_folder."""
+"""Tests for lmdb_dataset.tools.photo_folders.make_photo_folder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lmdb_dataset.samples import PHOTO_DIR, make_photo_folder
+from lmdb_dataset.tools.photo_folders import PHOTO_DIR, make_photo_folder
 
 NUM_IMAGES = 12
 NUM_CLASSES = 3

@@ -17,13 +17,13 @@ from PIL import Image
 from support import PROPERTY
 
 from lmdb_dataset import LMDBDatasetError, LMDBImageDataset, LMDBWriter, SourceImageError, convert_image_folder
-from lmdb_dataset import format as fmt
-from lmdb_dataset.cli import main
-from lmdb_dataset.decoding import decode_image
-from lmdb_dataset.environment import begin_read, environments, open_databases, read_path_table
-from lmdb_dataset.inspection import summarize
-from lmdb_dataset.shaping import DEFAULT_QUALITY, Shaping, resize_pixels, shape_image, shaped_size
+from lmdb_dataset.decode.image import decode_image
 from lmdb_dataset.sources.conversion import convert_source
+from lmdb_dataset.storage import format as fmt
+from lmdb_dataset.storage.environment import begin_read, environments, open_databases, read_path_table
+from lmdb_dataset.tools.cli import main
+from lmdb_dataset.tools.inspection import summarize
+from lmdb_dataset.write.shaping import DEFAULT_QUALITY, Shaping, resize_pixels, shape_image, shaped_size
 
 MAX_SIDE = 256
 # name -> (class folder, file name, bytes): colour JPEGs above, at and below the bound, a 1x1 one,

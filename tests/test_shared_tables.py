@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBWriter
-from lmdb_dataset.shared_tables import SharedTables
+from lmdb_dataset.storage.shared_tables import SharedTables
 
 MIB = 2**20
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision import transforms as v1
 
-from lmdb_dataset.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch, train_transform, val_transform
+from lmdb_dataset.decode.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch, train_transform, val_transform
 
 
 def test_normalize_batch_equals_to_tensor_then_normalize():

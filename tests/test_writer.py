@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lmdb_dataset import IncompleteDatasetError, LMDBImageDataset, LMDBWriter, SourceImageError, writer
-from lmdb_dataset.inspection import summarize
+from lmdb_dataset import IncompleteDatasetError, LMDBImageDataset, LMDBWriter, SourceImageError
+from lmdb_dataset.tools.inspection import summarize
+from lmdb_dataset.write import writer
 
 
 def _jpeg(seed: int, size=(40, 30)) -> bytes:
@@ -141,7 +142,7 @@ def test_writer_unchecked_records_carry_the_size_read_from_the_header_and_feed_l
     from conftest import add_special_images
 
     from lmdb_dataset import LMDBLoader
-    from lmdb_dataset import format as fmt
+    from lmdb_dataset.storage import format as fmt
 
     add_special_images(tmp_path / "src")  # grayscale, CMYK and progressive JPEGs, an RGBA PNG, a 1x1 JPEG
     files = sorted((tmp_path / "src").rglob("*.*")) + [None]

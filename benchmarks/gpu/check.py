@@ -58,7 +58,8 @@ if str(BENCHMARKS) not in sys.path:  # run as a script (report.py imports it as 
 
 import report  # noqa: E402  (benchmarks/, after the path above)
 
-from lmdb_dataset import LMDBLoader, NormalizeBatch, convert_image_folder, make_photo_folder  # noqa: E402
+from lmdb_dataset import LMDBLoader, NormalizeBatch, convert_image_folder  # noqa: E402
+from lmdb_dataset.tools.photo_folders import make_photo_folder  # noqa: E402
 
 PIXEL_MEAN_BOUND = 2.0
 """Most mean |device - CPU| grey levels the device path may differ by: nvJPEG's IDCT and chroma

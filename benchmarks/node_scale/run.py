@@ -18,9 +18,9 @@ Measured per configuration: the aggregate steady rate (samples/s over the window
 every rank has had a batch from each of its workers and none has finished), the time from
 the barrier to each rank's first batch, at the end (all ranks done, iterators alive) the
 USS, PSS and USS less the pages of the mapped data file of every process, its open file
-descriptors and threads, and the prefetcher's time per pool: ``prefetching.advise`` (the
+descriptors and threads, and the prefetcher's time per pool: ``storage.prefetching.advise`` (the
 ``posix_fadvise`` calls), ``SharedAsk.asked_elsewhere`` (a worker waiting for its rank's
-asker), ``prefetching.read_through`` (``pread`` until the pool is cached) and
+asker), ``storage.prefetching.read_through`` (``pread`` until the pool is cached) and
 ``Prefetcher.request`` calls, wrapped in every process (forked ones). Also, once per reader:
 a cold start (data file evicted; the page-cache resident fraction after the run) and ``R``
 ranks x ``--big-workers`` workers (memory, descriptors, threads, costs per pool), and, per start
@@ -56,9 +56,10 @@ import psutil
 import torch
 from torch.utils.data import DataLoader
 
-from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, prefetching, train_transform
-from lmdb_dataset.environment import DATA_FILE
-from lmdb_dataset.pagecache import resident_fraction
+from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, train_transform
+from lmdb_dataset.storage import prefetching
+from lmdb_dataset.storage.environment import DATA_FILE
+from lmdb_dataset.storage.pagecache import resident_fraction
 
 from ..slow_storage.scale import build, cold, memory_mb
 from . import report

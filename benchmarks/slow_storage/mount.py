@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmdb_dataset.pagecache import evict_from_page_cache
+from lmdb_dataset.storage.pagecache import evict_from_page_cache
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 MOUNT_TIMEOUT = 30.0

@@ -31,9 +31,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, LMDBWriter
-from lmdb_dataset.environment import DATA_FILE, environments
-from lmdb_dataset.pagecache import evict_from_page_cache
-from lmdb_dataset.world import World
+from lmdb_dataset.order.world import World
+from lmdb_dataset.storage.environment import DATA_FILE, environments
+from lmdb_dataset.storage.pagecache import evict_from_page_cache
 
 IMAGENET_RECORDS = 1_281_167
 CLASSES = 1000

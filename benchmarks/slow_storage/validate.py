@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmdb_dataset.environment import load_metadata
 from lmdb_dataset.errors import LMDBDatasetError
+from lmdb_dataset.storage.environment import load_metadata
 
 from .models import SERVING_THREADS, HddModel, NfsModel, layout
 from .mount import mounted

@@ -20,7 +20,7 @@ import os
 
 from timm.data.readers.reader import Reader
 
-from ..dataset import LMDBImageDataset
+from ..read.dataset import LMDBImageDataset
 
 
 class ReaderLMDB(Reader):

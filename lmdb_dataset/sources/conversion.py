@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..convert import ConversionReport, check_destination, refuse_empty, resumable
-from ..environment import load_metadata
 from ..errors import LMDBDatasetError, SourceImageError
-from ..format import DatasetInfo
-from ..parallel import ordered_map
-from ..shaping import Shaping, shape_image
-from ..system import available_cpus
-from ..writer import LMDBWriter, build_record, check_shaping
+from ..storage.environment import load_metadata
+from ..storage.format import DatasetInfo
+from ..storage.system import available_cpus
+from ..write.convert import ConversionReport, check_destination, refuse_empty, resumable
+from ..write.parallel import ordered_map
+from ..write.shaping import Shaping, shape_image
+from ..write.writer import LMDBWriter, build_record, check_shaping
 from .base import Image, SourceRecord, read_classes_file
 from .detect import open_source
 
@@ -51,7 +51,7 @@ def _built(
     """(source record, built record or None, error) in source order; checks run in ``workers`` processes.
 
     Source records are read only a bounded window ahead of the writer
-    (:func:`parallel.ordered_map`), so memory stays bounded however large the source is.
+    (:func:`write.parallel.ordered_map`), so memory stays bounded however large the source is.
     """
     in_flight: collections.deque[SourceRecord] = collections.deque()
 

@@ -11,9 +11,9 @@ import lmdb
 import numpy as np
 from torchvision.datasets import VisionDataset
 
-from ..bad_records import BadRecords, OnError, SkipReport
-from ..decoding import Output, check_output, decode_image, to_output
+from ..decode.image import Output, check_output, decode_image, to_output
 from ..errors import CorruptRecordError
+from ..read.bad_records import BadRecords, OnError, SkipReport
 from .base import read_classes_file
 from .errors import UnsupportedValueError
 from .legacy_lmdb import LegacyLMDBSource

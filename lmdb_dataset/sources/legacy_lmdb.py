@@ -32,7 +32,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from .. import format as fmt
+from ..storage import format as fmt
 from . import caffe, msgpack_values, safe_pickle
 from .base import SourceRecord
 from .datapoint import image_and_label

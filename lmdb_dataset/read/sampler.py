@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DistributedSampler
 
-from .mixing import check_class_locality, labels_in_file_order
-from .ordering import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE, RankOrder, rank_length
-from .progress import EpochResumable
-from .world import World
+from ..order.maths import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE, RankOrder, rank_length
+from ..order.quality import check_class_locality, labels_in_file_order
+from ..order.resume import EpochResumable
+from ..order.world import World
 
 
 # torch declares DistributedSampler's epoch, num_replicas, rank, num_samples and total_size as plain attributes
@@ -57,7 +57,7 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):  # type: ignore[o
     ``load_state_dict`` the next pass yields exactly the rest of that epoch; later passes are
     whole. A state saved by any rank loads on any world size (an elastic restart): the rest
     of the epoch is re-dealt over the new ranks, each unconsumed index once
-    (:func:`ordering.rest_of_epoch`). A state taken after an epoch's last batch resumes at
+    (:func:`order.maths.rest_of_epoch`). A state taken after an epoch's last batch resumes at
     the next epoch, whichever order ``set_epoch`` and ``load_state_dict`` are called in.
 
     Args:

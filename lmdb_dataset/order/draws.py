@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .progress import EpochProgress
+from .resume import EpochProgress
 
 _MASK = (1 << 64) - 1
 

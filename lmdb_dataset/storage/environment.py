@@ -41,8 +41,7 @@ from typing import Literal, overload
 import lmdb
 import numpy as np
 
-from . import format as fmt
-from .errors import (
+from ..errors import (
     CorruptDatasetError,
     DatasetChangedError,
     DatasetNotFoundError,
@@ -50,6 +49,7 @@ from .errors import (
     NotADatasetError,
     StaleOffsetsWarning,
 )
+from . import format as fmt
 from .shared_tables import SharedTables
 from .system import can_pread
 
@@ -241,7 +241,7 @@ class DatasetMetadata:
     label of each sample (``labels[record_of_sample]``); ``spans`` is an (N, 2) int64 array of
     (offset, length) of each record value inside ``data.mdb`` (None for datasets written
     without them). They are read-only numpy views of one shared-memory block
-    (:class:`shared_tables.SharedTables`), so DataLoader workers map them instead of copying
+    (:class:`storage.shared_tables.SharedTables`), so DataLoader workers map them instead of copying
     them, under ``fork``, ``spawn`` and ``forkserver`` alike.
     """
 

@@ -17,7 +17,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from .format import KIND_RAW, RecordHeader
+from ..storage.format import KIND_RAW, RecordHeader
 
 if TYPE_CHECKING:
     import torch

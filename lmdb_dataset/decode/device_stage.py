@@ -1,6 +1,6 @@
 """Device decoding ahead of the training loop: a thread, two CUDA streams, a bounded queue.
 
-:class:`DeviceDecodeStage` takes the DataLoader's :class:`~lmdb_dataset.device_decode.MixedBatch`
+:class:`DeviceDecodeStage` takes the DataLoader's :class:`~lmdb_dataset.decode.device.MixedBatch`
 batches and, on a thread of its own, decodes each batch's JPEGs, crops, resizes, merges and
 normalises them on the device, up to ``ahead`` batches before the training loop asks for them.
 The loop's thread only waits when the stage is behind; nvJPEG's host-side Huffman decoding
@@ -48,7 +48,7 @@ from typing import Any, cast
 
 import torch
 
-from .device_decode import MixedBatch, assemble, decode_jpegs
+from .device import MixedBatch, assemble, decode_jpegs
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 SIZE_PROFILES = ("imagenet", "small")
 """Names accepted by ``make_photo_folder(size_profile=...)``."""
 
-PHOTO_DIR = pathlib.Path(__file__).with_name("photos")
+PHOTO_DIR = pathlib.Path(__file__).parents[1] / "photos"
 """Folder holding the photographs shipped with the package."""
 
 # (long side / short side, probability): landscape-heavy 4:3 and 3:2 dominate.

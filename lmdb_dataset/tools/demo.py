@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as v1
 from torchvision.datasets import ImageFolder
 
-from .convert import convert_image_folder
-from .dataset import LMDBImageDataset
-from .iterable import LMDBIterableDataset
-from .sampler import ChunkShuffleSampler
-from .samples import make_photo_folder
-from .system import available_cpus
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch, train_transform
+from ..decode.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch, train_transform
+from ..read.dataset import LMDBImageDataset
+from ..read.iterable import LMDBIterableDataset
+from ..read.sampler import ChunkShuffleSampler
+from ..storage.system import available_cpus
+from ..write.convert import convert_image_folder
+from .photo_folders import make_photo_folder
 
 
 def _images_per_second(loader: Iterable, prepare: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, int]:

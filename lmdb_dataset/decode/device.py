@@ -4,14 +4,14 @@ With ``decode="device"`` a DataLoader worker does not decode colour JPEGs. It dr
 crop from the record header's height and width (:meth:`CropDecoder.box`, the same draws as
 the CPU path) and ships the encoded bytes with the crop's resampling geometry
 (:class:`EncodedImage`). In the main process, on a thread of its own
-(:class:`lmdb_dataset.device_stage.DeviceDecodeStage`), all of a batch's JPEGs are decoded with
+(:class:`lmdb_dataset.decode.device_stage.DeviceDecodeStage`), all of a batch's JPEGs are decoded with
 one ``torchvision.io.decode_jpeg(list, device=...)`` call (nvJPEG on a CUDA device,
 libjpeg-turbo on the CPU) by :func:`decode_jpegs`, then :func:`assemble` crops, resizes and
-flips them all at once (:func:`lmdb_dataset.resampling.crop_resize`: a fixed number of kernels
+flips them all at once (:func:`lmdb_dataset.decode.resampling.crop_resize`: a fixed number of kernels
 per batch) and merges the images decoded in the workers.
 
 Images the device decoder must not take are decoded in the worker by the datasets' pixel
-policy (fused crop decode, :mod:`lmdb_dataset.crop_decode`) and merged into the batch at
+policy (fused crop decode, :mod:`lmdb_dataset.decode.crop`) and merged into the batch at
 their positions: grayscale and CMYK JPEGs, PNG and other formats, JPEGs without an end-of-image
 marker (truncated files, which a GPU decoder may turn into grey pixels where Pillow raises),
 ``raw`` storage. A JPEG that the device decoder still rejects is decoded again alone, then on
@@ -19,7 +19,7 @@ the CPU by the datasets' policy; one that nothing decodes raises
 :class:`~lmdb_dataset.errors.CorruptRecordError` naming the record.
 
 Which CUDA stream runs what, and why no kernel reads memory that nvJPEG is rewriting, is
-explained in :mod:`lmdb_dataset.device_stage`.
+explained in :mod:`lmdb_dataset.decode.device_stage`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ import simplejpeg
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .crop_decode import CropDecoder
-from .decoding import JPEG_EOI, JPEG_SOI, decode_image
-from .errors import CorruptRecordError
-from .format import KIND_ENCODED, RecordHeader
+from ..errors import CorruptRecordError
+from ..storage.format import KIND_ENCODED, RecordHeader
+from .crop import CropDecoder
+from .image import JPEG_EOI, JPEG_SOI, decode_image
 from .resampling import GEOMETRY_COLUMNS, crop_resize, resampling_geometry
 
 
@@ -47,7 +47,7 @@ class EncodedImage:
     Attributes:
         data: The JPEG bytes as a 1-D uint8 tensor.
         geometry: The ``crop_resize`` geometry of its crop: 9 int64 values, the columns of
-            :data:`lmdb_dataset.resampling.GEOMETRY_COLUMNS`.
+            :data:`lmdb_dataset.decode.resampling.GEOMETRY_COLUMNS`.
         record: The record it came from (named in errors).
     """
 
@@ -151,7 +151,7 @@ def decode_batch(batch: MixedBatch, size: int, device: torch.device, *, path: st
     """The ``N x 3 x size x size`` uint8 batch on ``device``, decoded and assembled in the calling thread.
 
     :func:`decode_jpegs` then :func:`assemble`, with no stream of their own: what
-    :class:`lmdb_dataset.device_stage.DeviceDecodeStage` runs ahead, on its own streams.
+    :class:`lmdb_dataset.decode.device_stage.DeviceDecodeStage` runs ahead, on its own streams.
 
     Args:
         batch: A batch from :func:`collate_mixed`.

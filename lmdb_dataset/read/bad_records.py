@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from .draws import draw_seed
-from .errors import CorruptRecordError, RecordReadError
+from ..errors import CorruptRecordError, RecordReadError
+from ..order.draws import draw_seed
 
 OnError = Literal["raise", "skip"]
 ON_ERROR = ("raise", "skip")

@@ -14,16 +14,16 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torch.utils.data._utils.fetch import _IterableDatasetFetcher
 
+from ..decode.image import Output
+from ..order.draws import draw_seed
+from ..order.maths import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE, Hop, check_positive, check_seed, worker_positions
+from ..order.quality import check_class_locality, labels_in_file_order
+from ..order.resume import EpochResumable, check_identity
+from ..order.world import World, current_world
+from ..storage.prefetching import SharedAsk
 from .bad_records import OnError
 from .dataset import LMDBDatasetBase
-from .decoding import Output
-from .draws import draw_seed
-from .memory import release_free_heap
-from .mixing import check_class_locality, labels_in_file_order
-from .ordering import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE, Hop, check_positive, check_seed, worker_positions
-from .prefetching import SharedAsk
-from .progress import EpochResumable, check_identity
-from .world import World, current_world
+from .process_memory import release_free_heap
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class StreamPosition:
 
     Attributes:
         epoch: The pass's epoch.
-        hops: What of the epoch was consumed before the pass began (:data:`ordering.Hop`).
+        hops: What of the epoch was consumed before the pass began (:data:`order.maths.Hop`).
         num_replicas: Ranks of the pass.
         stream: The worker slot whose share of the rank's records this process yields.
         num_workers: DataLoader workers of the pass.
@@ -118,7 +118,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     consumed, in the uninterrupted order, with any ``num_workers`` and batch size (later
     passes are whole). A state saved by any rank also loads into another world size (an
     elastic restart): the rest of the epoch is re-dealt over the new ranks, each sample
-    once (:func:`ordering.rest_of_epoch`).
+    once (:func:`order.maths.rest_of_epoch`).
 
     Resuming mid-epoch, torchdata's ``StatefulDataLoader``: nothing to count. Its
     ``state_dict()`` asks each worker for its own position (``state_dict()`` without
@@ -286,7 +286,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         through only its own records of it); a pool's records are read once its request is
         done, so a slow disk serves them as sequential chunk reads, not as random reads. Of a
         rank's workers only the ``asker`` asks the kernel for a pool; the others wait until it
-        has (:class:`prefetching.SharedAsk`; ``asker`` None: a rank of one process). As the last
+        has (:class:`storage.prefetching.SharedAsk`; ``asker`` None: a rank of one process). As the last
         pool starts, the runs ``following`` (the next epoch's first pool, planned with this
         epoch so that no worker builds an epoch's order, and holds its temporaries, at the end
         of this one; None in all workers but one) are requested.

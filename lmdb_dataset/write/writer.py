@@ -11,10 +11,10 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from . import format as fmt
-from .decoding import check_decodes, decode_image, image_size
-from .environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans, store_spans
-from .errors import LMDBDatasetError, NotADatasetError, SourceImageError
+from ..decode.image import check_decodes, decode_image, image_size
+from ..errors import LMDBDatasetError, NotADatasetError, SourceImageError
+from ..storage import format as fmt
+from ..storage.environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans, store_spans
 from .interrupts import deferred_interrupts
 from .shaping import Shaping, shape_image
 
@@ -40,8 +40,8 @@ def build_record(image: bytes | memoryview | np.ndarray, label: int, *, storage:
         label: Integer class label.
         storage: ``"encoded"`` or ``"raw"``.
         check: Decode encoded bytes to prove they are a readable image (see
-            :func:`decoding.check_decodes`). Defaults to True. Without the check the
-            image's size is still read from its header (:func:`decoding.image_size`), so
+            :func:`decode.image.check_decodes`). Defaults to True. Without the check the
+            image's size is still read from its header (:func:`decode.image.image_size`), so
             the record carries it, as readers that plan crops from it need; bytes without
             a readable header are stored as given, with size 0 x 0, and fail when read.
 
@@ -135,7 +135,7 @@ class LMDBWriter:
             exactly ``max_side`` when added with :meth:`add`; smaller ones are stored as given
             (encoded: their original bytes). Smaller stored images read faster and take less
             disk, at the cost of detail a crop of the original would have kept. Recorded in
-            ``info.shaping``; see :mod:`lmdb_dataset.shaping` for grayscale, CMYK and PNG.
+            ``info.shaping``; see :mod:`lmdb_dataset.write.shaping` for grayscale, CMYK and PNG.
             Defaults to None: every image stored as given.
         quality: JPEG quality (1-100) of the images ``max_side`` re-encodes (``encoded``
             storage only). Defaults to 90 (FFCV's ImageNet example); higher keeps more detail,
@@ -283,7 +283,7 @@ class LMDBWriter:
             record: The record value.
             label: Integer class label.
             path: The image's source path relative to the dataset root, kept in the metadata.
-            resized: The record holds an image :func:`shaping.shape_image` resized under this
+            resized: The record holds an image :func:`write.shaping.shape_image` resized under this
                 writer's ``max_side``; counted in ``info.shaping`` (``resized``, else ``kept``).
                 Defaults to False.
 
@@ -342,7 +342,7 @@ class LMDBWriter:
         """Write pending records, their label/path chunks and the info in one transaction.
 
         Ctrl-C (or SIGTERM handled by the command line) during a commit takes effect once the
-        commit and its bookkeeping are done (:func:`interrupts.deferred_interrupts`): the
+        commit and its bookkeeping are done (:func:`write.interrupts.deferred_interrupts`): the
         transaction either lands with the writer knowing it or not at all, so closing the
         writer afterwards never writes the same records twice.
         """

@@ -1,9 +1,9 @@
 """Epoch number, resume points and copy semantics, shared by the sampler and the iterable dataset.
 
 A resume state says which epoch was running and what of it was consumed, as a list of
-:data:`ordering.Hop`: ``(samples each rank had consumed, ranks of that pass)``. Loading it
+:data:`order.maths.Hop`: ``(samples each rank had consumed, ranks of that pass)``. Loading it
 makes the next pass yield exactly the rest of that epoch, re-dealt over the ranks and
-DataLoader workers of the new run (:func:`ordering.rest_of_epoch`): with the same world
+DataLoader workers of the new run (:func:`order.maths.rest_of_epoch`): with the same world
 the uninterrupted order goes on, with another world (an elastic restart) the new ranks
 share exactly the samples not yet consumed. One mechanism covers both, and any number of
 workers before and after.
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .ordering import ORDER_VERSION, Hop, RankOrder, check_positive, check_seed, rest_length, rest_of_epoch
+from .maths import ORDER_VERSION, Hop, RankOrder, check_positive, check_seed, rest_length, rest_of_epoch
 from .world import Replicas, World
 
 MAX_WORKERS = 1024

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .environment import DATA_FILE, load_metadata
-from .errors import LMDBDatasetError, SourceImageError, printable
+from ..errors import LMDBDatasetError, SourceImageError, printable
+from ..storage.environment import DATA_FILE, load_metadata
+from ..storage.format import DatasetInfo
+from ..storage.system import available_cpus
 from .folder import image_folder_samples
-from .format import DatasetInfo
 from .parallel import ordered_map
 from .shaping import Shaping, shape_image
-from .system import available_cpus
 from .writer import LMDBWriter, build_record, check_shaping
 
 
@@ -149,7 +149,7 @@ def _build(task: Task) -> Built:
 def build_records(tasks: Iterable[Task], workers: int) -> Generator[Built, None, None]:
     """Build records in ``workers`` processes (0: in this process), yielding in task order.
 
-    Source files are read only a bounded window ahead of the writer (:func:`parallel.ordered_map`):
+    Source files are read only a bounded window ahead of the writer (:func:`write.parallel.ordered_map`):
     a slow writer holds back the readers instead of letting built records pile up in memory,
     whatever the dataset size.
     """
@@ -202,7 +202,7 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
             decode when reading). Faster reading and less disk, at the cost of the detail that
             crops of the full image would have kept: ``dataset[i]`` is then no longer
             ``ImageFolder(src)[i]`` for resized images. Recorded in the metadata and shown by
-            ``lmdb-dataset info``; :mod:`lmdb_dataset.shaping` has the rules (rounding,
+            ``lmdb-dataset info``; :mod:`lmdb_dataset.write.shaping` has the rules (rounding,
             grayscale, CMYK, PNG). Defaults to None: every image stored as given.
         quality: JPEG quality (1-100) of the images ``max_side`` re-encodes; ``encoded``
             storage only. Defaults to 90 (FFCV's ImageNet example).

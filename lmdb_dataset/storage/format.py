@@ -31,7 +31,7 @@ named sub-databases::
                               longer than N were resized to a longer side of exactly N
                               (and, encoded, re-encoded as JPEG at quality Q), K were
                               stored as given; R + K = records written so far
-                              (lmdb_dataset.shaping documents the rules). Readers need
+                              (lmdb_dataset.write.shaping documents the rules). Readers need
                               none of it: records hold the stored size in their header
           b"labels"           all labels, packed little-endian int64 (N values)
           b"paths"            relative source paths, UTF-8, joined by NUL bytes
@@ -164,7 +164,7 @@ class DatasetInfo:
         conversion: The settings a converter ran with (checked when it resumes; a record of how
             the dataset was made), or None.
         shaping: Storage shaping (``max_side``, ``quality``, ``filter`` and the ``resized`` /
-            ``kept`` counts; see :mod:`lmdb_dataset.shaping`), or None when images are stored as given.
+            ``kept`` counts; see :mod:`lmdb_dataset.write.shaping`), or None when images are stored as given.
         format_version: Version of this format the dataset was written with.
     """
 

@@ -10,7 +10,7 @@ jpeg_quality=Q)`` does, with two differences an FFCV user should know:
   halves rounded up, computed in integers (:func:`shaped_size`), and at least 1. FFCV truncates
   ``ratio * size`` in floating point, so its longer side can come out at N - 1.
 
-A resized image is decoded exactly as the readers decode it (:func:`decoding.decode_image`:
+A resized image is decoded exactly as the readers decode it (:func:`decode.image.decode_image`:
 RGB; grayscale, CMYK and palette images as Pillow's ``convert("RGB")``), resized with Pillow's
 ``Image.LANCZOS`` and, in ``encoded`` storage, re-encoded as a baseline YCbCr 4:2:0 JPEG at
 ``quality`` with libjpeg-turbo (simplejpeg; accurate DCT). Whatever its source format: a PNG
@@ -26,7 +26,7 @@ itself uses OpenCV's ``INTER_AREA``, a box average). The resize happens once, at
 its cost does not matter for training speed.
 
 The settings and what they did are recorded in the dataset's metadata (``info.shaping``, see
-:mod:`lmdb_dataset.format`) and printed by ``lmdb-dataset info``.
+:mod:`lmdb_dataset.storage.format`) and printed by ``lmdb-dataset info``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from .decoding import decode_image, image_size
+from ..decode.image import decode_image, image_size
 
 DEFAULT_QUALITY = 90
 """JPEG quality of re-encoded images when none is given (FFCV's ImageNet example uses 90)."""

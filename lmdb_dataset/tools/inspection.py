@@ -10,9 +10,10 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from . import format as fmt
-from .decoding import pixels_of
-from .environment import (
+from ..decode.image import pixels_of
+from ..errors import IncompleteDatasetError, LMDBDatasetError, printable
+from ..storage import format as fmt
+from ..storage.environment import (
     DATA_FILE,
     FileIdentity,
     begin_read,
@@ -26,8 +27,7 @@ from .environment import (
     record_spans,
     store_spans,
 )
-from .errors import IncompleteDatasetError, LMDBDatasetError, printable
-from .system import can_pread
+from ..storage.system import can_pread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ def verify_dataset(path: str | os.PathLike, *, decode: bool = False, progress: b
 
     Walks the records with an LMDB cursor and checks the key sequence, each header, its
     CRC32, its label against the label table and (``decode``) its image. When the record
-    offset table passes the readers' proof (:func:`environment.proven_spans`) each record's
+    offset table passes the readers' proof (:func:`storage.environment.proven_spans`) each record's
     bytes at its span are compared with the record too, since ``pread`` readers read those;
     a table the readers ignore is reported as a problem with the command that rebuilds it.
     An incomplete dataset is verified as far as it was committed and reported as incomplete.

@@ -21,13 +21,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .dataset import LMDBImageDataset
-from .environment import data_file
-from .iterable import LMDBIterableDataset
-from .pagecache import evict_from_page_cache, resident_fraction
-from .sampler import ChunkShuffleSampler
-from .system import available_cpus
-from .transforms import NormalizeBatch, train_transform, val_transform
+from ..decode.transforms import NormalizeBatch, train_transform, val_transform
+from ..read.dataset import LMDBImageDataset
+from ..read.iterable import LMDBIterableDataset
+from ..read.sampler import ChunkShuffleSampler
+from ..storage.environment import data_file
+from ..storage.pagecache import evict_from_page_cache, resident_fraction
+from ..storage.system import available_cpus
 
 PREFETCH_FACTOR = 2
 """Batches each DataLoader worker loads ahead (the DataLoader's ``prefetch_factor``)."""

@@ -1,8 +1,8 @@
 """Batched crop + antialiased resize + flip of decoded images of any sizes, in a fixed number of kernels.
 
-The device-decoding path (:mod:`lmdb_dataset.device_decode`) gets a batch's JPEGs back from
+The device-decoding path (:mod:`lmdb_dataset.decode.device`) gets a batch's JPEGs back from
 nvJPEG as ``K`` separate full-size images of different sizes. Cropping and resizing them one
-by one with :meth:`CropDecoder.finish <lmdb_dataset.crop_decode.CropDecoder.finish>` launches
+by one with :meth:`CropDecoder.finish <lmdb_dataset.decode.crop.CropDecoder.finish>` launches
 about six kernels per image from a Python loop (~1,500 per batch of 256). Here the whole batch
 goes through the same few kernels whatever ``K``::
 
@@ -29,7 +29,7 @@ area, so multi-megapixel photos cost more than a per-image resize would. The pad
 chunks of at most ``max_elements`` padded values (default 2**26, ~320 MB), each chunk a fixed number of kernels.
 
 Pixels against the worker path. Measured on the CPU against :meth:`CropDecoder.finish
-<lmdb_dataset.crop_decode.CropDecoder.finish>` applied to the same full-size images with the
+<lmdb_dataset.decode.crop.CropDecoder.finish>` applied to the same full-size images with the
 same boxes (64 ImageNet-sized photos from ``make_photo_folder``, output 224, train and val):
 torchvision's uint8 CPU kernel rounds its weights to fixed point and this one computes in
 float32, so values differ by at most 1 grey level, 16% of them by one (mean 0.16). Against
@@ -45,7 +45,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .crop_decode import CenterCropDecode, CropBox, CropDecoder, RandomResizedCropDecode, resized_shape
+from .crop import CenterCropDecode, CropBox, CropDecoder, RandomResizedCropDecode, resized_shape
 
 GEOMETRY_COLUMNS = ("top", "left", "height", "width", "resized_height", "resized_width", "offset_y", "offset_x",
                     "flip")

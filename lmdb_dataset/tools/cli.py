@@ -16,17 +16,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import __version__
-from .errors import LMDBDatasetError
-from .interrupts import Terminated, terminate_as_interrupt
+from .. import __version__
+from ..errors import LMDBDatasetError
+from ..write.interrupts import Terminated, terminate_as_interrupt
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import convert_image_folder
-    from .sources.detect import detect_kind
+    from ..sources.detect import detect_kind
+    from ..write.convert import convert_image_folder
 
     if args.source_kind in (None, "auto"):
         args.source_kind = detect_kind(args.src)
@@ -48,7 +48,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _convert_source(args: argparse.Namespace) -> int:
     """``convert --from KIND``: a legacy LMDB, tar archive, list file or HDF5 file."""
-    from .sources.conversion import convert_source
+    from ..sources.conversion import convert_source
 
     options = {name: getattr(args, name) for name in ("root", "images", "labels") if getattr(args, name)}
     report = convert_source(args.src, args.dst, kind=args.source_kind, classes=args.classes, storage=args.storage,
@@ -62,7 +62,7 @@ def _convert_source(args: argparse.Namespace) -> int:
 
 def _add_source_arguments(convert: argparse.ArgumentParser) -> None:
     """The ``convert`` options for sources other than an ImageFolder tree (see lmdb_dataset.sources)."""
-    from .sources.detect import KINDS
+    from ..sources.detect import KINDS
 
     group = convert.add_argument_group("other sources", "legacy LMDBs, tar archives, list files, HDF5")
     group.add_argument("--from", dest="source_kind", choices=["auto", "folder", *KINDS], default=None,
@@ -85,7 +85,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .errors import printable
+    from ..errors import printable
     from .inspection import verify_dataset
 
     report = verify_dataset(args.path, decode=args.decode, progress=not args.quiet)

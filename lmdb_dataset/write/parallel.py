@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from .errors import LMDBDatasetError
+from ..errors import LMDBDatasetError
 
 Result = TypeVar("Result")
 

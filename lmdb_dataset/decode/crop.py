@@ -32,7 +32,7 @@ region decode below gives these same pixels. The difference grows when the decod
 scale leaves little for the resize to do (crops barely larger than the output): on 64-160 px
 images cropped to 48 px it is 0.8-1.2 on average. ``tests/test_crop_decode.py`` keeps bounds on it.
 
-Region decoding (the optional compiled piece ``lmdb_dataset/_jpeg_region.c``, built by
+Region decoding (the optional compiled piece ``lmdb_dataset/decode/_jpeg_region.c``, built by
 ``pip install`` where libjpeg-turbo's headers are installed, e.g. Debian's ``libjpeg62-turbo-dev``):
 on the CPU a colour JPEG is not decoded whole. Only the part of the image the output needs
 (:meth:`CropDecoder.window`: the crop box for training; for validation, the centre crop mapped
@@ -60,7 +60,7 @@ end to end the training decoder ran 1.12-1.21x faster (wall clock over five runs
 machine; 1.19-1.21x in CPU time).
 
 Images the fused path cannot take are decoded in full by the datasets' own policy
-(:func:`decoding.pixels_of`: grayscale and CMYK JPEGs, PNG and other formats, JPEGs that
+(:func:`decode.image.pixels_of`: grayscale and CMYK JPEGs, PNG and other formats, JPEGs that
 libjpeg-turbo rejects but Pillow tolerates, ``raw`` storage), then cropped and resized with
 the same box maths: the crop distribution does not depend on the file type.
 """
@@ -76,8 +76,8 @@ import simplejpeg
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from .decoding import JPEG_EOI, JPEG_SOI, decode_image, pixels_of
-from .format import KIND_ENCODED, RecordHeader
+from ..storage.format import KIND_ENCODED, RecordHeader
+from .image import JPEG_EOI, JPEG_SOI, decode_image, pixels_of
 
 try:  # the optional compiled piece (setup.py): region decoding with the system's libjpeg-turbo
     from . import _jpeg_region
@@ -185,7 +185,7 @@ def decode_scaled(payload: bytes | memoryview, header: RecordHeader, *, min_heig
 
     Colour (YCbCr) JPEGs are decoded by libjpeg-turbo at scale 1/8, 1/4, 1/2 or 1 (see
     :data:`FAST_SCALES`), the smallest that reaches both minimums; everything else is decoded
-    in full, by the datasets' policy (:func:`decoding.pixels_of`).
+    in full, by the datasets' policy (:func:`decode.image.pixels_of`).
 
     Raises:
         ValueError: The image does not decode, or the JPEG's size disagrees with the record header.
@@ -317,7 +317,7 @@ class CropDecoder:
     with the pixels :meth:`finish` gives from the whole image decoded at the same scale.
 
     Instances hold only their settings, so DataLoader workers can use them; the random draws
-    come from the ``generator`` given (:class:`lmdb_dataset.draws.RecordDraws` in
+    come from the ``generator`` given (:class:`lmdb_dataset.order.draws.RecordDraws` in
     :class:`LMDBLoader`: one per sample), else from torch's global RNG, which the DataLoader
     seeds per worker.
 
@@ -394,7 +394,7 @@ class RandomResizedCropDecode(CropDecoder):
 
     Same boxes and flips as torchvision's transforms under the same torch seed; the box is
     cut out of the image decoded at the smallest DCT scale where it still spans ``size``
-    pixels both ways, then resized. Pixels differ as documented in :mod:`lmdb_dataset.crop_decode`.
+    pixels both ways, then resized. Pixels differ as documented in :mod:`lmdb_dataset.decode.crop`.
 
     Args:
         size: Output side. Defaults to 224.

@@ -11,14 +11,14 @@ from typing import Any, Literal
 import numpy as np
 from torchvision.datasets import VisionDataset
 
+from ..decode.image import Output, Sample, check_output, pixels_of, to_output
+from ..errors import CorruptRecordError
+from ..storage.environment import DatasetMetadata, load_metadata, read_path_table
+from ..storage.format import PathTable
+from ..storage.prefetching import SharedAsk
+from ..storage.reader import Access, RecordReader, check_access, record_pixels
 from .bad_records import BadRecords, OnError, SkipReport, check_on_error
-from .decoding import Output, Sample, check_output, pixels_of, to_output
-from .environment import DatasetMetadata, load_metadata, read_path_table
-from .errors import CorruptRecordError
-from .format import PathTable
-from .memory import freeze_inherited_objects
-from .prefetching import SharedAsk
-from .reader import Access, RecordReader, check_access, record_pixels
+from .process_memory import freeze_inherited_objects
 
 
 class LMDBDatasetBase(VisionDataset):
@@ -51,7 +51,7 @@ class LMDBDatasetBase(VisionDataset):
 
     @property
     def on_error(self) -> OnError:
-        """``"raise"`` or ``"skip"``: what a record that cannot be read or decoded does (see :mod:`bad_records`)."""
+        """``"raise"`` or ``"skip"``: what a record that cannot be read or decoded does (see :mod:`.bad_records`)."""
         return self._bad.on_error
 
     @property
@@ -84,7 +84,7 @@ class LMDBDatasetBase(VisionDataset):
         """This process's record reader, created on first use (and again after a fork).
 
         In a DataLoader worker, creating it also freezes the objects the worker inherited
-        (:func:`memory.freeze_inherited_objects`).
+        (:func:`read.process_memory.freeze_inherited_objects`).
         """
         if self._reader is None or self._reader.stale:
             if self._reader is not None:
@@ -100,15 +100,15 @@ class LMDBDatasetBase(VisionDataset):
 
         The sequential readers call it for their next mixing pool. This process's prefetch
         thread asks the kernel for the runs (each one sequential stream) once the requests
-        made earlier are done, and reads them through (:class:`prefetching.Prefetcher`).
+        made earlier are done, and reads them through (:class:`storage.prefetching.Prefetcher`).
 
         Args:
-            runs: Storage runs of record indices, rows ``[start, stop)`` (``ordering.contiguous_runs``).
+            runs: Storage runs of record indices, rows ``[start, stop)`` (``order.maths.contiguous_runs``).
             records: The records this process will read (the request is done once they are
                 cached; other processes read the rest). Defaults to every record of ``runs``.
             wait: Return once the request is done (a cold start's first pool).
             shared: When the rank's other processes read the same runs, who of them asks the
-                kernel for them (:class:`prefetching.SharedAsk`). Defaults to this process.
+                kernel for them (:class:`storage.prefetching.SharedAsk`). Defaults to this process.
 
         Returns:
             An event set when the request is done; None (nothing to wait for) for datasets
@@ -204,7 +204,7 @@ class LMDBImageDataset(LMDBDatasetBase):
         transform: Applied to each image (as given by ``output``). Defaults to None.
         target_transform: Applied to each label. Defaults to None.
         output: ``"pil"`` an RGB ``PIL.Image`` (classic torchvision transforms), ``"tensor"``
-            a CHW uint8 ``torch.Tensor`` (``transforms.v2``; fastest), ``"numpy"`` an HWC uint8
+            a CHW uint8 ``torch.Tensor`` (``decode.transforms.v2``; fastest), ``"numpy"`` an HWC uint8
             array. Defaults to ``"pil"``.
         verify_checksums: Check each record's CRC32 on read (a few percent of decode time).
             Defaults to True.
@@ -255,7 +255,7 @@ class LMDBImageDataset(LMDBDatasetBase):
 
     @property
     def imgs(self) -> list[tuple[str, int]]:
-        """The same list as :attr:`samples` (``ImageFolder.imgs`` is an alias of its ``samples`` too)."""
+        """The same list as :attr:`tools.photo_folders` (``ImageFolder.imgs`` is an alias of its ``samples`` too)."""
         return self.samples
 
     def loader(self, path: str | os.PathLike) -> Any:
@@ -267,7 +267,7 @@ class LMDBImageDataset(LMDBDatasetBase):
         as ``output`` gives it (an RGB ``PIL.Image`` by default), before ``transform``.
 
         Args:
-            path: A path of :attr:`samples`, or the same path under the source root
+            path: A path of :attr:`tools.photo_folders`, or the same path under the source root
                 (``ImageFolder(src).samples[i][0]``).
 
         Raises:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import lmdb
 import numpy as np
 
+from ..errors import CorruptRecordError, RecordReadError
 from . import format as fmt
 from .environment import (
     DatasetMetadata,
@@ -32,7 +33,6 @@ from .environment import (
     open_databases,
     read_path_table,
 )
-from .errors import CorruptRecordError, RecordReadError
 from .prefetching import Prefetcher, SharedAsk, advise
 from .system import fadvise
 
@@ -44,7 +44,7 @@ class RecordReader:
     """Fetches record values of one complete dataset in this process.
 
     Args:
-        meta: The dataset's metadata (from :func:`environment.load_metadata`).
+        meta: The dataset's metadata (from :func:`storage.environment.load_metadata`).
         access: ``"pread"`` reads a record with one ``os.pread`` of exactly its bytes, using
             the (offset, length) table written when the dataset was finalised: a single
             I/O request per record, fast on a cold page cache and on network filesystems.
@@ -116,7 +116,7 @@ class RecordReader:
             return begin_read(env, buffers=True)
 
     def _prefetch(self, spans: Sequence[Sequence[int]]) -> None:
-        """Ask the kernel to start reading these (offset, length) byte spans now (:func:`prefetching.advise`).
+        """Ask the kernel to start reading these (offset, length) byte spans now (:func:`storage.prefetching.advise`).
 
         For a batch about to be read: its cold reads then overlap with the decoding of its
         earlier records, and a memory map opened without readahead finds its pages cached
@@ -202,7 +202,7 @@ def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview |
                   decode: Callable[[fmt.RecordHeader, memoryview], Any], verify: bool = True) -> tuple[Any, int]:
     """The image and label of record ``index`` from its stored value, checked.
 
-    ``decode(header, payload)`` turns the checked payload into the image (``decoding.pixels_of``
+    ``decode(header, payload)`` turns the checked payload into the image (``decode.image.pixels_of``
     for HxWx3 uint8 RGB pixels, a fused crop decoder, ...); it raises ValueError for an image that
     does not decode.
 
