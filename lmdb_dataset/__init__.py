@@ -32,7 +32,8 @@ Layout, by stage; a stage imports only from the stages above it (and :mod:`.erro
                     worker-process memory hygiene
     loader.py       LMDBLoader: read/ and decode/ composed into normalised batches
     write/          LMDBWriter, the image-folder converter, its worker pool, class discovery,
-                    signal handling that keeps an interrupted conversion resumable
+                    storage shaping (--max-side), the signal handling that keeps an interrupted
+                    conversion resumable
     sources/        the formats converted from (legacy LMDBs, tar, list files, HDF5), parsed
                     without unpickling; legacy LMDBs read in place
     tools/          the ``lmdb-dataset`` command, info/verify/reindex, bench, demo and its photos

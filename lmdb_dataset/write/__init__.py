@@ -1,3 +1,3 @@
 """Writing datasets: :class:`LMDBWriter`, the image-folder converter, its worker pool, class
-discovery and the signal handling that keeps an interrupted conversion resumable.
+discovery, opt-in storage shaping (``max_side``) and the signal handling that keeps an interrupted conversion resumable.
 """
