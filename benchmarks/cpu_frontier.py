@@ -22,7 +22,9 @@ labels, from RandomResizedCrop 224 + horizontal flip (``train``) or Resize 256 +
 
 The ceiling is one core's decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop
 decoder, ``RandomResizedCropDecode`` / ``CenterCropDecode``, one process, bytes in memory) x
-``min(cores, workers)``; every loader is shown as a fraction of it.
+``min(cores, workers)``, probed for ``--ceiling-seconds`` right before and right after every run;
+each loader is shown as a fraction of the ceiling probed around its own run, so both are measured
+under the same load from other processes.
 
 Two corpora (generated, cached under ``--data``): ``imagenet`` (``make_corpus.py``, median
 500x375) and ``highres`` (``make_corpus.py --profile highres``, 1-4 megapixels). Rounds are
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import pathlib
 import statistics
@@ -304,14 +307,17 @@ def release(corpora: list[Corpus]) -> None:
         environments.release(corpus.lmdb)
 
 
-def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: list[Corpus],
+def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: list[Corpus], records: Iterator[tuple],
             args: argparse.Namespace) -> dict[str, Any]:
     """One run of one case: warm or evict its files, build it, time one epoch's steady state.
 
     ``first_batch_s`` counts from building the loader (DALI's iterator runs its first batch as it
-    is built) to its first batch; img/s is the steady state (``loaders.time_loader``).
+    is built) to its first batch; img/s is the steady state (``loaders.time_loader``). The ceiling
+    is probed on ``records`` right before and right after, so the loader and its ceiling are
+    measured under the same load from other processes (``ceiling_img_s_per_core``: their mean).
     """
     started = time.perf_counter()
+    probes = [ceiling_rate(records, split, args.ceiling_seconds)]
     try:
         files = case_files(case, corpus, args)
         release(corpora)
@@ -326,18 +332,23 @@ def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: li
     finally:
         loader = None
         gc.collect()  # workers and threads of this case end before the next one starts
+    probes.append(ceiling_rate(records, split, args.ceiling_seconds))
     return {"value": result["value"], **{k: v for k, v in result.items() if k != "value"},
+            "ceiling_img_s_per_core": statistics.mean(probes), "ceiling_probes": probes,
             "seconds": time.perf_counter() - started, "load_1min": round(os.getloadavg()[0], 2)}
 
 
-def ceiling_rate(records: list, split: str, seconds: float) -> float:
-    """One core's img/s of decode + crop + resize + flip over in-memory ``records``, looped for ``seconds``."""
+def ceiling_rate(records: Iterator[tuple], split: str, seconds: float) -> float:
+    """One core's img/s of decode + crop + resize + flip of in-memory records, for about ``seconds``.
+
+    ``records`` is an endless iterator (``itertools.cycle``) of ``(header, payload)``: each probe
+    goes on where the previous one stopped, so short probes together cover the whole sample.
+    """
     decoder = RandomResizedCropDecode(224) if split == "train" else CenterCropDecode(224, resize=256)
     done, started = 0, time.perf_counter()
     while True:
-        for header, payload in records:
-            decoder(header, payload)
-        done += len(records)
+        decoder(*next(records))
+        done += 1
         elapsed = time.perf_counter() - started
         if elapsed >= seconds:
             return done / elapsed
@@ -348,49 +359,44 @@ def splits_of(corpus: str, temperature: str, args: argparse.Namespace) -> list[s
     return ["train", "val"] if args.val and corpus == "imagenet" and temperature == "warm" else ["train"]
 
 
-def run_rounds(corpora: list[Corpus], cases: list[str], args: argparse.Namespace) -> tuple[list, list]:
+def run_rounds(corpora: list[Corpus], cases: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every case once per round and (corpus, cache state, split), in an order rotated by the round."""
-    records = {c.name: load_records([pathlib.Path(p) for p in c.files[:: max(1, len(c.files) // args.ceiling_images)]])
+    step = {c.name: max(1, len(c.files) // args.ceiling_images) for c in corpora}
+    records = {c.name: itertools.cycle(load_records([pathlib.Path(p) for p in c.files[:: step[c.name]]]))
                for c in corpora}
-    runs, ceilings = [], []
+    runs = []
     started = time.perf_counter()
     for round_index in range(args.rounds):
         for corpus in corpora:
-            for split in splits_of(corpus.name, "warm", args):
-                rate = ceiling_rate(records[corpus.name], split, args.ceiling_seconds)
-                ceilings.append({"round": round_index, "corpus": corpus.name, "split": split, "img_s_per_core": rate})
-                print(f"[round {round_index + 1} {time.perf_counter() - started:5.0f}s] {corpus.name}/{split}/"
-                      f"ceiling: {rate:.1f} img/s per core", flush=True)
             for temperature in args.temperatures:
                 for split in splits_of(corpus.name, temperature, args):
                     chosen = [case for case in cases if split == "train" or case in VAL_CASES]
                     shift = round_index % len(chosen)
                     for case in chosen[shift:] + chosen[:shift]:
-                        run = measure(case, corpus, split, temperature, corpora, args)
+                        run = measure(case, corpus, split, temperature, corpora, records[corpus.name], args)
                         runs.append({"round": round_index, "corpus": corpus.name, "temperature": temperature,
                                      "split": split, "case": case, **run})
-                        note = run.get("error") or f"{run['value']:.1f} img/s"
+                        note = run.get("error") or (f"{run['value']:.1f} img/s, ceiling "
+                                                    f"{run['ceiling_img_s_per_core']:.1f} img/s per core")
                         print(f"[round {round_index + 1} {time.perf_counter() - started:5.0f}s] {corpus.name}/"
                               f"{temperature}/{split}/{case}: {note}", flush=True)
-    return runs, ceilings
+    return runs
 
 
 # --------------------------------------------------------------------------- summary
 
 
-def series(results: dict, corpus: str, temperature: str, split: str, case: str) -> list[float]:
-    """A case's img/s per round (NaN where it failed)."""
-    by_round = {run["round"]: run["value"] for run in results["runs"]
+def series(results: dict, corpus: str, temperature: str, split: str, case: str, key: str = "value") -> list[float]:
+    """A case's img/s (or another number of its runs) per round (NaN where it failed or did not run)."""
+    by_round = {run["round"]: run.get(key, float("nan")) for run in results["runs"]
                 if (run["corpus"], run["temperature"], run["split"], run["case"]) == (corpus, temperature, split, case)}
     return [by_round.get(r, float("nan")) for r in range(results["settings"]["rounds"])]
 
 
-def ceiling_series(results: dict, corpus: str, split: str) -> list[float]:
-    """The ceiling (img/s per core x ``ceiling_cores``) per round."""
+def ceiling_series(results: dict, corpus: str, temperature: str, split: str, case: str) -> list[float]:
+    """The ceiling probed around each run of a case (img/s per core x ``ceiling_cores``), per round."""
     cores = results["settings"]["ceiling_cores"]
-    by_round = {c["round"]: c["img_s_per_core"] * cores for c in results["ceilings"]
-                if (c["corpus"], c["split"]) == (corpus, split)}
-    return [by_round.get(r, float("nan")) for r in range(results["settings"]["rounds"])]
+    return [v * cores for v in series(results, corpus, temperature, split, case, "ceiling_img_s_per_core")]
 
 
 def ratios(numerator: list[float], denominator: list[float]) -> list[float]:
@@ -418,13 +424,14 @@ def targets(results: dict) -> list[dict[str, Any]]:
     for corpus, against, least in TARGETS:
         for temperature in results["settings"]["temperatures"]:
             ours = series(results, corpus, temperature, "train", OURS)
-            ceiling = ceiling_series(results, corpus, "train")
             if not any(np.isfinite(v) for v in ours):
                 continue
-            other = ceiling if against == "ceiling" else series(results, corpus, temperature, "train", against)
-            measured = ratios(ours, other)
-            middle, low, high = spread(measured)
-            allows = float("nan") if against == "ceiling" else spread(ratios(ceiling, other))[0]
+            if against == "ceiling":
+                other, allows = ceiling_series(results, corpus, temperature, "train", OURS), float("nan")
+            else:  # the ratio the ceiling probed around the other loader's run would give
+                other = series(results, corpus, temperature, "train", against)
+                allows = spread(ratios(ceiling_series(results, corpus, temperature, "train", against), other))[0]
+            middle, low, high = spread(ratios(ours, other))
             passed = bool(np.isfinite(middle) and middle >= least)
             found.append({"corpus": corpus, "temperature": temperature, "against": against, "least": least,
                           "median": middle, "min": low, "max": high, "passed": passed, "ceiling_allows": allows,
@@ -443,8 +450,8 @@ def gap(target: dict[str, Any]) -> str:
     if not np.isfinite(allows):
         return short
     if allows < target["least"]:
-        return f"{short}; out of reach: the decode ceiling is {allows:.2f}x {target['against']}"
-    return f"{short}; the decode ceiling is {allows:.2f}x {target['against']}, so within reach"
+        return f"{short}; out of reach: the decode ceiling is {allows:.3f}x {target['against']}"
+    return f"{short}; the decode ceiling is {allows:.3f}x {target['against']}, so within reach"
 
 
 def markdown(results: dict) -> str:
@@ -460,8 +467,9 @@ def markdown(results: dict) -> str:
               f"{settings['rounds']} round{'s' if settings['rounds'] != 1 else ''} interleaved (case order rotated per round), cache states "
               f"{', '.join(settings['temperatures'])}; 1-minute load average {load[0]} before and {load[1]} after. "
               "img/s = steady state of one epoch; ratios per round, median [min, max]. Ceiling = one core's "
-              "decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop decoder, bytes in memory) x "
-              f"{settings['ceiling_cores']}."), "",
+              "decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop decoder, bytes in memory, "
+              f"probed {settings['ceiling_seconds']} s before and after every run) x {settings['ceiling_cores']}; "
+              "a loader's fraction of it uses the probes around its own run."), "",
              "| corpus | images | batch | median MP | mean KB | ImageFolder MB | LMDB MB |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {c['images']} | {settings['batch_size'][name]} | {c['median_megapixels']} | "
@@ -497,11 +505,14 @@ def case_table(results: dict, corpus: str, temperature: str, split: str) -> list
         for r in results["runs"])]
     if not names:
         return []
-    ceiling = ceiling_series(results, corpus, split)
+    probes = [v for case in names for v in ceiling_series(results, corpus, temperature, split, case)]
+    loads = [v for case in names for v in series(results, corpus, temperature, split, case, "load_1min")]
     baseline = series(results, corpus, temperature, split, BASELINE)
     dali = series(results, corpus, temperature, split, DALI)
     lines = ["", f"### {corpus}, {temperature}, {split}", "",
-             f"Ceiling: {ranged(ceiling, ' img/s', 1)} ({results['settings']['ceiling_cores']} x one core).", "",
+             (f"Ceiling, probed around every run: {ranged(probes, ' img/s', 1)} "
+              f"({results['settings']['ceiling_cores']} x one core). 1-minute load average after each run: "
+              f"{ranged(loads, '', 2)}."), "",
              "| loader | img/s, median [min, max] | / ImageFolder+Pillow | / DALI CPU | / ceiling | first batch s |",
              "|---|---|---|---|---|---|"]
     for case in names:
@@ -511,7 +522,8 @@ def case_table(results: dict, corpus: str, temperature: str, split: str) -> list
         errors = {r["error"] for r in results["runs"] if r.get("error") and (
             r["corpus"], r["temperature"], r["split"], r["case"]) == (corpus, temperature, split, case)}
         lines.append(f"| {CASES[case]} | {ranged(values, '', 1)} | {ranged(ratios(values, baseline))} | "
-                     f"{ranged(ratios(values, dali))} | {ranged(ratios(values, ceiling))} | "
+                     f"{ranged(ratios(values, dali))} | "
+                     f"{ranged(ratios(values, ceiling_series(results, corpus, temperature, split, case)))} | "
                      f"{ranged(firsts, '', 2)} |" + (f" error: {'; '.join(sorted(errors))}" if errors else ""))
     return lines
 
@@ -539,8 +551,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="default: all")
     parser.add_argument("--no-val", dest="val", action="store_false",
                         help="skip the validation pipeline (run on the warm ImageNet-like corpus by default)")
-    parser.add_argument("--ceiling-images", type=int, default=300, help="images the ceiling loops over (default 300)")
-    parser.add_argument("--ceiling-seconds", type=float, default=2.0, help="ceiling time per round (default 2)")
+    parser.add_argument("--ceiling-images", type=int, default=300, help="images the ceiling cycles over (default 300)")
+    parser.add_argument("--ceiling-seconds", type=float, default=0.5,
+                        help="each ceiling probe, before and after every run (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="order and augmentation seed (default 0)")
     parser.add_argument("--data", type=pathlib.Path, default=HERE / "data",
                         help="where corpora, conversions and FFCV files are cached (default benchmarks/data)")
@@ -579,16 +592,17 @@ def main(argv: list[str] | None = None) -> dict:
     missing = unavailable(corpora, args)
     cases = [case for case in args.cases if case not in missing]
     load_before = os.getloadavg()[0]
-    runs, ceilings = run_rounds(corpora, cases, args)
+    runs = run_rounds(corpora, cases, args)
     results = {**report.provenance("cpu_frontier.py", argv), "versions": versions(),
                "settings": {"workers": args.workers, "batch_size": {c.name: c.batch_size for c in corpora},
                             "rounds": args.rounds,
                             "temperatures": args.temperatures, "ceiling_cores": min(CORES, args.workers),
-                            "ceiling_images": args.ceiling_images, "seed": args.seed, "val": args.val},
+                            "ceiling_images": args.ceiling_images,
+                            "ceiling_seconds": args.ceiling_seconds, "seed": args.seed, "val": args.val},
                "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                "corpora": {c.name: corpus_facts(c) for c in corpora},
                "not_measured": {case: why for case, why in missing.items() if case in args.cases},
-               "runs": runs, "ceilings": ceilings, "seconds": round(time.perf_counter() - started)}
+               "runs": runs, "seconds": round(time.perf_counter() - started)}
     results["targets"] = targets(results)
     print(markdown(results))
     report.save(results, args.out or args.data / "results" / "cpu_frontier.json")
