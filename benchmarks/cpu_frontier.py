@@ -48,8 +48,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import gc
+import concurrent.futures
 import itertools
+import multiprocessing
 import os
 import pathlib
 import statistics
@@ -312,9 +313,11 @@ def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: li
     """One run of one case: warm or evict its files, build it, time one epoch's steady state.
 
     ``first_batch_s`` counts from building the loader (DALI's iterator runs its first batch as it
-    is built) to its first batch; img/s is the steady state (``loaders.time_loader``). The ceiling
-    is probed on ``records`` right before and right after, so the loader and its ceiling are
-    measured under the same load from other processes (``ceiling_img_s_per_core``: their mean).
+    is built) to its first batch; img/s is the steady state (``loaders.time_loader``). The loader
+    runs in a child process (forked), so no thread or process it leaves behind (FFCV's and DALI's
+    pools) runs on into the next case. The ceiling is probed on ``records`` right before and right
+    after, so the loader and its ceiling are measured under the same load from other processes
+    (``ceiling_img_s_per_core``: their mean).
     """
     started = time.perf_counter()
     probes = [ceiling_rate(records, split, args.ceiling_seconds)]
@@ -322,20 +325,29 @@ def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: li
         files = case_files(case, corpus, args)
         release(corpora)
         state = evict(files) if temperature == "cold" else (warm(files) or {})
-        built = time.perf_counter()
-        loader = MAKERS[case](corpus, split, args)  # DALI's iterator runs its first batch here
-        build_seconds = time.perf_counter() - built
-        result = {**time_loader(loader, workers=args.workers, batches=1 << 30), **state}
-        result["first_batch_s"] += build_seconds
+        result = {**in_child(time_case, case, corpus, split, args), **state}
     except Exception as error:  # noqa: BLE001 - one failing case is reported, the run goes on
         result = {"value": float("nan"), "error": f"{type(error).__name__}: {error}"}
-    finally:
-        loader = None
-        gc.collect()  # workers and threads of this case end before the next one starts
     probes.append(ceiling_rate(records, split, args.ceiling_seconds))
     return {"value": result["value"], **{k: v for k, v in result.items() if k != "value"},
             "ceiling_img_s_per_core": statistics.mean(probes), "ceiling_probes": probes,
             "seconds": time.perf_counter() - started, "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def time_case(case: str, corpus: Corpus, split: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Build a case's loader and time one epoch (in the child process ``in_child`` runs it in)."""
+    torch.set_num_threads(1)
+    built = time.perf_counter()
+    loader = MAKERS[case](corpus, split, args)  # DALI's iterator runs its first batch here
+    build_seconds = time.perf_counter() - built
+    result = time_loader(loader, workers=args.workers, batches=1 << 30)
+    return {**result, "first_batch_s": result["first_batch_s"] + build_seconds}
+
+
+def in_child(function: Callable[..., Any], *arguments: Any) -> Any:
+    """``function(*arguments)`` in a forked child process that exits afterwards (its exceptions re-raised here)."""
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        return pool.submit(function, *arguments).result()
 
 
 def ceiling_rate(records: Iterator[tuple], split: str, seconds: float) -> float:
@@ -589,7 +601,7 @@ def main(argv: list[str] | None = None) -> dict:
         if len(corpus.files) // corpus.batch_size < args.workers + 1:
             raise SystemExit(f"{corpus.name}: {len(corpus.files)} images give no steady-state batch at batch size "
                              f"{corpus.batch_size} and {args.workers} workers; use more images or a smaller batch")
-    missing = unavailable(corpora, args)
+    missing = in_child(unavailable, corpora, args)  # this process imports no peer: children fork clean
     cases = [case for case in args.cases if case not in missing]
     load_before = os.getloadavg()[0]
     runs = run_rounds(corpora, cases, args)
