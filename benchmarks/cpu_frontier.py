@@ -41,8 +41,8 @@ renders its section of RESULTS.md; ``--out benchmarks/cpu_frontier.json`` replac
 results and re-renders benchmarks/RESULTS.md.
 
 Example:
-    python benchmarks/cpu_frontier.py --out benchmarks/cpu_frontier.json    # full: ~20 min on 2 cores
-    python benchmarks/cpu_frontier.py --quick                               # ~2 min
+    python benchmarks/cpu_frontier.py --out benchmarks/cpu_frontier.json    # full: ~14 min on 2 cores
+    python benchmarks/cpu_frontier.py --quick                               # 2-5 min
 """
 
 from __future__ import annotations
