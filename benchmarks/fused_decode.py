@@ -60,6 +60,7 @@ import numpy as np
 import report
 import simplejpeg
 import torch
+from make_corpus import render_highres
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
@@ -93,7 +94,7 @@ def imagenet_corpus(root: pathlib.Path, num_images: int) -> Corpus:
     folder = root / f"imagenet-{num_images}"
     if not folder.exists():
         make_photo_folder(folder, num_images=num_images, num_classes=4, size_profile="imagenet", seed=0)
-    return _load(sorted(folder.rglob("*.JPEG")))
+    return load_records(sorted(folder.rglob("*.JPEG")))
 
 
 def highres_corpus(root: pathlib.Path, num_images: int) -> Corpus:
@@ -105,23 +106,12 @@ def highres_corpus(root: pathlib.Path, num_images: int) -> Corpus:
         rng = np.random.default_rng(0)
         for i in range(num_images):
             with Image.open(photos[i % len(photos)]) as photo:
-                photo = photo.convert("RGB")
-                w, h = photo.size
-                crop_w, crop_h = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
-                left, top = int(rng.integers(0, w - crop_w + 1)), int(rng.integers(0, h - crop_h + 1))
-                megapixels = rng.uniform(1.0, 4.0)
-                aspect = rng.choice([4 / 3, 3 / 2, 16 / 9]) ** (1 if rng.random() < 0.75 else -1)
-                out_w = int(round((megapixels * 1e6 * aspect) ** 0.5))
-                out_h = int(round(out_w / aspect))
-                image = photo.crop((left, top, left + crop_w, top + crop_h)).resize((out_w, out_h), Image.LANCZOS)
-            pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 4.0, (out_h, out_w, 1))
-            buffer = io.BytesIO()
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-            (folder / f"{i:04d}.jpg").write_bytes(buffer.getvalue())
-    return _load(sorted(folder.glob("*.jpg")))
+                (folder / f"{i:04d}.jpg").write_bytes(render_highres(photo, rng))
+    return load_records(sorted(folder.glob("*.jpg")))
 
 
-def _load(files: list[pathlib.Path]) -> Corpus:
+def load_records(files: list[pathlib.Path]) -> Corpus:
+    """Each file's bytes with the record header the converter would store (its decoded size)."""
     corpus = []
     for file in files:
         data = file.read_bytes()

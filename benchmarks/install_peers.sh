@@ -30,16 +30,30 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "${PIP[@]}" install "transformers>=4.21.3,<5" "catalogue>=2,<3" "Brotli>=1.0.9" \
   "python-snappy>=0.6.1,<1" "zstd>=1.5.2.5,<2" "xxhash>=3,<4"
 
-# FFCV builds a C extension against Debian's OpenCV and libturbojpeg (found via pkg-config).
-ffcv_debs=(libopencv-dev libturbojpeg0-dev pkg-config)
-if ! dpkg -s "${ffcv_debs[@]}" >/dev/null 2>&1; then
-  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${ffcv_debs[@]}"
-  else
-    echo "install_peers.sh: need root to apt-get install ${ffcv_debs[*]}; FFCV may not build" >&2
+# apt_install CONSEQUENCE PACKAGE...: installs the Debian packages not yet installed (needs root),
+# or says what will not work without them.
+apt_install() {
+  local consequence="$1"
+  shift
+  if ! dpkg -s "$@" >/dev/null 2>&1; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+    else
+      echo "install_peers.sh: need root to apt-get install $*; ${consequence}" >&2
+    fi
   fi
-fi
+}
+
+# FFCV builds a C extension against Debian's OpenCV and libturbojpeg (found via pkg-config).
+apt_install "FFCV may not build" libopencv-dev libturbojpeg0-dev pkg-config
 if ! "${PIP[@]}" install "ffcv==1.0.2"; then
   echo "install_peers.sh: FFCV did not build; the ffcv peer will be reported unavailable" >&2
 fi
+
+# The CPU anchors of benchmarks/cpu_frontier.py: DALI's CPU pipeline (the CUDA 12 wheel from
+# PyPI runs CPU-only pipelines without a GPU) and SPDL, whose spdl.io decodes through the
+# system's FFmpeg shared libraries (Debian bookworm: FFmpeg 5.1).
+"${PIP[@]}" install "nvidia-dali-cuda120==2.4.0" "spdl==0.8.0"
+apt_install "SPDL will not decode" libavutil57 libavcodec59 libavformat59 libavfilter8 libswscale6 \
+  libswresample4 libavdevice59

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,46 @@ class SimplejpegImageFolder(ImageFolder):
 
     def __init__(self, root: str | Path, transform: Callable) -> None:
         super().__init__(str(root), transform=transform, loader=simplejpeg_loader)
+
+
+def dali_iterator(folder: str | Path, *, train: bool, decoder: str, device_id: int | None, batch_size: int,
+                  num_threads: int, size: int = 224, seed: int = -1) -> Iterable:
+    """DALI's ImageNet pipeline (NVIDIA's ResNet-50 recipe) over an ImageFolder, as a ``DALIGenericIterator``.
+
+    ``fn.readers.file`` (shuffled when ``train``) -> ``fn.decoders.image_random_crop`` (train:
+    torchvision's area and aspect ranges) or ``fn.decoders.image`` (val) on ``decoder``
+    (``"cpu"`` or ``"mixed"``) -> ``fn.resize`` (train: to ``size`` x ``size``; val: shorter side
+    ``round(size * 256 / 224)``) -> ``fn.crop_mirror_normalize`` (float CHW, ImageNet mean/std,
+    random mirror when ``train``, centre crop ``size``). ``device_id=None`` builds a CPU-only
+    pipeline; ``seed=-1`` (the default) is DALI's random seed. Yields one epoch per iteration of
+    the iterator (last partial batch dropped); each item is ``[{"images": ..., "labels": ...}]``.
+    """
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    mean = [255 * m for m in IMAGENET_MEAN]
+    std = [255 * s for s in IMAGENET_STD]
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
+    def pipeline():
+        jpegs, labels = fn.readers.file(file_root=str(folder), random_shuffle=train, name="reader")
+        if train:
+            images = fn.decoders.image_random_crop(jpegs, device=decoder, output_type=types.RGB,
+                                                   random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
+            images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
+            mirror = fn.random.coin_flip(probability=0.5)
+        else:
+            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+            images = fn.resize(images, resize_shorter=round(size * 256 / 224), antialias=True)
+            mirror = 0
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                          crop=(size, size), mean=mean, std=std, mirror=mirror)
+        return images, (labels if decoder == "cpu" else labels.gpu())
+
+    pipe = pipeline()
+    pipe.build()
+    return DALIGenericIterator(pipe, ["images", "labels"], reader_name="reader", auto_reset=True,
+                               last_batch_policy=LastBatchPolicy.DROP)
 
 
 # --------------------------------------------------------------------------- decode ceilings

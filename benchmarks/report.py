@@ -33,6 +33,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("order_quality_corpus.json", "order_quality"),
     ("train_ab.json", "train_ab"),
     ("fused_decode.json", "fused_decode"),
+    ("cpu_frontier.json", "cpu_frontier"),
     ("legacy_repack.json", "legacy_repack"),
     ("legacy_repack_cold.json", "legacy_repack"),
     ("conversion_memory.json", "conversion_memory"),

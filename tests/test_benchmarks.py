@@ -120,7 +120,7 @@ def test_sections_are_skipped_when_absent_and_follow_the_registry_order(bench_mo
 
 @pytest.mark.parametrize("name,module", [
     ("order_quality.json", "order_quality"), ("order_quality_corpus.json", "order_quality"),
-    ("train_ab.json", "train_ab"), ("fused_decode.json", "fused_decode"),
+    ("train_ab.json", "train_ab"), ("fused_decode.json", "fused_decode"), ("cpu_frontier.json", "cpu_frontier"),
     ("legacy_repack.json", "legacy_repack"), ("legacy_repack_cold.json", "legacy_repack"),
     ("conversion_memory.json", "conversion_memory"), ("slow_storage/results.json", "slow_storage.report"),
     ("slow_storage/scale.json", "slow_storage.report"), ("node_scale/results.json", "node_scale.report")])

@@ -237,32 +237,10 @@ def imagefolder_case(folder: Path) -> Case:
 def dali_case(folder: Path) -> Case:
     """DALI's mixed pipeline (NVIDIA's ResNet-50 recipe) on the same JPEGs and threads."""
     def make(*, train: bool, device: torch.device, args: argparse.Namespace) -> Epochs:
-        from nvidia.dali import fn, pipeline_def, types
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        from pipelines import dali_iterator  # benchmarks/
 
-        mean = [0.485 * 255, 0.456 * 255, 0.406 * 255]
-        std = [0.229 * 255, 0.224 * 255, 0.225 * 255]
-
-        @pipeline_def(batch_size=args.batch_size, num_threads=args.workers, device_id=device.index or 0)
-        def pipeline():
-            jpegs, labels = fn.readers.file(file_root=str(folder), random_shuffle=train, name="reader")
-            if train:
-                images = fn.decoders.image_random_crop(jpegs, device="mixed", output_type=types.RGB,
-                                                       random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
-                images = fn.resize(images, resize_x=args.size, resize_y=args.size, antialias=True)
-                mirror = fn.random.coin_flip(probability=0.5)
-            else:
-                images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB)
-                images = fn.resize(images, resize_shorter=round(args.size * 256 / 224), antialias=True)
-                mirror = 0
-            images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
-                                              crop=(args.size, args.size), mean=mean, std=std, mirror=mirror)
-            return images, labels.gpu()
-
-        pipe = pipeline()
-        pipe.build()
-        iterator = DALIGenericIterator(pipe, ["images", "labels"], reader_name="reader", auto_reset=True,
-                                       last_batch_policy=LastBatchPolicy.DROP)
+        iterator = dali_iterator(folder, train=train, decoder="mixed", device_id=device.index or 0,
+                                 batch_size=args.batch_size, num_threads=args.workers, size=args.size)
 
         def epoch(n: int) -> Iterable:
             return ((batch[0]["images"], batch[0]["labels"]) for batch in iterator)  # auto_reset: one epoch each
