@@ -149,10 +149,16 @@ def verify_dataset(path: str | os.PathLike, *, decode: bool = False, progress: b
             if distrust:
                 problems.append(f"readers ignore the record offset table: {distrust}; rebuild it with "
                                 f"`lmdb-dataset reindex {path}` (or lmdb_dataset.reindex(path))")
+        with begin_read(env) as txn:
+            stored = int(txn.stat(records_db)["entries"])
+        count = info.num_records
+        if count > stored + MAX_MISSING_LISTED:  # a damaged count, not a few lost records: list what is there
+            problems.append(f"meta/info says {count} records but the data file holds {stored}: the metadata is "
+                            "damaged or the records are gone; convert the dataset again")
+            count = stored
     bad: list[BadRecord] = []
     try:
-        _check_records(env, records_db, path, info.num_records, labels, spans, bad, decode=decode,
-                       progress=progress)
+        _check_records(env, records_db, path, count, labels, spans, bad, decode=decode, progress=progress)
     except lmdb.Error as exc:
         problems.append(f"LMDB reports the data file damaged after record {bad[-1].index if bad else '-'} "
                         f"was checked ({exc}); restore it from a good copy or convert the dataset again")
@@ -170,6 +176,11 @@ def verify_dataset(path: str | os.PathLike, *, decode: bool = False, progress: b
             bad = [dataclasses.replace(r, source=paths[r.index] or None) if r.index < info.num_records else r
                    for r in bad]
     return VerifyReport(os.fspath(path), info.num_records, bad, problems)
+
+
+MAX_MISSING_LISTED = 100_000
+"""Missing records ``verify`` lists one by one; a count claiming more than this beyond the stored records is
+reported as one problem instead (a damaged ``meta/info`` must not make a list of 2**40 entries)."""
 
 
 def _label_table(env: lmdb.Environment, meta_db, count: int) -> np.ndarray | None:
