@@ -156,18 +156,23 @@ def resized_shape(height: int, width: int, *, resize: int) -> tuple[int, int]:
     return int(resize * height / width), resize
 
 
+def _scaled_shape(height: int, width: int, eighths: int) -> tuple[int, int]:
+    """Shape of a ``height x width`` JPEG decoded at scale ``eighths / 8`` (libjpeg-turbo rounds up)."""
+    return math.ceil(height * eighths / 8), math.ceil(width * eighths / 8)
+
+
 def fast_scale(height: int, width: int, *, min_height: int, min_width: int) -> int:
     """The smallest of :data:`FAST_SCALES` (in eighths) at which the JPEG reaches both minimums; 8 if none does."""
     for eighths in FAST_SCALES:
-        if math.ceil(height * eighths / 8) >= min_height and math.ceil(width * eighths / 8) >= min_width:
+        scaled_height, scaled_width = _scaled_shape(height, width, eighths)
+        if scaled_height >= min_height and scaled_width >= min_width:
             return eighths
     return 8
 
 
 def fast_scaled_shape(height: int, width: int, *, min_height: int, min_width: int) -> tuple[int, int]:
     """Shape of the JPEG decoded at the smallest of :data:`FAST_SCALES` reaching both minimums."""
-    eighths = fast_scale(height, width, min_height=min_height, min_width=min_width)
-    return math.ceil(height * eighths / 8), math.ceil(width * eighths / 8)
+    return _scaled_shape(height, width, fast_scale(height, width, min_height=min_height, min_width=min_width))
 
 
 def region_decoding() -> str | None:
@@ -255,7 +260,7 @@ def decode_window(payload: bytes | memoryview, header: RecordHeader, window: Win
     if _jpeg_colorspace(payload, header) != "YCbCr":
         return None
     eighths = fast_scale(header.height, header.width, min_height=min_height, min_width=min_width)
-    scaled_height, scaled_width = math.ceil(header.height * eighths / 8), math.ceil(header.width * eighths / 8)
+    scaled_height, scaled_width = _scaled_shape(header.height, header.width, eighths)
     top, bottom, left, right = scaled_window(window, header.height, header.width, scaled_height, scaled_width)
     if (top, bottom, left, right) == (0, scaled_height, 0, scaled_width):
         return None  # nothing to leave out: simplejpeg's (newer, faster) libjpeg-turbo decodes it whole
@@ -476,6 +481,14 @@ class CenterCropDecode(CropDecoder):
         resized = F.resize(image, list(resized_shape(full_height, full_width, resize=self.resize)), antialias=True)
         return F.center_crop(resized, [self.size, self.size])
 
+    def crop_origin(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(resized_height, resized_width, top, left)``: the shape ``Resize(resize)`` gives a
+        ``height x width`` image, and where torchvision's ``CenterCrop(size)`` starts in it
+        (``int(round((resized - size) / 2))``, Python's round: halves to even)."""
+        resized_height, resized_width = resized_shape(height, width, resize=self.resize)
+        return (resized_height, resized_width, round((resized_height - self.size) / 2.0),
+                round((resized_width - self.size) / 2.0))
+
     def window(self, height: int, width: int, box: CropBox) -> Window | None:
         """What ``CenterCrop(size)`` keeps of ``Resize(resize)``, mapped back to full-size pixels and widened
         by the resize filter's reach; None (decode the whole image) when the JPEG is decoded at full scale.
@@ -493,9 +506,7 @@ class CenterCropDecode(CropDecoder):
         min_height, min_width = self.decode_size(height, width, box)
         if fast_scale(height, width, min_height=min_height, min_width=min_width) == 8:
             return None
-        resized_height, resized_width = resized_shape(height, width, resize=self.resize)
-        top = round((resized_height - self.size) / 2.0)  # torchvision's center_crop offsets
-        left = round((resized_width - self.size) / 2.0)
+        resized_height, resized_width, top, left = self.crop_origin(height, width)
         rows = _widened_span(top * height / resized_height, self.size * height / resized_height,
                              2 * height / resized_height + 8, height)
         columns = _widened_span(left * width / resized_width, self.size * width / resized_width,
@@ -512,9 +523,7 @@ class CenterCropDecode(CropDecoder):
         columns outside the window are zeros that no crop pixel reads), the crop's columns of it,
         then down to the resized height (rows outside the window likewise).
         """
-        resized_height, resized_width = resized_shape(full_height, full_width, resize=self.resize)
-        top = round((resized_height - self.size) / 2.0)
-        left = round((resized_width - self.size) / 2.0)
+        resized_height, resized_width, top, left = self.crop_origin(full_height, full_width)
         rows, columns = decoded.pixels.shape[:2]
         band = torch.zeros(rows, decoded.scaled_width, 3, dtype=torch.uint8)  # HWC: the channels-last fast path
         band[:, decoded.left:decoded.left + columns] = torch.from_numpy(decoded.pixels)

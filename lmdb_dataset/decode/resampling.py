@@ -45,7 +45,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .crop import CenterCropDecode, CropBox, CropDecoder, RandomResizedCropDecode, resized_shape
+from .crop import CenterCropDecode, CropBox, CropDecoder, RandomResizedCropDecode
 
 GEOMETRY_COLUMNS = ("top", "left", "height", "width", "resized_height", "resized_width", "offset_y", "offset_x",
                     "flip")
@@ -70,9 +70,7 @@ def resampling_geometry(crop: CropDecoder, box: CropBox, *, full_height: int, fu
     if isinstance(crop, RandomResizedCropDecode):
         return [box.top, box.left, box.height, box.width, crop.size, crop.size, 0, 0, int(box.flip)]
     if isinstance(crop, CenterCropDecode):
-        height, width = resized_shape(full_height, full_width, resize=crop.resize)
-        # torchvision's center_crop: int(round((resized - size) / 2)) (Python's round, halves to even)
-        offset_y, offset_x = round((height - crop.size) / 2.0), round((width - crop.size) / 2.0)
+        height, width, offset_y, offset_x = crop.crop_origin(full_height, full_width)
         return [0, 0, full_height, full_width, height, width, offset_y, offset_x, 0]
     raise TypeError(f"{type(crop).__name__} has no batched resampling; use RandomResizedCropDecode or "
                     "CenterCropDecode")

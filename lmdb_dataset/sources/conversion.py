@@ -20,8 +20,8 @@ from ..storage.format import DatasetInfo
 from ..storage.system import available_cpus
 from ..write.convert import ConversionReport, check_destination, refuse_empty, resumable
 from ..write.parallel import ordered_map
-from ..write.shaping import Shaping, shape_image
-from ..write.writer import LMDBWriter, build_record, check_shaping
+from ..write.shaping import Shaping
+from ..write.writer import LMDBWriter, build_shaped_record, check_shaping
 from .base import Image, SourceRecord, read_classes_file
 from .detect import open_source
 
@@ -39,8 +39,8 @@ def _build(task: tuple[Image | None, int, str, Shaping | None]) -> tuple[bytes |
         return None, (f"holds decoded pixels ({'x'.join(map(str, image.shape))} uint8), not an image file; "
                       "convert with storage='raw' (--storage raw)"), False
     try:
-        stored, resized = shape_image(image, shaping, storage) if shaping is not None else (image, False)
-        return build_record(stored, label, storage=storage), "", resized
+        record, resized = build_shaped_record(image, label, storage=storage, shaping=shaping)
+        return record, "", resized
     except ValueError as exc:
         return None, str(exc), False
 

@@ -19,8 +19,8 @@ from ..storage.format import DatasetInfo
 from ..storage.system import available_cpus
 from .folder import image_folder_samples
 from .parallel import ordered_map
-from .shaping import Shaping, shape_image
-from .writer import LMDBWriter, build_record, check_shaping
+from .shaping import Shaping
+from .writer import LMDBWriter, build_shaped_record, check_shaping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +140,8 @@ def _build(task: Task) -> Built:
     try:
         with open(path, "rb") as file:
             data = file.read()
-        image, resized = shape_image(data, shaping, storage) if shaping is not None else (data, False)
-        return build_record(image, label, storage=storage), len(data), "", resized
+        record, resized = build_shaped_record(data, label, storage=storage, shaping=shaping)
+        return record, len(data), "", resized
     except (OSError, ValueError) as exc:
         return None, 0, str(exc), False
 

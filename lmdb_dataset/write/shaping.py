@@ -48,6 +48,11 @@ SUBSAMPLING = "420"
 """Chroma subsampling of re-encoded JPEGs (4:2:0, as Pillow, OpenCV and FFCV write them)."""
 
 
+def _positive_int(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or numpy, not a bool) of at least 1."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and bool(value >= 1)
+
+
 def shaped_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     """The ``(height, width)`` an image of ``height x width`` is stored at under ``max_side``.
 
@@ -60,7 +65,7 @@ def shaped_size(height: int, width: int, max_side: int) -> tuple[int, int]:
         ValueError: A size is not a positive integer.
     """
     for name, value in (("height", height), ("width", width), ("max_side", max_side)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not _positive_int(value):
             raise ValueError(f"{name}={value!r} must be a positive integer")
     longer = max(height, width)
     if longer <= max_side:
@@ -92,8 +97,7 @@ class Shaping:
             ValueError: ``max_side`` is not a positive integer, ``quality`` is not in 1..100, or
                 ``quality`` is given without ``max_side`` or with ``raw`` storage.
         """
-        if quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, np.integer))
-                                    or not 1 <= quality <= 100):
+        if quality is not None and not (_positive_int(quality) and quality <= 100):
             raise ValueError(f"quality={quality!r} must be a JPEG quality, an integer from 1 to 100 (e.g. 90)")
         if max_side is None:
             if quality is not None:
@@ -101,7 +105,7 @@ class Shaping:
                                  "too (e.g. max_side=256), or leave quality out: without max_side no image "
                                  "is re-encoded")
             return None
-        if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 1:
+        if not _positive_int(max_side):
             raise ValueError(f"max_side={max_side!r} must be a positive integer, the longest side in pixels "
                              "to store (e.g. 256 or 512)")
         if storage == "raw":

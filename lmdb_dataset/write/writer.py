@@ -65,6 +65,18 @@ def build_record(image: bytes | memoryview | np.ndarray, label: int, *, storage:
                              height=pixels.shape[0], width=pixels.shape[1], channels=channels)
 
 
+def build_shaped_record(image: bytes | memoryview | np.ndarray, label: int, *, storage: str,
+                        shaping: Shaping | None, check: bool = True) -> tuple[bytes, bool]:
+    """:func:`build_record` of the image ``shaping`` stores (:func:`write.shaping.shape_image`; None: as given),
+    and whether shaping resized it.
+
+    Raises:
+        ValueError: The image is not decodable, or not of a storable shape/dtype.
+    """
+    stored, resized = shape_image(image, shaping, storage) if shaping is not None else (image, False)
+    return build_record(stored, label, storage=storage, check=check), resized
+
+
 def _header_size(image: bytes | memoryview) -> tuple[int, int]:
     """(height, width) from the image's header, or (0, 0) when it has none (``check=False``: stored as given)."""
     try:
@@ -266,11 +278,9 @@ class LMDBWriter:
         Raises:
             SourceImageError: The image cannot be decoded or stored (names ``path``).
         """
-        resized = False
         try:
-            if self._shaping is not None:
-                image, resized = shape_image(image, self._shaping, self.info.storage)
-            record = build_record(image, label, storage=self.info.storage, check=check)
+            record, resized = build_shaped_record(image, label, storage=self.info.storage, shaping=self._shaping,
+                                                  check=check)
         except ValueError as exc:
             name = path if path is not None else f"image #{self.num_records}"
             raise SourceImageError(f"{name}: {exc}", source=name) from None
