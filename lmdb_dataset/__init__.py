@@ -29,7 +29,7 @@ Layout, by stage; a stage imports only from the stages above it (and :mod:`.erro
     decode/         record bytes to pixels: full decode, fused crop decode on the CPU, batched
                     decode and resampling on the device, the uint8 transforms
     read/           what goes into a DataLoader: the datasets, the sampler, the bad-record policy,
-                    worker-process memory hygiene
+                    worker-process memory hygiene, batches collated into reused shared memory
     loader.py       LMDBLoader: read/ and decode/ composed into normalised batches
     write/          LMDBWriter, the image-folder converter, its worker pool, class discovery,
                     storage shaping (--max-side), the signal handling that keeps an interrupted

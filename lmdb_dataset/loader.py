@@ -4,7 +4,8 @@ The loader assembles the pieces a training loop would otherwise wire by hand, al
 stock ``DataLoader`` (exposed as :attr:`LMDBLoader.dataloader`)::
 
     reader (random / chunk / iterable) -> fused crop decode in workers (or device decode)
-      -> uint8 batches, pinned -> side-stream copy to the device -> NormalizeBatch
+      -> uint8 batches (each worker's ring of shared memory), pinned -> side-stream copy
+      to the device -> NormalizeBatch (into recycled host memory on the CPU)
 
 and keeps the readers' exact mid-epoch resume: it counts the samples it handed to the loop,
 so :meth:`LMDBLoader.state_dict` needs no argument.
@@ -27,6 +28,7 @@ from .decode.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch
 from .order.draws import RecordDraws, draw_seed
 from .order.resume import EpochResumable
 from .read.bad_records import OnError, SkipReport
+from .read.batch_ring import BatchRing, RingBatch
 from .read.dataset import LMDBImageDataset
 from .read.iterable import LMDBIterableDataset
 from .read.sampler import ChunkShuffleSampler
@@ -217,9 +219,11 @@ class LMDBLoader:
         self._resumable: EpochResumable = resumable
         self.dataset.draws = RecordDraws(seed, self._resumable.epoch_progress)
         self.normalize = NormalizeBatch(mean, std, dtype=dtype, channels_last=channels_last).to(self.device)
+        # Worker decode: uint8 batches in shared memory reused by each worker (read.batch_ring).
+        self._ring = BatchRing(batch_size, (3, size, size), slots=(prefetch_factor or 2) + 1)
         self.dataloader: DataLoader[Any] = DataLoader(
             self.dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-            collate_fn=collate_mixed if self.decode == "device" else None,
+            collate_fn=collate_mixed if self.decode == "device" else self._ring,
             pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
             drop_last=train if drop_last is None else drop_last,
             persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
@@ -270,11 +274,15 @@ class LMDBLoader:
         if staged is not None:
             yield self._hand_over(side, staged)
         self._pass_done = True  # every sample of the pass was handed out (or dropped with drop_last)
+        if not self.dataloader.persistent_workers:
+            self._ring.forget_segments()  # the pass's workers have exited: let their shared memory go
 
-    def _prepare(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Device batch from a DataLoader batch of worker-decoded images: copy, normalise."""
-        images, labels = batch
-        return self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
+    def _prepare(self, batch: RingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device batch from a DataLoader batch of worker-decoded images: copy, normalise, free the slot."""
+        images = self.normalize(batch.images.to(self.device, non_blocking=True))
+        labels = batch.labels.to(self.device, non_blocking=True)
+        self._ring.release(batch)  # copied out: normalised, or (pinned or pageable) on its way to the device
+        return images, labels
 
     def _hand_over(self, side: SideStream,
                    batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -123,6 +123,8 @@ def test_worker_decode_val_yields_every_record_once_with_fused_pixels(path):
         expected[(header.label, _checksum(normalize(crop(header, payload_of(value))[None])[0]))] += 1
     loader = _loader(path, decode="worker", reader="chunk", num_workers=2)
     assert collections.Counter(_samples(loader)) == expected
+    assert len(loader._ring._mapped) == 2  # the batches came through each worker's ring of shared memory
+    assert collections.Counter(_samples(loader)) == expected  # and again, in the same slots
 
 
 def test_train_boxes_shipped_to_the_device_are_the_ones_drawn(path):

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torchvision import transforms as v1
 
-from lmdb_dataset.decode.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch, train_transform, val_transform
+from lmdb_dataset.decode.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NormalizeBatch,
+    RecycledHostBatches,
+    train_transform,
+    val_transform,
+)
 
 
 def test_normalize_batch_equals_to_tensor_then_normalize():
@@ -15,9 +25,54 @@ def test_normalize_batch_equals_to_tensor_then_normalize():
     assert torch.allclose(NormalizeBatch()(batch), expected, atol=1e-5)
 
 
-def test_normalize_batch_channels_last_and_dtype():
-    out = NormalizeBatch(dtype=torch.float16, channels_last=True)(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
-    assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalize_batch_channels_last_and_dtype(dtype, channels_last):
+    batch = torch.randint(0, 256, (2, 3, 4, 5), dtype=torch.uint8)
+    normalize = NormalizeBatch(dtype=dtype, channels_last=channels_last)
+    for _ in range(3):  # fresh, then recycled memory
+        out = normalize(batch)
+        assert out.dtype == dtype and out.shape == batch.shape
+        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert torch.equal(out, NormalizeBatch()(batch).to(dtype))
+
+
+def _normalized(value: int) -> torch.Tensor:
+    return NormalizeBatch()(torch.full((2, 3, 4, 4), value, dtype=torch.uint8))
+
+
+def test_normalize_batch_recycles_memory_only_when_nothing_refers_to_it():
+    normalize = NormalizeBatch()
+    first = normalize(torch.full((2, 3, 4, 4), 1, dtype=torch.uint8))
+    address = first.data_ptr()
+    kept = {"tensor": first, "view": first[1:], "numpy": first.numpy(), "reshaped": first.view(-1)}
+    del first
+    for name in list(kept):
+        for value in (2, 3, 4, 5, 6):  # more batches than the pool tracks
+            assert normalize(torch.full((2, 3, 4, 4), value, dtype=torch.uint8)).data_ptr() != address
+        held = kept.pop(name)
+        expected = _normalized(1)[1:] if name == "view" else _normalized(1)
+        assert torch.equal(torch.as_tensor(held).reshape(expected.shape), expected), name  # never overwritten
+        del held
+    # Nothing refers to the first batches any more: their memory is written again.
+    again = [normalize(torch.full((2, 3, 4, 4), 7, dtype=torch.uint8)) for _ in range(2)]
+    assert all(torch.equal(batch, _normalized(7)) for batch in again)
+    assert len({batch.data_ptr() for batch in again}) == 2
+
+
+def test_normalize_batch_reuses_a_released_batch():
+    normalize = NormalizeBatch()
+    batch = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    address = normalize(batch).data_ptr()
+    assert normalize(batch).data_ptr() == address
+
+
+def test_recycled_host_batches_pickle_and_copy_without_their_buffers():
+    normalize = NormalizeBatch()
+    normalize(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+    for clone in (copy.deepcopy(normalize), pickle.loads(pickle.dumps(normalize))):
+        assert clone.host.keep == RecycledHostBatches().keep and not clone.host._buffers
+        assert torch.equal(clone(torch.zeros(2, 3, 4, 4, dtype=torch.uint8)), _normalized(0))
 
 
 def test_normalize_batch_rejects_float_or_unbatched_input():
