@@ -189,11 +189,14 @@ def test_a_worker_that_does_not_ask_waits_for_its_ranks_asker_then_reads_without
     os.close(fd)
 
 
-def test_a_worker_whose_asker_never_asks_asks_itself_after_the_timeout(tmp_path, monkeypatch):
+def test_a_worker_whose_asker_is_late_reads_its_records_after_the_timeout_without_asking(tmp_path, monkeypatch):
     prefetcher, fd, asked = _asks(tmp_path, monkeypatch)
     monkeypatch.setattr(prefetching, "ASK_TIMEOUT_S", 0.2)
-    done = prefetcher.request([(0, 4096)], shared=SharedAsk(torch.full((8,), -1), slot=5, key=5, asker=False))
-    assert done.wait(30) and asked == [[[0, 4096]]]
+    read = []
+    monkeypatch.setattr(prefetching, "read_through", lambda fd, spans, scratch: read.append(spans.tolist()))
+    done = prefetcher.request([(0, 8192)], read=[(4096, 4096)],
+                              shared=SharedAsk(torch.full((8,), -1), slot=5, key=5, asker=False))
+    assert done.wait(30) and asked == [] and read == [[[4096, 4096]]]  # its own records, no request for the pool
     prefetcher.close()
     os.close(fd)
 

@@ -19,9 +19,9 @@ reading 4-32 KB pieces at scattered offsets (~2 MB/s), the epoch's rate falling 
 to 749-1,137 samples/s; with one process asking at a time, 0 of 10
 (``benchmarks/slow_storage/NOTES.md``, 2026-11-22). So one process per rank asks the kernel
 for a pool and marks it asked (:class:`SharedAsk`, in shared memory); the rank's other
-workers wait for the mark, ask for nothing, and read through only their own records: one
-request per pool per rank, whatever the number of workers, and no lock between ranks, which
-read different pools.
+workers wait for the mark (at most :data:`ASK_TIMEOUT_S`), ask for nothing, and read through
+only their own records: one request per pool per rank, whatever the number of workers and however
+late the asker, and no lock between ranks, which read different pools.
 """
 
 from __future__ import annotations
@@ -81,13 +81,14 @@ def advise(fd: int, spans: Sequence[Sequence[int]] | np.ndarray) -> None:
 
 
 ASK_TIMEOUT_S = 10.0
-"""How long a worker waits for its rank's asker to ask for a pool before asking itself (a
-performance fallback: reading is correct either way)."""
+"""How long a worker waits for its rank's asker to ask for a pool before reading its own records
+of the pool without the asker's request (it never asks for the pool itself: reading is correct
+either way, and the pool's requests stay one per rank however many processes are starved)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class SharedAsk:
-    """One pool request shared by a rank's processes: one of them asks the kernel, the others wait for it.
+    """One pool request shared by a rank's processes: one of them asks the kernel, the others only wait for it.
 
     Attributes:
         marks: A small shared int64 tensor of the rank: each slot holds the key of the pool asked
@@ -104,7 +105,10 @@ class SharedAsk:
     asker: bool
 
     def asked_elsewhere(self) -> bool:
-        """For a process that does not ask: wait until the asker asked for the pool (True), or time out (False)."""
+        """For a process that does not ask: wait until the asker asked for the pool (True), or time out (False).
+
+        Either way the process does not ask for the pool itself.
+        """
         if self.asker:
             return False
         deadline = time.monotonic() + ASK_TIMEOUT_S
@@ -199,10 +203,12 @@ class Prefetcher:
             spans, read, done, shared = job
             try:
                 if not self._closed:
-                    if shared is None or not shared.asked_elsewhere():
+                    if shared is None or shared.asker:
                         advise(self._fd, spans)
                         if shared is not None:
                             shared.mark()
+                    else:
+                        shared.asked_elsewhere()  # read after the asker's request, or without it if late
                     read_through(self._fd, read, scratch)
             except Exception:
                 pass  # and reading the records themselves raises their errors
