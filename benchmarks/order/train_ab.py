@@ -17,12 +17,12 @@ random's on the default conversion. The class-sorted layout is run with the same
 ~6 classes per batch of 32) and with ``pool_size = chunk_size`` (a batch from one or two chunks,
 i.e. one or two classes, as 0.1's sampler gave on such a file).
 
-Writes a JSON (default: benchmarks/data/results/train_ab.json, a scratch folder);
-``markdown(results)`` renders its section of RESULTS.md. ``--output benchmarks/train_ab.json``
+Writes a JSON (default: benchmarks/data/results/order/train_ab.json, a scratch folder);
+``markdown(results)`` renders its section of RESULTS.md. ``--output benchmarks/order/train_ab.json``
 replaces the committed results and re-renders benchmarks/RESULTS.md.
 
 Example:
-    python benchmarks/train_ab.py --workdir /tmp/train_ab --output benchmarks/train_ab.json
+    python -m benchmarks.order.train_ab --workdir /tmp/train_ab --output benchmarks/order/train_ab.json
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import time
 import warnings
 
 import numpy as np
-import report
 import torch
 from PIL import Image
 from torch import nn
@@ -44,6 +43,8 @@ from torch.utils.data import DataLoader
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, convert_image_folder
 from lmdb_dataset.order.quality import ClassLocalityWarning
+
+from .. import report
 
 SIZE = 16
 TARGET_POINTS = 1.0
@@ -168,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--chunk-size", type=int, default=16, help="chunk_size of both readers (default 16)")
     parser.add_argument("--pool-size", type=int, default=128, help="pool_size of both readers (default 128)")
-    parser.add_argument("--output", type=pathlib.Path, default=report.SCRATCH / "train_ab.json",
-                        help="results file (JSON; default benchmarks/data/results/train_ab.json; "
-                             "benchmarks/train_ab.json replaces the committed one)")
+    parser.add_argument("--output", type=pathlib.Path, default=report.SCRATCH / "order" / "train_ab.json",
+                        help="results file (JSON; default benchmarks/data/results/order/train_ab.json; "
+                             "benchmarks/order/train_ab.json replaces the committed one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     folder = args.workdir / "digits"
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             convert(folder, path, class_sorted=name.startswith("class"))
     options = {"epochs": args.epochs, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
                "pool_size": args.pool_size}
-    results = {**report.provenance("train_ab.py", argv), "settings": {**options, "seeds": args.seeds}, "runs": []}
+    results = {**report.provenance("order.train_ab", argv), "settings": {**options, "seeds": args.seeds}, "runs": []}
     shuffled, class_sorted = layouts.values()
     runs = [(SHUFFLED, shuffled, reader, args.pool_size)
             for reader in ("random", "chunk sampler", "iterable")]

@@ -7,9 +7,10 @@ import fnmatch
 from dataclasses import dataclass
 
 import numpy as np
-from harness import CORES, Result, per_round_ratio, values
-from loaders import COLD_PATHS
-from report import median
+
+from ..common.harness import CORES, Result, per_round_ratio, values
+from ..report import median
+from .dataloader_cases import COLD_PATHS
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,15 @@ msgpack-numpy with ``--format msgpack``). Then, in interleaved rounds, it times:
 - ``convert wN``: ``convert_source`` with N checking processes, into a fresh dataset
   (parse, decode check, build records, crash-safe commits, finalise).
 
-Writes a JSON (default: benchmarks/data/results/legacy_repack.json, or legacy_repack_cold.json
-with --cold, a scratch folder) and prints its section of RESULTS.md, ``markdown(results)``: a
+Writes a JSON (default: benchmarks/data/results/conversion/legacy_repack.json, or
+legacy_repack_cold.json with --cold, a scratch folder) and prints its section of RESULTS.md, ``markdown(results)``: a
 table of records/s, source MB/s and each case's time relative to ``read``. With --cold the
 source file is evicted from the page cache before every case. ``--out
-benchmarks/legacy_repack.json`` (``legacy_repack_cold.json``) replaces the committed results and
+benchmarks/conversion/legacy_repack.json`` (``legacy_repack_cold.json``) replaces the committed results and
 re-renders benchmarks/RESULTS.md.
 
 Example:
-    python benchmarks/legacy_repack.py --num-images 1000 --workers 1 2 --rounds 3
+    python -m benchmarks.conversion.legacy_repack --num-images 1000 --workers 1 2 --rounds 3
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-import report
 
 from lmdb_dataset.decode.image import check_decodes
 from lmdb_dataset.sources import msgpack_values, safe_pickle
@@ -46,6 +45,8 @@ from lmdb_dataset.sources.legacy_lmdb import decode_datapoint
 from lmdb_dataset.storage.pagecache import evict_from_page_cache
 from lmdb_dataset.tools.photo_folders import make_photo_folder
 from lmdb_dataset.write.convert import image_folder_samples
+
+from .. import report
 
 
 def build_source(corpus: Path, target: Path, fmt: str) -> None:
@@ -119,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--cold", action="store_true", help="evict the source from the page cache before each case")
     parser.add_argument("--out", type=Path, default=None,
-                        help="results file (JSON; default benchmarks/data/results/legacy_repack.json, "
-                             "legacy_repack_cold.json with --cold; benchmarks/legacy_repack.json replaces the "
-                             "committed one)")
+                        help="results file (JSON; default benchmarks/data/results/conversion/legacy_repack.json, "
+                             "legacy_repack_cold.json with --cold; benchmarks/conversion/legacy_repack.json "
+                             "replaces the committed one)")
     args = parser.parse_args(argv)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -162,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(target, ignore_errors=True)
 
     records, size = volume["read"]
-    results = {**report.provenance("legacy_repack.py", argv),
+    results = {**report.provenance("conversion.legacy_repack", argv),
                "source": {"records": records, "bytes": size, "format": args.format}, "cold": args.cold,
                "rounds": args.rounds,
                "cases": {name: {"records": volume[name][0], "bytes": volume[name][1], "seconds": times}
                          for name, times in seconds.items()}}
     print("\n" + markdown(results))
-    report.save(results, args.out or report.SCRATCH / f"legacy_repack{'_cold' if args.cold else ''}.json")
+    name = f"legacy_repack{'_cold' if args.cold else ''}.json"
+    report.save(results, args.out or report.SCRATCH / "conversion" / name)
     return 0
 
 

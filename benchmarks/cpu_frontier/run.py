@@ -8,12 +8,12 @@ labels, from RandomResizedCrop 224 + horizontal flip (``train``) or Resize 256 +
   transforms (float in the workers), stock ``DataLoader``;
 * ``dali-cpu``: DALI's CPU pipeline (``device_id=None``): ``fn.readers.file`` over the same
   JPEG files -> ``fn.decoders.image_random_crop`` -> ``fn.resize`` -> ``fn.crop_mirror_normalize``,
-  ``num_threads = --workers`` (:func:`pipelines.dali_iterator`);
+  ``num_threads = --workers`` (:func:`benchmarks.common.pipelines.dali_iterator`);
 * ``spdl``: SPDL's image pipeline (``spdl.pipeline.PipelineBuilder``: source -> per-image
   ``spdl.io.demux_image`` + ``decode_packets`` with an FFmpeg crop/scale/flip filter, concurrency
   ``--workers`` -> ``aggregate`` -> batch), ``build(num_threads=--workers)``; uint8 batches
   normalised in the main process;
-* ``ffcv``: FFCV's own compiled pipeline through ``benchmarks/peers.py`` (its ``.beton`` re-encodes
+* ``ffcv``: FFCV's own compiled pipeline through ``benchmarks/common/peers.py`` (its ``.beton`` re-encodes
   the JPEGs at <= 512 px, as ffcv-imagenet does; train only), normalised in the main process;
 * ``lmdbloader-random``, ``lmdbloader-chunk``, ``lmdbloader-iterable``: ``LMDBLoader(device="cpu")``
   with each reader, ``encoded`` storage (the default);
@@ -26,23 +26,23 @@ decoder, ``RandomResizedCropDecode`` / ``CenterCropDecode``, one process, bytes 
 each loader is shown as a fraction of the ceiling probed around its own run, so both are measured
 under the same load from other processes.
 
-Two corpora (generated, cached under ``--data``): ``imagenet`` (``make_corpus.py``, median
-500x375) and ``highres`` (``make_corpus.py --profile highres``, 1-4 megapixels). Rounds are
+Two corpora (generated, cached under ``--data``): ``imagenet`` (``common/make_corpus.py``, median
+500x375) and ``highres`` (``common/make_corpus.py --profile highres``, 1-4 megapixels). Rounds are
 interleaved: each round measures every case of a corpus and cache state in an order rotated by
 the round, warm (files read first) then cold (every file the case reads evicted with
 ``posix_fadvise(DONTNEED)``); ratios are taken within a round and reported as median
 [min, max]. Throughput is the steady state of one epoch: from the batch by which every worker
-has delivered one to the end of the epoch (``loaders.time_loader``).
+has delivered one to the end of the epoch (``loaders/dataloader_cases.time_loader``).
 
 Targets (issue 22), on the median ratio, ``train``, warm and cold: ``lmdbloader-random`` >= 2.0x
 ``imagefolder-pillow`` and >= 1.25x ``dali-cpu`` on ``imagenet``, >= 3x ``imagefolder-pillow`` on
 ``highres``, >= 0.9x the ceiling on both. Writes a JSON (every round's numbers); ``markdown(results)``
-renders its section of RESULTS.md; ``--out benchmarks/cpu_frontier.json`` replaces the committed
-results and re-renders benchmarks/RESULTS.md.
+renders its section of RESULTS.md; ``--out benchmarks/cpu_frontier/results.json`` replaces the
+committed results and re-renders benchmarks/RESULTS.md.
 
 Example:
-    python benchmarks/cpu_frontier.py --out benchmarks/cpu_frontier.json    # full: ~14 min on 2 cores
-    python benchmarks/cpu_frontier.py --quick                               # 2-5 min
+    python -m benchmarks.cpu_frontier.run --out benchmarks/cpu_frontier/results.json   # full: ~14 min on 2 cores
+    python -m benchmarks.cpu_frontier.run --quick                                      # 2-5 min
 """
 
 from __future__ import annotations
@@ -60,14 +60,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import report
 import torch
-from corpus import converted, default_corpus, disk_mb
-from fused_decode import load_records
-from harness import CORES, evict, warm
-from loaders import time_loader
 from PIL import Image
-from pipelines import classic_pipeline, dali_iterator, uint8_pipeline
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
@@ -80,7 +74,13 @@ from lmdb_dataset import (
 from lmdb_dataset.decode.crop import random_resized_crop_box, resized_shape
 from lmdb_dataset.storage.environment import data_file, environments
 
-HERE = pathlib.Path(__file__).resolve().parent
+from .. import report
+from ..common.corpus import converted, default_corpus, disk_mb
+from ..common.harness import CORES, evict, warm
+from ..common.pipelines import classic_pipeline, dali_iterator, uint8_pipeline
+from ..decode.fused_decode import load_records
+from ..loaders.dataloader_cases import time_loader
+
 CORPORA = ("imagenet", "highres")
 TEMPERATURES = ("warm", "cold")
 CASES = {
@@ -136,7 +136,7 @@ Maker = Callable[[Corpus, str, argparse.Namespace], Loader]
 
 def highres_folder(data: pathlib.Path, num_images: int, workers: int) -> pathlib.Path:
     """``DATA/highres-N/train``: generated 1-4 MP JPEGs in 10 classes (make_corpus.py), made if missing."""
-    from make_corpus import make_highres_folder
+    from ..common.make_corpus import make_highres_folder
 
     root = data / f"highres-{num_images}" / "train"
     if not root.exists():
@@ -222,14 +222,14 @@ def spdl_loader(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
 
 
 def ffcv_loader(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
-    """FFCV's loader through benchmarks/peers.py (its own compiled pipeline, uint8 batches)."""
+    """FFCV's loader through benchmarks/common/peers.py (its own compiled pipeline, uint8 batches)."""
     peer, prepared = ffcv_prepared(corpus, args)
     return peer.make_loader(prepared, transform=None, batch_size=corpus.batch_size, num_workers=args.workers)
 
 
 def ffcv_prepared(corpus: Corpus, args: argparse.Namespace) -> tuple[Any, pathlib.Path]:
     """FFCV's peer adapter and its ``.beton`` of ``corpus`` (written once, cached under ``--data``)."""
-    from peer_setup import prepared_peers
+    from ..common.peer_setup import prepared_peers
 
     ready, missing = prepared_peers(args.data, corpus.folder, corpus.files, {"ffcv"})
     if "ffcv" not in ready:
@@ -313,7 +313,7 @@ def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: li
     """One run of one case: warm or evict its files, build it, time one epoch's steady state.
 
     ``first_batch_s`` counts from building the loader (DALI's iterator runs its first batch as it
-    is built) to its first batch; img/s is the steady state (``loaders.time_loader``). The loader
+    is built) to its first batch; img/s is the steady state (``loaders/dataloader_cases.time_loader``). The loader
     runs in a child process (forked), so no thread or process it leaves behind (FFCV's and DALI's
     pools) runs on into the next case. The ceiling is probed on ``records`` right before and right
     after, so the loader and its ceiling are measured under the same load from other processes
@@ -569,10 +569,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ceiling-seconds", type=float, default=0.5,
                         help="each ceiling probe, before and after every run (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="order and augmentation seed (default 0)")
-    parser.add_argument("--data", type=pathlib.Path, default=HERE / "data",
+    parser.add_argument("--data", type=pathlib.Path, default=report.BENCHMARKS / "data",
                         help="where corpora, conversions and FFCV files are cached (default benchmarks/data)")
     parser.add_argument("--out", type=pathlib.Path,
-                        help="JSON results file (default DATA/results/cpu_frontier.json)")
+                        help="JSON results file (default DATA/results/cpu_frontier/results.json)")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> dict:
     cases = [case for case in args.cases if case not in missing]
     load_before = os.getloadavg()[0]
     runs = run_rounds(corpora, cases, args)
-    results = {**report.provenance("cpu_frontier.py", argv), "versions": versions(),
+    results = {**report.provenance("cpu_frontier.run", argv), "versions": versions(),
                "settings": {"workers": args.workers, "batch_size": {c.name: c.batch_size for c in corpora},
                             "rounds": args.rounds,
                             "temperatures": args.temperatures, "ceiling_cores": min(CORES, args.workers),
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> dict:
                "runs": runs, "seconds": round(time.perf_counter() - started)}
     results["targets"] = targets(results)
     print(markdown(results))
-    report.save(results, args.out or args.data / "results" / "cpu_frontier.json")
+    report.save(results, args.out or args.data / "results" / "cpu_frontier" / "results.json")
     return results
 
 

@@ -2,16 +2,17 @@
 
 Every selected case runs once per round and rounds are interleaved (A, B, C, A, B, C, ...),
 so slow drift of a shared machine hits all cases alike; ratios are computed within a round
-and reported as median [min, max]. Writes RESULTS.md, results.json and results.png into
---out (default: DATA/results, a scratch folder; pass --out benchmarks/ to replace the committed
-results on purpose). See benchmarks/README.md for set-up, sizes, times and what each row means.
+and reported as median [min, max]. Writes RESULTS.md, loaders/results.json and loaders/results.png
+into the report folder --out (default: DATA/results, a scratch folder; pass --out benchmarks/ to
+replace the committed results on purpose). See benchmarks/README.md for set-up, sizes, times and
+what each row means.
 
-The stages live in their own modules: corpus.py (the data), decode_cases.py, loaders.py,
-cold_reads.py, conversion.py, memory.py (the cases), peer_setup.py (the peers), targets.py and
-report.py (the verdicts and RESULTS.md); harness.py runs the rounds.
+The stages live in their own modules: common/corpus.py (the data), decode_cases.py,
+dataloader_cases.py, cold_reads.py, conversion.py, memory.py (the cases), common/peer_setup.py (the
+peers), targets.py and report.py (the verdicts and RESULTS.md); common/harness.py runs the rounds.
 
 Example:
-    python benchmarks/run.py --quick
+    python -m benchmarks.loaders.run --quick
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+BENCHMARKS = Path(__file__).resolve().parents[1]
 BENCH_EXTRAS = ("psutil", "matplotlib", "skimage")
 FULL = {"corpus_images": 10_000, "rounds": 3, "batch_size": 256, "batches": 24, "ceiling_files": 500,
         "cold_records": 3000}
@@ -40,12 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     full, quick = (", ".join(f"{k.replace('_', '-')} {v}" for k, v in d.items()) for d in (FULL, QUICK))
     parser.add_argument("--quick", action="store_true",
                         help=f"a small run of a few minutes (defaults: {quick}) instead of the full suite ({full})")
-    parser.add_argument("--data", type=Path, default=HERE / "data",
+    parser.add_argument("--data", type=Path, default=BENCHMARKS / "data",
                         help="folder for the generated corpus, conversions and peer formats (default: "
                              "benchmarks/data, ignored by git)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for RESULTS.md, results.json, results.png (default: DATA/results; "
-                             "benchmarks/ replaces the committed results)")
+                        help="report folder for RESULTS.md, loaders/results.json, loaders/results.png "
+                             "(default: DATA/results; benchmarks/ replaces the committed results)")
     parser.add_argument("--corpus", type=Path, help="an ImageFolder root to measure instead of the generated corpus")
     parser.add_argument("--corpus-images", type=int, help="images of the generated corpus")
     parser.add_argument("--limit-images", type=int, help="use this many images of the corpus, spread evenly")
@@ -79,12 +80,12 @@ def missing_extras() -> list[str]:
 
 def all_cases(peers: list[str]) -> list:
     """Every case, in round order."""
-    from cold_reads import cold_read_cases
-    from conversion import convert_case
-    from decode_cases import decode_cases
-    from harness import Case
-    from loaders import COLD_PATHS, LoaderSpec, loader_case, warm_loader_specs
-    from memory import memory_case
+    from ..common.harness import Case
+    from .cold_reads import cold_read_cases
+    from .conversion import convert_case
+    from .dataloader_cases import COLD_PATHS, LoaderSpec, loader_case, warm_loader_specs
+    from .decode_cases import decode_cases
+    from .memory import memory_case
 
     cases = decode_cases()
     cases += [loader_case(spec) for spec in warm_loader_specs(peers)]
@@ -97,10 +98,11 @@ def all_cases(peers: list[str]) -> list:
 
 def prepare(args: argparse.Namespace, cases: list) -> tuple[Any, dict[str, float]]:
     """Corpus, subset, conversions and peers the selected cases need; and the datasets' sizes in MB."""
-    from corpus import converted, default_corpus, disk_mb, limited_folder
-    from harness import Context
-    from peer_setup import prepared_peers
     from torchvision.datasets import ImageFolder
+
+    from ..common.corpus import converted, default_corpus, disk_mb, limited_folder
+    from ..common.harness import Context
+    from ..common.peer_setup import prepared_peers
 
     folder = limited_folder(args.data, args.corpus or default_corpus(args.data, args.corpus_images),
                             args.limit_images)
@@ -121,14 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     missing = missing_extras()
     if missing:
-        print(f"benchmarks/run.py: missing {', '.join(missing)}: install the bench extras with "
+        print(f"benchmarks.loaders.run: missing {', '.join(missing)}: install the bench extras with "
               "pip install -e \".[bench]\" (from the repository root)", file=sys.stderr)
         return 2
     import torch
-    from harness import CORES, MB, run_rounds, select
-    from peer_setup import peer_names
-    from report import machine, write
-    from targets import targets
+
+    from ..common.harness import CORES, MB, run_rounds, select
+    from ..common.peer_setup import peer_names
+    from ..report import command, machine, write
+    from .targets import targets
 
     torch.set_num_threads(1)  # the main process normalises batches on one core, like a worker
     cases = select(all_cases(peer_names()), args.only)
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
           f"estimated {estimate / 60:.1f} min", flush=True)
     results = run_rounds(cases, ctx, args.rounds)
     found = targets(results, args)
-    meta = {"command": " ".join(["python", *sys.argv]), "machine": machine(CORES),
+    meta = {"command": command("loaders.run", argv), "machine": machine(CORES),
             "corpus": str(ctx.folder), "images": args.images_in_corpus,
             "corpus_mb": sum(Path(p).stat().st_size for p in ctx.files) / MB, "storage_mb": storage_mb,
             "rounds": args.rounds, "batch_size": args.batch_size, "batches": args.batches,
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
            "targets": [{"goal": t.goal, "measured": t.measured, "series": t.series, "threshold": t.threshold,
                         "at_least": t.at_least, "passed": t.passed, "gap": t.gap()} for t in found]}, args.out)
     print((args.out / "RESULTS.md").read_text())
-    print(f"wrote RESULTS.md, results.json and results.png into {args.out}")
+    print(f"wrote RESULTS.md, loaders/results.json and loaders/results.png into {args.out}")
     return 0
 
 

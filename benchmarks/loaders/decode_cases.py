@@ -9,12 +9,13 @@ from typing import Any
 
 import simplejpeg
 import torch
-from harness import Case, Context, Result
 from PIL import Image
-from pipelines import classic_pipeline
 from torchvision.io import decode_jpeg
 
 from lmdb_dataset.decode.transforms import train_transform
+
+from ..common.harness import Case, Context, Result
+from ..common.pipelines import classic_pipeline
 
 
 def ceiling_files(ctx: Context) -> list[str]:

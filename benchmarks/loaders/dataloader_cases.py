@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from harness import Case, Context, Result, evict, warm
-from pipelines import HWCToCHW, SimplejpegImageFolder, classic_pipeline, float_v2_pipeline, uint8_pipeline
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
 from lmdb_dataset.decode.transforms import NormalizeBatch
 from lmdb_dataset.storage.environment import data_file, environments
+
+from ..common.harness import Case, Context, Result, evict, warm
+from ..common.pipelines import HWCToCHW, SimplejpegImageFolder, classic_pipeline, float_v2_pipeline, uint8_pipeline
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from decode_cases import read_file
-from harness import MB, Case, Context, Result, evict
 
 from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset
 from lmdb_dataset.order.world import World
 from lmdb_dataset.storage.environment import data_file, environments
+
+from ..common.harness import MB, Case, Context, Result, evict
+from .decode_cases import read_file
 
 
 def random_batches(count: int, limit: int, seed: int, batch_size: int) -> list[np.ndarray]:

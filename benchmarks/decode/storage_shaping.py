@@ -13,7 +13,7 @@ For each choice the same ImageFolder is converted:
   ``ffcv`` imports (otherwise listed as not measured).
 
 on two corpora: ``imagenet`` (``make_photo_folder(size_profile="imagenet")``, median 500x375) and
-``highres`` (GENERATED 1-4 MP photos, as in benchmarks/fused_decode.py). Measured per choice:
+``highres`` (GENERATED 1-4 MP photos, as in benchmarks/decode/fused_decode.py). Measured per choice:
 
 * disk: the dataset's files (data.mdb + lock.mdb), MB and x the ``original`` dataset;
 * convert: wall seconds of the conversion (2 workers), once;
@@ -28,14 +28,14 @@ on two corpora: ``imagenet`` (``make_photo_folder(size_profile="imagenet")``, me
   stored size (``lmdb_dataset.write.shaping.resize_pixels``), mean |difference|: the loss of the JPEG
   re-encoding alone (0 for raw).
 
-Writes a JSON (default: benchmarks/data/results/storage_shaping.json); ``--out
-benchmarks/storage_shaping.json`` replaces the committed results and re-renders benchmarks/RESULTS.md;
+Writes a JSON (default: benchmarks/data/results/decode/storage_shaping.json); ``--out
+benchmarks/decode/storage_shaping.json`` replaces the committed results and re-renders benchmarks/RESULTS.md;
 ``--readme README.md`` rewrites the README's table. ``markdown(results)`` renders its section,
 ``readme_block(results)`` the README's table; ``--render JSON`` renders a saved run without measuring.
 
 Example:
-    python benchmarks/storage_shaping.py --imagenet-images 600 --highres-images 200 --rounds 5 \\
-        --out benchmarks/storage_shaping.json --readme README.md
+    python -m benchmarks.decode.storage_shaping --imagenet-images 600 --highres-images 200 --rounds 5 \\
+        --out benchmarks/decode/storage_shaping.json --readme README.md
 """
 
 from __future__ import annotations
@@ -48,15 +48,16 @@ import shutil
 import statistics
 import time
 
-import fused_decode
 import numpy as np
-import report
 import torch
 
 from lmdb_dataset import LMDBImageDataset, LMDBLoader, convert_image_folder, val_transform
 from lmdb_dataset.storage.environment import environments
 from lmdb_dataset.tools.photo_folders import make_photo_folder
 from lmdb_dataset.write.shaping import resize_pixels
+
+from .. import report
+from . import fused_decode
 
 MB = 1e6
 PAGE_SIZE = 1 << 21
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=pathlib.Path, default=report.BENCHMARKS / "data" / "storage_shaping",
                         help="where the corpora and datasets are written (default: benchmarks/data/storage_shaping)")
     parser.add_argument("--out", type=pathlib.Path, help="JSON results file (default: "
-                        "benchmarks/data/results/storage_shaping.json)")
+                        "benchmarks/data/results/decode/storage_shaping.json)")
     parser.add_argument("--readme", type=pathlib.Path, help="also write the table into this README.md "
                         "(between its storage-shaping-table markers)")
     parser.add_argument("--render", type=pathlib.Path, metavar="JSON",
@@ -293,12 +294,12 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             compare = ffcv_differences if choice in FFCV_CHOICES else differences
             row.update(compare(paths[corpus, "original"], paths[corpus, choice]))
-    result = {**report.provenance("storage_shaping.py", argv), "rounds": args.rounds, "batch_size": args.batch_size,
+    result = {**report.provenance("decode.storage_shaping", argv), "rounds": args.rounds, "batch_size": args.batch_size,
               "load_average_1min": [round(load_before, 2), round(load_after, 2)],
               "rows": list(rows.values()),
               "not_measured": [{"choice": name, "reason": reason} for name in FFCV_CHOICES] if reason else []}
     print(markdown(result))
-    report.save(result, args.out or report.SCRATCH / "storage_shaping.json")
+    report.save(result, args.out or report.SCRATCH / "decode" / "storage_shaping.json")
     if args.readme:
         write_readme(result, args.readme)
     return result

@@ -32,11 +32,11 @@ decode and resize parts alone) in 1 and 2 threads of one process and in 1 and 2 
 
 Targets (issue 12): fused >= 1.3x full on the high-resolution corpus, never slower (median
 >= 1.0x) on the ImageNet-like one. Writes a JSON (default: in --data, a scratch folder);
-``markdown(results)`` renders its section of RESULTS.md. ``--out benchmarks/fused_decode.json``
-replaces the committed results and re-renders benchmarks/RESULTS.md.
+``markdown(results)`` renders its section of RESULTS.md. ``--out
+benchmarks/decode/fused_decode.json`` replaces the committed results and re-renders benchmarks/RESULTS.md.
 
 Example:
-    python benchmarks/fused_decode.py --rounds 5 --candidates --threads --out benchmarks/fused_decode.json
+    python -m benchmarks.decode.fused_decode --rounds 5 --candidates --threads --out benchmarks/decode/fused_decode.json
 """
 
 from __future__ import annotations
@@ -57,10 +57,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
-import report
 import simplejpeg
 import torch
-from make_corpus import render_highres
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
@@ -81,6 +79,9 @@ from lmdb_dataset.decode.crop import (
 from lmdb_dataset.decode.image import decode_image, to_output
 from lmdb_dataset.storage.format import KIND_ENCODED, RecordHeader
 from lmdb_dataset.tools.photo_folders import PHOTO_DIR, make_photo_folder
+
+from .. import report
+from ..common.make_corpus import render_highres
 
 Corpus = list[tuple[RecordHeader, bytes]]
 TARGETS = {"highres": 1.3, "imagenet": 1.0}
@@ -545,7 +546,7 @@ def main(argv: list[str] | None = None) -> dict:
         extra.update(threads=measure_threads(corpora["imagenet"], args.size, args.rounds), threads_corpus="imagenet",
                      gil=gil_held_fraction(corpora["imagenet"], args.size))
     load_after = os.getloadavg()[0]
-    result = {**report.provenance("fused_decode.py", argv), "rounds": args.rounds, "size": args.size,
+    result = {**report.provenance("decode.fused_decode", argv), "rounds": args.rounds, "size": args.size,
               "load_average_1min": [round(load_before, 2), round(load_after, 2)], "cpus": os.cpu_count(),
               "region_decoder": region_decoding(), "rows": rows, **extra}
     print(markdown(result))

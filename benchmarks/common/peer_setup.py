@@ -1,4 +1,4 @@
-"""The peer loaders (benchmarks/peers.py) that import here, prepared once per corpus."""
+"""The peer loaders (peers.py) that import here, prepared once per corpus."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from corpus import corpus_key
+from .corpus import corpus_key
 
 
 def prepared_peers(data: Path, folder: Path, files: list[str], wanted: set[str]) -> tuple[dict[str, tuple[Any, Path]],
                                                                                dict[str, str]]:
     """Peers that import, prepared (cached) for ``folder``; and ``name -> reason`` for the others."""
     try:
-        peers = importlib.import_module("peers")
+        peers = importlib.import_module(".peers", __package__)
     except Exception as error:
-        return {}, {"all peers": f"benchmarks/peers.py does not import: {type(error).__name__}: {error}"}
+        return {}, {"all peers": f"benchmarks/common/peers.py does not import: {type(error).__name__}: {error}"}
     ready: dict[str, tuple[Any, Path]] = {}
     missing = dict(peers.unavailable_peers())
     for name, peer in peers.available_peers().items():
@@ -35,9 +35,9 @@ def prepared_peers(data: Path, folder: Path, files: list[str], wanted: set[str])
 
 
 def peer_names() -> list[str]:
-    """Names of the peers whose library imports (none if benchmarks/peers.py is missing or broken)."""
+    """Names of the peers whose library imports (none if peers.py is missing or broken)."""
     try:
-        return list(importlib.import_module("peers").available_peers())
+        return list(importlib.import_module(".peers", __package__).available_peers())
     except Exception:
         return []
 

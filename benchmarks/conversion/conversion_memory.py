@@ -24,13 +24,13 @@ converting process's peak heap between sizes as a share of the source bytes adde
 The sizes default to 1,000 and 4,000 images (~110 KB each): both above one 64 MiB writer
 commit, so that the writer's own transaction buffer is full at both sizes.
 
-Writes a JSON (default: benchmarks/data/results/conversion_memory.json, a scratch folder) and
-prints its section of RESULTS.md, ``markdown(results)``. ``--out
-benchmarks/conversion_memory.json`` replaces the committed results and re-renders
+Writes a JSON (default: benchmarks/data/results/conversion/conversion_memory.json, a scratch folder)
+and prints its section of RESULTS.md, ``markdown(results)``. ``--out
+benchmarks/conversion/conversion_memory.json`` replaces the committed results and re-renders
 benchmarks/RESULTS.md.
 
 Example:
-    python benchmarks/conversion_memory.py --sizes 1000 4000 --workers 2 --writer-delay-ms 8
+    python -m benchmarks.conversion.conversion_memory --sizes 1000 4000 --workers 2 --writer-delay-ms 8
 """
 
 from __future__ import annotations
@@ -44,22 +44,22 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import report
-from conversion import anonymous_rss, run_sampled
-from corpus import limited_folder
-from harness import MB
-
 from lmdb_dataset.tools.photo_folders import make_photo_folder
 from lmdb_dataset.write import convert as convert_module
 from lmdb_dataset.write.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
 from lmdb_dataset.write.writer import LMDBWriter
 
+from .. import report
+from ..common.corpus import limited_folder
+from ..common.harness import MB, child_env
+from ..common.sampling import anonymous_rss, run_sampled
+
 FEEDERS = ("bounded", "unbounded-imap")
 """The feeders compared: the package's ``build_records`` and version 0.1's ``Pool.imap``."""
 HEAP_GROWTH_LIMIT = 0.05
 """Bounded means: the converting process's peak heap grows by less than this share of the source bytes added."""
-CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); import conversion_memory; "
-         "conversion_memory.convert_instrumented(sys.argv[2:])")
+CHILD = ("import sys; from benchmarks.conversion import conversion_memory; "
+         "conversion_memory.convert_instrumented(sys.argv[1:])")
 
 Task = tuple[str, int, str]
 _build = convert_module._build
@@ -119,8 +119,8 @@ def convert_instrumented(argv: list[str]) -> None:
 
 def measure(src: Path, dst: Path, feeder: str, workers: int, delay_ms: float) -> dict:
     """One conversion in a child process, its memory sampled from here; the row of the table."""
-    child, peaks = run_sampled([sys.executable, "-c", CHILD, str(report.BENCHMARKS), str(src), str(dst), feeder,
-                                str(workers), str(delay_ms)])
+    child, peaks = run_sampled([sys.executable, "-c", CHILD, str(src), str(dst), feeder, str(workers), str(delay_ms)],
+                               env=child_env())
     return {"feeder": feeder, "images": child["records"], "source_mb": round(child["bytes"] / MB, 1),
             "records_per_s": round(child["records"] / child["seconds"], 1),
             "peak_tasks_ahead": child["peak_tasks_ahead"], "peak_records_waiting": child["peak_records_waiting"],
@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="sleep added to every LMDBWriter.add_record, the slow writer (default 8 ms)")
     parser.add_argument("--data", type=Path, default=report.BENCHMARKS / "data" / "conversion_memory",
                         help="where the corpus and the datasets go (default benchmarks/data/conversion_memory)")
-    parser.add_argument("--out", type=Path, default=report.SCRATCH / "conversion_memory.json",
-                        help="results file (JSON; default benchmarks/data/results/conversion_memory.json; "
-                             "benchmarks/conversion_memory.json replaces the committed one)")
+    parser.add_argument("--out", type=Path, default=report.SCRATCH / "conversion" / "conversion_memory.json",
+                        help="results file (JSON; default benchmarks/data/results/conversion/conversion_memory.json; "
+                             "benchmarks/conversion/conversion_memory.json replaces the committed one)")
     args = parser.parse_args(argv)
     if len(set(args.sizes)) < 2 or min(args.sizes) < 1:
         parser.error(f"--sizes {' '.join(map(str, args.sizes))}: give at least 2 different positive sizes")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         for feeder in FEEDERS:
             print(f"converting {size} images, {feeder} ...", flush=True)
             rows.append(measure(folder, args.data / "converted.lmdb", feeder, args.workers, args.writer_delay_ms))
-    result = {**report.provenance("conversion_memory.py", argv), "workers": args.workers,
+    result = {**report.provenance("conversion.conversion_memory", argv), "workers": args.workers,
               "writer_delay_ms": args.writer_delay_ms, "tasks_per_batch": TASKS_PER_BATCH,
               "batches_per_worker": BATCHES_PER_WORKER,
               "bound_tasks": (args.workers * BATCHES_PER_WORKER + 1) * TASKS_PER_BATCH, "rows": rows}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import psutil
-from harness import MB, Case, Context, Result, warm
-from loaders import LoaderSpec, make_loader
+
+from ..common.harness import MB, Case, Context, Result, warm
+from .dataloader_cases import LoaderSpec, make_loader
 
 
 def worker_memory(pid: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ Pillow fallback), applies the caller's ``transform`` and batches with torch's
 the decoder. The peer libraries are imported lazily: one that is not installed
 is listed by :func:`unavailable_peers` and never breaks the suite.
 
-Run ``python benchmarks/peers.py IMAGE_FOLDER WORK_DIR`` for a self-check that
+Run ``python -m benchmarks.common.peers IMAGE_FOLDER WORK_DIR`` for a self-check that
 prepares every available peer, iterates it and checks the label counts against
 the ImageFolder (and, for byte-preserving peers, that every image arrives
 exactly once per epoch).

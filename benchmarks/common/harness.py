@@ -18,6 +18,8 @@ from lmdb_dataset.storage.pagecache import evict_from_page_cache, resident_fract
 
 CORES = len(os.sched_getaffinity(0))
 MB = 1e6
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository root: the folder that holds the ``benchmarks`` package."""
 
 Result = dict[str, Any]
 
@@ -132,3 +134,9 @@ def per_round_ratio(results: dict[str, list[Result]], numerator: str, denominato
     """``numerator / (denominator * scale)`` within each round."""
     return [n / (d * scale) if d else float("nan")
             for n, d in zip(values(results, numerator), values(results, denominator))]
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment with the repository root first on ``PYTHONPATH``: a child started
+    as ``python -m benchmarks...`` or ``python -c`` imports the same ``benchmarks`` package."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

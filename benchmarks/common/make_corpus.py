@@ -9,8 +9,8 @@ photographs (:func:`render_highres`). Either way it prints the corpus statistics
 ImageNet's and writes them to ``OUT_DIR/corpus_stats.json``.
 
 Example:
-    python benchmarks/make_corpus.py /tmp/corpus --num-images 10000 --workers 2
-    python benchmarks/make_corpus.py /tmp/highres --profile highres --num-images 600 --num-classes 10
+    python -m benchmarks.common.make_corpus /tmp/corpus --num-images 10000 --workers 2
+    python -m benchmarks.common.make_corpus /tmp/highres --profile highres --num-images 600 --num-classes 10
 """
 
 from __future__ import annotations

@@ -17,14 +17,14 @@ Layouts:
 Targets (default settings, ``shuffled`` layout): distinct classes >= 0.9x random's, TV
 distance <= 1.2x random's, repeat co-occurrence <= 2x random's, at most 1 seek per chunk.
 
-Writes a JSON (default: benchmarks/data/results/order_quality.json, a scratch folder);
-``markdown(results)`` renders its section of RESULTS.md. ``--output benchmarks/order_quality.json``
+Writes a JSON (default: benchmarks/data/results/order/order_quality.json, a scratch folder);
+``markdown(results)`` renders its section of RESULTS.md. ``--output benchmarks/order/order_quality.json``
 (or ``order_quality_corpus.json`` for ``--corpus`` runs) replaces the committed results and
 re-renders benchmarks/RESULTS.md.
 
 Example:
-    python benchmarks/order_quality.py --output benchmarks/order_quality.json
-    python benchmarks/order_quality.py --corpus /tmp/corpus.lmdb --ranks 2 --workers 2 --batch-size 32
+    python -m benchmarks.order.order_quality --output benchmarks/order/order_quality.json
+    python -m benchmarks.order.order_quality --corpus /tmp/corpus.lmdb --ranks 2 --workers 2 --batch-size 32
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import pathlib
 import sys
 
 import numpy as np
-import report
 
 from lmdb_dataset.order.maths import (
     DEFAULT_CHUNK_SIZE,
@@ -46,6 +45,8 @@ from lmdb_dataset.order.maths import (
     worker_positions,
 )
 from lmdb_dataset.order.quality import order_quality, seeks
+
+from .. import report
 
 TARGETS = {"distinct_classes": (">=", 0.9), "tv_distance": ("<=", 1.2), "repeat_cooccurrence": ("<=", 2.0)}
 
@@ -208,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of readers and of the shuffled layout")
     parser.add_argument("--corpus", action="append", default=[],
                         help="a converted dataset to score instead of synthetic labels (repeatable)")
-    parser.add_argument("--output", type=pathlib.Path, default=report.SCRATCH / "order_quality.json",
-                        help="results file (JSON; default benchmarks/data/results/order_quality.json; "
-                             "benchmarks/order_quality.json replaces the committed one)")
+    parser.add_argument("--output", type=pathlib.Path, default=report.SCRATCH / "order" / "order_quality.json",
+                        help="results file (JSON; default benchmarks/data/results/order/order_quality.json; "
+                             "benchmarks/order/order_quality.json replaces the committed one)")
     args = parser.parse_args(argv)
     options = {"ranks": args.ranks, "workers": args.workers, "batch_size": args.batch_size,
                "chunk_size": args.chunk_size, "pool_size": args.pool_size, "seed": args.seed}
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         n = len(labels)
         layouts["shuffled (default conversion)"] = (labels, np.random.default_rng(args.seed).permutation(n))
         layouts["class-sorted layout"] = (labels, np.arange(n))
-    results = {**report.provenance("order_quality.py", argv), "settings": options, "layouts": {}}
+    results = {**report.provenance("order.order_quality", argv), "settings": options, "layouts": {}}
     for name, (labels, file_order) in layouts.items():
         rows = evaluate(labels, file_order, **options)
         chunks = len(chunk_bounds(len(labels), chunk_size=args.chunk_size, seed=args.seed, epoch=0)) - 1

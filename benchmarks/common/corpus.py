@@ -13,13 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import CORES, MB
 from torchvision.datasets import ImageFolder
 
 from lmdb_dataset import LMDBImageDataset, convert_image_folder
 from lmdb_dataset.storage.environment import environments
 
-HERE = Path(__file__).resolve().parent
+from .harness import CORES, MB, child_env
 
 
 def corpus_key(files: list[str]) -> str:
@@ -36,8 +35,8 @@ def default_corpus(data: Path, num_images: int) -> Path:
     if not (root / "corpus_stats.json").exists():
         minutes = num_images / 50 / 60
         print(f"generating a {num_images}-image corpus in {root} (~{minutes:.1f} min on 2 cores)", flush=True)
-        subprocess.run([sys.executable, str(HERE / "make_corpus.py"), str(root), "--num-images", str(num_images),
-                        "--workers", str(CORES)], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.common.make_corpus", str(root), "--num-images",
+                        str(num_images), "--workers", str(CORES)], check=True, env=child_env())
     return root / "train"
 
 
