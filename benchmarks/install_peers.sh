@@ -51,7 +51,7 @@ if ! "${PIP[@]}" install "ffcv==1.0.2"; then
   echo "install_peers.sh: FFCV did not build; the ffcv peer will be reported unavailable" >&2
 fi
 
-# The CPU anchors of benchmarks/cpu_frontier.py: DALI's CPU pipeline (the CUDA 12 wheel from
+# The CPU anchors of benchmarks/cpu_frontier/run.py: DALI's CPU pipeline (the CUDA 12 wheel from
 # PyPI runs CPU-only pipelines without a GPU) and SPDL, whose spdl.io decodes through the
 # system's FFmpeg shared libraries (Debian bookworm: FFmpeg 5.1).
 "${PIP[@]}" install "nvidia-dali-cuda120==2.4.0" "spdl==0.8.0"

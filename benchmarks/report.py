@@ -1,11 +1,12 @@
 """The report of a run: RESULTS.md and results.png, rendered from saved JSON alone.
 
-RESULTS.md is the main suite's report (``markdown`` of results.json) followed by one section per
-stand-alone benchmark whose JSON lies in the same folder, in the order of ``SECTIONS``; each
+A report folder is laid out like benchmarks/: RESULTS.md is the main suite's report (``markdown`` of
+``loaders/results.json``, its plot ``loaders/results.png``) followed by one section per stand-alone
+benchmark whose JSON lies in the folder at its ``SECTIONS`` path, in the order of ``SECTIONS``; each
 section is rendered by its benchmark module's ``markdown(results)``. Every sentence is computed
 from the runs' own numbers (machine, corpus, disk sizes, targets, cases); explanations written by
 hand live in NOTES.md, dated, never here.
-``python benchmarks/report.py results.json --out DIR`` renders a saved run again.
+``python -m benchmarks.report benchmarks/loaders/results.json --out DIR`` renders a saved run again.
 """
 
 from __future__ import annotations
@@ -26,26 +27,29 @@ Run = dict[str, Any]
 
 BENCHMARKS = Path(__file__).resolve().parent
 SCRATCH = BENCHMARKS / "data" / "results"
-"""Default output folder of every benchmark (ignored by git); benchmarks/ holds the committed results."""
+"""Default report folder of every benchmark (ignored by git); benchmarks/ holds the committed results."""
+MAIN_RUN = "loaders/results.json"
+MAIN_PLOT = "loaders/results.png"
+"""The main suite's run and its plot, relative to a report folder."""
 
 SECTIONS: list[tuple[str, str]] = [
-    ("order_quality.json", "order_quality"),
-    ("order_quality_corpus.json", "order_quality"),
-    ("train_ab.json", "train_ab"),
-    ("fused_decode.json", "fused_decode"),
-    ("cpu_frontier.json", "cpu_frontier"),
-    ("legacy_repack.json", "legacy_repack"),
-    ("legacy_repack_cold.json", "legacy_repack"),
-    ("conversion_memory.json", "conversion_memory"),
+    ("order/order_quality.json", "order.order_quality"),
+    ("order/order_quality_corpus.json", "order.order_quality"),
+    ("order/train_ab.json", "order.train_ab"),
+    ("decode/fused_decode.json", "decode.fused_decode"),
+    ("cpu_frontier/results.json", "cpu_frontier.run"),
+    ("conversion/legacy_repack.json", "conversion.legacy_repack"),
+    ("conversion/legacy_repack_cold.json", "conversion.legacy_repack"),
+    ("conversion/conversion_memory.json", "conversion.conversion_memory"),
     ("slow_storage/results.json", "slow_storage.report"),
     ("slow_storage/scale.json", "slow_storage.report"),
-    ("gpu_check.json", "gpu.check"),
+    ("gpu/results.json", "gpu.check"),
     ("node_scale/results.json", "node_scale.report"),
-    ("storage_shaping.json", "storage_shaping"),
+    ("decode/storage_shaping.json", "decode.storage_shaping"),
 ]
-"""The sections after the main report, in order: (JSON path relative to the folder, module of
-benchmarks/ whose ``markdown(results: dict) -> str`` renders it). A new stand-alone benchmark adds
-one entry."""
+"""The sections after the main report, in order: (JSON path relative to the report folder, module of
+the ``benchmarks`` package whose ``markdown(results: dict) -> str`` renders it). A new stand-alone
+benchmark adds one entry."""
 
 
 def machine(cores: int) -> dict[str, Any]:
@@ -63,10 +67,16 @@ def machine(cores: int) -> dict[str, Any]:
             "simplejpeg": simplejpeg.__version__, "Pillow": PIL.__version__}
 
 
-def provenance(script: str, argv: list[str] | None) -> dict[str, Any]:
-    """What a stand-alone benchmark records about its run: command line, UTC date and machine."""
-    given = sys.argv[1:] if argv is None else argv
-    return {"command": " ".join(["python", f"benchmarks/{script}", *given]),
+def command(module: str, argv: list[str] | None) -> str:
+    """The command line of a run of ``python -m benchmarks.MODULE`` (``argv``: its arguments, default
+    this process's)."""
+    return " ".join(["python", "-m", f"benchmarks.{module}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def provenance(module: str, argv: list[str] | None) -> dict[str, Any]:
+    """What a stand-alone benchmark (``python -m benchmarks.MODULE``) records about its run: command
+    line, UTC date and machine."""
+    return {"command": command(module, argv),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
             "machine": machine(len(os.sched_getaffinity(0)))}
 
@@ -90,16 +100,28 @@ def provenance_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def report_folder(path: Path) -> Path | None:
+    """The report folder that holds ``path`` at a ``SECTIONS`` path and a main run at ``MAIN_RUN``
+    (benchmarks/ for a committed JSON), or None."""
+    for name, _ in SECTIONS:
+        parts = Path(name).parts
+        if path.parts[-len(parts):] == parts:
+            folder = path.parents[len(parts) - 1]
+            if (folder / MAIN_RUN).exists():
+                return folder
+    return None
+
+
 def save(results: dict[str, Any], path: Path) -> None:
-    """Write a stand-alone benchmark's JSON; where its folder holds a main run (results.json, as
-    benchmarks/ does), re-render that folder's RESULTS.md with the new section."""
+    """Write a stand-alone benchmark's JSON; where it lies in a report folder at its ``SECTIONS`` path
+    beside a main run (as benchmarks/NAME/... does), re-render that folder's RESULTS.md with the new section."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
-    main_run = path.parent / "results.json"
-    if main_run.exists():
-        (path.parent / "RESULTS.md").write_text(assemble(json.loads(main_run.read_text()), path.parent))
-        print(f"re-rendered {path.parent / 'RESULTS.md'}")
+    folder = report_folder(path)
+    if folder is not None:
+        (folder / "RESULTS.md").write_text(assemble(json.loads((folder / MAIN_RUN).read_text()), folder))
+        print(f"re-rendered {folder / 'RESULTS.md'}")
 
 
 def sections(folder: Path) -> list[str]:
@@ -107,7 +129,8 @@ def sections(folder: Path) -> list[str]:
     rendered = []
     for name, module in SECTIONS:
         if (folder / name).exists():
-            rendered.append(importlib.import_module(module).markdown(json.loads((folder / name).read_text())))
+            renderer = importlib.import_module(f"benchmarks.{module}")
+            rendered.append(renderer.markdown(json.loads((folder / name).read_text())))
     return rendered
 
 
@@ -206,7 +229,7 @@ def markdown(run: Run) -> str:
     if meta["unavailable_peers"]:
         lines += ["", "## Peers not measured", ""]
         lines += [f"- {name}: {reason}" for name, reason in meta["unavailable_peers"].items()]
-    lines += ["", "![results](results.png)", ""]
+    lines += ["", f"![results]({MAIN_PLOT})", ""]
     return "\n".join(lines)
 
 
@@ -239,29 +262,32 @@ def plot(run: Run, path: Path) -> None:
 
 
 def render(run: Run, out: Path, *, folder: Path | None = None) -> None:
-    """Write RESULTS.md (with the sections whose JSON lies in ``folder``, default ``out``) and
-    results.png of a run into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write RESULTS.md (with the sections whose JSON lies in the report folder ``folder``, default
+    ``out``) into ``out`` and the plot of a run into ``out/loaders/results.png``."""
+    (out / MAIN_PLOT).parent.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.md").write_text(assemble(run, out if folder is None else folder))
-    plot(run, out / "results.png")
+    plot(run, out / MAIN_PLOT)
 
 
 def write(run: Run, out: Path) -> None:
-    """Write results.json, RESULTS.md and results.png of a run into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    """Write a run into the report folder ``out``: ``loaders/results.json``, ``loaders/results.png``
+    and RESULTS.md (with the sections found in ``out``)."""
+    (out / MAIN_RUN).parent.mkdir(parents=True, exist_ok=True)
+    (out / MAIN_RUN).write_text(json.dumps(run, indent=2, default=str) + "\n")
     render(run, out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Render a saved results.json again."""
-    parser = argparse.ArgumentParser(description="Render RESULTS.md and results.png from a saved results.json "
-                                                 "and the stand-alone benchmarks' JSON beside it.")
-    parser.add_argument("results", type=Path, help="a results.json written by benchmarks/run.py")
-    parser.add_argument("--out", type=Path, required=True, help="folder for RESULTS.md and results.png")
+    """Render a saved run again."""
+    parser = argparse.ArgumentParser(description="Render RESULTS.md and loaders/results.png from a saved main run "
+                                                 "and the stand-alone benchmarks' JSON of its report folder.")
+    parser.add_argument("results", type=Path, help=f"a {MAIN_RUN} written by benchmarks.loaders.run (its report "
+                                                   "folder, two levels up, holds the sections' JSON)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for RESULTS.md and loaders/results.png (benchmarks re-renders the committed ones)")
     args = parser.parse_args(argv)
-    render(json.loads(args.results.read_text()), args.out, folder=args.results.parent)
-    print(f"wrote {args.out / 'RESULTS.md'} and {args.out / 'results.png'}")
+    render(json.loads(args.results.read_text()), args.out, folder=args.results.resolve().parents[1])
+    print(f"wrote {args.out / 'RESULTS.md'} and {args.out / MAIN_PLOT}")
     return 0
 
 

@@ -19,16 +19,13 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 BLOCK_EXTRAS = "import sys\nfor name in ('psutil', 'matplotlib', 'skimage'):\n    sys.modules[name] = None\n"
 
 
-@pytest.fixture
-def bench_modules(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-
-
 def run_script(arguments: list[str]) -> subprocess.CompletedProcess:
-    """``benchmarks/run.py ARGUMENTS`` in a fresh interpreter where the bench extras are not installed."""
+    """``python -m benchmarks.loaders.run ARGUMENTS`` in a fresh interpreter where the bench extras are not
+    installed."""
     code = BLOCK_EXTRAS + (f"sys.argv = ['run.py', *{arguments!r}]\nimport runpy\n"
-                           f"runpy.run_path({str(BENCHMARKS / 'run.py')!r}, run_name='__main__')\n")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+                           "runpy.run_module('benchmarks.loaders.run', run_name='__main__', alter_sys=True)\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=BENCHMARKS.parent)
 
 
 def test_help_works_without_the_bench_extras_and_says_what_to_install():
@@ -44,8 +41,8 @@ def test_a_run_without_the_bench_extras_names_them_and_the_install_command(tmp_p
     assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())
 
 
-def test_output_goes_to_a_scratch_folder_unless_asked(bench_modules, tmp_path):
-    import run
+def test_output_goes_to_a_scratch_folder_unless_asked(tmp_path):
+    from benchmarks.loaders import run
 
     args = run.parse_args(["--data", str(tmp_path)])
     assert args.out == tmp_path / "results" and args.out != BENCHMARKS
@@ -53,8 +50,8 @@ def test_output_goes_to_a_scratch_folder_unless_asked(bench_modules, tmp_path):
     assert run.parse_args(["--out", str(BENCHMARKS)]).out == BENCHMARKS
 
 
-def test_quick_defaults_give_way_to_explicit_options(bench_modules):
-    import run
+def test_quick_defaults_give_way_to_explicit_options():
+    from benchmarks.loaders import run
 
     quick = run.parse_args(["--quick", "--rounds", "2"])
     assert quick.rounds == 2 and quick.corpus_images == run.QUICK["corpus_images"] < run.FULL["corpus_images"]
@@ -64,7 +61,7 @@ def test_quick_defaults_give_way_to_explicit_options(bench_modules):
 def synthetic_run(**meta) -> dict:
     """A results.json of two cases and one missed target, with made-up numbers."""
     return {
-        "meta": {"command": "python benchmarks/run.py --quick", "images": 1200, "corpus_mb": 130.0,
+        "meta": {"command": "python -m benchmarks.loaders.run --quick", "images": 1200, "corpus_mb": 130.0,
                  "corpus": "/tmp/corpus", "rounds": 1, "wall_s": 180.0, "batch_size": 64, "batches": 12,
                  "unavailable_peers": {"peer:ffcv": "not installed"},
                  "machine": {"cores": 2, "memory_gb": 8.0, "cpu": "a CPU", "python": "3.11", "torch": "2",
@@ -78,8 +75,8 @@ def synthetic_run(**meta) -> dict:
     }
 
 
-def test_report_is_built_from_the_run_numbers_only(bench_modules):
-    import report
+def test_report_is_built_from_the_run_numbers_only():
+    from benchmarks import report
 
     text = report.markdown(synthetic_run(storage_mb={"encoded": 131.0, "raw": 858.0}))
     assert "Why" not in text and "profiled" not in text.lower()
@@ -91,10 +88,10 @@ def test_report_is_built_from_the_run_numbers_only(bench_modules):
     assert "- peer:ffcv: not installed" in text and "batch 64" in text
 
 
-def test_committed_results_md_is_the_assembled_render_of_every_committed_json(bench_modules):
-    import report
+def test_committed_results_md_is_the_assembled_render_of_every_committed_json():
+    from benchmarks import report
 
-    run = json.loads((BENCHMARKS / "results.json").read_text())
+    run = json.loads((BENCHMARKS / report.MAIN_RUN).read_text())
     text = (BENCHMARKS / "RESULTS.md").read_text()
     assert text == report.assemble(run, BENCHMARKS)
     assert text.startswith(report.markdown(run))
@@ -103,15 +100,17 @@ def test_committed_results_md_is_the_assembled_render_of_every_committed_json(be
     # Every JSON of benchmarks/ and its sub-folders is the main run's or a registered section's: none is left
     # out of RESULTS.md (benchmarks/data/ is the ignored scratch folder).
     committed = [*BENCHMARKS.glob("*.json"), *(p for p in BENCHMARKS.glob("*/*.json") if p.parent.name != "data")]
-    assert {p.relative_to(BENCHMARKS).as_posix() for p in committed} == {"results.json", *present}
+    assert {p.relative_to(BENCHMARKS).as_posix() for p in committed} == {report.MAIN_RUN, *present}
+    assert report.report_folder(BENCHMARKS / "cpu_frontier" / "results.json") == BENCHMARKS  # re-renders RESULTS.md
 
 
-def test_sections_are_skipped_when_absent_and_follow_the_registry_order(bench_modules, tmp_path):
-    import report
+def test_sections_are_skipped_when_absent_and_follow_the_registry_order(tmp_path):
+    from benchmarks import report
 
     run = synthetic_run()
     assert report.assemble(run, tmp_path) == report.markdown(run)
-    for name in ("fused_decode.json", "order_quality.json"):  # written out of registry order
+    for name in ("decode/fused_decode.json", "order/order_quality.json"):  # written out of registry order
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text((BENCHMARKS / name).read_text())
     text = report.assemble(run, tmp_path)
     assert text.index("\n## Order quality\n") < text.index("\n## Fused crop decoding\n")
@@ -119,32 +118,34 @@ def test_sections_are_skipped_when_absent_and_follow_the_registry_order(bench_mo
 
 
 @pytest.mark.parametrize("name,module", [
-    ("order_quality.json", "order_quality"), ("order_quality_corpus.json", "order_quality"),
-    ("train_ab.json", "train_ab"), ("fused_decode.json", "fused_decode"), ("cpu_frontier.json", "cpu_frontier"),
-    ("legacy_repack.json", "legacy_repack"), ("legacy_repack_cold.json", "legacy_repack"),
-    ("conversion_memory.json", "conversion_memory"), ("slow_storage/results.json", "slow_storage.report"),
-    ("slow_storage/scale.json", "slow_storage.report"), ("node_scale/results.json", "node_scale.report")])
-def test_each_section_renders_its_committed_json_and_only_its_numbers(bench_modules, name, module):
+    ("order/order_quality.json", "order.order_quality"), ("order/order_quality_corpus.json", "order.order_quality"),
+    ("order/train_ab.json", "order.train_ab"), ("decode/fused_decode.json", "decode.fused_decode"),
+    ("cpu_frontier/results.json", "cpu_frontier.run"), ("conversion/legacy_repack.json", "conversion.legacy_repack"),
+    ("conversion/legacy_repack_cold.json", "conversion.legacy_repack"),
+    ("conversion/conversion_memory.json", "conversion.conversion_memory"),
+    ("slow_storage/results.json", "slow_storage.report"), ("slow_storage/scale.json", "slow_storage.report"),
+    ("node_scale/results.json", "node_scale.report")])
+def test_each_section_renders_its_committed_json_and_only_its_numbers(name, module):
     import importlib
 
-    import report
+    from benchmarks import report
 
     assert (name, module) in report.SECTIONS
+    renderer = importlib.import_module(f"benchmarks.{module}")
     results = json.loads((BENCHMARKS / name).read_text())
-    text = importlib.import_module(module).markdown(results)
-    assert text == importlib.import_module(module).markdown(json.loads((BENCHMARKS / name).read_text()))
+    text = renderer.markdown(results)
+    assert text == renderer.markdown(json.loads((BENCHMARKS / name).read_text()))
     assert text.startswith("## ") and text.count("\n## ") == 0 and text.endswith("\n")
     assert "Command: `" in text or "Command: not recorded in the JSON." in text
     for word in ("because", "Why", "Hence", "(issue", "0.1's"):
         assert word not in text, f"{name}: hand-written explanation {word!r} belongs in NOTES.md"
 
 
-def test_section_verdicts_follow_the_numbers(bench_modules):
-    import fused_decode
-    import order_quality
-    import train_ab
+def test_section_verdicts_follow_the_numbers():
+    from benchmarks.decode import fused_decode
+    from benchmarks.order import order_quality, train_ab
 
-    fused = json.loads((BENCHMARKS / "fused_decode.json").read_text())
+    fused = json.loads((BENCHMARKS / "decode" / "fused_decode.json").read_text())
     for row in fused["rows"]:
         if row["corpus"] == "highres":
             row["ratio_median"] = 1.2
@@ -159,15 +160,15 @@ def test_section_verdicts_follow_the_numbers(bench_modules):
     assert "): missed: chunk sampler -2.50, iterable +0.00." in text
     assert "| default conversion (shuffled) | chunk sampler | 8 | 88.0, 89.0 | 88.50 | -2.50 |" in text
 
-    quality = json.loads((BENCHMARKS / "order_quality.json").read_text())
+    quality = json.loads((BENCHMARKS / "order" / "order_quality.json").read_text())
     text = order_quality.markdown(quality)
     assert re.search(r"missed: distinct_classes 0\.\d\dx \(target >= 0\.9x\)", text) and "| chunk sampler |" in text
 
 
-def test_conversion_memory_verdicts_follow_the_numbers(bench_modules):
-    import conversion_memory
+def test_conversion_memory_verdicts_follow_the_numbers():
+    from benchmarks.conversion import conversion_memory
 
-    results = json.loads((BENCHMARKS / "conversion_memory.json").read_text())
+    results = json.loads((BENCHMARKS / "conversion" / "conversion_memory.json").read_text())
     text = conversion_memory.markdown(results)
     assert "- `bounded`: independent of the dataset size: " in text
     assert "- `unbounded-imap`: grows with the dataset size: " in text
@@ -180,23 +181,22 @@ def test_conversion_memory_verdicts_follow_the_numbers(bench_modules):
     assert "- `bounded`: grows with the dataset size: " in conversion_memory.markdown(results)  # 6% > 5%
 
 
-def test_a_stand_alone_run_records_its_provenance_and_re_renders_only_beside_a_main_run(bench_modules, tmp_path,
-                                                                                         monkeypatch):
-    import order_quality
-    import report
+def test_a_stand_alone_run_records_its_provenance_and_re_renders_only_beside_a_main_run(tmp_path, monkeypatch):
+    from benchmarks import report
+    from benchmarks.order import order_quality
 
     monkeypatch.setattr(report, "machine", lambda cores: {"cores": cores, "memory_gb": 8.0, "cpu": "a CPU"})
-    out = tmp_path / "oq.json"
-    assert order_quality.main(["--classes", "6", "--per-class", "50", "--ranks", "2", "--workers", "2",
-                               "--batch-size", "8", "--chunk-size", "4", "--pool-size", "16",
-                               "--output", str(out)]) == 0
+    out = tmp_path / "order" / "order_quality.json"  # its SECTIONS path in the report folder tmp_path
+    arguments = ["--classes", "6", "--per-class", "50", "--ranks", "2", "--workers", "2", "--batch-size", "8",
+                 "--chunk-size", "4", "--pool-size", "16", "--output", str(out)]
+    assert order_quality.main(arguments) == 0
     results = json.loads(out.read_text())
-    assert results["command"].startswith("python benchmarks/order_quality.py --classes 6")
+    assert results["command"].startswith("python -m benchmarks.order.order_quality --classes 6")
     assert results["machine"]["cpu"] == "a CPU" and results["date"][:2] == "20" and len(results["date"]) == 10
     assert not (tmp_path / "RESULTS.md").exists()  # no main run in that folder: nothing re-rendered
-    (tmp_path / "results.json").write_text(json.dumps(synthetic_run()))
-    order_quality.main(["--classes", "6", "--per-class", "50", "--ranks", "2", "--workers", "2", "--batch-size", "8",
-                        "--chunk-size", "4", "--pool-size", "16", "--output", str(tmp_path / "order_quality.json")])
+    (tmp_path / report.MAIN_RUN).parent.mkdir()
+    (tmp_path / report.MAIN_RUN).write_text(json.dumps(synthetic_run()))
+    order_quality.main(arguments)
     assert (tmp_path / "RESULTS.md").read_text() == report.assemble(synthetic_run(), tmp_path)
     assert "## Order quality\n" in (tmp_path / "RESULTS.md").read_text()
     assert report.SCRATCH.parent.name == "data" and report.SCRATCH.parent.parent == BENCHMARKS
@@ -214,8 +214,8 @@ def test_hand_written_notes_are_dated_and_name_their_command(name):
         assert "Command: `" in section, f"notes section without its command: {section[:60]!r}"
 
 
-def test_readme_slow_storage_block_is_generated_from_the_committed_runs(bench_modules):
-    from slow_storage import report as slow
+def test_readme_slow_storage_block_is_generated_from_the_committed_runs():
+    from benchmarks.slow_storage import report as slow
 
     results = json.loads((BENCHMARKS / "slow_storage" / "results.json").read_text())
     scale = json.loads((BENCHMARKS / "slow_storage" / "scale.json").read_text())
@@ -230,8 +230,8 @@ def _run(model, loader, pipeline, samples_per_s, mb_per_s=None, workers=8):
             "load_1min": 0.5, "cores_busy": 1.5, "server_cores": 0.5}
 
 
-def test_ceilings_are_the_lowest_bound_of_each_case(bench_modules):
-    from slow_storage import report as slow
+def test_ceilings_are_the_lowest_bound_of_each_case():
+    from benchmarks.slow_storage import report as slow
 
     validation = {"nfs": {"nominal_sequential_mb_s": 1000.0}, "hdd": {"simulated_records_per_s": 150.0}}
     # hdd random access: the disk's simulated rate for records at random offsets, over ImageFolder's 100/s
@@ -251,8 +251,8 @@ def test_ceilings_are_the_lowest_bound_of_each_case(bench_modules):
     assert check.beyond_ceiling and not dataclasses.replace(check, ceiling=(3.5, "link")).beyond_ceiling
 
 
-def test_repeated_cases_are_checked_on_the_median_of_ratios_paired_by_round(bench_modules):
-    from slow_storage import report as slow
+def test_repeated_cases_are_checked_on_the_median_of_ratios_paired_by_round():
+    from benchmarks.slow_storage import report as slow
 
     def run(loader, rate, round_=None):
         return {**_run("nfs", loader, "raw", rate, rate / 10), **({} if round_ is None else {"round": round_})}
@@ -275,9 +275,8 @@ def test_repeated_cases_are_checked_on_the_median_of_ratios_paired_by_round(benc
     assert row in table
 
 
-def test_experiment_runs_every_case_once_per_round_and_replaces_the_cases_it_reruns(bench_modules, tmp_path,
-                                                                                     monkeypatch):
-    from slow_storage import experiment
+def test_experiment_runs_every_case_once_per_round_and_replaces_the_cases_it_reruns(tmp_path, monkeypatch):
+    from benchmarks.slow_storage import experiment
 
     calls = []
 

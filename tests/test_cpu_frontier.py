@@ -1,4 +1,4 @@
-"""benchmarks/cpu_frontier.py: a tiny run works without the peers, and its section follows its numbers.
+"""benchmarks/cpu_frontier/run.py: a tiny run works without the peers, and its section follows its numbers.
 
 Speed is never asserted here (benchmarks/ measures it); the run only proves that every case of
 ours runs warm and cold on both corpora and that absent peers are reported as not measured.
@@ -11,32 +11,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 BLOCK_PEERS = "import sys\nfor name in ('nvidia.dali', 'spdl', 'ffcv'):\n    sys.modules[name] = None\n"
 OURS = ("imagefolder-pillow", "lmdbloader-random", "lmdbloader-chunk", "lmdbloader-iterable", "lmdb-dataset-v2")
 
 
-@pytest.fixture
-def bench_modules(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-
-
 def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_peers_not_measured(tmp_path):
-    out = tmp_path / "cpu_frontier.json"
+    out = tmp_path / "cpu_frontier" / "results.json"
     arguments = ["--quick", "--imagenet-images", "100", "--highres-images", "12", "--batch-size", "4",
                  "--highres-batch-size", "4",
                  "--ceiling-images", "6", "--ceiling-seconds", "0.1", "--data", str(tmp_path), "--out", str(out)]
-    code = BLOCK_PEERS + (f"sys.argv = ['cpu_frontier.py', *{arguments!r}]\n"
-                          f"sys.path.insert(0, {str(BENCHMARKS)!r})\n"
-                          "import runpy\n"
-                          f"runpy.run_path({str(BENCHMARKS / 'cpu_frontier.py')!r}, run_name='__main__')\n")
+    code = BLOCK_PEERS + (f"sys.argv = ['run.py', *{arguments!r}]\nimport runpy\n"
+                          "runpy.run_module('benchmarks.cpu_frontier.run', run_name='__main__', alter_sys=True)\n")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=240,
                             cwd=BENCHMARKS.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert results["command"].startswith("python benchmarks/cpu_frontier.py --quick")
+    assert results["command"].startswith("python -m benchmarks.cpu_frontier.run --quick")
     assert set(results["not_measured"]) == {"dali-cpu", "spdl", "ffcv"}
     assert all("does not import" in why for why in results["not_measured"].values())
     measured = {(r["corpus"], r["temperature"], r["split"], r["case"]) for r in results["runs"] if "error" not in r}
@@ -48,13 +39,9 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
     assert all(r["resident_after"] <= r["resident_before"] for r in cold)
     assert all(r["ceiling_img_s_per_core"] > 0 and len(r["ceiling_probes"]) == 2 for r in results["runs"])
     assert results["corpora"]["highres"]["median_megapixels"] >= 1.0
-    import importlib
+    from benchmarks.cpu_frontier import run
 
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        section = importlib.import_module("cpu_frontier").markdown(results)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    section = run.markdown(results)
     assert section in result.stdout and section.startswith("## CPU frontier\n")
     assert "Not measured: `dali-cpu`: does not import" in section
     assert "| imagenet: lmdbloader-random >= 1.25x dali-cpu | warm | not measured | n/a | not measured |" in section
@@ -66,7 +53,7 @@ def synthetic(ours: float, baseline: float, dali: float, per_core: float) -> dic
     runs = [{"round": 0, "corpus": "imagenet", "temperature": "warm", "split": "train", "case": case, "value": value,
              "first_batch_s": 1.0, "ceiling_img_s_per_core": per_core} for case, value in
             (("lmdbloader-random", ours), ("imagefolder-pillow", baseline), ("dali-cpu", dali))]
-    return {"command": "python benchmarks/cpu_frontier.py", "versions": {"DALI": "1"},
+    return {"command": "python -m benchmarks.cpu_frontier.run", "versions": {"DALI": "1"},
             "settings": {"workers": 2, "batch_size": {"imagenet": 128}, "rounds": 1, "temperatures": ["warm"],
                          "ceiling_cores": 2, "ceiling_seconds": 0.5},
             "load_average_1min": [0.1, 0.2], "not_measured": {},
@@ -75,8 +62,8 @@ def synthetic(ours: float, baseline: float, dali: float, per_core: float) -> dic
             "runs": runs}
 
 
-def test_verdicts_gaps_and_the_ceiling_that_stops_a_target_follow_the_numbers(bench_modules):
-    import cpu_frontier
+def test_verdicts_gaps_and_the_ceiling_that_stops_a_target_follow_the_numbers():
+    from benchmarks.cpu_frontier import run as cpu_frontier
 
     text = cpu_frontier.markdown(synthetic(ours=880, baseline=400, dali=800, per_core=500))
     assert "1 of 3 measured targets met: missed imagenet warm vs dali-cpu; imagenet warm vs ceiling." in text

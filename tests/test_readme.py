@@ -10,8 +10,8 @@ How each fenced block is checked (one test per block, named after its line numbe
   commands of ``.ci/run`` (what CI runs on a fresh machine), name only extras that setup.cfg
   defines, and whatever it runs afterwards is either ``.ci/run``'s own test command or an
   ``lmdb-dataset`` command, run as above (``demo`` with ``--num-images 24 --workers 1``, small);
-  ``[.venv/bin/]python benchmarks/run.py ARGS``: ARGS must parse (the suite takes minutes; it is
-  not run here); ``bash SCRIPT ARGS``: SCRIPT must exist and pass ``bash -n``;
+  ``[.venv/bin/]python -m benchmarks.loaders.run ARGS``: ARGS must parse (the suite takes minutes;
+  it is not run here); ``bash SCRIPT ARGS``: SCRIPT must exist and pass ``bash -n``;
   ``[.venv/bin/]python -m pytest ARGS``: either ``.ci/run``'s own test command (the whole suite,
   of which this test is a part: not run again), or ARGS must collect at least one test
   (``--collect-only``: the files and ``-k``/``-m`` expressions exist; the tests are not run).
@@ -167,9 +167,8 @@ def check_bash_line(line: str, cwd: Path) -> None:
     if words[0] == "lmdb-dataset":
         run([sys.executable, "-m", "lmdb_dataset", *words[1:]], cwd)
         return
-    if words[0] in ("python", ".venv/bin/python") and words[1] == "benchmarks/run.py":
-        run([sys.executable, "-c", "import sys; sys.path.insert(0, 'benchmarks'); import run; "
-             f"run.parse_args({words[2:]!r})"], ROOT)
+    if words[0] in ("python", ".venv/bin/python") and words[1:3] == ["-m", "benchmarks.loaders.run"]:
+        run([sys.executable, "-c", f"from benchmarks.loaders import run; run.parse_args({words[3:]!r})"], ROOT)
         return
     if words[0] == "bash":
         script = ROOT / words[1]

@@ -375,19 +375,18 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture
-def shaping_bench(monkeypatch):
-    """benchmarks/storage_shaping.py as a module, and its committed run."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import storage_shaping
+def shaping_bench():
+    """benchmarks/decode/storage_shaping.py, and its committed run."""
+    from benchmarks.decode import storage_shaping
 
-    return storage_shaping, json.loads((BENCHMARKS / "storage_shaping.json").read_text())
+    return storage_shaping, json.loads((BENCHMARKS / "decode" / "storage_shaping.json").read_text())
 
 
 def test_storage_shaping_section_is_registered_and_renders_only_its_numbers(shaping_bench):
-    import report
+    from benchmarks import report
 
     module, results = shaping_bench
-    assert ("storage_shaping.json", "storage_shaping") in report.SECTIONS
+    assert ("decode/storage_shaping.json", "decode.storage_shaping") in report.SECTIONS
     text = module.markdown(results)
     assert text.startswith("## Storage shaping\n") and text.count("\n## ") == 0 and text.endswith("\n")
     assert f"Command: `{results['command']}`" in text
@@ -412,5 +411,5 @@ def test_readme_storage_shaping_table_is_generated_from_the_committed_run(shapin
     readme = (BENCHMARKS.parent / "README.md").read_text()
     block = module.readme_block(results)
     assert f"<!-- storage-shaping-table -->\n{block}<!-- /storage-shaping-table -->" in readme, (
-        "regenerate it: python benchmarks/storage_shaping.py --render benchmarks/storage_shaping.json "
+        "regenerate it: python -m benchmarks.decode.storage_shaping --render benchmarks/decode/storage_shaping.json "
         "--readme README.md")

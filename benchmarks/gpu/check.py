@@ -27,12 +27,12 @@ first; see benchmarks/README.md, "GPU check"). Three checks, on the device given
   Reported, not judged.
 
 ``--cpu`` is the dry run: everything on ``device="cpu"``; DALI's mixed decoder needs CUDA and
-is listed as not measured. Writes a JSON (``--out``; ``benchmarks/gpu_check.json`` replaces the
+is listed as not measured. Writes a JSON (``--out``; ``benchmarks/gpu/results.json`` replaces the
 committed one and re-renders benchmarks/RESULTS.md) and prints its RESULTS.md section,
 ``markdown(results)``.
 
 Example:
-    python benchmarks/gpu/check.py --device cuda --out benchmarks/gpu_check.json
+    python -m benchmarks.gpu.check --device cuda --out benchmarks/gpu/results.json
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import importlib.util
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -50,16 +50,12 @@ from typing import Any
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-BENCHMARKS = HERE.parent
-ROOT = BENCHMARKS.parent
-if str(BENCHMARKS) not in sys.path:  # run as a script (report.py imports it as gpu.check)
-    sys.path.insert(0, str(BENCHMARKS))
+from lmdb_dataset import LMDBLoader, NormalizeBatch, convert_image_folder
+from lmdb_dataset.tools.photo_folders import make_photo_folder
 
-import report  # noqa: E402  (benchmarks/, after the path above)
+from .. import report
 
-from lmdb_dataset import LMDBLoader, NormalizeBatch, convert_image_folder  # noqa: E402
-from lmdb_dataset.tools.photo_folders import make_photo_folder  # noqa: E402
+ROOT = report.BENCHMARKS.parent
 
 PIXEL_MEAN_BOUND = 2.0
 """Most mean |device - CPU| grey levels the device path may differ by: nvJPEG's IDCT and chroma
@@ -85,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=224, help="output side (default 224; val resizes to 256/224 x)")
     parser.add_argument("--workers", type=int, default=CORES, help=f"workers / DALI threads (default: all, {CORES})")
     parser.add_argument("--tests", default="not run", help="the CUDA tests' outcome, as check.sh saw it")
-    parser.add_argument("--data", type=Path, default=BENCHMARKS / "data" / "gpu", help="corpus cache (ignored by git)")
+    parser.add_argument("--data", type=Path, default=report.BENCHMARKS / "data" / "gpu",
+                        help="corpus cache (ignored by git)")
     parser.add_argument("--out", type=Path, help="JSON results (default: DATA/gpu_check.json)")
     return parser.parse_args(argv)
 
@@ -107,11 +104,11 @@ def bench_corpus(data: Path, images: int, workers: int) -> tuple[Path, Path]:
 
 def fixture_corpus(data: Path) -> Path:
     """The tests' fixture dataset (``tests/conftest.py``): 27 photos and the awkward images, converted."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from conftest import add_special_images
-    finally:
-        sys.path.remove(str(ROOT / "tests"))
+    spec = importlib.util.spec_from_file_location("tests_conftest", ROOT / "tests" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    add_special_images = conftest.add_special_images
 
     folder, lmdb = data / "fixture", data / "fixture.lmdb"
     if not lmdb.exists():
@@ -237,7 +234,7 @@ def imagefolder_case(folder: Path) -> Case:
 def dali_case(folder: Path) -> Case:
     """DALI's mixed pipeline (NVIDIA's ResNet-50 recipe) on the same JPEGs and threads."""
     def make(*, train: bool, device: torch.device, args: argparse.Namespace) -> Epochs:
-        from pipelines import dali_iterator  # benchmarks/
+        from ..common.pipelines import dali_iterator
 
         iterator = dali_iterator(folder, train=train, decoder="mixed", device_id=device.index or 0,
                                  batch_size=args.batch_size, num_threads=args.workers, size=args.size)
@@ -334,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     checks = {"tests": args.tests, "pixels": "passed" if pixels_ok else "FAILED",
               "memory": "passed" if memory["passed"] else "FAILED",
               "throughput": "measured" if not missing else f"measured, without {', '.join(missing)}"}
-    results = {**report.provenance("gpu/check.py", argv), "device_name": device_name(device), "device": args.device,
+    results = {**report.provenance("gpu.check", argv), "device_name": device_name(device), "device": args.device,
                "images": args.images, "batch_size": args.batch_size, "epochs": args.epochs,
                "size": args.size, "workers": args.workers, "checks": checks,
                "passed": args.tests == "passed" and pixels_ok and memory["passed"] and not missing,

@@ -4,10 +4,10 @@
 #   bash benchmarks/gpu/check.sh          # a fresh CUDA machine: installs into .venv, runs everything
 #   bash benchmarks/gpu/check.sh --cpu    # the dry run: everything but CUDA, on the CPU
 # Steps: install (lmdb-dataset, pytest, hypothesis, psutil; DALI for this torch's CUDA), the
-# device-decoding tests (CUDA ones included), then benchmarks/gpu/check.py: pixels against the
+# device-decoding tests (CUDA ones included), then python -m benchmarks.gpu.check: pixels against the
 # CPU path, memory over epochs, throughput against ImageFolder + DataLoader and DALI.
 # Options: --python PY (use that environment, install nothing), --cpu, --no-tests,
-# --out FILE (default on CUDA: benchmarks/gpu_check.json, which re-renders benchmarks/RESULTS.md;
+# --out FILE (default on CUDA: benchmarks/gpu/results.json, which re-renders benchmarks/RESULTS.md;
 # with --cpu: benchmarks/data/gpu/gpu_check.json); anything else goes to check.py (--help there).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -51,7 +51,7 @@ if [[ $cpu -eq 1 ]]; then
   device=cpu
 else
   device=cuda
-  out=${out:-benchmarks/gpu_check.json}
+  out=${out:-benchmarks/gpu/results.json}
   if ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "check.sh: CUDA is not available to $python; on a machine without a GPU use --cpu (the dry run)" >&2
     exit 2
@@ -69,7 +69,7 @@ if [[ $tests -eq 1 ]]; then
 fi
 
 status=0
-"$python" benchmarks/gpu/check.py --device "$device" --tests "$outcome" ${out:+--out "$out"} "${extra[@]}" || status=$?
+"$python" -m benchmarks.gpu.check --device "$device" --tests "$outcome" ${out:+--out "$out"} "${extra[@]}" || status=$?
 echo "check.sh: done in $((SECONDS - start)) s"
 if [[ $outcome == failed ]]; then
   exit 1

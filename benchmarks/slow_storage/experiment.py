@@ -2,7 +2,7 @@
 
     python -m benchmarks.slow_storage.experiment /tmp/slow/corpus --workers 4 8 16 --repeats 3
 
-SOURCE holds ``train/`` (an ImageFolder, e.g. from ``benchmarks/make_corpus.py``) and
+SOURCE holds ``train/`` (an ImageFolder, e.g. from ``python -m benchmarks.common.make_corpus``) and
 ``train.lmdb`` (its conversion). Every case runs on a fresh cold mount (see ``mount.py``):
 it opens the dataset, starts a DataLoader and reads ``--samples`` samples. The model
 ``local`` reads SOURCE itself with every file in the page cache: the machine's ceiling
@@ -12,7 +12,7 @@ same conditions); the report gives each case's median and range. Results go to
 ``benchmarks/slow_storage/results.json`` (runs already there for other cases are kept; each
 run records its sample count) with their plot ``results.png``; ``report.py`` renders them as
 a section of ``benchmarks/RESULTS.md``
-(``python benchmarks/report.py benchmarks/results.json --out benchmarks``).
+(``python -m benchmarks.report benchmarks/loaders/results.json --out benchmarks``).
 """
 
 from __future__ import annotations

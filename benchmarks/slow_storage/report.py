@@ -3,7 +3,7 @@
 ``markdown(results)`` renders either JSON of this folder: ``results.json`` (from
 ``experiment.py``: validation, targets and every case) or ``scale.json`` (from ``scale.py``);
 ``benchmarks/report.py`` lists both in its ``SECTIONS``, so
-``python benchmarks/report.py benchmarks/results.json --out benchmarks`` puts them in RESULTS.md.
+``python -m benchmarks.report benchmarks/loaders/results.json --out benchmarks`` puts them in RESULTS.md.
 ``experiment.py`` writes ``results.png`` beside its results with :func:`plot`. Every sentence
 is computed from the numbers; explanations are dated notes in ``NOTES.md`` here.
 """

@@ -1,0 +1,1 @@
+"""Modules shared by several benchmarks: the harness, corpora, pipelines, peer loaders and child-process sampling."""

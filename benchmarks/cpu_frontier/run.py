@@ -1,0 +1,627 @@
+"""CPU frontier: LMDBLoader(device="cpu") against the strongest CPU loaders and the decode ceiling, in one run.
+
+Every loader delivers the same batches: normalised float32 ``N x 3 x 224 x 224`` images and
+labels, from RandomResizedCrop 224 + horizontal flip (``train``) or Resize 256 + CenterCrop 224
+(``val``), with ``--workers`` worker processes or threads each, ``--batch-size`` per batch:
+
+* ``imagefolder-pillow``: ``torchvision.datasets.ImageFolder`` + Pillow + the classic v1
+  transforms (float in the workers), stock ``DataLoader``;
+* ``dali-cpu``: DALI's CPU pipeline (``device_id=None``): ``fn.readers.file`` over the same
+  JPEG files -> ``fn.decoders.image_random_crop`` -> ``fn.resize`` -> ``fn.crop_mirror_normalize``,
+  ``num_threads = --workers`` (:func:`benchmarks.common.pipelines.dali_iterator`);
+* ``spdl``: SPDL's image pipeline (``spdl.pipeline.PipelineBuilder``: source -> per-image
+  ``spdl.io.demux_image`` + ``decode_packets`` with an FFmpeg crop/scale/flip filter, concurrency
+  ``--workers`` -> ``aggregate`` -> batch), ``build(num_threads=--workers)``; uint8 batches
+  normalised in the main process;
+* ``ffcv``: FFCV's own compiled pipeline through ``benchmarks/common/peers.py`` (its ``.beton`` re-encodes
+  the JPEGs at <= 512 px, as ffcv-imagenet does; train only), normalised in the main process;
+* ``lmdbloader-random``, ``lmdbloader-chunk``, ``lmdbloader-iterable``: ``LMDBLoader(device="cpu")``
+  with each reader, ``encoded`` storage (the default);
+* ``lmdb-dataset-v2``: plain ``LMDBImageDataset(output="tensor")`` + torchvision v2 uint8
+  transforms in a stock ``DataLoader``, normalised in the main process.
+
+The ceiling is one core's decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop
+decoder, ``RandomResizedCropDecode`` / ``CenterCropDecode``, one process, bytes in memory) x
+``min(cores, workers)``, probed for ``--ceiling-seconds`` right before and right after every run;
+each loader is shown as a fraction of the ceiling probed around its own run, so both are measured
+under the same load from other processes.
+
+Two corpora (generated, cached under ``--data``): ``imagenet`` (``common/make_corpus.py``, median
+500x375) and ``highres`` (``common/make_corpus.py --profile highres``, 1-4 megapixels). Rounds are
+interleaved: each round measures every case of a corpus and cache state in an order rotated by
+the round, warm (files read first) then cold (every file the case reads evicted with
+``posix_fadvise(DONTNEED)``); ratios are taken within a round and reported as median
+[min, max]. Throughput is the steady state of one epoch: from the batch by which every worker
+has delivered one to the end of the epoch (``loaders/dataloader_cases.time_loader``).
+
+Targets (issue 22), on the median ratio, ``train``, warm and cold: ``lmdbloader-random`` >= 2.0x
+``imagefolder-pillow`` and >= 1.25x ``dali-cpu`` on ``imagenet``, >= 3x ``imagefolder-pillow`` on
+``highres``, >= 0.9x the ceiling on both. Writes a JSON (every round's numbers); ``markdown(results)``
+renders its section of RESULTS.md; ``--out benchmarks/cpu_frontier/results.json`` replaces the
+committed results and re-renders benchmarks/RESULTS.md.
+
+Example:
+    python -m benchmarks.cpu_frontier.run --out benchmarks/cpu_frontier/results.json   # full: ~14 min on 2 cores
+    python -m benchmarks.cpu_frontier.run --quick                                      # 2-5 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import itertools
+import multiprocessing
+import os
+import pathlib
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+from lmdb_dataset import (
+    CenterCropDecode,
+    LMDBImageDataset,
+    LMDBLoader,
+    RandomResizedCropDecode,
+)
+from lmdb_dataset.decode.crop import random_resized_crop_box, resized_shape
+from lmdb_dataset.storage.environment import data_file, environments
+
+from .. import report
+from ..common.corpus import converted, default_corpus, disk_mb
+from ..common.harness import CORES, evict, warm
+from ..common.pipelines import classic_pipeline, dali_iterator, uint8_pipeline
+from ..decode.fused_decode import load_records
+from ..loaders.dataloader_cases import time_loader
+
+CORPORA = ("imagenet", "highres")
+TEMPERATURES = ("warm", "cold")
+CASES = {
+    "imagefolder-pillow": "ImageFolder + Pillow + v1 transforms",
+    "dali-cpu": "DALI CPU pipeline",
+    "spdl": "SPDL image pipeline",
+    "ffcv": "FFCV (own pipeline, re-encoded <= 512 px)",
+    "lmdbloader-random": 'LMDBLoader(device="cpu"), random',
+    "lmdbloader-chunk": 'LMDBLoader(device="cpu"), chunk',
+    "lmdbloader-iterable": 'LMDBLoader(device="cpu"), iterable',
+    "lmdb-dataset-v2": "LMDBImageDataset + v2 uint8",
+}
+"""Case name -> what it is, in table order."""
+VAL_CASES = ("imagefolder-pillow", "dali-cpu", "spdl", "lmdbloader-random", "lmdb-dataset-v2")
+"""The cases that also run the validation pipeline (FFCV's loader is train-only)."""
+OURS, BASELINE, DALI = "lmdbloader-random", "imagefolder-pillow", "dali-cpu"
+TARGETS = [  # (corpus, what it is compared with: a case or "ceiling", least median ratio)
+    ("imagenet", BASELINE, 2.0), ("imagenet", DALI, 1.25), ("highres", BASELINE, 3.0),
+    ("imagenet", "ceiling", 0.9), ("highres", "ceiling", 0.9),
+]
+"""Issue 22's targets for ``lmdbloader-random`` (the default reader, ``encoded`` storage), train split."""
+QUICK = {"imagenet_images": 512, "highres_images": 96, "batch_size": 16, "highres_batch_size": 8, "rounds": 1}
+FULL = {"imagenet_images": 3000, "highres_images": 600, "batch_size": 128, "highres_batch_size": 64, "rounds": 3}
+"""The sizes of ``--quick`` and of the full run: every corpus gives an epoch of at least 9 batches, so the
+steady-state window (all but the first ``--workers`` batches) is not dominated by the start and the end."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """One corpus as every case reads it.
+
+    Attributes:
+        name: ``imagenet`` or ``highres``.
+        folder: ImageFolder root (the JPEG files).
+        lmdb: Its ``encoded`` conversion.
+        files: Every image file, in ImageFolder order.
+        batch_size: Images per batch for every loader on this corpus.
+    """
+
+    name: str
+    folder: pathlib.Path
+    lmdb: pathlib.Path
+    files: list[str]
+    batch_size: int
+
+
+Loader = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Maker = Callable[[Corpus, str, argparse.Namespace], Loader]
+
+
+# --------------------------------------------------------------------------- corpora
+
+
+def highres_folder(data: pathlib.Path, num_images: int, workers: int) -> pathlib.Path:
+    """``DATA/highres-N/train``: generated 1-4 MP JPEGs in 10 classes (make_corpus.py), made if missing."""
+    from ..common.make_corpus import make_highres_folder
+
+    root = data / f"highres-{num_images}" / "train"
+    if not root.exists():
+        print(f"generating {num_images} 1-4 MP JPEGs in {root}", flush=True)
+        make_highres_folder(root, num_images=num_images, num_classes=10, workers=workers)
+    return root
+
+
+def prepare_corpus(name: str, args: argparse.Namespace) -> Corpus:
+    """The corpus ``name`` at its ``--*-images`` size and its ``encoded`` conversion (cached under ``--data``)."""
+    if name == "imagenet":
+        folder, batch_size = default_corpus(args.data, args.imagenet_images), args.batch_size
+    else:
+        folder, batch_size = highres_folder(args.data, args.highres_images, args.workers), args.highres_batch_size
+    files = [path for path, _ in ImageFolder(str(folder)).samples]
+    return Corpus(name, folder, converted(args.data, folder, files, "encoded"), files, batch_size)
+
+
+def corpus_facts(corpus: Corpus) -> dict[str, Any]:
+    """Images, median megapixels, mean file size and the sizes on disk of a corpus."""
+    sizes = [os.path.getsize(path) for path in corpus.files]
+    megapixels = []
+    for path in corpus.files[:: max(1, len(corpus.files) // 300)]:  # up to ~300 headers: enough for a median
+        with Image.open(path) as image:
+            megapixels.append(image.width * image.height / 1e6)
+    return {"images": len(corpus.files), "median_megapixels": round(statistics.median(megapixels), 2),
+            "mean_kb": round(sum(sizes) / len(sizes) / 1e3, 1), "folder_mb": round(sum(sizes) / 1e6, 1),
+            "lmdb_mb": round(disk_mb(corpus.lmdb), 1)}
+
+
+# --------------------------------------------------------------------------- the loaders
+
+
+def imagefolder_pillow(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
+    """ImageFolder + Pillow + classic v1 transforms, float in the workers."""
+    return DataLoader(ImageFolder(str(corpus.folder), transform=classic_pipeline(split)), batch_size=corpus.batch_size,
+                      shuffle=split == "train", num_workers=args.workers, drop_last=split == "train")
+
+
+def dali_cpu(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
+    """DALI's CPU pipeline over the same JPEG files, ``--workers`` threads."""
+    iterator = dali_iterator(corpus.folder, train=split == "train", decoder="cpu", device_id=None,
+                             batch_size=corpus.batch_size, num_threads=args.workers, seed=args.seed)
+    return ((batch[0]["images"], batch[0]["labels"]) for batch in iterator)
+
+
+def spdl_filter(height: int, width: int, split: str, size: int = 224) -> str:
+    """The FFmpeg filter of one image: torchvision's crop drawn from its size, scaled (bilinear), maybe mirrored."""
+    if split == "train":
+        top, left, h, w = random_resized_crop_box(height, width)
+        flip = ",hflip" if torch.rand(1).item() < 0.5 else ""
+        return f"crop={w}:{h}:{left}:{top},scale={size}:{size}:flags=bilinear{flip},format=rgb24"
+    h, w = resized_shape(height, width, resize=round(size * 256 / 224))
+    return f"scale={w}:{h}:flags=bilinear,crop={size}:{size},format=rgb24"
+
+
+def spdl_loader(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
+    """SPDL's thread pipeline: per-image demux + filtered decode, ``--workers`` at once, then batches."""
+    import spdl.io
+    from spdl.pipeline import PipelineBuilder
+
+    samples = ImageFolder(str(corpus.folder)).samples
+    if split == "train":
+        samples = [samples[i] for i in torch.randperm(len(samples), generator=torch.Generator().manual_seed(args.seed))]
+
+    def load(sample: tuple[str, int]) -> tuple[np.ndarray, int]:
+        packets = spdl.io.demux_image(sample[0])
+        frames = spdl.io.decode_packets(packets, filter_desc=spdl_filter(packets.height, packets.width, split))
+        return spdl.io.to_numpy(spdl.io.convert_frames(frames)), sample[1]
+
+    def collate(items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(np.stack([image for image, _ in items])).permute(0, 3, 1, 2)
+        return images, torch.tensor([label for _, label in items])
+
+    pipeline = (PipelineBuilder().add_source(samples).pipe(load, concurrency=args.workers)
+                .aggregate(corpus.batch_size, drop_last=split == "train").pipe(collate).add_sink(2)
+                .build(num_threads=args.workers))
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        with pipeline.auto_stop():
+            yield from pipeline.get_iterator()
+    return batches()
+
+
+def ffcv_loader(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
+    """FFCV's loader through benchmarks/common/peers.py (its own compiled pipeline, uint8 batches)."""
+    peer, prepared = ffcv_prepared(corpus, args)
+    return peer.make_loader(prepared, transform=None, batch_size=corpus.batch_size, num_workers=args.workers)
+
+
+def ffcv_prepared(corpus: Corpus, args: argparse.Namespace) -> tuple[Any, pathlib.Path]:
+    """FFCV's peer adapter and its ``.beton`` of ``corpus`` (written once, cached under ``--data``)."""
+    from ..common.peer_setup import prepared_peers
+
+    ready, missing = prepared_peers(args.data, corpus.folder, corpus.files, {"ffcv"})
+    if "ffcv" not in ready:
+        raise RuntimeError(missing.get("ffcv", "ffcv is not available"))
+    return ready["ffcv"]
+
+
+def lmdbloader(reader: str) -> Maker:
+    """``LMDBLoader(device="cpu", reader=reader)`` on the corpus's ``encoded`` conversion."""
+    def make(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
+        return LMDBLoader(corpus.lmdb, batch_size=corpus.batch_size, train=split == "train", reader=reader,
+                          num_workers=args.workers, device="cpu", seed=args.seed, persistent_workers=False)
+    return make
+
+
+def lmdb_dataset_v2(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
+    """Plain ``LMDBImageDataset`` + torchvision v2 uint8 transforms in a stock DataLoader."""
+    dataset = LMDBImageDataset(corpus.lmdb, transform=uint8_pipeline(split), output="tensor")
+    return DataLoader(dataset, batch_size=corpus.batch_size, shuffle=split == "train", num_workers=args.workers,
+                      drop_last=split == "train")
+
+
+MAKERS: dict[str, Maker] = {
+    "imagefolder-pillow": imagefolder_pillow, "dali-cpu": dali_cpu, "spdl": spdl_loader, "ffcv": ffcv_loader,
+    **{f"lmdbloader-{reader}": lmdbloader(reader) for reader in ("random", "chunk", "iterable")},
+    "lmdb-dataset-v2": lmdb_dataset_v2,
+}
+
+
+def case_files(case: str, corpus: Corpus, args: argparse.Namespace) -> list[str]:
+    """The files a case reads: what warming reads and eviction drops."""
+    if case.startswith("lmdb"):
+        return [str(data_file(corpus.lmdb))]
+    if case == "ffcv":
+        return [str(ffcv_prepared(corpus, args)[1])]
+    return corpus.files
+
+
+def unavailable(corpora: list[Corpus], args: argparse.Namespace) -> dict[str, str]:
+    """``case -> reason`` for the peers that cannot run here (not installed, or broken)."""
+    missing = {}
+    probes = {"dali-cpu": ("nvidia.dali.plugin.pytorch", "pip install nvidia-dali-cuda120"),
+              "spdl": ("spdl.pipeline", "pip install spdl"), "ffcv": ("ffcv.loader", "install_peers.sh")}
+    for case, (module, install) in probes.items():
+        try:
+            __import__(module)
+        except Exception as error:
+            missing[case] = f"does not import ({type(error).__name__}: {error}); {install}"
+    if "spdl" not in missing:
+        try:
+            spdl_probe(corpora[0].files[0])
+        except Exception as error:
+            missing["spdl"] = f"cannot decode ({type(error).__name__}: {error}); it needs FFmpeg's shared libraries"
+    if "ffcv" not in missing:
+        for corpus in corpora:
+            try:
+                ffcv_prepared(corpus, args)
+            except Exception as error:
+                missing["ffcv"] = f"{type(error).__name__}: {error}"
+    return missing
+
+
+def spdl_probe(path: str) -> None:
+    """Decode one image with spdl.io (raises where its FFmpeg libraries are missing)."""
+    import spdl.io
+
+    spdl.io.to_numpy(spdl.io.load_image(path))
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def release(corpora: list[Corpus]) -> None:
+    """Close this process's LMDB environments: pages mapped here would not be evicted."""
+    for corpus in corpora:
+        environments.release(corpus.lmdb)
+
+
+def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: list[Corpus], records: Iterator[tuple],
+            args: argparse.Namespace) -> dict[str, Any]:
+    """One run of one case: warm or evict its files, build it, time one epoch's steady state.
+
+    ``first_batch_s`` counts from building the loader (DALI's iterator runs its first batch as it
+    is built) to its first batch; img/s is the steady state (``loaders/dataloader_cases.time_loader``). The loader
+    runs in a child process (forked), so no thread or process it leaves behind (FFCV's and DALI's
+    pools) runs on into the next case. The ceiling is probed on ``records`` right before and right
+    after, so the loader and its ceiling are measured under the same load from other processes
+    (``ceiling_img_s_per_core``: their mean).
+    """
+    started = time.perf_counter()
+    probes = [ceiling_rate(records, split, args.ceiling_seconds)]
+    try:
+        files = case_files(case, corpus, args)
+        release(corpora)
+        state = evict(files) if temperature == "cold" else (warm(files) or {})
+        result = {**in_child(time_case, case, corpus, split, args), **state}
+    except Exception as error:
+        result = {"value": float("nan"), "error": f"{type(error).__name__}: {error}"}
+    probes.append(ceiling_rate(records, split, args.ceiling_seconds))
+    return {"value": result["value"], **{k: v for k, v in result.items() if k != "value"},
+            "ceiling_img_s_per_core": statistics.mean(probes), "ceiling_probes": probes,
+            "seconds": time.perf_counter() - started, "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def time_case(case: str, corpus: Corpus, split: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Build a case's loader and time one epoch (in the child process ``in_child`` runs it in)."""
+    torch.set_num_threads(1)
+    built = time.perf_counter()
+    loader = MAKERS[case](corpus, split, args)  # DALI's iterator runs its first batch here
+    build_seconds = time.perf_counter() - built
+    result = time_loader(loader, workers=args.workers, batches=1 << 30)
+    return {**result, "first_batch_s": result["first_batch_s"] + build_seconds}
+
+
+def in_child(function: Callable[..., Any], *arguments: Any) -> Any:
+    """``function(*arguments)`` in a forked child process that exits afterwards (its exceptions re-raised here)."""
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        return pool.submit(function, *arguments).result()
+
+
+def ceiling_rate(records: Iterator[tuple], split: str, seconds: float) -> float:
+    """One core's img/s of decode + crop + resize + flip of in-memory records, for about ``seconds``.
+
+    ``records`` is an endless iterator (``itertools.cycle``) of ``(header, payload)``: each probe
+    goes on where the previous one stopped, so short probes together cover the whole sample.
+    """
+    decoder = RandomResizedCropDecode(224) if split == "train" else CenterCropDecode(224, resize=256)
+    done, started = 0, time.perf_counter()
+    while True:
+        decoder(*next(records))
+        done += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return done / elapsed
+
+
+def splits_of(corpus: str, temperature: str, args: argparse.Namespace) -> list[str]:
+    """``train``, and ``val`` on the warm ImageNet-like corpus unless ``--no-val``."""
+    return ["train", "val"] if args.val and corpus == "imagenet" and temperature == "warm" else ["train"]
+
+
+def run_rounds(corpora: list[Corpus], cases: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every case once per round and (corpus, cache state, split), in an order rotated by the round."""
+    step = {c.name: max(1, len(c.files) // args.ceiling_images) for c in corpora}
+    records = {c.name: itertools.cycle(load_records([pathlib.Path(p) for p in c.files[:: step[c.name]]]))
+               for c in corpora}
+    runs = []
+    started = time.perf_counter()
+    for round_index in range(args.rounds):
+        for corpus in corpora:
+            for temperature in args.temperatures:
+                for split in splits_of(corpus.name, temperature, args):
+                    chosen = [case for case in cases if split == "train" or case in VAL_CASES]
+                    shift = round_index % len(chosen)
+                    for case in chosen[shift:] + chosen[:shift]:
+                        run = measure(case, corpus, split, temperature, corpora, records[corpus.name], args)
+                        runs.append({"round": round_index, "corpus": corpus.name, "temperature": temperature,
+                                     "split": split, "case": case, **run})
+                        note = run.get("error") or (f"{run['value']:.1f} img/s, ceiling "
+                                                    f"{run['ceiling_img_s_per_core']:.1f} img/s per core")
+                        print(f"[round {round_index + 1} {time.perf_counter() - started:5.0f}s] {corpus.name}/"
+                              f"{temperature}/{split}/{case}: {note}", flush=True)
+    return runs
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def series(results: dict, corpus: str, temperature: str, split: str, case: str, key: str = "value") -> list[float]:
+    """A case's img/s (or another number of its runs) per round (NaN where it failed or did not run)."""
+    by_round = {run["round"]: run.get(key, float("nan")) for run in results["runs"]
+                if (run["corpus"], run["temperature"], run["split"], run["case"]) == (corpus, temperature, split, case)}
+    return [by_round.get(r, float("nan")) for r in range(results["settings"]["rounds"])]
+
+
+def ceiling_series(results: dict, corpus: str, temperature: str, split: str, case: str) -> list[float]:
+    """The ceiling probed around each run of a case (img/s per core x ``ceiling_cores``), per round."""
+    cores = results["settings"]["ceiling_cores"]
+    return [v * cores for v in series(results, corpus, temperature, split, case, "ceiling_img_s_per_core")]
+
+
+def ratios(numerator: list[float], denominator: list[float]) -> list[float]:
+    """Per-round ratios (NaN where either side is missing)."""
+    return [n / d if d and np.isfinite(d) and np.isfinite(n) else float("nan") for n, d in zip(numerator, denominator)]
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """Median, min and max of the finite values (NaN when there are none)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return (statistics.median(finite), min(finite), max(finite)) if finite else (float("nan"),) * 3
+
+
+def ranged(values: list[float], unit: str = "x", digits: int = 2) -> str:
+    """``median [min, max]`` of per-round values, or "not measured"."""
+    middle, low, high = spread(values)
+    if not np.isfinite(middle):
+        return "not measured"
+    return f"{middle:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def targets(results: dict) -> list[dict[str, Any]]:
+    """Each target per cache state: the median ratio, pass/FAIL, the gap and what the ceiling allows."""
+    found = []
+    for corpus, against, least in TARGETS:
+        for temperature in results["settings"]["temperatures"]:
+            ours = series(results, corpus, temperature, "train", OURS)
+            if not any(np.isfinite(v) for v in ours):
+                continue
+            if against == "ceiling":
+                other, allows = ceiling_series(results, corpus, temperature, "train", OURS), float("nan")
+            else:  # the ratio the ceiling probed around the other loader's run would give
+                other = series(results, corpus, temperature, "train", against)
+                allows = spread(ratios(ceiling_series(results, corpus, temperature, "train", against), other))[0]
+            middle, low, high = spread(ratios(ours, other))
+            passed = bool(np.isfinite(middle) and middle >= least)
+            found.append({"corpus": corpus, "temperature": temperature, "against": against, "least": least,
+                          "median": middle, "min": low, "max": high, "passed": passed, "ceiling_allows": allows,
+                          "measured": bool(np.isfinite(middle))})
+    return found
+
+
+def gap(target: dict[str, Any]) -> str:
+    """How far a target's median is from its bound, and whether the ceiling leaves room to reach it."""
+    if not target["measured"]:
+        return "not measured"
+    if target["passed"]:
+        return ""
+    gap = target["least"] - target["median"]
+    short = f"short by {gap:.2f}x ({100 * (1 - target['median'] / target['least']):.0f}%)"
+    allows = target["ceiling_allows"]
+    if not np.isfinite(allows):
+        return short
+    if allows < target["least"]:
+        return f"{short}; out of reach: the decode ceiling is {allows:.3f}x {target['against']}"
+    return f"{short}; the decode ceiling is {allows:.3f}x {target['against']}, so within reach"
+
+
+def markdown(results: dict) -> str:
+    """The section of RESULTS.md for a saved run: settings, targets, every case per corpus and cache state."""
+    settings = results["settings"]
+    load = results["load_average_1min"]
+    found = targets(results)
+    measured = [t for t in found if t["measured"]]
+    missed = [t for t in measured if not t["passed"]]
+    lines = ["## CPU frontier", "", *report.provenance_lines(results),
+             f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.", "",
+             (f"Settings: {settings['workers']} workers/threads per loader, "
+              f"{settings['rounds']} round{'s' if settings['rounds'] != 1 else ''} interleaved "
+              "(case order rotated per round), cache states "
+              f"{', '.join(settings['temperatures'])}; 1-minute load average {load[0]} before and {load[1]} after. "
+              "img/s = steady state of one epoch; ratios per round, median [min, max]. Ceiling = one core's "
+              "decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop decoder, bytes in memory, "
+              f"probed {settings['ceiling_seconds']} s before and after every run) x {settings['ceiling_cores']}; "
+              "a loader's fraction of it uses the probes around its own run."), "",
+             "| corpus | images | batch | median MP | mean KB | ImageFolder MB | LMDB MB |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {c['images']} | {settings['batch_size'][name]} | {c['median_megapixels']} | "
+              f"{c['mean_kb']} | {c['folder_mb']} | {c['lmdb_mb']} |" for name, c in results["corpora"].items()]
+    lines += ["", "### Targets", "",
+              f"{len(measured) - len(missed)} of {len(measured)} measured targets met"
+              + (": missed " + "; ".join(f"{t['corpus']} {t['temperature']} vs {t['against']}" for t in missed)
+                 if missed else "") + "."
+              + (f" Not measured: {len(found) - len(measured)} (the loader compared with did not run)."
+                 if len(measured) < len(found) else ""), "",
+              f"| target | cache | {OURS} / other, median [min, max] | result | gap |", "|---|---|---|---|---|"]
+    for t in found:
+        what = "ceiling" if t["against"] == "ceiling" else t["against"]
+        value = f"{t['median']:.2f}x [{t['min']:.2f}, {t['max']:.2f}]" if t["measured"] else "not measured"
+        verdict = ("pass" if t["passed"] else "FAIL") if t["measured"] else "n/a"
+        lines.append(f"| {t['corpus']}: {OURS} >= {t['least']}x {what} | {t['temperature']} | {value} | {verdict} | "
+                     f"{gap(t)} |")
+    for corpus in results["corpora"]:
+        for temperature in settings["temperatures"]:
+            for split in ("train", "val"):
+                lines += case_table(results, corpus, temperature, split)
+    if results["not_measured"]:
+        lines += ["", "Not measured: " + "; ".join(f"`{case}`: {why}" for case, why in
+                                                    results["not_measured"].items()) + "."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def case_table(results: dict, corpus: str, temperature: str, split: str) -> list[str]:
+    """One table: every case of (corpus, cache state, split) with its ratios and its fraction of the ceiling."""
+    names = [case for case in CASES if any(
+        (r["corpus"], r["temperature"], r["split"], r["case"]) == (corpus, temperature, split, case)
+        for r in results["runs"])]
+    if not names:
+        return []
+    probes = [v for case in names for v in ceiling_series(results, corpus, temperature, split, case)]
+    loads = [v for case in names for v in series(results, corpus, temperature, split, case, "load_1min")]
+    baseline = series(results, corpus, temperature, split, BASELINE)
+    dali = series(results, corpus, temperature, split, DALI)
+    lines = ["", f"### {corpus}, {temperature}, {split}", "",
+             (f"Ceiling, probed around every run: {ranged(probes, ' img/s', 1)} "
+              f"({results['settings']['ceiling_cores']} x one core). 1-minute load average after each run: "
+              f"{ranged(loads, '', 2)}."), "",
+             "| loader | img/s, median [min, max] | / ImageFolder+Pillow | / DALI CPU | / ceiling | first batch s |",
+             "|---|---|---|---|---|---|"]
+    for case in names:
+        values = series(results, corpus, temperature, split, case)
+        firsts = [r.get("first_batch_s", float("nan")) for r in results["runs"]
+                  if (r["corpus"], r["temperature"], r["split"], r["case"]) == (corpus, temperature, split, case)]
+        errors = {r["error"] for r in results["runs"] if r.get("error") and (
+            r["corpus"], r["temperature"], r["split"], r["case"]) == (corpus, temperature, split, case)}
+        lines.append(f"| {CASES[case]} | {ranged(values, '', 1)} | {ranged(ratios(values, baseline))} | "
+                     f"{ranged(ratios(values, dali))} | "
+                     f"{ranged(ratios(values, ceiling_series(results, corpus, temperature, split, case)))} | "
+                     f"{ranged(firsts, '', 2)} |" + (f" error: {'; '.join(sorted(errors))}" if errors else ""))
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--quick`` sets small sizes that explicit options override."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small sizes: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
+    parser.add_argument("--imagenet-images", type=int, help=f"ImageNet-like images (default {FULL['imagenet_images']})")
+    parser.add_argument("--highres-images", type=int, help=f"1-4 MP images (default {FULL['highres_images']})")
+    parser.add_argument("--batch-size", type=int,
+                        help=f"images per batch, ImageNet-like corpus (default {FULL['batch_size']})")
+    parser.add_argument("--highres-batch-size", type=int,
+                        help=f"images per batch, 1-4 MP corpus (default {FULL['highres_batch_size']})")
+    parser.add_argument("--rounds", type=int, help=f"interleaved rounds (default {FULL['rounds']})")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes / threads per loader (default 2)")
+    parser.add_argument("--corpora", nargs="+", choices=CORPORA, default=list(CORPORA), help="default: both")
+    parser.add_argument("--temperatures", nargs="+", choices=TEMPERATURES, default=list(TEMPERATURES),
+                        help="cache states (default: warm cold)")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="default: all")
+    parser.add_argument("--no-val", dest="val", action="store_false",
+                        help="skip the validation pipeline (run on the warm ImageNet-like corpus by default)")
+    parser.add_argument("--ceiling-images", type=int, default=300, help="images the ceiling cycles over (default 300)")
+    parser.add_argument("--ceiling-seconds", type=float, default=0.5,
+                        help="each ceiling probe, before and after every run (default 0.5)")
+    parser.add_argument("--seed", type=int, default=0, help="order and augmentation seed (default 0)")
+    parser.add_argument("--data", type=pathlib.Path, default=report.BENCHMARKS / "data",
+                        help="where corpora, conversions and FFCV files are cached (default benchmarks/data)")
+    parser.add_argument("--out", type=pathlib.Path,
+                        help="JSON results file (default DATA/results/cpu_frontier/results.json)")
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the peers' distributions."""
+    from importlib import metadata
+
+    found = {}
+    for name, distribution in (("DALI", "nvidia-dali-cuda120"), ("SPDL", "spdl"), ("FFCV", "ffcv")):
+        try:
+            found[name] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Prepare the corpora, run the rounds, print the section and write the JSON."""
+    args = parse_args(argv)
+    torch.set_num_threads(1)  # one core per process, like the DataLoader workers
+    started = time.perf_counter()
+    corpora = [prepare_corpus(name, args) for name in args.corpora]
+    for corpus in corpora:
+        if len(corpus.files) // corpus.batch_size < args.workers + 1:
+            raise SystemExit(f"{corpus.name}: {len(corpus.files)} images give no steady-state batch at batch size "
+                             f"{corpus.batch_size} and {args.workers} workers; use more images or a smaller batch")
+    missing = in_child(unavailable, corpora, args)  # this process imports no peer: children fork clean
+    cases = [case for case in args.cases if case not in missing]
+    load_before = os.getloadavg()[0]
+    runs = run_rounds(corpora, cases, args)
+    results = {**report.provenance("cpu_frontier.run", argv), "versions": versions(),
+               "settings": {"workers": args.workers, "batch_size": {c.name: c.batch_size for c in corpora},
+                            "rounds": args.rounds,
+                            "temperatures": args.temperatures, "ceiling_cores": min(CORES, args.workers),
+                            "ceiling_images": args.ceiling_images,
+                            "ceiling_seconds": args.ceiling_seconds, "seed": args.seed, "val": args.val},
+               "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+               "corpora": {c.name: corpus_facts(c) for c in corpora},
+               "not_measured": {case: why for case, why in missing.items() if case in args.cases},
+               "runs": runs, "seconds": round(time.perf_counter() - started)}
+    results["targets"] = targets(results)
+    print(markdown(results))
+    report.save(results, args.out or args.data / "results" / "cpu_frontier" / "results.json")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Decoding benchmarks: fused crop decoding and storage shaping (resized or raw records against the originals)."""
