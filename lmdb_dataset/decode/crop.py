@@ -27,7 +27,7 @@ the scaled image). Measured on 300 ImageNet-like photos (``make_photo_folder``, 
 profile, seed 0; grainy, sharpened photos, a hard case), output 224: mean absolute difference
 0.13 (train) and 0.12 (validation) grey levels of 255, 99th percentile 3, maximum 131 (train)
 and 84 (validation) on single values at high-contrast edges; on generated 1-4 MP photos mean
-1.35 and 1.19, 99th percentile 14 and 12 (``benchmarks/fused_decode.json``, 2026-12-06). The
+1.35 and 1.19, 99th percentile 14 and 12 (``benchmarks/decode/fused_decode.json``, 2026-12-06). The
 region decode below gives these same pixels. The difference grows when the decode
 scale leaves little for the resize to do (crops barely larger than the output): on 64-160 px
 images cropped to 48 px it is 0.8-1.2 on average. ``tests/test_crop_decode.py`` keeps bounds on it.
@@ -48,7 +48,7 @@ described above. JPEGs the region decoder declines (not YCbCr, no EOI marker at 
 corrupt data in the rows read) take the whole-decode path, so errors are the same.
 
 Why this decoder (measured 2026-12-06, 1 thread, decode only, on the training boxes:
-``benchmarks/fused_decode.py --candidates``, ``benchmarks/NOTES.md``): simplejpeg links
+``python -m benchmarks.decode.fused_decode --candidates``, ``benchmarks/NOTES.md``): simplejpeg links
 libjpeg-turbo statically with hidden symbols (``nm -D`` lists only ``PyInit__jpeg``), so no
 region API is reachable through it; TurboJPEG 3's ``tj3SetCroppingRegion`` needs libjpeg-turbo
 >= 3.0, which no PyPI wheel ships as a usable library (PyTurboJPEG 2.6 refuses Debian's 2.1.5)
