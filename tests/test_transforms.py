@@ -87,3 +87,10 @@ def test_uint8_pipelines_keep_uint8_and_output_size():
     for transform in (train_transform(), val_transform()):
         out = transform(image)
         assert out.dtype == torch.uint8 and out.shape == (3, 224, 224)
+
+
+def test_normalize_batch_works_through_a_large_batch_a_few_images_at_a_time():
+    batch = torch.randint(0, 256, (3, 3, 600, 600), dtype=torch.uint8)  # 4.3 MB of floats an image: one at a time
+    expected = torch.stack([v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)(img.float() / 255) for img in batch])
+    for channels_last in (False, True):
+        assert torch.allclose(NormalizeBatch(channels_last=channels_last)(batch), expected, atol=1e-5)

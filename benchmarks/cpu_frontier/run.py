@@ -31,8 +31,10 @@ Two corpora (generated, cached under ``--data``): ``imagenet`` (``common/make_co
 interleaved: each round measures every case of a corpus and cache state in an order rotated by
 the round, warm (files read first) then cold (every file the case reads evicted with
 ``posix_fadvise(DONTNEED)``); ratios are taken within a round and reported as median
-[min, max]. Throughput is the steady state of one epoch: from the batch by which every worker
-has delivered one to the end of the epoch (``loaders/dataloader_cases.time_loader``).
+[min, max]. Throughput is the steady state of one epoch (:func:`steady_window`): the window
+leaves out the first ``2 x --workers + 1`` batches (every worker's prefetched batches) and the
+last 4 (delivered from the loaders' buffers as the epoch drains), so no loader is credited with
+batches it finished before or after the window (``loaders/dataloader_cases.time_loader``).
 
 Targets (issue 22), on the median ratio, ``train``, warm and cold: ``lmdbloader-random`` >= 2.0x
 ``imagefolder-pillow`` and >= 1.25x ``dali-cpu`` on ``imagenet``, >= 3x ``imagefolder-pillow`` on
@@ -102,10 +104,35 @@ TARGETS = [  # (corpus, what it is compared with: a case or "ceiling", least med
     ("imagenet", "ceiling", 0.9), ("highres", "ceiling", 0.9),
 ]
 """Issue 22's targets for ``lmdbloader-random`` (the default reader, ``encoded`` storage), train split."""
-QUICK = {"imagenet_images": 512, "highres_images": 96, "batch_size": 16, "highres_batch_size": 8, "rounds": 1}
-FULL = {"imagenet_images": 3000, "highres_images": 600, "batch_size": 128, "highres_batch_size": 64, "rounds": 3}
-"""The sizes of ``--quick`` and of the full run: every corpus gives an epoch of at least 9 batches, so the
-steady-state window (all but the first ``--workers`` batches) is not dominated by the start and the end."""
+QUICK = {"imagenet_images": 512, "highres_images": 96, "batch_size": 16, "highres_batch_size": 4, "rounds": 1}
+FULL = {"imagenet_images": 3000, "highres_images": 900, "batch_size": 128, "highres_batch_size": 32, "rounds": 3}
+"""The sizes of ``--quick`` and of the full run: with 2 workers the full run's steady-state windows
+are 13 (``imagenet``) and 18 (``highres``) batches long."""
+PREFETCH_FACTOR = 2
+"""Batches each DataLoader worker is asked for ahead (the DataLoader's default, used by every case)."""
+DRAIN_BATCHES = 4
+"""Batches at the end of an epoch left out of the window: a loader may have finished them ahead
+(DataLoader prefetching, LMDBLoader's staged batch, DALI's prefetch queue) and hands them out
+faster than it makes them."""
+
+
+def _windows(results: dict) -> dict[str, tuple[int, int, int]]:
+    """``{corpus: (skip, batches, epoch batches)}`` of the run's steady-state windows (older runs recorded none)."""
+    settings = results["settings"]
+    return {name: (skip, batches, len_epoch) for name, (skip, batches) in settings.get("window", {}).items()
+            for len_epoch in [results["corpora"][name]["images"] // settings["batch_size"][name]]}
+
+
+def steady_window(epoch_batches: int, workers: int) -> tuple[int, int]:
+    """``(skip, batches)``: the batches before the steady-state window and in it, for an epoch of ``epoch_batches``.
+
+    Leaves out every worker's prefetched batches at the start and :data:`DRAIN_BATCHES` at the
+    end; an epoch too short for that (``--quick``, the tests) gives up to a third of its batches
+    to each margin instead.
+    """
+    margin = (epoch_batches - 1) // 3
+    skip, tail = min(PREFETCH_FACTOR * workers + 1, margin), min(DRAIN_BATCHES, margin)
+    return skip, epoch_batches - 1 - skip - tail
 
 
 @dataclass(frozen=True)
@@ -340,7 +367,8 @@ def time_case(case: str, corpus: Corpus, split: str, args: argparse.Namespace) -
     built = time.perf_counter()
     loader = MAKERS[case](corpus, split, args)  # DALI's iterator runs its first batch here
     build_seconds = time.perf_counter() - built
-    result = time_loader(loader, workers=args.workers, batches=1 << 30)
+    skip, batches = steady_window(len(corpus.files) // corpus.batch_size, args.workers)
+    result = time_loader(loader, workers=args.workers, batches=batches, skip=skip)
     return {**result, "first_batch_s": result["first_batch_s"] + build_seconds}
 
 
@@ -474,13 +502,17 @@ def markdown(results: dict) -> str:
     found = targets(results)
     measured = [t for t in found if t["measured"]]
     missed = [t for t in measured if not t["passed"]]
+    window = ", ".join(f"{name}: batches {skip + 2}-{skip + batches + 1} of {epoch}, timed from batch {skip + 1}"
+                       for name, (skip, batches, epoch) in _windows(results).items())
+    window = window or "from the batch by which every worker delivered one"
     lines = ["## CPU frontier", "", *report.provenance_lines(results),
              f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.", "",
              (f"Settings: {settings['workers']} workers/threads per loader, "
               f"{settings['rounds']} round{'s' if settings['rounds'] != 1 else ''} interleaved "
               "(case order rotated per round), cache states "
               f"{', '.join(settings['temperatures'])}; 1-minute load average {load[0]} before and {load[1]} after. "
-              "img/s = steady state of one epoch; ratios per round, median [min, max]. Ceiling = one core's "
+              f"img/s = steady state of one epoch: {window}; ratios per round, median [min, max]. "
+              "Ceiling = one core's "
               "decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop decoder, bytes in memory, "
               f"probed {settings['ceiling_seconds']} s before and after every run) x {settings['ceiling_cores']}; "
               "a loader's fraction of it uses the probes around its own run."), "",
@@ -600,7 +632,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     corpora = [prepare_corpus(name, args) for name in args.corpora]
     for corpus in corpora:
-        if len(corpus.files) // corpus.batch_size < args.workers + 1:
+        if steady_window(len(corpus.files) // corpus.batch_size, args.workers)[1] < 1:
             raise SystemExit(f"{corpus.name}: {len(corpus.files)} images give no steady-state batch at batch size "
                              f"{corpus.batch_size} and {args.workers} workers; use more images or a smaller batch")
     missing = in_child(unavailable, corpora, args)  # this process imports no peer: children fork clean
@@ -609,6 +641,8 @@ def main(argv: list[str] | None = None) -> dict:
     runs = run_rounds(corpora, cases, args)
     results = {**report.provenance("cpu_frontier.run", argv), "versions": versions(),
                "settings": {"workers": args.workers, "batch_size": {c.name: c.batch_size for c in corpora},
+                            "window": {c.name: steady_window(len(c.files) // c.batch_size, args.workers)
+                                       for c in corpora},
                             "rounds": args.rounds,
                             "temperatures": args.temperatures, "ceiling_cores": min(CORES, args.workers),
                             "ceiling_images": args.ceiling_images,

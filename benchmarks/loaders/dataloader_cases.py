@@ -89,16 +89,18 @@ def make_loader(spec: LoaderSpec, ctx: Context, *, persistent: bool = False) -> 
     return DataLoader(dataset, sampler=sampler, shuffle=sampler is None, **options)
 
 
-def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool = True) -> Result:
+def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool = True,
+                skip: int | None = None) -> Result:
     """Iterate a loader: first-batch latency apart from steady-state throughput.
 
-    The steady-state window starts when the ``workers``-th batch arrives (every worker has
-    delivered its first batch, built in parallel with the first one) and covers the next
-    ``batches`` batches. With ``normalize``, uint8 batches are normalised here, in the main
-    process, and timed.
+    The steady-state window starts when batch ``skip`` arrives (default ``workers - 1``: every
+    worker has delivered its first batch, built in parallel with the first one) and covers the
+    next ``batches`` batches; the loop stops there, so batches a loader finished ahead of the
+    window's end (prefetched, staged) are not counted. With ``normalize``, uint8 batches are
+    normalised here, in the main process, and timed.
     """
     normalizer = NormalizeBatch()
-    warmup = max(workers, 1)
+    start = max(workers, 1) - 1 if skip is None else skip
     started = time.perf_counter()
     first = window_start = 0.0
     images = steady = 0
@@ -107,9 +109,9 @@ def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool
             batch = normalizer(batch)
         if step == 0:
             first = time.perf_counter() - started
-        if step == warmup - 1:
+        if step == start:
             window_start = time.perf_counter()
-        elif step >= warmup:
+        elif step > start:
             images += len(batch)
             steady += 1
             if steady >= batches:
