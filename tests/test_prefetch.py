@@ -16,8 +16,9 @@ from support import PROPERTY
 from torch.utils.data import DataLoader
 
 from lmdb_dataset import LMDBImageDataset, LMDBIterableDataset
-from lmdb_dataset.storage import prefetching
+from lmdb_dataset.storage import prefetching, system
 from lmdb_dataset.storage.prefetching import PREFETCH_GAP, PREFETCH_PIECE, Prefetcher, SharedAsk, coalesce
+from lmdb_dataset.storage.system import PageResidency
 
 spans = st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 10**6)), max_size=40)
 
@@ -80,6 +81,7 @@ def test_pool_prefetch_requests_every_run_then_reads_it_through_in_storage_order
 
     monkeypatch.setattr(os, "posix_fadvise", fadvise)
     monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(PageResidency, "cached", lambda self, offset, length: False)  # as on a cold cache
     runs = [(20, 24), (0, 3), (9, 12)]
     dataset.prefetch(runs, wait=True)
     kinds = [kind for kind, _, _ in events]
@@ -193,7 +195,7 @@ def test_a_worker_whose_asker_is_late_reads_its_records_after_the_timeout_withou
     prefetcher, fd, asked = _asks(tmp_path, monkeypatch)
     monkeypatch.setattr(prefetching, "ASK_TIMEOUT_S", 0.2)
     read = []
-    monkeypatch.setattr(prefetching, "read_through", lambda fd, spans, scratch: read.append(spans.tolist()))
+    monkeypatch.setattr(prefetching, "read_through", lambda fd, spans, *_: read.append(spans.tolist()))
     done = prefetcher.request([(0, 8192)], read=[(4096, 4096)],
                               shared=SharedAsk(torch.full((8,), -1), slot=5, key=5, asker=False))
     assert done.wait(30) and asked == [] and read == [[[4096, 4096]]]  # its own records, no request for the pool
@@ -221,3 +223,41 @@ def test_a_ranks_workers_ask_the_kernel_once_per_pool_not_once_per_worker(conver
     pools = len(dataset._pass_order(()).starts) - 1
     assert pools >= 4
     assert counter.value == pools + 1  # each pool once, and the next epoch's first
+
+
+def test_page_residency_says_which_ranges_are_cached_without_reading_them(tmp_path, monkeypatch):
+    path = tmp_path / "file"
+    path.write_bytes(os.urandom(1 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    os.pread(fd, 1 << 20, 0)  # every page cached
+    residency = PageResidency(fd)
+    assert residency.cached(0, 1 << 20) and residency.cached(4097, 10)
+    assert not residency.cached((1 << 20) - 10, 20) and not residency.cached(0, 0)  # past the end; empty
+    residency.close()
+    residency.close()
+    assert not residency.cached(0, 10)  # unmapped: nothing counts as cached
+    monkeypatch.setattr(system, "_libc", lambda: None)  # no mincore (or no mmap): read everything through
+    assert not PageResidency(fd).cached(0, 10)
+    os.close(fd)
+
+
+def test_read_through_reads_only_the_ranges_not_cached(tmp_path, monkeypatch):
+    path = tmp_path / "file"
+    path.write_bytes(bytes(1 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    reads = []
+    real_preadv = os.preadv
+    def counted(fd, buffers, offset):
+        reads.append(offset)
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counted)
+    residency = PageResidency(fd)
+    spans = [(0, 4096), (512 << 10, 4096)]  # two ranges, far apart
+    monkeypatch.setattr(residency, "cached", lambda offset, length: offset == 0)
+    prefetching.read_through(fd, spans, memoryview(bytearray(1 << 16)), residency)
+    assert reads == [512 << 10]
+    prefetching.read_through(fd, spans, memoryview(bytearray(1 << 16)))  # without residency: both
+    assert reads == [512 << 10, 0, 512 << 10]
+    residency.close()
+    os.close(fd)

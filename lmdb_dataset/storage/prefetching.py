@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .system import can_pread, fadvise
+from .system import PageResidency, can_pread, fadvise
 
 PREFETCH_GAP = 1 << 20
 """Record spans closer than this many bytes are requested from the kernel as one range: on a
@@ -124,12 +124,14 @@ class SharedAsk:
             self.marks[self.slot] = self.key
 
 
-def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: memoryview) -> None:
+def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: memoryview,
+                 residency: PageResidency | None = None) -> None:
     """Read these spans of ``fd`` (in storage order) and discard the bytes: returns once they are cached.
 
     After :func:`advise` of the same spans this waits for the reads already queued rather
     than requesting the pages again. Spans less than :data:`READ_THROUGH_GAP` apart are read
-    as one range, into the writable buffer ``scratch`` a piece at a time.
+    as one range, into the writable buffer ``scratch`` a piece at a time; with ``residency``
+    (a :class:`PageResidency` of ``fd``), a range already cached is not read.
 
     Raises:
         OSError: A read failed.
@@ -137,6 +139,8 @@ def read_through(fd: int, spans: Sequence[Sequence[int]] | np.ndarray, scratch: 
     if not can_pread():
         return  # asked for, not waited on
     for offset, length in coalesce(spans, gap=READ_THROUGH_GAP):
+        if residency is not None and residency.cached(offset, length):
+            continue
         end = offset + length
         while offset < end:
             got = os.preadv(fd, [scratch[:min(len(scratch), end - offset)]], offset)
@@ -199,6 +203,7 @@ class Prefetcher:
 
     def _serve(self) -> None:
         scratch = memoryview(bytearray(READ_THROUGH_PIECE))
+        residency = PageResidency(self._fd)
         while (job := self._jobs.get()) is not None:
             spans, read, done, shared = job
             try:
@@ -209,11 +214,12 @@ class Prefetcher:
                             shared.mark()
                     else:
                         shared.asked_elsewhere()  # read after the asker's request, or without it if late
-                    read_through(self._fd, read, scratch)
+                    read_through(self._fd, read, scratch, residency)
             except Exception:
                 pass  # and reading the records themselves raises their errors
             finally:
                 done.set()
+        residency.close()
         os.close(self._fd)
 
     def abandon(self) -> None:

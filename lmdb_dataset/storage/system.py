@@ -9,6 +9,9 @@
 * :func:`can_pread`: whether ``os.pread``/``os.preadv`` exist (not on Windows). Without them
   the readers read every record through LMDB's memory map (``access="mmap"``) and the
   prefetcher only asks, reading nothing through.
+* :class:`PageResidency`: which pages of a file are in the page cache (``mincore`` over a
+  read-only map of the file, through the C library); where either call is missing, no page
+  counts as cached, and the prefetcher reads everything through as before.
 
 The test suite runs every reader and ``LMDBLoader`` with these calls deleted
 (``tests/test_platforms.py``). Windows itself is not tested.
@@ -16,7 +19,13 @@ The test suite runs every reader and ``LMDBLoader`` with these calls deleted
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import mmap
 import os
+
+import numpy as np
 
 
 def available_cpus() -> int:
@@ -41,3 +50,69 @@ def fadvise(fd: int, offset: int, length: int, advice: str) -> None:
 def can_pread() -> bool:
     """Whether this platform reads at an offset without moving the file position (``os.pread``, ``os.preadv``)."""
     return hasattr(os, "pread") and hasattr(os, "preadv")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library with ``mmap``/``munmap``/``mincore`` typed, once per process; None without them."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True) if name else None
+    except OSError:
+        return None
+    if libc is None or not all(hasattr(libc, call) for call in ("mmap", "munmap", "mincore")):
+        return None
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return libc
+
+
+class PageResidency:
+    """Which byte ranges of an open file are entirely in the page cache, without reading them.
+
+    Maps the file read-only once (address space only: no page is read by the map) and asks
+    ``mincore`` about the pages of each range. A prefetcher that must make sure a range is
+    cached reads through only the ranges that are not: on a warm cache that saves copying every
+    record's bytes once more (0.07 ms of CPU an ImageNet image in the process that prefetches).
+    Where ``mmap``/``mincore`` are missing or fail, every range counts as not cached.
+
+    Args:
+        fd: An open descriptor of the file, kept open by the caller until :meth:`close`; its size is
+            taken at the first question (the readers' files do not grow).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._size = -1  # not mapped yet: the first question maps the file
+        self._address: int | None = None
+
+    def _map(self) -> None:
+        libc = _libc()
+        self._size = os.fstat(self._fd).st_size
+        if libc is not None and self._size > 0:
+            address = libc.mmap(None, self._size, mmap.PROT_READ, mmap.MAP_SHARED, self._fd, 0)
+            if address not in (None, ctypes.c_void_p(-1).value):
+                self._address = address
+
+    def cached(self, offset: int, length: int) -> bool:
+        """Whether every page of ``[offset, offset + length)`` is in the page cache."""
+        if self._size < 0:
+            self._map()
+        libc = _libc()
+        if self._address is None or libc is None or length <= 0 or offset + length > self._size:
+            return False
+        first = offset - offset % mmap.PAGESIZE
+        pages = (offset + length - first + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vector = np.empty(pages, dtype=np.uint8)
+        if libc.mincore(self._address + first, offset + length - first, vector.ctypes.data) != 0:
+            return False
+        return bool((vector & 1).all())
+
+    def close(self) -> None:
+        """Unmap the file; later questions all answer False (idempotent)."""
+        libc = _libc()
+        if self._address is not None and libc is not None:
+            libc.munmap(self._address, self._size)
+        self._address, self._size = None, 0
