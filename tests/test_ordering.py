@@ -243,6 +243,16 @@ def test_pool_shuffle_permutes_within_each_pool_only_and_is_deterministic(starts
     np.testing.assert_array_equal(out, pool_shuffle(starts, seed=seed, stream=stream))
 
 
+@PROPERTY
+@given(starts=st.lists(st.integers(1, 40), max_size=20).map(lambda s: np.cumsum([0, *s])), seed=seeds,
+       stream=st.tuples(st.integers(0, 100), st.integers(0, 4)))
+def test_pool_shuffle_is_the_order_of_each_pools_keys(starts, seed, stream):
+    """The order every released epoch used (ORDER_VERSION 2): positions sorted by (pool, key), in one lexsort."""
+    keys = np.random.default_rng([seed, *stream, 2]).random(int(starts[-1]))
+    expected = np.lexsort((keys, np.repeat(np.arange(len(starts) - 1), np.diff(starts))))
+    np.testing.assert_array_equal(pool_shuffle(starts, seed=seed, stream=stream), expected)
+
+
 def test_pool_shuffle_large_pool_actually_reorders():
     out = pool_shuffle(np.array([0, 500]), seed=3, stream=(0, 0))
     assert not np.array_equal(out, np.arange(500))
