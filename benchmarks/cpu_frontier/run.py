@@ -119,8 +119,10 @@ faster than it makes them."""
 def _windows(results: dict) -> dict[str, tuple[int, int, int]]:
     """``{corpus: (skip, batches, epoch batches)}`` of the run's steady-state windows (older runs recorded none)."""
     settings = results["settings"]
-    return {name: (skip, batches, len_epoch) for name, (skip, batches) in settings.get("window", {}).items()
-            for len_epoch in [results["corpora"][name]["images"] // settings["batch_size"][name]]}
+    windows = {}
+    for name, (skip, batches) in settings.get("window", {}).items():
+        windows[name] = (skip, batches, results["corpora"][name]["images"] // settings["batch_size"][name])
+    return windows
 
 
 def steady_window(epoch_batches: int, workers: int) -> tuple[int, int]:

@@ -68,7 +68,7 @@ class RecycledHostBatches:
     def empty(self, shape: Sequence[int], dtype: torch.dtype, *, channels_last: bool = False) -> torch.Tensor:
         """An uninitialised NCHW tensor of ``shape`` and ``dtype`` on the CPU (channels-last strides if asked)."""
         n, c, h, w = shape
-        nbytes = n * c * h * w * torch.empty((), dtype=dtype).element_size()
+        nbytes = n * c * h * w * dtype.itemsize
         with self._lock:
             found = None
             free_refs = -1
@@ -136,7 +136,8 @@ class NormalizeBatch(nn.Module):
             # In float32, in place: a conversion, a multiply and an add, a few images at a time so that
             # the three passes find the floats in the cache (0.09 -> 0.06 ms an image measured).
             work = self.host.empty(images.shape, self.scale.dtype, channels_last=self.channels_last)
-            step = max(1, CACHE_BYTES // (images[0].numel() * work.element_size()))
+            _, channels, height, width = images.shape
+            step = max(1, CACHE_BYTES // (channels * height * width * work.element_size()))
             for start in range(0, len(images), step):
                 work[start:start + step].copy_(images[start:start + step]).mul_(self.scale).add_(self.shift)
             if self.dtype == work.dtype:

@@ -87,12 +87,13 @@ class PageResidency:
         self._fd = fd
         self._size = -1  # not mapped yet: the first question maps the file
         self._address: int | None = None
+        self._libc: ctypes.CDLL | None = None
 
     def _map(self) -> None:
-        libc = _libc()
+        self._libc = _libc()
         self._size = os.fstat(self._fd).st_size
-        if libc is not None and self._size > 0:
-            address = libc.mmap(None, self._size, mmap.PROT_READ, mmap.MAP_SHARED, self._fd, 0)
+        if self._libc is not None and self._size > 0:
+            address = self._libc.mmap(None, self._size, mmap.PROT_READ, mmap.MAP_SHARED, self._fd, 0)
             if address not in (None, ctypes.c_void_p(-1).value):
                 self._address = address
 
@@ -100,19 +101,17 @@ class PageResidency:
         """Whether every page of ``[offset, offset + length)`` is in the page cache."""
         if self._size < 0:
             self._map()
-        libc = _libc()
-        if self._address is None or libc is None or length <= 0 or offset + length > self._size:
+        if self._address is None or self._libc is None or length <= 0 or offset + length > self._size:
             return False
         first = offset - offset % mmap.PAGESIZE
         pages = (offset + length - first + mmap.PAGESIZE - 1) // mmap.PAGESIZE
         vector = np.empty(pages, dtype=np.uint8)
-        if libc.mincore(self._address + first, offset + length - first, vector.ctypes.data) != 0:
+        if self._libc.mincore(self._address + first, offset + length - first, vector.ctypes.data) != 0:
             return False
         return bool((vector & 1).all())
 
     def close(self) -> None:
         """Unmap the file; later questions all answer False (idempotent)."""
-        libc = _libc()
-        if self._address is not None and libc is not None:
-            libc.munmap(self._address, self._size)
+        if self._address is not None and self._libc is not None:
+            self._libc.munmap(self._address, self._size)
         self._address, self._size = None, 0
