@@ -3,9 +3,12 @@
 import signal
 import sys
 
-# From here on SIGTERM interrupts like Ctrl-C (the command line then names it); an interrupt
-# while the command line is still being imported ends the process quietly with status 130.
-signal.signal(signal.SIGTERM, signal.default_int_handler)
+from .write.interrupts import raise_terminated
+
+# From here on SIGTERM interrupts like Ctrl-C, as the same exception the command line names
+# (installed once, so that no instant of the command's start or end gets a plain interrupt);
+# an interrupt while the command line is still being imported ends the process quietly with status 130.
+signal.signal(signal.SIGTERM, raise_terminated)
 try:
     from .tools.cli import main
 except KeyboardInterrupt:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from test_convert import logical_content
 from lmdb_dataset import LMDBDatasetError, convert_image_folder, convert_source
 from lmdb_dataset.tools.inspection import summarize
 from lmdb_dataset.write import writer
-from lmdb_dataset.write.interrupts import deferred_interrupts, terminate_as_interrupt
+from lmdb_dataset.write.interrupts import Terminated, deferred_interrupts, raise_terminated, terminate_as_interrupt
 from lmdb_dataset.write.parallel import ordered_map
 
 ROOT = Path(__file__).parents[1]
@@ -33,7 +34,7 @@ ROOT = Path(__file__).parents[1]
 # The real command line, with a commit every 24 records so that a small run holds many commits.
 CLI = textwrap.dedent("""
     import os, runpy, signal, sys
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # what lmdb_dataset/__main__.py does first
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # until lmdb_dataset/__main__.py installs its own
     os.write(int(sys.argv.pop(1)), b"ready")  # the interpreter has started: from now on every instant counts
     try:
         from lmdb_dataset.write import writer
@@ -193,6 +194,21 @@ def test_terminate_as_interrupt_turns_sigterm_into_keyboard_interrupt_and_restor
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_python_m_lmdb_dataset_names_sigterm_from_its_first_line_to_its_exit():
+    """``python -m lmdb_dataset`` installs the handler raising :class:`Terminated` once, before the command
+    line is imported, so no instant of its start (or its end, after the command's own block) turns a
+    SIGTERM into a plain interrupt (CI once saw one, sent between two lines of that block's entry)."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        runpy.run_module("lmdb_dataset", run_name="imported")  # its code, short of calling main()
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _die_on_seven(task: int) -> int:

@@ -22,10 +22,11 @@ INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM received: raised by the handler :func:`terminate_as_interrupt` installs."""
+    """SIGTERM received: raised by :func:`raise_terminated`."""
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
+    """The SIGTERM handler of the command line: raise :class:`Terminated`."""
     raise Terminated(f"received {signal.Signals(signum).name}")
 
 
@@ -44,7 +45,7 @@ def terminate_as_interrupt() -> Iterator[None]:
     if not _in_main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:
