@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import pickle
+import shutil
 
 import pytest
 import torch
 from torchvision import transforms as v1
 
+from lmdb_dataset.decode import transforms
 from lmdb_dataset.decode.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -17,6 +19,9 @@ from lmdb_dataset.decode.transforms import (
     train_transform,
     val_transform,
 )
+
+needs_one_pass = pytest.mark.skipif(transforms.normalize_in_one_pass is None,
+                                    reason="the _normalize extension is not built")
 
 
 def test_normalize_batch_equals_to_tensor_then_normalize():
@@ -94,3 +99,45 @@ def test_normalize_batch_works_through_a_large_batch_a_few_images_at_a_time():
     expected = torch.stack([v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)(img.float() / 255) for img in batch])
     for channels_last in (False, True):
         assert torch.allclose(NormalizeBatch(channels_last=channels_last)(batch), expected, atol=1e-5)
+
+
+def test_one_pass_kernel_is_built_where_a_c_compiler_is():
+    """CI builds the package with a compiler: a silently failed build of the optional piece must show up here."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine: NormalizeBatch uses torch ops")
+    assert transforms.normalize_in_one_pass is not None
+
+
+@needs_one_pass
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_pass_kernel_is_bit_identical_to_the_torch_ops_for_every_value(monkeypatch, dtype, channels_last):
+    # Every uint8 value in every channel, a non-contiguous input, and other statistics than ImageNet's.
+    values = torch.arange(256, dtype=torch.uint8)
+    batch = torch.stack([values.roll(k).view(16, 16).expand(4, 16, 16) for k in range(6)])[:, :, :, 3:]
+    batch = batch.transpose(2, 3)
+    assert not batch.is_contiguous()
+    normalize = NormalizeBatch(mean=(0.5, 0.25, 0.125, 0.7), std=(0.2, 0.3, 0.9, 0.05), dtype=dtype,
+                               channels_last=channels_last)
+    fast = normalize(batch).clone()
+    monkeypatch.setattr(transforms, "normalize_in_one_pass", None)
+    reference = normalize(batch)
+    assert fast.dtype == reference.dtype == dtype
+    assert fast.stride() == reference.stride()
+    assert torch.equal(fast.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                       reference.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))  # bit for bit
+
+
+@needs_one_pass
+def test_one_pass_kernel_refuses_buffers_of_the_wrong_size():
+    kernel = transforms.normalize_in_one_pass
+    assert kernel is not None
+    src, dst = bytes(2 * 3 * 4), bytearray(2 * 3 * 4 * 4)
+    kernel(src, dst, [1.0] * 3, [0.0] * 3, 2, 3, 4, 0, False)
+    assert dst == bytes(len(dst))
+    with pytest.raises(ValueError, match="dst"):
+        kernel(src, bytearray(len(dst) - 1), [1.0] * 3, [0.0] * 3, 2, 3, 4, 0, False)
+    with pytest.raises(ValueError, match="one value per channel"):
+        kernel(src, dst, [1.0] * 2, [0.0] * 3, 2, 3, 4, 0, False)
+    with pytest.raises(ValueError, match="kind"):
+        kernel(src, dst, [1.0] * 3, [0.0] * 3, 2, 3, 4, 2, False)
