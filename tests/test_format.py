@@ -121,3 +121,18 @@ def test_order_table_that_is_not_a_permutation_is_refused(values):
         fmt.decode_order(fmt.encode_labels(np.array(values)), len(values))
     with pytest.raises(ValueError, match="bytes, expected"):
         fmt.decode_order(fmt.encode_labels(np.array(values)), len(values) + 1)
+
+
+@given(payload=st.binary(max_size=70_000), start=st.integers(0, 69_999))
+@settings(max_examples=60)
+def test_the_records_crc32_is_zlibs_for_bytes_and_views(payload, start):
+    assert fmt.crc32(payload) == zlib.crc32(payload)
+    view = memoryview(payload)[start:]  # a payload is a view into the record's value
+    assert fmt.crc32(view) == zlib.crc32(view)
+
+
+def test_the_records_crc32_is_isals_where_isal_is_installed():
+    """setup.cfg requires isal on the platforms it has wheels for: a silent fallback to zlib's 13x slower CRC
+    must show up here."""
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    assert fmt.crc32 is isal_zlib.crc32

@@ -34,7 +34,6 @@ import dataclasses
 import os
 import threading
 import warnings
-import zlib
 from pathlib import Path
 from typing import Literal, overload
 
@@ -381,7 +380,7 @@ def proven_spans(env: lmdb.Environment, records_db: lmdb._Database, meta_db: lmd
         spans = fmt.decode_spans(blob)
     except ValueError as exc:
         return None, f"it is malformed ({exc})"
-    if zlib.crc32(blob) != crc:
+    if fmt.crc32(blob) != crc:
         return None, "it is damaged (CRC32 mismatch)"
     if txn_id != file_txn:
         return None, (f"it was measured at LMDB transaction {txn_id} but the file is at transaction "

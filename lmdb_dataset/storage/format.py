@@ -65,10 +65,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-import zlib
 from typing import Any
 
 import numpy as np
+
+try:  # ISA-L's CRC-32 (carry-less multiplication): zlib's value, ~13x faster on 100 KB (2 us against 26 us)
+    from isal.isal_zlib import crc32
+except ImportError:  # a platform without isal's wheels
+    from zlib import crc32
 
 FORMAT_NAME = "lmdb-dataset"
 FORMAT_VERSION = 1
@@ -118,7 +122,7 @@ def decode_key(key: bytes) -> int:
 def encode_record(payload: bytes | memoryview, *, kind: int, label: int, height: int, width: int,
                   channels: int) -> bytes:
     """Header + payload of one record, with the payload's CRC32 in the header."""
-    header = HEADER.pack(FORMAT_VERSION, kind, channels, label, zlib.crc32(payload), height, width)
+    header = HEADER.pack(FORMAT_VERSION, kind, channels, label, crc32(payload), height, width)
     return header + bytes(payload)
 
 
@@ -147,7 +151,7 @@ def payload_of(value: bytes | memoryview) -> memoryview:
 
 def payload_crc_matches(header: RecordHeader, payload: bytes | memoryview) -> bool:
     """Whether the payload's CRC32 equals the one in the header."""
-    return zlib.crc32(payload) == header.crc32
+    return crc32(payload) == header.crc32
 
 
 @dataclasses.dataclass
@@ -333,7 +337,7 @@ def decode_spans(data: bytes | memoryview) -> np.ndarray:
 
 def encode_spans_check(txn_id: int, spans: bytes | memoryview) -> bytes:
     """The ``spans_check`` value of an encoded span table stored in transaction ``txn_id``."""
-    return SPANS_CHECK.pack(txn_id, zlib.crc32(spans))
+    return SPANS_CHECK.pack(txn_id, crc32(spans))
 
 
 def decode_spans_check(data: bytes | memoryview) -> tuple[int, int]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import threading
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -219,7 +218,7 @@ def record_pixels(meta: DatasetMetadata, index: int, value: bytes | memoryview |
         raise _corrupt(meta, index, f"malformed record header ({exc})") from None
     payload = fmt.payload_of(value)
     if verify:
-        crc = zlib.crc32(payload)
+        crc = fmt.crc32(payload)
         if crc != header.crc32:
             raise _corrupt(meta, index, f"CRC32 mismatch (stored {header.crc32:08x}, computed {crc:08x}): "
                                         "the data file is damaged; restore or re-convert it")
