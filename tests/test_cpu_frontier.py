@@ -38,6 +38,8 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
     cold = [r for r in results["runs"] if r["temperature"] == "cold"]
     assert all(r["resident_after"] <= r["resident_before"] for r in cold)
     assert all(r["ceiling_img_s_per_core"] > 0 and len(r["ceiling_probes"]) == 2 for r in results["runs"])
+    cpu = [(r["cpu_ms_per_image"], r["cores_busy"]) for r in results["runs"] if "error" not in r]
+    assert all(ms >= 0 and busy >= 0 for ms, busy in cpu) and any(ms > 0 for ms, _ in cpu)  # 10 ms clock ticks
     assert results["corpora"]["highres"]["median_megapixels"] >= 1.0
     from benchmarks.cpu_frontier import run
 
@@ -48,11 +50,12 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
     assert " measured targets met" in section and "Not measured: 2 (the loader compared with did not run)." in section
 
 
-def synthetic(ours: float, baseline: float, dali: float, per_core: float) -> dict:
-    """A one-round run of the ImageNet-like corpus, warm, with the given img/s."""
+def synthetic(ours: float, baseline: float, dali: float, per_core: float, cpu_ms: float = 2.1) -> dict:
+    """A one-round run of the ImageNet-like corpus, warm, with the given img/s (and our CPU ms an image)."""
     runs = [{"round": 0, "corpus": "imagenet", "temperature": "warm", "split": "train", "case": case, "value": value,
-             "first_batch_s": 1.0, "ceiling_img_s_per_core": per_core} for case, value in
-            (("lmdbloader-random", ours), ("imagefolder-pillow", baseline), ("dali-cpu", dali))]
+             "first_batch_s": 1.0, "ceiling_img_s_per_core": per_core, "cpu_ms_per_image": cpu,
+             "cores_busy": value * cpu / 1e3} for case, value, cpu in
+            (("lmdbloader-random", ours, cpu_ms), ("imagefolder-pillow", baseline, 4.9), ("dali-cpu", dali, 2.4))]
     return {"command": "python -m benchmarks.cpu_frontier.run", "versions": {"DALI": "1"},
             "settings": {"workers": 2, "batch_size": {"imagenet": 128}, "rounds": 1, "temperatures": ["warm"],
                          "ceiling_cores": 2, "ceiling_seconds": 0.5},
@@ -70,7 +73,12 @@ def test_verdicts_gaps_and_the_ceiling_that_stops_a_target_follow_the_numbers():
     assert "| imagenet: lmdbloader-random >= 2.0x imagefolder-pillow | warm | 2.20x [2.20, 2.20] | pass |  |" in text
     assert ("| imagenet: lmdbloader-random >= 1.25x dali-cpu | warm | 1.10x [1.10, 1.10] | FAIL | short by 0.15x "
             "(12%); the decode ceiling is 1.250x dali-cpu, so within reach |") in text  # 2 x 500 / 800
-    assert "| imagenet: lmdbloader-random >= 0.9x ceiling | warm | 0.88x [0.88, 0.88] | FAIL | short by 0.02x" in text
-    low = cpu_frontier.markdown(synthetic(ours=700, baseline=400, dali=800, per_core=450))
+    assert ("| imagenet: lmdbloader-random >= 0.9x ceiling | warm | 0.88x [0.88, 0.88] | FAIL | short by 0.02x (2%); "
+            "within reach at its CPU time an image: with every core busy it would reach 0.95x the ceiling |"
+            ) in text  # 1000 ms / (2.1 ms x 500 img/s)
+    assert "whose decode + crop + resize + flip takes 2.000 ms [2.000, 2.000] of CPU an image" in text
+    low = cpu_frontier.markdown(synthetic(ours=700, baseline=400, dali=800, per_core=450, cpu_ms=2.5))
     assert "out of reach: the decode ceiling is 1.125x dali-cpu" in low
+    assert "out of reach at its CPU time an image: with every core busy it would reach 0.89x the ceiling" in low
+    assert "| 2.500 [2.500, 2.500] | 1.75 [1.75, 1.75] |" in low  # CPU ms an image, cores busy
     assert "| LMDBLoader(device=\"cpu\"), random | 700.0 [700.0, 700.0] | 1.75x [1.75, 1.75] |" in low

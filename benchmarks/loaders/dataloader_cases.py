@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -89,20 +90,38 @@ def make_loader(spec: LoaderSpec, ctx: Context, *, persistent: bool = False) -> 
     return DataLoader(dataset, sampler=sampler, shuffle=sampler is None, **options)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) so far of this process and of every process it started (workers).
+
+    Each live process counts its own time and that of its children it has reaped (workers that ended).
+    """
+    import psutil  # the bench extra's (and accelerate's) dependency
+
+    me = psutil.Process()
+    total = 0.0
+    for process in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a process that ended meanwhile
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool = True,
                 skip: int | None = None) -> Result:
-    """Iterate a loader: first-batch latency apart from steady-state throughput.
+    """Iterate a loader: first-batch latency apart from steady-state throughput, and the CPU it took.
 
     The steady-state window starts when batch ``skip`` arrives (default ``workers - 1``: every
     worker has delivered its first batch, built in parallel with the first one) and covers the
     next ``batches`` batches; the loop stops there, so batches a loader finished ahead of the
     window's end (prefetched, staged) are not counted. With ``normalize``, uint8 batches are
-    normalised here, in the main process, and timed.
+    normalised here, in the main process, and timed. ``cpu_ms_per_image`` is the CPU time of this
+    process (its threads included) and its worker processes over the window, per image delivered
+    in it; ``cores_busy`` the same CPU time over the window's wall time.
     """
     normalizer = NormalizeBatch()
     start = max(workers, 1) - 1 if skip is None else skip
     started = time.perf_counter()
-    first = window_start = 0.0
+    first = window_start = cpu_start = 0.0
     images = steady = 0
     for step, (batch, _) in enumerate(loader):
         if normalize and batch.dtype == torch.uint8:
@@ -110,16 +129,18 @@ def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool
         if step == 0:
             first = time.perf_counter() - started
         if step == start:
+            cpu_start = cpu_seconds()
             window_start = time.perf_counter()
         elif step > start:
             images += len(batch)
             steady += 1
             if steady >= batches:
                 break
+    wall, cpu = time.perf_counter() - window_start, cpu_seconds() - cpu_start
     if images == 0:
         raise RuntimeError("the corpus is too small for a steady-state window; use more images")
-    return {"value": images / (time.perf_counter() - window_start), "first_batch_s": first, "images": images,
-            "steady_batches": steady}
+    return {"value": images / wall, "first_batch_s": first, "images": images, "steady_batches": steady,
+            "cpu_ms_per_image": 1e3 * cpu / images, "cores_busy": cpu / wall}
 
 
 def loader_case(spec: LoaderSpec, *, cold: bool = False) -> Case:
