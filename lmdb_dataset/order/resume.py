@@ -38,10 +38,9 @@ MAX_WORKERS = 1024
 MAX_HOPS = 64
 """Passes of one epoch a resume state can describe (a world change within an epoch adds one)."""
 
-# The shared values: five numbers (the indices below), the hops of a loaded resume point, then one flag per
-# DataLoader worker slot: whether it began a pass from that resume point.
-_EPOCH, _PENDING, _BASE, _WORKERS_ITERATED, _SCATTERED = range(5)
-_HOPS = 5
+# The shared values: five numbers, from _HOPS on the hops of a loaded resume point, from _STARTED on a flag per
+# DataLoader worker slot (whether it began a pass from that resume point).
+_EPOCH, _PENDING, _BASE, _WORKERS_ITERATED, _SCATTERED, _HOPS = range(6)
 _STARTED = _HOPS + 2 * MAX_HOPS
 
 

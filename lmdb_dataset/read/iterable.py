@@ -240,14 +240,14 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             raise ValueError(f"this worker's resume state is of epoch {resume.epoch}, the dataset is set to epoch "
                              f"{self.epoch}: call set_epoch({resume.epoch}) before iterating to resume it")
         position = StreamPosition(self.epoch, hops, world.num_replicas, world.worker, 0, world.num_workers)
-        if resume is not None and resume.epoch == self.epoch:  # a worker's own state (StatefulDataLoader); older
-            for name in ("num_workers", "num_replicas"):  # states are of epochs the run has moved past
-                if getattr(resume, name) != getattr(position, name):
+        # A worker's own state (StatefulDataLoader) resumes its stream; older states are of epochs the run moved past.
+        if resume is not None and resume.epoch == self.epoch:
+            for name, now in (("num_workers", world.num_workers), ("num_replicas", world.num_replicas)):
+                if getattr(resume, name) != now:
                     raise ValueError(f"this worker's state was saved with {name}={getattr(resume, name)}, the "
-                                     f"DataLoader now has {name}={getattr(position, name)}: a DataLoader worker's "
-                                     "own state resumes only in the same world; load the StatefulDataLoader's "
-                                     "whole state into the dataset (dataset.load_state_dict(loader_state)) to "
-                                     "resume elsewhere")
+                                     f"DataLoader now has {name}={now}: a DataLoader worker's own state resumes "
+                                     "only in the same world; load the StatefulDataLoader's whole state into "
+                                     "the dataset (dataset.load_state_dict(loader_state)) to resume elsewhere")
             position = resume
         self._position = position
         return self._stream(position, world)
