@@ -264,17 +264,15 @@ def _all_rank_orders(n: int, *, num_replicas: int, **order: Any) -> tuple[np.nda
         the epoch as ``DistributedSampler`` pads it, rank by rank; ``pools`` numbers each
         rank's pools apart (rank ``r``'s pool ``q`` is ``r * n + q``).
     """
-    records, pools = [], []
     chunk_size, seed, epoch, shuffle = order["chunk_size"], order["seed"], order["epoch"], order["shuffle"]
     epoch_records = epoch_order(n, chunk_size=chunk_size, seed=seed, epoch=epoch, shuffle=shuffle)
     chunk_starts = (chunk_bounds(n, chunk_size=chunk_size, seed=seed, epoch=epoch)[:-1] if shuffle
                     else np.arange(0, n, chunk_size))
-    for rank in range(num_replicas):
-        plan = _rank_order_from(epoch_records, chunk_starts, pool_size=order["pool_size"], seed=seed, epoch=epoch,
-                           rank=rank, num_replicas=num_replicas, drop_last=order["drop_last"], shuffle=shuffle)
-        records.append(plan.order)
-        pools.append(plan.pool_of(np.arange(len(plan.order))) + rank * max(n, 1))
-    return np.concatenate(records).astype(np.int64), np.concatenate(pools).astype(np.int64)
+    plans = [_rank_order_from(epoch_records, chunk_starts, pool_size=order["pool_size"], seed=seed, epoch=epoch,
+                              rank=rank, num_replicas=num_replicas, drop_last=order["drop_last"], shuffle=shuffle)
+             for rank in range(num_replicas)]
+    pools = [plan.pool_of(np.arange(len(plan.order))) + rank * max(n, 1) for rank, plan in enumerate(plans)]
+    return np.concatenate([plan.order for plan in plans]), np.concatenate(pools)
 
 
 def rest_length(n: int, *, hops: Sequence[Hop], num_replicas: int, drop_last: bool) -> int:
@@ -283,23 +281,18 @@ def rest_length(n: int, *, hops: Sequence[Hop], num_replicas: int, drop_last: bo
     Pure arithmetic (no arrays): ``rank_length(n, ...)`` without hops.
 
     Raises:
-        ValueError: A hop consumed more than its pass held, or names a world size below 1.
+        ValueError: A hop consumed more than its pass held, or a world size is below 1.
     """
-    world = hops[0][1] if hops else num_replicas
-    length = rank_length(n, _checked_world(world), drop_last)
-    for index, (consumed, world) in enumerate(hops):
+    worlds = [world for _, world in hops] + [num_replicas]
+    check_positive(num_replicas=worlds[0])
+    length = rank_length(n, worlds[0], drop_last)
+    for (consumed, world), following in zip(hops, worlds[1:]):
         if not 0 <= consumed <= length:
             raise ValueError(f"samples_consumed={consumed} is not within the {length} samples per rank of that "
                              f"pass (num_replicas={world})")
-        following = hops[index + 1][1] if index + 1 < len(hops) else num_replicas
-        length = rank_length(world * (length - consumed), _checked_world(following), drop_last)
+        check_positive(num_replicas=following)
+        length = rank_length(world * (length - consumed), following, drop_last)
     return length
-
-
-def _checked_world(num_replicas: int) -> int:
-    if num_replicas < 1:
-        raise ValueError(f"num_replicas={num_replicas} must be >= 1")
-    return num_replicas
 
 
 def rest_of_epoch(n: int, *, chunk_size: int, pool_size: int, seed: int, epoch: int, rank: int, num_replicas: int,
@@ -336,21 +329,16 @@ def rest_of_epoch(n: int, *, chunk_size: int, pool_size: int, seed: int, epoch: 
     if not 0 <= rank < num_replicas:
         raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
     records, pools = _all_rank_orders(n, num_replicas=hops[0][1], **options)
-    for index, (consumed, world) in enumerate(hops):
-        per_rank = len(records) // world
-        rest = np.arange(len(records)) % per_rank >= consumed if per_rank else np.zeros(0, dtype=bool)
-        records, pools = records[rest], pools[rest]
-        following = hops[index + 1][1] if index + 1 < len(hops) else num_replicas
+    for (consumed, world), following in zip(hops, [*(world for _, world in hops[1:]), num_replicas]):
+        # Every rank's unconsumed part, rank after rank, dealt like DistributedSampler deals an epoch.
+        records, pools = (column.reshape(world, -1)[:, consumed:].ravel() for column in (records, pools))
         total = rank_length(len(records), following, drop_last) * following
-        if total > len(records):  # padded from the start: those repeats form pools of their own
-            wrapped = np.arange(total, dtype=np.int64)
-            laps = wrapped // len(records)
-            records, pools = records[wrapped % len(records)], pools[wrapped % len(records)] + laps * (pools.max() + 1)
-        records, pools = records[:total], pools[:total]
+        laps = np.arange(total) // max(len(records), 1)  # padding repeats the rest: its repeats are pools of their own
+        records, pools = np.resize(records, total), np.resize(pools, total) + laps * (pools.max(initial=0) + 1)
     records, pools = records[rank * length:(rank + 1) * length], pools[rank * length:(rank + 1) * length]
-    starts = np.concatenate((np.flatnonzero(np.diff(pools, prepend=-1)), [length])).astype(np.int64)
-    reads = records[np.lexsort((records, np.repeat(np.arange(len(starts) - 1), np.diff(starts))))]
-    return RankOrder(records, reads, starts)
+    first = np.diff(pools, prepend=-1) != 0  # where a pool begins
+    reads = records[np.lexsort((records, np.cumsum(first)))]
+    return RankOrder(records, reads, np.append(np.flatnonzero(first), length).astype(np.int64))
 
 
 def worker_positions(length: int, *, piece_size: int, worker: int, num_workers: int) -> np.ndarray:

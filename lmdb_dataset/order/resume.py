@@ -38,7 +38,10 @@ MAX_WORKERS = 1024
 MAX_HOPS = 64
 """Passes of one epoch a resume state can describe (a world change within an epoch adds one)."""
 
-_EPOCH, _PENDING, _BASE, _WORKERS_ITERATED, _PASS_WORKERS, _PASS_IN_ORDER = range(6)
+# The shared values: five numbers, from _HOPS on the hops of a loaded resume point, from _STARTED on a flag per
+# DataLoader worker slot (whether it began a pass from that resume point).
+_EPOCH, _PENDING, _BASE, _WORKERS_ITERATED, _SCATTERED, _HOPS = range(6)
+_STARTED = _HOPS + 2 * MAX_HOPS
 
 
 def compose(hops: Sequence[Hop], consumed: int, num_replicas: int) -> tuple[Hop, ...]:
@@ -59,7 +62,7 @@ def compose(hops: Sequence[Hop], consumed: int, num_replicas: int) -> tuple[Hop,
 class EpochProgress:
     """The epoch to produce, a pending resume point and the current pass's start, in shared memory.
 
-    Kept in shared-memory tensors, so ``set_epoch`` or ``load_state_dict`` in the training
+    Kept in one shared-memory tensor, so ``set_epoch`` or ``load_state_dict`` in the training
     process reach DataLoader workers that outlive an epoch (``persistent_workers=True``),
     under fork, spawn and forkserver alike. A resume point applies to the next pass only:
     each worker slot marks when it began a pass from it, and the point is cleared once all
@@ -68,51 +71,43 @@ class EpochProgress:
     """
 
     def __init__(self) -> None:
-        # [epoch, pending hops, base hops, workers_iterated, pass_workers, pass_in_order]
-        self._values = torch.zeros(6, dtype=torch.int64).share_memory_()
-        self._hops = torch.zeros((2, MAX_HOPS, 2), dtype=torch.int64).share_memory_()  # [pending, base]
-        self._started = torch.zeros(MAX_WORKERS, dtype=torch.uint8).share_memory_()
+        self._shared = torch.zeros(_STARTED + MAX_WORKERS, dtype=torch.int64).share_memory_()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> EpochProgress:
         clone = EpochProgress()
-        clone._values.copy_(self._values)
-        clone._hops.copy_(self._hops)
-        clone._started.copy_(self._started)
+        clone._shared.copy_(self._shared)
         return clone
 
     @property
     def epoch(self) -> int:
         """The current epoch."""
-        return int(self._values[_EPOCH])
+        return int(self._shared[_EPOCH])
 
-    def _read_hops(self, which: int, count: int) -> tuple[Hop, ...]:
-        return tuple((int(k), int(w)) for k, w in self._hops[which, :count].tolist())
+    def _hops(self, count: int) -> tuple[Hop, ...]:
+        """The first ``count`` hops of the loaded resume point."""
+        return tuple((k, w) for k, w in self._shared[_HOPS:_HOPS + 2 * count].view(-1, 2).tolist())
 
     @property
     def pending(self) -> tuple[Hop, ...]:
         """The resume point the next pass starts from (empty: a whole epoch)."""
-        return self._read_hops(0, int(self._values[_PENDING]))
+        return self._hops(int(self._shared[_PENDING]))
 
     @property
     def base(self) -> tuple[Hop, ...]:
         """What the current pass (or, before it starts, a loaded resume point) began from."""
-        return self._read_hops(1, int(self._values[_BASE]))
+        return self._hops(int(self._shared[_BASE]))
 
     @property
     def workers_iterated(self) -> bool:
         """Whether DataLoader workers began a pass since the epoch or resume point was set."""
-        return bool(self._values[_WORKERS_ITERATED])
+        return bool(self._shared[_WORKERS_ITERATED])
 
     @property
-    def pass_workers(self) -> int:
-        """DataLoader workers of the current pass (0 before one began)."""
-        return int(self._values[_PASS_WORKERS])
-
-    @property
-    def pass_in_order(self) -> bool:
-        """Whether the current pass's batches come in the rank's order (one worker, or workers dealt whole
-        DataLoader batches), so that the loop's count of consumed samples is a position in it."""
-        return bool(self._values[_PASS_IN_ORDER])
+    def scattered(self) -> int:
+        """DataLoader workers of the current pass whose pieces were not whole DataLoader batches (0: none), so
+        that its batches do not come in the rank's order and the loop's count of consumed samples is no
+        position in it."""
+        return int(self._shared[_SCATTERED])
 
     def set_epoch(self, epoch: int) -> None:
         """Switch to ``epoch``; a resume point of another epoch is dropped."""
@@ -125,11 +120,8 @@ class EpochProgress:
         """Make the next pass yield epoch ``epoch`` less what ``hops`` consumed (all of it without hops)."""
         if len(hops) > MAX_HOPS:
             raise ValueError(f"the state describes {len(hops)} passes of one epoch; at most {MAX_HOPS} are kept")
-        self._started.zero_()
-        self._hops.zero_()
-        if hops:
-            self._hops[0, :len(hops)] = self._hops[1, :len(hops)] = torch.tensor(hops, dtype=torch.int64)
-        self._values.copy_(torch.tensor([epoch, len(hops), len(hops), 0, 0, 1], dtype=torch.int64))
+        values = [epoch, len(hops), len(hops), 0, 0, *(value for hop in hops for value in hop)]
+        self._shared.copy_(torch.tensor(values + [0] * (len(self._shared) - len(values)), dtype=torch.int64))
 
     def begin_pass(self, world: World, *, in_worker: bool) -> tuple[Hop, ...]:
         """Record that ``world.worker`` begins a pass; return the hops it starts from.
@@ -140,22 +132,22 @@ class EpochProgress:
         if world.worker >= MAX_WORKERS:
             raise ValueError(f"DataLoader worker {world.worker}: at most {MAX_WORKERS} workers per rank are "
                              "supported")
-        hops = self.pending
-        if hops and not self._started[world.worker]:
-            self._started[world.worker] = 1
-            if bool(self._started[:world.num_workers].all()):
-                self._values[_PENDING] = 0
+        hops, slot = self.pending, _STARTED + world.worker
+        if hops and not self._shared[slot]:
+            self._shared[slot] = 1
+            if bool(self._shared[_STARTED:_STARTED + world.num_workers].all()):
+                self._shared[_PENDING] = 0
         else:  # a later pass: a whole epoch
             hops = ()
-            self._values[_BASE] = 0
-        self._values[_WORKERS_ITERATED] |= int(in_worker)
-        self._values[_PASS_WORKERS] = world.num_workers
-        self._values[_PASS_IN_ORDER] = 1
+            self._shared[_BASE] = 0
+        self._shared[_WORKERS_ITERATED] |= int(in_worker)
+        self._shared[_SCATTERED] = 0
         return hops
 
-    def record_order(self, in_order: bool) -> None:
-        """Record whether the current pass's workers were dealt whole DataLoader batches (:attr:`pass_in_order`)."""
-        self._values[_PASS_IN_ORDER] = int(in_order or self.pass_workers <= 1)
+    def record_order(self, num_workers: int, in_order: bool) -> None:
+        """Record whether the current pass's ``num_workers`` workers were dealt whole DataLoader batches
+        (:attr:`scattered`)."""
+        self._shared[_SCATTERED] = 0 if in_order or num_workers <= 1 else num_workers
 
 
 class EpochResumable:
@@ -211,9 +203,8 @@ class EpochResumable:
                              num_replicas=self.num_replicas if num_replicas is None else num_replicas,
                              drop_last=self.drop_last, shuffle=self.shuffle, hops=hops)
 
-    def _pass_length(self, hops: Sequence[Hop], num_replicas: int | None = None) -> int:
-        return rest_length(self._record_count(), hops=hops, drop_last=self.drop_last,
-                           num_replicas=self.num_replicas if num_replicas is None else num_replicas)
+    def _pass_length(self, hops: Sequence[Hop]) -> int:
+        return rest_length(self._record_count(), hops=hops, num_replicas=self.num_replicas, drop_last=self.drop_last)
 
     @property
     def epoch_progress(self) -> EpochProgress:
@@ -230,12 +221,6 @@ class EpochResumable:
         """Samples this rank yields in the next pass (its share of the epoch, or of the rest of a resumed one)."""
         return self._pass_length(self._progress.pending)
 
-    def _state(self, epoch: int, hops: Sequence[Hop]) -> dict[str, Any]:
-        """A resume state: ``epoch`` less what ``hops`` consumed."""
-        *earlier, (consumed, world) = hops or ((0, self.num_replicas),)
-        return {"epoch": epoch, "samples_consumed": consumed, "num_replicas": world,
-                "resumed_from": [list(hop) for hop in earlier], **self._identity()}
-
     def _loop_state(self, samples_consumed: int, *, base: Sequence[Hop] | None = None) -> dict[str, Any]:
         """The state after ``samples_consumed`` samples of the current pass (which began from ``base``)."""
         base = self._progress.base if base is None else base
@@ -243,7 +228,15 @@ class EpochResumable:
         if not 0 <= samples_consumed <= length:
             raise ValueError(f"samples_consumed={samples_consumed} must be within the {length} samples this rank's "
                              "pass holds")
-        return self._state(self.epoch, compose(base, samples_consumed, self.num_replicas))
+        if self._progress.scattered and 0 < samples_consumed < length:
+            raise ValueError(f"the pass was read by {self._progress.scattered} DataLoader workers in pieces of "
+                             f"chunk_size={self.chunk_size} (the DataLoader's batch size could not be seen), so the "
+                             "samples the loop consumed are not a position in the rank's order: pass "
+                             f"batch_size=<the DataLoader's> to {type(self).__name__}, or use torchdata's "
+                             "StatefulDataLoader")
+        *earlier, (consumed, world) = compose(base, samples_consumed, self.num_replicas) or ((0, self.num_replicas),)
+        return {"epoch": self.epoch, "samples_consumed": consumed, "num_replicas": world,
+                "resumed_from": [list(hop) for hop in earlier], **self._identity()}
 
     @property
     def num_replicas(self) -> int:

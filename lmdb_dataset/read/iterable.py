@@ -6,7 +6,7 @@ import dataclasses
 import os
 import sys
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -30,26 +30,27 @@ from .process_memory import release_free_heap
 class StreamPosition:
     """Where this process's current pass stands: the pass, the stream of it this process serves, and its progress.
 
+    The fields are a DataLoader worker's own resume state (``state_dict()`` in a worker), less the order's settings.
+
     Attributes:
         epoch: The pass's epoch.
-        hops: What of the epoch was consumed before the pass began (:data:`order.maths.Hop`).
+        resumed_from: What of the epoch was consumed before the pass began (:data:`order.maths.Hop`).
         num_replicas: Ranks of the pass.
         stream: The worker slot whose share of the rank's records this process yields.
+        stream_position: Samples of the stream yielded so far (by this process, and before it by the
+            one whose state it resumed).
         num_workers: DataLoader workers of the pass.
-        start: Samples of the stream consumed before this process took it over (a worker's resume).
         piece_size: Positions per piece dealt to workers (the DataLoader's batch size); None until
             the first sample is fetched.
-        emitted: Samples this process yielded since.
     """
 
     epoch: int
-    hops: tuple[Hop, ...]
+    resumed_from: tuple[Hop, ...]
     num_replicas: int
     stream: int
+    stream_position: int
     num_workers: int
-    start: int = 0
     piece_size: int | None = None
-    emitted: int = 0
 
 
 def pool_key(epoch: int, pool: int, runs: np.ndarray) -> int:
@@ -215,15 +216,16 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             each; ``runs[q]`` the contiguous record runs ``[start, stop)`` of the rank's pool
             ``q`` (int64 ``(runs, 2)``), in the order they are prefetched.
         """
-        position = StreamPosition(self.epoch, self._progress.pending, world.num_replicas, world.worker,
-                                  world.num_workers, piece_size=piece_size or self.batch_size or self.chunk_size)
+        position = StreamPosition(self.epoch, self._progress.pending, world.num_replicas, world.worker, 0,
+                                  world.num_workers, piece_size or self.batch_size or self.chunk_size)
         return self._worker_share(position, world.rank)
 
     def _worker_share(self, position: StreamPosition, rank: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        plan = self._pass_order(position.hops, epoch=position.epoch, rank=rank, num_replicas=position.num_replicas)
+        plan = self._pass_order(position.resumed_from, epoch=position.epoch, rank=rank,
+                                num_replicas=position.num_replicas)
         assert position.piece_size is not None
         positions = worker_positions(len(plan.order), piece_size=position.piece_size, worker=position.stream,
-                                     num_workers=position.num_workers)[position.start:]
+                                     num_workers=position.num_workers)[position.stream_position:]
         return plan.order[positions], plan.pool_of(positions), plan.runs()
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
@@ -237,16 +239,16 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         if resume is not None and resume.epoch > self.epoch:
             raise ValueError(f"this worker's resume state is of epoch {resume.epoch}, the dataset is set to epoch "
                              f"{self.epoch}: call set_epoch({resume.epoch}) before iterating to resume it")
-        if resume is not None and resume.epoch == self.epoch:  # a worker's own state (StatefulDataLoader)
+        position = StreamPosition(self.epoch, hops, world.num_replicas, world.worker, 0, world.num_workers)
+        # A worker's own state (StatefulDataLoader) resumes its stream; older states are of epochs the run moved past.
+        if resume is not None and resume.epoch == self.epoch:
             for name, now in (("num_workers", world.num_workers), ("num_replicas", world.num_replicas)):
                 if getattr(resume, name) != now:
                     raise ValueError(f"this worker's state was saved with {name}={getattr(resume, name)}, the "
                                      f"DataLoader now has {name}={now}: a DataLoader worker's own state resumes "
                                      "only in the same world; load the StatefulDataLoader's whole state into "
                                      "the dataset (dataset.load_state_dict(loader_state)) to resume elsewhere")
-            position = dataclasses.replace(resume, start=resume.start + resume.emitted, emitted=0)
-        else:  # older states are of epochs the run has moved past
-            position = StreamPosition(self.epoch, hops, world.num_replicas, world.worker, world.num_workers)
+            position = resume
         self._position = position
         return self._stream(position, world)
 
@@ -259,7 +261,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         if position.piece_size is not None and position.piece_size != piece:
             raise ValueError(f"this worker's state was saved with batch_size={position.piece_size}, the DataLoader "
                              f"now fetches batches of {piece}: resume a worker's own state with the same batch size")
-        self._progress.record_order(fetching is not None or self.batch_size is not None)
+        self._progress.record_order(position.num_workers, fetching is not None or self.batch_size is not None)
         return piece
 
     def _stream(self, position: StreamPosition, world: World) -> Iterator[tuple[Any, Any]]:
@@ -274,7 +276,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         release_free_heap()  # the plans' N-sized temporaries, kept by malloc otherwise
         asker = world.worker == 0 if world.num_workers > 1 else None  # one process per rank asks for a pool
         for sample in self._read(records, pools, runs, following, epoch=position.epoch, asker=asker):
-            position.emitted += 1
+            position.stream_position += 1
             yield sample
 
     def _read(self, records: np.ndarray, pools: np.ndarray, runs: list[np.ndarray], following: np.ndarray | None,
@@ -319,32 +321,20 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             for pool in range(max(requests) + 1, len(runs)):
                 request(pool)
 
-    def _loop_state(self, samples_consumed: int, *, base: Sequence[Hop] | None = None) -> dict[str, Any]:
-        progress = self._progress
-        if (progress.workers_iterated and not progress.pass_in_order and 0 < samples_consumed
-                < self._pass_length(progress.base if base is None else base)):
-            raise ValueError(f"the pass was read by {progress.pass_workers} DataLoader workers in pieces of "
-                             f"chunk_size={self.chunk_size} (the DataLoader's batch size could not be seen), so the "
-                             "samples the loop consumed are not a position in the rank's order: pass "
-                             "batch_size=<the DataLoader's> to LMDBIterableDataset, or use torchdata's "
-                             "StatefulDataLoader")
-        return super()._loop_state(samples_consumed, base=base)
-
     def _own_state(self) -> dict[str, Any]:
         position = self._position
         if get_worker_info() is not None and position is not None:
-            return {"epoch": position.epoch, "resumed_from": [list(hop) for hop in position.hops],
-                    "num_replicas": position.num_replicas, "stream": position.stream,
-                    "stream_position": position.start + position.emitted, "num_workers": position.num_workers,
-                    "piece_size": position.piece_size, **self._identity()}
+            return {**dataclasses.asdict(position), "resumed_from": [list(hop) for hop in position.resumed_from],
+                    **self._identity()}
         if self._progress.workers_iterated:
             raise ValueError("DataLoader workers read ahead of the training loop, so the dataset cannot tell "
                              "which samples were consumed: pass state_dict(samples_consumed=<samples the loop "
                              "consumed this epoch>), or use torchdata's StatefulDataLoader, which asks each "
                              "worker for its own position")
-        if position is not None:  # iterated in this process, without workers: what it yielded is what was consumed
-            return self._loop_state(position.start + position.emitted, base=position.hops)
-        return self._loop_state(0)
+        if position is None:
+            return self._loop_state(0)
+        # iterated in this process, without workers: what it yielded is what was consumed
+        return self._loop_state(position.stream_position, base=position.resumed_from)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`: the next pass yields exactly the rest of that epoch.
@@ -356,37 +346,31 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         (``loader.state_dict()``) merges its workers' states into the rank's: it then loads into
         any world and ``num_workers``, like a state the loop counted.
         """
-        workers = worker_states(state)
-        if workers is not None:
-            state = merged_worker_state(workers)
+        state = merged_worker_state(state)
         if "stream" not in state:
             super().load_state_dict(state)
             return
         check_identity(state, self._identity())
+        piece_size = state["piece_size"]
         self._resume = StreamPosition(int(state["epoch"]), tuple((int(k), int(w)) for k, w in state["resumed_from"]),
-                                      int(state["num_replicas"]), int(state["stream"]), int(state["num_workers"]),
-                                      start=int(state["stream_position"]),
-                                      piece_size=None if state["piece_size"] is None else int(state["piece_size"]))
+                                      int(state["num_replicas"]), int(state["stream"]), int(state["stream_position"]),
+                                      int(state["num_workers"]), None if piece_size is None else int(piece_size))
 
 
-def worker_states(state: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The dataset states of a torchdata ``StatefulDataLoader.state_dict()``'s workers, or None for any other state."""
-    snapshot = state.get("_snapshot")
-    if not isinstance(snapshot, dict) or "_worker_snapshots" not in snapshot:
-        return None
-    return [worker["dataset_state"] for worker in snapshot["_worker_snapshots"].values()]
-
-
-def merged_worker_state(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """One rank's resume state from all of its DataLoader workers' own states (one pass, one world).
+def merged_worker_state(state: dict[str, Any]) -> dict[str, Any]:
+    """One rank's resume state from a torchdata ``StatefulDataLoader.state_dict()``: its workers' own states merged.
 
     The workers were dealt whole batches in turn and the loader took one from each in turn,
     so what they had delivered when the states were taken is a prefix of the pass: its
-    length is the sum of their positions.
+    length is the sum of their positions. Any other state is returned as it is.
 
     Raises:
         ValueError: The states are not all of one pass, or the pass's pieces were not batches.
     """
+    snapshot = state.get("_snapshot")
+    if not isinstance(snapshot, dict) or "_worker_snapshots" not in snapshot:
+        return state
+    states = [worker["dataset_state"] for worker in snapshot["_worker_snapshots"].values()]
     if not states or any(state is None or "stream" not in state for state in states):
         raise ValueError("the loader state holds no worker states of LMDBIterableDataset")
     first = states[0]
