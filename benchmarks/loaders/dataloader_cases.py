@@ -113,15 +113,18 @@ def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool
     The steady-state window starts when batch ``skip`` arrives (default ``workers - 1``: every
     worker has delivered its first batch, built in parallel with the first one) and covers the
     next ``batches`` batches; the loop stops there, so batches a loader finished ahead of the
-    window's end (prefetched, staged) are not counted. With ``normalize``, uint8 batches are
-    normalised here, in the main process, and timed. ``cpu_ms_per_image`` is the CPU time of this
-    process (its threads included) and its worker processes over the window, per image delivered
-    in it; ``cores_busy`` the same CPU time over the window's wall time.
+    window's end (prefetched, staged) are not counted. The window ends as its last batch arrives,
+    before the loop is left: leaving it ends the loader (a DataLoader joins its workers, which first
+    finish the batch at hand), and that teardown is no part of the steady state. With ``normalize``,
+    uint8 batches are normalised here, in the main process, and timed. ``cpu_ms_per_image`` is the
+    CPU time of this process (its threads included) and its worker processes over the window, per
+    image delivered in it; ``cores_busy`` the same CPU time over the window's wall time.
     """
     normalizer = NormalizeBatch()
     start = max(workers, 1) - 1 if skip is None else skip
     started = time.perf_counter()
     first = window_start = cpu_start = 0.0
+    window_end = cpu_end = None
     images = steady = 0
     for step, (batch, _) in enumerate(loader):
         if normalize and batch.dtype == torch.uint8:
@@ -129,14 +132,17 @@ def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool
         if step == 0:
             first = time.perf_counter() - started
         if step == start:
+            window_start = time.perf_counter()  # then the CPU, as at the end: the two reads' own time cancels
             cpu_start = cpu_seconds()
-            window_start = time.perf_counter()
         elif step > start:
             images += len(batch)
             steady += 1
             if steady >= batches:
+                window_end, cpu_end = time.perf_counter(), cpu_seconds()
                 break
-    wall, cpu = time.perf_counter() - window_start, cpu_seconds() - cpu_start
+    if window_end is None or cpu_end is None:  # the epoch ended first (the DataLoader has ended its workers)
+        window_end, cpu_end = time.perf_counter(), cpu_seconds()
+    wall, cpu = window_end - window_start, cpu_end - cpu_start
     if images == 0:
         raise RuntimeError("the corpus is too small for a steady-state window; use more images")
     return {"value": images / wall, "first_batch_s": first, "images": images, "steady_batches": steady,
