@@ -58,7 +58,7 @@ def synthetic(ours: float, baseline: float, dali: float, per_core: float, cpu_ms
             (("lmdbloader-random", ours, cpu_ms), ("imagefolder-pillow", baseline, 4.9), ("dali-cpu", dali, 2.4))]
     return {"command": "python -m benchmarks.cpu_frontier.run", "versions": {"DALI": "1"},
             "settings": {"workers": 2, "batch_size": {"imagenet": 128}, "rounds": 1, "temperatures": ["warm"],
-                         "ceiling_cores": 2, "ceiling_seconds": 0.5},
+                         "ceiling_cores": 2, "ceiling_images": 300, "ceiling_seconds": 0.5},
             "load_average_1min": [0.1, 0.2], "not_measured": {},
             "corpora": {"imagenet": {"images": 10, "median_megapixels": 0.19, "mean_kb": 110, "folder_mb": 1,
                                      "lmdb_mb": 1}},

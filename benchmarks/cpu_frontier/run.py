@@ -22,7 +22,8 @@ labels, from RandomResizedCrop 224 + horizontal flip (``train``) or Resize 256 +
 
 The ceiling is one core's decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop
 decoder, ``RandomResizedCropDecode`` / ``CenterCropDecode``, one process, bytes in memory) x
-``min(cores, workers)``, probed for ``--ceiling-seconds`` right before and right after every run;
+``min(cores, workers)``, probed right before and right after every run over whole passes of a
+sample of ``--ceiling-images`` images of the corpus (at least ``--ceiling-seconds`` a probe);
 each loader is shown as a fraction of the ceiling probed around its own run, so both are measured
 under the same load from other processes.
 
@@ -51,13 +52,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import itertools
 import multiprocessing
 import os
 import pathlib
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -337,7 +337,7 @@ def release(corpora: list[Corpus]) -> None:
         environments.release(corpus.lmdb)
 
 
-def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: list[Corpus], records: Iterator[tuple],
+def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: list[Corpus], records: Sequence[tuple],
             args: argparse.Namespace) -> dict[str, Any]:
     """One run of one case: warm or evict its files, build it, time one epoch's steady state.
 
@@ -380,17 +380,20 @@ def in_child(function: Callable[..., Any], *arguments: Any) -> Any:
         return pool.submit(function, *arguments).result()
 
 
-def ceiling_rate(records: Iterator[tuple], split: str, seconds: float) -> float:
-    """One core's img/s of decode + crop + resize + flip of in-memory records, for about ``seconds``.
+def ceiling_rate(records: Sequence[tuple], split: str, seconds: float) -> float:
+    """One core's img/s of decode + crop + resize + flip of in-memory records, in whole passes over ``records``.
 
-    ``records`` is an endless iterator (``itertools.cycle``) of ``(header, payload)``: each probe
-    goes on where the previous one stopped, so short probes together cover the whole sample.
+    ``records`` (``(header, payload)``, the corpus's ceiling sample) are all decoded once per pass,
+    and passes repeat until ``seconds`` have elapsed: every probe measures the same images (a probe
+    over part of the sample measured whichever images it covered: on 1-4 MP photos, probes around one
+    run differed by up to 20%).
     """
     decoder = RandomResizedCropDecode(224) if split == "train" else CenterCropDecode(224, resize=256)
     done, started = 0, time.perf_counter()
     while True:
-        decoder(*next(records))
-        done += 1
+        for record in records:
+            decoder(*record)
+        done += len(records)
         elapsed = time.perf_counter() - started
         if elapsed >= seconds:
             return done / elapsed
@@ -404,8 +407,7 @@ def splits_of(corpus: str, temperature: str, args: argparse.Namespace) -> list[s
 def run_rounds(corpora: list[Corpus], cases: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every case once per round and (corpus, cache state, split), in an order rotated by the round."""
     step = {c.name: max(1, len(c.files) // args.ceiling_images) for c in corpora}
-    records = {c.name: itertools.cycle(load_records([pathlib.Path(p) for p in c.files[:: step[c.name]]]))
-               for c in corpora}
+    records = {c.name: list(load_records([pathlib.Path(p) for p in c.files[:: step[c.name]]])) for c in corpora}
     runs = []
     started = time.perf_counter()
     for round_index in range(args.rounds):
@@ -523,7 +525,8 @@ def markdown(results: dict) -> str:
               f"img/s = steady state of one epoch: {window}; ratios per round, median [min, max]. "
               "Ceiling = one core's "
               "decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop decoder, bytes in memory, "
-              f"probed {settings['ceiling_seconds']} s before and after every run) x {settings['ceiling_cores']}; "
+              f"probed before and after every run over whole passes of a {settings['ceiling_images']}-image sample "
+              f"of the corpus, at least {settings['ceiling_seconds']} s a probe) x {settings['ceiling_cores']}; "
               "a loader's fraction of it uses the probes around its own run."), "",
              "| corpus | images | batch | median MP | mean KB | ImageFolder MB | LMDB MB |",
              "|---|---|---|---|---|---|---|"]
@@ -612,9 +615,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="default: all")
     parser.add_argument("--no-val", dest="val", action="store_false",
                         help="skip the validation pipeline (run on the warm ImageNet-like corpus by default)")
-    parser.add_argument("--ceiling-images", type=int, default=300, help="images the ceiling cycles over (default 300)")
+    parser.add_argument("--ceiling-images", type=int, default=300,
+                        help="images of each corpus every ceiling probe decodes (default 300)")
     parser.add_argument("--ceiling-seconds", type=float, default=0.5,
-                        help="each ceiling probe, before and after every run (default 0.5)")
+                        help="each ceiling probe's least duration, in whole passes over its images (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="order and augmentation seed (default 0)")
     parser.add_argument("--data", type=pathlib.Path, default=report.BENCHMARKS / "data",
                         help="where corpora, conversions and FFCV files are cached (default benchmarks/data)")
