@@ -141,3 +141,11 @@ def test_one_pass_kernel_refuses_buffers_of_the_wrong_size():
         kernel(src, dst, [1.0] * 2, [0.0] * 3, 2, 3, 4, 0, False)
     with pytest.raises(ValueError, match="kind"):
         kernel(src, dst, [1.0] * 3, [0.0] * 3, 2, 3, 4, 2, False)
+
+
+@needs_one_pass
+def test_a_normalize_batch_moved_to_float64_keeps_the_torch_ops_float64_arithmetic():
+    batch = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8)
+    normalize = NormalizeBatch().to(torch.float64)  # its statistics in float64: so is the arithmetic
+    expected = (batch.double() * normalize.scale + normalize.shift).float()
+    assert torch.equal(normalize(batch), expected)

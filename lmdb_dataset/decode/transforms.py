@@ -145,7 +145,8 @@ class NormalizeBatch(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected a uint8 NCHW batch, got {images.dtype} of shape {tuple(images.shape)}")
-        if images.device.type == "cpu" and normalize_in_one_pass is not None and self.dtype in ONE_PASS_KINDS:
+        if (images.device.type == "cpu" and normalize_in_one_pass is not None and self.dtype in ONE_PASS_KINDS
+                and self.scale.dtype == torch.float32):  # the kernel computes in float32, as the torch ops then do
             out = self.host.empty(images.shape, self.dtype, channels_last=self.channels_last)
             flat = (out.permute(0, 2, 3, 1) if self.channels_last else out).reshape(-1)  # a view: the memory itself
             n, channels, height, width = images.shape
