@@ -3,17 +3,19 @@
 import signal
 import sys
 
-from .write.interrupts import raise_terminated
+from .write.interrupts import interrupt_behind, raise_terminated
 
 # From here on SIGTERM interrupts like Ctrl-C, as the same exception the command line names
 # (installed once, so that no instant of the command's start or end gets a plain interrupt);
 # an interrupt while the command line is still being imported ends the process quietly with status 130.
 signal.signal(signal.SIGTERM, raise_terminated)
 try:
-    from .tools.cli import main
-except KeyboardInterrupt:
+    from .tools.cli import run
+except BaseException as error:
+    if interrupt_behind(error) is None:
+        raise
     print("lmdb-dataset: interrupted before it started; nothing was written", file=sys.stderr)
     sys.exit(130)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

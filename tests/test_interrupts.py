@@ -26,19 +26,31 @@ from test_convert import logical_content
 from lmdb_dataset import LMDBDatasetError, convert_image_folder, convert_source
 from lmdb_dataset.tools.inspection import summarize
 from lmdb_dataset.write import writer
-from lmdb_dataset.write.interrupts import Terminated, deferred_interrupts, raise_terminated, terminate_as_interrupt
+from lmdb_dataset.write.interrupts import (
+    Terminated,
+    deferred_interrupts,
+    interrupt_behind,
+    raise_terminated,
+    terminate_as_interrupt,
+)
 from lmdb_dataset.write.parallel import ordered_map
 
 ROOT = Path(__file__).parents[1]
 
 # The real command line, with a commit every 24 records so that a small run holds many commits.
+# A signal that comes while the imports run is held until they are done and then ends the process as
+# "interrupted before it started": cut inside a C extension's import, numpy reports an ImportError
+# instead (CI saw one), which no program can tell from a broken install.
 CLI = textwrap.dedent("""
     import os, runpy, signal, sys
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # until lmdb_dataset/__main__.py installs its own
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     os.write(int(sys.argv.pop(1)), b"ready")  # the interpreter has started: from now on every instant counts
     try:
         from lmdb_dataset.write import writer
+        import lmdb_dataset.tools.cli
         writer.LMDBWriter.__init__.__kwdefaults__["commit_records"] = 24
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # one held is raised here
     except KeyboardInterrupt:
         print("lmdb-dataset: interrupted before it started; nothing was written", file=sys.stderr)
         sys.exit(130)
@@ -209,6 +221,47 @@ def test_python_m_lmdb_dataset_names_sigterm_from_its_first_line_to_its_exit():
             time.sleep(1)
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_the_program_ignores_signals_once_its_command_is_done(monkeypatch):
+    """A signal after the command (during the interpreter's exit, in a worker pool's finalizer) has nothing
+    left to stop: CI saw one print a traceback from multiprocessing's finalizer after a finished conversion."""
+    from lmdb_dataset.tools import cli
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.run()
+        assert exited.value.code == 3
+        assert all(signal.getsignal(signum) == signal.SIG_IGN for signum in before)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def test_an_interrupt_python_re_raised_as_another_error_ends_the_command_as_that_interrupt(monkeypatch, capsys,
+                                                                                           tmp_path):
+    """CI saw a SIGTERM land in a class body of a module the command imports lazily: Python 3.11 re-raised
+    it as "RuntimeError: Error calling __set_name__", which went out of main() as a traceback."""
+    from lmdb_dataset.tools import cli
+
+    class Cut:
+        def __set_name__(self, owner: type, name: str) -> None:
+            raise Terminated("received SIGTERM")
+
+    def cut_import(args: object) -> int:
+        type("Report", (), {"field": Cut()})  # a class created while the signal comes
+        return 0
+
+    monkeypatch.setattr(cli, "_convert", cut_import)
+    assert cli.main(["convert", str(tmp_path), str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err == ("lmdb-dataset convert: interrupted (SIGTERM); everything committed is kept: "
+                                       "run the same command with --resume to continue\n")
+    caused = RuntimeError("Error calling __set_name__")
+    caused.__cause__ = KeyboardInterrupt()
+    assert isinstance(interrupt_behind(ImportError("numpy")), type(None))
+    assert interrupt_behind(caused) is caused.__cause__
 
 
 def _die_on_seven(task: int) -> int:

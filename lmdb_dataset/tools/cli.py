@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from .. import __version__
 from ..errors import LMDBDatasetError
-from ..write.interrupts import Terminated, terminate_as_interrupt
+from ..write.interrupts import INTERRUPT_SIGNALS, Terminated, interrupt_behind, terminate_as_interrupt
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -309,18 +311,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         # at /dev/null so that the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt as exc:
-        how = " (SIGTERM)" if isinstance(exc, Terminated) else ""
-        advice = "; everything committed is kept: run the same command with --resume to continue" \
-            if command == "convert" else ""
-        print(f"lmdb-dataset{' ' + command if command else ''}: interrupted{how}{advice}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:
+    except (KeyboardInterrupt, Exception) as exc:
+        interrupt = interrupt_behind(exc)  # itself, or one Python re-raised as another error (an import cut short)
+        if interrupt is not None:
+            how = " (SIGTERM)" if isinstance(interrupt, Terminated) else ""
+            advice = "; everything committed is kept: run the same command with --resume to continue" \
+                if command == "convert" else ""
+            print(f"lmdb-dataset{' ' + command if command else ''}: interrupted{how}{advice}", file=sys.stderr)
+            return EXIT_INTERRUPTED
         message = user_error(exc)
         if message is None:
             raise
         print(f"lmdb-dataset {args.command}: error: {cli_words(message, parser)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def run() -> NoReturn:
+    """The ``lmdb-dataset`` program (and ``python -m lmdb_dataset``): :func:`main`, then exit with its status.
+
+    Once the command is done, SIGINT and SIGTERM are ignored: a signal then could only cut the
+    interpreter's exit short (the finalizers of the conversion's worker pool), with a traceback of
+    its own and nothing left to stop.
+    """
+    status = main()
+    for signum in INTERRUPT_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(status)
 
 
 def commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

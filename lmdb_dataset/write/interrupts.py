@@ -30,6 +30,24 @@ def raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated(f"received {signal.Signals(signum).name}")
 
 
+def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``error`` stands for: ``error`` itself, or one among its causes.
+
+    Python re-raises an interrupt that comes while it runs some code of its own as another
+    exception, caused by the interrupt: while a C extension is imported (numpy raises ImportError)
+    or a class is created (``__set_name__`` raises RuntimeError, Python 3.11). Such an error is
+    the interrupt, not a fault of the program.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
