@@ -5,9 +5,9 @@ import sys
 
 from .write.interrupts import interrupt_behind, raise_terminated
 
-# From here on SIGTERM interrupts like Ctrl-C, as the same exception the command line names
-# (installed once, so that no instant of the command's start or end gets a plain interrupt);
-# an interrupt while the command line is still being imported ends the process quietly with status 130.
+# From here on SIGTERM interrupts like Ctrl-C, as the same exception the command line names (run() installs
+# it too, for the lmdb-dataset script): an interrupt while the command line is still being imported ends
+# the process quietly with status 130.
 signal.signal(signal.SIGTERM, raise_terminated)
 try:
     from .tools.cli import run

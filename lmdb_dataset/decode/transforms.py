@@ -150,8 +150,7 @@ class NormalizeBatch(nn.Module):
             out = self.host.empty(images.shape, self.dtype, channels_last=self.channels_last)
             flat = (out.permute(0, 2, 3, 1) if self.channels_last else out).reshape(-1)  # a view: the memory itself
             n, channels, height, width = images.shape
-            normalize_in_one_pass(images.contiguous().numpy(), flat.view(torch.int16 if out.element_size() == 2
-                                                                         else torch.float32).numpy(),
+            normalize_in_one_pass(images.contiguous().numpy(), flat.view(torch.uint8).numpy(),  # its bytes
                                   self.scale.flatten().tolist(), self.shift.flatten().tolist(), n, channels,
                                   height * width, ONE_PASS_KINDS[self.dtype], self.channels_last)
             return out

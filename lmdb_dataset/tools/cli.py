@@ -20,7 +20,13 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import LMDBDatasetError
-from ..write.interrupts import INTERRUPT_SIGNALS, Terminated, interrupt_behind, terminate_as_interrupt
+from ..write.interrupts import (
+    INTERRUPT_SIGNALS,
+    Terminated,
+    interrupt_behind,
+    raise_terminated,
+    terminate_as_interrupt,
+)
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -329,10 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> NoReturn:
     """The ``lmdb-dataset`` program (and ``python -m lmdb_dataset``): :func:`main`, then exit with its status.
 
-    Once the command is done, SIGINT and SIGTERM are ignored: a signal then could only cut the
-    interpreter's exit short (the finalizers of the conversion's worker pool), with a traceback of
-    its own and nothing left to stop.
+    SIGTERM raises :class:`Terminated` from before :func:`main` starts (not only within its handler
+    block), so none of its instants turns a SIGTERM into a plain interrupt. Once the command is
+    done, SIGINT and SIGTERM are ignored: a signal then could only cut the interpreter's exit short
+    (the finalizers of the conversion's worker pool), with a traceback of its own and nothing left
+    to stop.
     """
+    signal.signal(signal.SIGTERM, raise_terminated)
     status = main()
     for signum in INTERRUPT_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
