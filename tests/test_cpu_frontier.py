@@ -20,7 +20,7 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
     out = tmp_path / "cpu_frontier" / "results.json"
     arguments = ["--quick", "--imagenet-images", "100", "--highres-images", "12", "--batch-size", "4",
                  "--highres-batch-size", "4",
-                 "--ceiling-images", "6", "--ceiling-seconds", "0.1", "--data", str(tmp_path), "--out", str(out)]
+                 "--ceiling-seconds", "0.1", "--data", str(tmp_path), "--out", str(out)]
     code = BLOCK_PEERS + (f"sys.argv = ['run.py', *{arguments!r}]\nimport runpy\n"
                           "runpy.run_module('benchmarks.cpu_frontier.run', run_name='__main__', alter_sys=True)\n")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=240,
@@ -37,7 +37,12 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
     assert {("imagenet", "warm", "val", case) for case in ("imagefolder-pillow", "lmdbloader-random")} <= measured
     cold = [r for r in results["runs"] if r["temperature"] == "cold"]
     assert all(r["resident_after"] <= r["resident_before"] for r in cold)
-    assert all(r["ceiling_img_s_per_core"] > 0 and len(r["ceiling_probes"]) == 2 for r in results["runs"])
+    assert all(r["ceiling_img_s_per_core"] > 0 and r["ceiling_all_cores_img_s"] > 0 and len(r["ceiling_probes"]) == 2
+               for r in results["runs"])
+    for corpus in ("imagenet", "highres"):  # each probe is the after of one run and the before of the next
+        runs = [r for r in results["runs"] if (r["corpus"], r["split"]) == (corpus, "train")]
+        assert all(a["ceiling_probes"][1] == b["ceiling_probes"][0] for a, b in zip(runs, runs[1:]))
+    assert results["settings"]["ceiling_images"] == 0  # the probes decode every image of the corpus
     cpu = [(r["cpu_ms_per_image"], r["cores_busy"]) for r in results["runs"] if "error" not in r]
     assert all(ms >= 0 and busy >= 0 for ms, busy in cpu) and any(ms > 0 for ms, _ in cpu)  # 10 ms clock ticks
     assert results["corpora"]["highres"]["median_megapixels"] >= 1.0
@@ -50,15 +55,17 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
     assert " measured targets met" in section and "Not measured: 2 (the loader compared with did not run)." in section
 
 
-def synthetic(ours: float, baseline: float, dali: float, per_core: float, cpu_ms: float = 2.1) -> dict:
+def synthetic(ours: float, baseline: float, dali: float, per_core: float, cpu_ms: float = 2.1,
+              all_cores: float = 950) -> dict:
     """A one-round run of the ImageNet-like corpus, warm, with the given img/s (and our CPU ms an image)."""
     runs = [{"round": 0, "corpus": "imagenet", "temperature": "warm", "split": "train", "case": case, "value": value,
-             "first_batch_s": 1.0, "ceiling_img_s_per_core": per_core, "cpu_ms_per_image": cpu,
+             "first_batch_s": 1.0, "ceiling_img_s_per_core": per_core, "ceiling_all_cores_img_s": all_cores,
+             "cpu_ms_per_image": cpu,
              "cores_busy": value * cpu / 1e3} for case, value, cpu in
             (("lmdbloader-random", ours, cpu_ms), ("imagefolder-pillow", baseline, 4.9), ("dali-cpu", dali, 2.4))]
     return {"command": "python -m benchmarks.cpu_frontier.run", "versions": {"DALI": "1"},
             "settings": {"workers": 2, "batch_size": {"imagenet": 128}, "rounds": 1, "temperatures": ["warm"],
-                         "ceiling_cores": 2, "ceiling_images": 300, "ceiling_seconds": 0.5},
+                         "ceiling_cores": 2, "ceiling_images": 0, "ceiling_seconds": 0.5},
             "load_average_1min": [0.1, 0.2], "not_measured": {},
             "corpora": {"imagenet": {"images": 10, "median_megapixels": 0.19, "mean_kb": 110, "folder_mb": 1,
                                      "lmdb_mb": 1}},
@@ -74,11 +81,18 @@ def test_verdicts_gaps_and_the_ceiling_that_stops_a_target_follow_the_numbers():
     assert ("| imagenet: lmdbloader-random >= 1.25x dali-cpu | warm | 1.10x [1.10, 1.10] | FAIL | short by 0.15x "
             "(12%); the decode ceiling is 1.250x dali-cpu, so within reach |") in text  # 2 x 500 / 800
     assert ("| imagenet: lmdbloader-random >= 0.9x ceiling | warm | 0.88x [0.88, 0.88] | FAIL | short by 0.02x (2%); "
-            "within reach at its CPU time an image: with every core busy it would reach 0.95x the ceiling |"
-            ) in text  # 1000 ms / (2.1 ms x 500 img/s)
+            "within reach at its CPU time an image: with every core busy it would reach 0.95x the ceiling; the cores "
+            "all decoding at once reach 0.95x the ceiling, and the loader 0.93x that rate |"
+            ) in text  # 1000 ms / (2.1 ms x 500 img/s); 950 / (2 x 500); 880 / 950
+    assert "over whole passes of every image of the corpus" in text
+    assert "all-cores ceiling 950.0 img/s [950.0, 950.0]" in text
+    assert "| 0.88x [0.88, 0.88] | 0.93x [0.93, 0.93] | 2.100 [2.100, 2.100] |" in text  # / ceiling, / all-cores
     assert "whose decode + crop + resize + flip takes 2.000 ms [2.000, 2.000] of CPU an image" in text
     low = cpu_frontier.markdown(synthetic(ours=700, baseline=400, dali=800, per_core=450, cpu_ms=2.5))
     assert "out of reach: the decode ceiling is 1.125x dali-cpu" in low
     assert "out of reach at its CPU time an image: with every core busy it would reach 0.89x the ceiling" in low
+    slow_cores = cpu_frontier.markdown(synthetic(ours=700, baseline=400, dali=800, per_core=450, all_cores=800))
+    assert ("the cores all decoding at once reach 0.89x the ceiling (so the target is out of reach for any loader), "
+            "and the loader 0.88x that rate |") in slow_cores
     assert "| 2.500 [2.500, 2.500] | 1.75 [1.75, 1.75] |" in low  # CPU ms an image, cores busy
     assert "| LMDBLoader(device=\"cpu\"), random | 700.0 [700.0, 700.0] | 1.75x [1.75, 1.75] |" in low
