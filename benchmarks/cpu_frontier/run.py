@@ -46,7 +46,7 @@ renders its section of RESULTS.md; ``--out benchmarks/cpu_frontier/results.json`
 committed results and re-renders benchmarks/RESULTS.md.
 
 Example:
-    python -m benchmarks.cpu_frontier.run --out benchmarks/cpu_frontier/results.json   # full: ~14 min on 2 cores
+    python -m benchmarks.cpu_frontier.run --out benchmarks/cpu_frontier/results.json   # full: ~27 min on 2 cores
     python -m benchmarks.cpu_frontier.run --quick                                      # 2-5 min
 """
 
@@ -411,7 +411,7 @@ def ceiling_rate(split: str, seconds: float, share: int = 0, shares: int = 1, st
     Decodes ``_PROBED[share::shares]`` (all of them by default), each once per pass, from
     ``start`` (a ``time.time()``, default now) until ``seconds`` have elapsed: every probe measures
     the same images. Probes over a changing part of a sample differed by up to 20% on 1-4 MP photos,
-    and a 300-image sample of the ImageNet-like corpus decoded 5-11% faster than the whole corpus
+    and a 300-image sample of the ImageNet-like corpus decoded 2-10% faster than the whole corpus
     (its JPEGs 5% smaller): the ceiling is the rate on the images the loaders decode.
     """
     torch.set_num_threads(1)
