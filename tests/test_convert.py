@@ -29,9 +29,15 @@ from lmdb_dataset import (
 from lmdb_dataset.storage import format as fmt
 from lmdb_dataset.storage.environment import begin_read, environments, open_databases
 from lmdb_dataset.tools.inspection import summarize
-from lmdb_dataset.write import writer
+from lmdb_dataset.write import parallel, writer
 from lmdb_dataset.write.convert import build_records, write_plan
-from lmdb_dataset.write.parallel import BATCHES_PER_WORKER, TASKS_PER_BATCH
+from lmdb_dataset.write.parallel import (
+    MAX_BATCHES_PER_WORKER,
+    MIN_BATCHES_PER_WORKER,
+    TASKS_PER_BATCH,
+    ordered_map,
+    window,
+)
 
 
 def raw_records(path) -> list[dict]:
@@ -350,7 +356,7 @@ def test_convert_refuses_to_overwrite_without_flag_and_missing_source(image_fold
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_build_records_keeps_in_flight_work_bounded_whatever_the_dataset_size(tmp_path, workers):
-    bound = workers * BATCHES_PER_WORKER * TASKS_PER_BATCH + TASKS_PER_BATCH
+    bound = workers * MAX_BATCHES_PER_WORKER * TASKS_PER_BATCH + TASKS_PER_BATCH
     for count in (bound, 6 * bound):
         submitted = 0
 
@@ -367,6 +373,61 @@ def test_build_records_keeps_in_flight_work_bounded_whatever_the_dataset_size(tm
             peak = max(peak, submitted - consumed)
             time.sleep(0.001)  # a slow writer: finished records must not pile up
         assert consumed == count and peak <= bound
+
+
+@PROPERTY
+@given(workers=st.integers(1, 64), batches=st.integers(0, 10**6), mean=st.integers(1, 1 << 30))
+def test_window_submits_what_the_byte_budget_holds_within_its_bounds(workers, batches, mean):
+    ahead = window(workers, batches, batches * mean)
+    assert workers * MIN_BATCHES_PER_WORKER <= ahead <= workers * MAX_BATCHES_PER_WORKER and ahead % workers == 0
+    if batches == 0:
+        assert ahead == workers * MIN_BATCHES_PER_WORKER  # nothing known of the results yet
+    else:
+        if ahead > workers * MIN_BATCHES_PER_WORKER:
+            assert ahead * mean <= parallel.BYTES_IN_FLIGHT
+        if ahead < workers * MAX_BATCHES_PER_WORKER:
+            assert (ahead + workers) * mean > parallel.BYTES_IN_FLIGHT  # a worker's batch more would not fit
+
+
+def _sized_result(task: tuple[int, int]) -> bytes:
+    return bytes(task[1])
+
+
+@pytest.mark.parametrize("result_bytes, opens", [(1 << 20, False), (16, True)])
+def test_ordered_map_holds_less_ahead_as_results_grow(monkeypatch, result_bytes, opens):
+    monkeypatch.setattr(parallel, "BYTES_IN_FLIGHT", 8 << 20)  # 8 batches of 16 tasks of 64 KiB
+    workers, count, submitted, peak = 2, 40 * TASKS_PER_BATCH, 0, 0
+
+    def tasks():
+        nonlocal submitted
+        for i in range(count):
+            submitted += 1
+            yield i, result_bytes
+
+    for consumed, result in enumerate(ordered_map(_sized_result, tasks(), workers), start=1):
+        assert len(result) == result_bytes
+        peak = max(peak, submitted - consumed)
+        time.sleep(0.001)  # a slow consumer: the window fills
+    least = workers * MIN_BATCHES_PER_WORKER * TASKS_PER_BATCH + TASKS_PER_BATCH
+    assert consumed == count
+    assert (peak > least) if opens else (peak <= least)  # 1 MiB results: 2 batches a worker, tiny ones: more
+
+
+def _record_done(task: tuple[str, int]) -> tuple[int, bytes]:
+    folder, number = task
+    open(os.path.join(folder, str(number)), "w").close()
+    return number, bytes(1 << 15)  # a batch of results is more than a pipe holds, its window the largest
+
+
+def test_ordered_map_workers_run_on_while_the_consumer_pauses(tmp_path):
+    """A writer's commit must not stop the workers after one batch each (the 0.1 feeder never did)."""
+    results = ordered_map(_record_done, ((str(tmp_path), i) for i in range(2000)), 2)
+    assert [next(results)[0] for _ in range(5 * TASKS_PER_BATCH)] == list(range(5 * TASKS_PER_BATCH))
+    time.sleep(2.0)  # the consumer commits
+    # Every task submitted is done: the four batches received before the fifth, and a whole window ahead of it
+    # (a worker that waits for the consumer to read each batch stopped at 7 batches).
+    assert len(os.listdir(tmp_path)) == (4 + 2 * MAX_BATCHES_PER_WORKER) * TASKS_PER_BATCH
+    assert [number for number, _ in results] == list(range(5 * TASKS_PER_BATCH, 2000))
 
 
 def test_convert_resume_of_a_complete_dataset_is_a_no_op_only_with_the_same_settings(image_folder, tmp_path):

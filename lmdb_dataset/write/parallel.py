@@ -1,6 +1,13 @@
 """Running a function over a stream of tasks in worker processes: results in task order, bounded work in flight.
 
-The workers are plain processes, each with a pipe of its own for tasks and one for results:
+Work is submitted ahead of the consumer as far as a budget of result bytes allows
+(:data:`BYTES_IN_FLIGHT`, estimated from the results received so far), between
+:data:`MIN_BATCHES_PER_WORKER` and :data:`MAX_BATCHES_PER_WORKER` batches a worker: small
+results (a JPEG each) keep the workers busy through a consumer's pause (a writer's fsync'd
+commit), large ones (decoded pixels) keep the memory held bounded.
+
+The workers are plain processes, each with a pipe of its own for tasks and one for results
+(a thread in the worker drains each, so that neither side waits for the other's computation):
 no shared queue, lock or helper thread in the parent, so stopping them can never wait for a
 message a dead process was half-way through writing (``multiprocessing.Pool`` can hang there
 after Ctrl-C). Workers ignore SIGINT, so a Ctrl-C from the terminal (which signals the whole
@@ -19,6 +26,7 @@ import signal
 import threading
 from collections.abc import Callable, Generator, Iterable
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, TypeVar
 
 from ..errors import LMDBDatasetError
@@ -27,8 +35,12 @@ Result = TypeVar("Result")
 
 TASKS_PER_BATCH = 16
 """Tasks a worker process runs per submission."""
-BATCHES_PER_WORKER = 2
-"""Submissions kept ahead of the consumer per worker: bounds what is held in memory."""
+BYTES_IN_FLIGHT = 64 << 20
+"""Result bytes submitted ahead of the consumer (about a writer's commit), estimated from the results so far."""
+MIN_BATCHES_PER_WORKER = 2
+"""Submissions kept ahead of the consumer per worker, however large the results."""
+MAX_BATCHES_PER_WORKER = 32
+"""Submissions kept ahead of the consumer per worker, however small the results: bounds the tasks held."""
 STOP_TIMEOUT_S = 2.0
 """Seconds a stopped worker gets to exit after SIGTERM before it is killed."""
 PARENT_CHECK_S = 1.0
@@ -61,18 +73,33 @@ def _receive_tasks(tasks: Connection, inbox: queue.SimpleQueue, parent: int) -> 
         os._exit(1)
 
 
+def _send_results(results: Connection, outbox: queue.SimpleQueue) -> None:
+    """Worker thread: send each pickled batch of results from ``outbox`` to the parent, in order (None: stop).
+
+    The worker goes on computing while the parent is busy (a writer's commit) instead of
+    waiting for it to read; what it runs ahead is bounded by the batches the parent submitted.
+    """
+    try:
+        while (message := outbox.get()) is not None:
+            results.send_bytes(message)
+    except OSError:  # the parent is gone (BrokenPipeError included)
+        os._exit(1)
+
+
 def _worker(function: Callable[[Any], Result], tasks: Connection, results: Connection, parent: int) -> None:
     """Worker process: results of each batch, in the order the batches came."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no tracebacks here
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopped by the parent (or a job's time limit): exit now
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent while it started us
     inbox: queue.SimpleQueue = queue.SimpleQueue()
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_receive_tasks, args=(tasks, inbox, parent), daemon=True).start()
-    try:
-        while (batch := inbox.get()) is not None:
-            results.send(_run_batch(function, batch))
-    except (BrokenPipeError, EOFError):
-        os._exit(1)  # the parent is gone
+    sender = threading.Thread(target=_send_results, args=(results, outbox), daemon=True)
+    sender.start()
+    while (batch := inbox.get()) is not None:
+        outbox.put(ForkingPickler.dumps(_run_batch(function, batch)))
+    outbox.put(None)
+    sender.join()
 
 
 class _Worker:
@@ -87,10 +114,11 @@ class _Worker:
         task_out.close()  # the worker's ends: only the worker holds them now
         result_in.close()
 
-    def receive(self) -> list[Any]:
-        """The next batch of results; raises LMDBDatasetError if the worker died."""
+    def receive(self) -> tuple[list[Any], int]:
+        """The next batch of results and its size in bytes; raises LMDBDatasetError if the worker died."""
         try:
-            return self.results.recv()
+            message = self.results.recv_bytes()
+            return ForkingPickler.loads(message), len(message)
         except (EOFError, OSError):
             self.process.join(STOP_TIMEOUT_S)
             raise LMDBDatasetError(f"a worker process died (exit status {self.process.exitcode}) while converting "
@@ -129,12 +157,23 @@ def _start_workers(context: Any, function: Callable[[Any], Result], workers: int
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def window(workers: int, batches: int, size: int) -> int:
+    """Batches to keep submitted ahead of the consumer, ``batches`` received so far having been ``size`` bytes.
+
+    As many as :data:`BYTES_IN_FLIGHT` holds at their mean size, between
+    :data:`MIN_BATCHES_PER_WORKER` and :data:`MAX_BATCHES_PER_WORKER` per worker (the
+    minimum until a result has come).
+    """
+    fitting = BYTES_IN_FLIGHT * batches // max(size, 1) if batches else 0
+    return workers * min(max(fitting // workers, MIN_BATCHES_PER_WORKER), MAX_BATCHES_PER_WORKER)
+
+
 def ordered_map(function: Callable[[Any], Result], tasks: Iterable[Any], workers: int) -> Generator[Result, None, None]:
     """``map(function, tasks)`` in ``workers`` processes (0: in this process), yielding in task order.
 
-    At most ``workers * BATCHES_PER_WORKER`` batches of :data:`TASKS_PER_BATCH` tasks are
-    submitted ahead of the consumer, and ``tasks`` is read only as far as that: a slow consumer
-    (a writer on a slow disk) holds the workers back instead of letting results pile up in
+    Batches of :data:`TASKS_PER_BATCH` tasks are submitted ahead of the consumer only as far
+    as :func:`window` allows, and ``tasks`` is read only as far as that: a slow consumer (a
+    writer on a slow disk) holds the workers back instead of letting results pile up in
     memory, whatever the number of tasks. ``function`` must be picklable (module level).
     Closing the iterator early (an error, Ctrl-C) ends the workers at once.
 
@@ -144,22 +183,29 @@ def ordered_map(function: Callable[[Any], Result], tasks: Iterable[Any], workers
     if workers == 0:
         yield from map(function, tasks)
         return
-    window = workers * BATCHES_PER_WORKER
     pending = iter(tasks)
     batches = iter(lambda: list(itertools.islice(pending, TASKS_PER_BATCH)), [])
     pool: list[_Worker] = []
     finished = False
+    received = [0, 0]  # batches received, their bytes
+
+    def receive(worker: _Worker) -> list[Result]:
+        results, size = worker.receive()
+        received[0] += 1
+        received[1] += size
+        return results
+
     try:
         _start_workers(multiprocessing.get_context(), function, workers, pool)
         in_flight: collections.deque[_Worker] = collections.deque()  # the worker of each batch, in order
         for number, batch in enumerate(batches):
-            if len(in_flight) == window:
-                yield from in_flight.popleft().receive()
+            while len(in_flight) >= window(workers, *received):
+                yield from receive(in_flight.popleft())
             worker = pool[number % workers]
             worker.tasks.send(batch)
             in_flight.append(worker)
         while in_flight:
-            yield from in_flight.popleft().receive()
+            yield from receive(in_flight.popleft())
         finished = True
     finally:
         for worker in pool:
