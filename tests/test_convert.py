@@ -376,25 +376,26 @@ def test_build_records_keeps_in_flight_work_bounded_whatever_the_dataset_size(tm
 
 
 @PROPERTY
-@given(workers=st.integers(1, 64), batches=st.integers(0, 10**6), mean=st.integers(1, 1 << 30))
-def test_window_submits_what_the_byte_budget_holds_within_its_bounds(workers, batches, mean):
-    ahead = window(workers, batches, batches * mean)
+@given(workers=st.integers(1, 64), batch_bytes=st.none() | st.floats(0, 1 << 40))
+def test_window_submits_what_the_byte_budget_holds_within_its_bounds(workers, batch_bytes):
+    ahead = window(workers, batch_bytes)
     assert workers * MIN_BATCHES_PER_WORKER <= ahead <= workers * MAX_BATCHES_PER_WORKER and ahead % workers == 0
-    if batches == 0:
+    if batch_bytes is None:
         assert ahead == workers * MIN_BATCHES_PER_WORKER  # nothing known of the results yet
     else:
         if ahead > workers * MIN_BATCHES_PER_WORKER:
-            assert ahead * mean <= parallel.BYTES_IN_FLIGHT
+            assert ahead * batch_bytes <= parallel.BYTES_IN_FLIGHT
         if ahead < workers * MAX_BATCHES_PER_WORKER:
-            assert (ahead + workers) * mean > parallel.BYTES_IN_FLIGHT  # a worker's batch more would not fit
+            assert (ahead + workers) * batch_bytes > parallel.BYTES_IN_FLIGHT  # a batch a worker more would not fit
 
 
-def _sized_result(task: tuple[int, int]) -> bytes:
+def _sized_result(task: tuple[int, int, bytes]) -> bytes:
     return bytes(task[1])
 
 
-@pytest.mark.parametrize("result_bytes, opens", [(1 << 20, False), (16, True)])
-def test_ordered_map_holds_less_ahead_as_results_grow(monkeypatch, result_bytes, opens):
+@pytest.mark.parametrize("task_bytes, result_bytes, opens", [(0, 1 << 20, False), (1 << 20, 16, False),
+                                                             (16, 16, True)])
+def test_ordered_map_holds_less_ahead_as_tasks_or_results_grow(monkeypatch, task_bytes, result_bytes, opens):
     monkeypatch.setattr(parallel, "BYTES_IN_FLIGHT", 8 << 20)  # 8 batches of 16 tasks of 64 KiB
     workers, count, submitted, peak = 2, 40 * TASKS_PER_BATCH, 0, 0
 
@@ -402,7 +403,7 @@ def test_ordered_map_holds_less_ahead_as_results_grow(monkeypatch, result_bytes,
         nonlocal submitted
         for i in range(count):
             submitted += 1
-            yield i, result_bytes
+            yield i, result_bytes, bytes(task_bytes)  # an archive's image, say
 
     for consumed, result in enumerate(ordered_map(_sized_result, tasks(), workers), start=1):
         assert len(result) == result_bytes
@@ -410,7 +411,7 @@ def test_ordered_map_holds_less_ahead_as_results_grow(monkeypatch, result_bytes,
         time.sleep(0.001)  # a slow consumer: the window fills
     least = workers * MIN_BATCHES_PER_WORKER * TASKS_PER_BATCH + TASKS_PER_BATCH
     assert consumed == count
-    assert (peak > least) if opens else (peak <= least)  # 1 MiB results: 2 batches a worker, tiny ones: more
+    assert (peak > least) if opens else (peak <= least)  # 1 MiB tasks or results: 2 batches a worker
 
 
 def _record_done(task: tuple[str, int]) -> tuple[int, bytes]:

@@ -1,10 +1,10 @@
 """Running a function over a stream of tasks in worker processes: results in task order, bounded work in flight.
 
-Work is submitted ahead of the consumer as far as a budget of result bytes allows
-(:data:`BYTES_IN_FLIGHT`, estimated from the results received so far), between
-:data:`MIN_BATCHES_PER_WORKER` and :data:`MAX_BATCHES_PER_WORKER` batches a worker: small
-results (a JPEG each) keep the workers busy through a consumer's pause (a writer's fsync'd
-commit), large ones (decoded pixels) keep the memory held bounded.
+Work is submitted ahead of the consumer as far as a budget of bytes allows (:data:`BYTES_IN_FLIGHT`,
+a batch's tasks and results at their mean size so far), between :data:`MIN_BATCHES_PER_WORKER`
+and :data:`MAX_BATCHES_PER_WORKER` batches a worker: small tasks and results (a path, a JPEG)
+keep the workers busy through a consumer's pause (a writer's fsync'd commit), large ones (an
+archive's images, decoded pixels) keep the memory held bounded.
 
 The workers are plain processes, each with a pipe of its own for tasks and one for results
 (a thread in the worker drains each, so that neither side waits for the other's computation):
@@ -36,7 +36,7 @@ Result = TypeVar("Result")
 TASKS_PER_BATCH = 16
 """Tasks a worker process runs per submission."""
 BYTES_IN_FLIGHT = 64 << 20
-"""Result bytes submitted ahead of the consumer (about a writer's commit), estimated from the results so far."""
+"""Bytes of tasks and results submitted ahead of the consumer (about a writer's commit), at their mean size so far."""
 MIN_BATCHES_PER_WORKER = 2
 """Submissions kept ahead of the consumer per worker, however large the results."""
 MAX_BATCHES_PER_WORKER = 32
@@ -157,14 +157,14 @@ def _start_workers(context: Any, function: Callable[[Any], Result], workers: int
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def window(workers: int, batches: int, size: int) -> int:
-    """Batches to keep submitted ahead of the consumer, ``batches`` received so far having been ``size`` bytes.
+def window(workers: int, batch_bytes: float | None) -> int:
+    """Batches to keep submitted ahead of the consumer when a batch's tasks and results take ``batch_bytes``.
 
-    As many as :data:`BYTES_IN_FLIGHT` holds at their mean size, between
-    :data:`MIN_BATCHES_PER_WORKER` and :data:`MAX_BATCHES_PER_WORKER` per worker (the
-    minimum until a result has come).
+    As many as :data:`BYTES_IN_FLIGHT` holds, between :data:`MIN_BATCHES_PER_WORKER` and
+    :data:`MAX_BATCHES_PER_WORKER` per worker (the minimum while ``batch_bytes`` is None: no
+    result has come yet).
     """
-    fitting = BYTES_IN_FLIGHT * batches // max(size, 1) if batches else 0
+    fitting = 0 if batch_bytes is None else int(BYTES_IN_FLIGHT // max(batch_bytes, 1.0))
     return workers * min(max(fitting // workers, MIN_BATCHES_PER_WORKER), MAX_BATCHES_PER_WORKER)
 
 
@@ -187,7 +187,7 @@ def ordered_map(function: Callable[[Any], Result], tasks: Iterable[Any], workers
     batches = iter(lambda: list(itertools.islice(pending, TASKS_PER_BATCH)), [])
     pool: list[_Worker] = []
     finished = False
-    received = [0, 0]  # batches received, their bytes
+    sent, received = [0, 0], [0, 0]  # batches of tasks sent and of results received, and their bytes
 
     def receive(worker: _Worker) -> list[Result]:
         results, size = worker.receive()
@@ -195,14 +195,22 @@ def ordered_map(function: Callable[[Any], Result], tasks: Iterable[Any], workers
         received[1] += size
         return results
 
+    def batch_bytes(next_tasks: int) -> float | None:
+        """A batch's mean bytes of tasks (the next batch's ``next_tasks`` included) and results; None before a
+        result."""
+        return (sent[1] + next_tasks) / (sent[0] + 1) + received[1] / received[0] if received[0] else None
+
     try:
         _start_workers(multiprocessing.get_context(), function, workers, pool)
         in_flight: collections.deque[_Worker] = collections.deque()  # the worker of each batch, in order
         for number, batch in enumerate(batches):
-            while len(in_flight) >= window(workers, *received):
+            message = ForkingPickler.dumps(batch)
+            while len(in_flight) >= window(workers, batch_bytes(len(message))):
                 yield from receive(in_flight.popleft())
             worker = pool[number % workers]
-            worker.tasks.send(batch)
+            worker.tasks.send_bytes(message)
+            sent[0] += 1
+            sent[1] += len(message)
             in_flight.append(worker)
         while in_flight:
             yield from receive(in_flight.popleft())
