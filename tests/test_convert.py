@@ -414,6 +414,18 @@ def test_ordered_map_holds_less_ahead_as_tasks_or_results_grow(monkeypatch, task
     assert (peak > least) if opens else (peak <= least)  # 1 MiB tasks or results: 2 batches a worker
 
 
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_ordered_map_workers_pipes_hold_a_batch_of_images_in_two_writes():
+    import fcntl
+
+    worker = parallel._Worker(multiprocessing.get_context(), _sized_result)
+    try:
+        sizes = {fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) for pipe in (worker.tasks, worker.results)}
+    finally:
+        worker.stop(finished=True)
+    assert sizes == {parallel.PIPE_BYTES} and parallel.PIPE_BYTES >= TASKS_PER_BATCH * 110_000 / 2
+
+
 def _record_done(task: tuple[str, int]) -> tuple[int, bytes]:
     folder, number = task
     open(os.path.join(folder, str(number)), "w").close()
