@@ -38,9 +38,9 @@ TASKS_PER_BATCH = 16
 BYTES_IN_FLIGHT = 64 << 20
 """Bytes of tasks and results submitted ahead of the consumer (about a writer's commit), at their mean size so far."""
 MIN_BATCHES_PER_WORKER = 2
-"""Submissions kept ahead of the consumer per worker, however large the results."""
+"""Submissions kept ahead of the consumer per worker, however large their tasks and results."""
 MAX_BATCHES_PER_WORKER = 32
-"""Submissions kept ahead of the consumer per worker, however small the results: bounds the tasks held."""
+"""Submissions kept ahead of the consumer per worker, however small their tasks and results."""
 PIPE_BYTES = 1 << 20
 """Capacity asked for each task and result pipe (Linux's maximum for a user by default; 64 KiB where refused):
 a batch of 16 images crosses in two writes instead of ~27, each of which waited for the reading
