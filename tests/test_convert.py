@@ -429,7 +429,7 @@ def test_ordered_map_workers_pipes_hold_a_batch_of_images_in_two_writes():
 def _record_done(task: tuple[str, int]) -> tuple[int, bytes]:
     folder, number = task
     open(os.path.join(folder, str(number)), "w").close()
-    return number, bytes(1 << 15)  # a batch of results is more than a pipe holds, its window the largest
+    return number, bytes(1 << 15)  # a batch of results is half a (widened) pipe; the window is its largest
 
 
 def test_ordered_map_workers_run_on_while_the_consumer_pauses(tmp_path):
@@ -438,7 +438,7 @@ def test_ordered_map_workers_run_on_while_the_consumer_pauses(tmp_path):
     assert [next(results)[0] for _ in range(5 * TASKS_PER_BATCH)] == list(range(5 * TASKS_PER_BATCH))
     time.sleep(2.0)  # the consumer commits
     # Every task submitted is done: the four batches received before the fifth, and a whole window ahead of it
-    # (a worker that waits for the consumer to read each batch stopped at 7 batches).
+    # (a worker that waits for the consumer to read each batch stopped at 9 batches, its pipe full).
     assert len(os.listdir(tmp_path)) == (4 + 2 * MAX_BATCHES_PER_WORKER) * TASKS_PER_BATCH
     assert [number for number, _ in results] == list(range(5 * TASKS_PER_BATCH, 2000))
 
