@@ -56,6 +56,19 @@ def test_convert_disk_full_leaves_a_resumable_dataset_and_one_clear_line(image_f
     assert logical_content(moved) == logical_content(tmp_path / "whole")
 
 
+def test_a_full_disk_refuses_a_new_dataset_without_posix_fallocate(image_folder, small_disk, monkeypatch, capsys):
+    """macOS has no posix_fallocate: the lock file's zeros are written instead, and a full disk is still one line."""
+    monkeypatch.delattr(os, "posix_fallocate")
+    with open(small_disk / "filler", "wb", buffering=0) as filler:
+        with pytest.raises(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+    assert main(["convert", str(image_folder(24)), str(small_disk / "new.lmdb"), "--workers", "0", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "new.lmdb" in error and "No space left on device" in error
+    assert list((small_disk / "new.lmdb").iterdir()) == []
+
+
 def test_convert_cli_prints_file_and_class_names_that_are_not_utf8(tmp_path):
     root = os.fsencode(tmp_path / "src")
     make_photo_folder(tmp_path / "src", num_images=6, num_classes=2, size_profile="small")

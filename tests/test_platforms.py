@@ -1,10 +1,11 @@
-"""Any Unix: every reader and LMDBLoader run end to end where Linux-only calls are missing (macOS, BSD).
+"""Any Unix: conversion, every reader and LMDBLoader run end to end where Linux-only calls are missing.
 
-macOS has neither ``os.posix_fadvise`` nor ``os.sched_getaffinity``, and starts DataLoader
-workers with ``spawn``; Windows has no ``os.pread``/``os.preadv`` either. A child interpreter
-deletes all four at start-up (a ``sitecustomize`` on its path, so that spawned workers lose
-them too) and reads a dataset with each reader, two spawned workers, and ``LMDBLoader`` with
-its default worker count.
+macOS has none of ``os.posix_fadvise``, ``os.sched_getaffinity``, ``os.posix_fallocate`` and
+``os.fdatasync``, and starts worker processes with ``spawn``; Windows has no
+``os.pread``/``os.preadv`` either. A child interpreter deletes all six at start-up (a
+``sitecustomize`` on its path, so that spawned workers lose them too), converts an image
+folder with two spawned workers, and reads the result with each reader, two spawned workers,
+and ``LMDBLoader`` with its default worker count.
 """
 
 from __future__ import annotations
@@ -17,22 +18,28 @@ from pathlib import Path
 
 import pytest
 
+from lmdb_dataset.storage.system import allocate, read_at
+
 SITE = """
 import os
-for name in ("posix_fadvise", "sched_getaffinity", "pread", "preadv"):
+for name in ("posix_fadvise", "sched_getaffinity", "posix_fallocate", "fdatasync", "pread", "preadv"):
     if hasattr(os, name):
         delattr(os, name)
 """
 
+MISSING = ("posix_fadvise", "sched_getaffinity", "posix_fallocate", "fdatasync", "pread", "preadv")
+
 SCRIPT = """
-import os, sys
+import multiprocessing, os, sys
 from collections import Counter
 from torch.utils.data import DataLoader
-from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, LMDBLoader
+from lmdb_dataset import ChunkShuffleSampler, LMDBImageDataset, LMDBIterableDataset, LMDBLoader, convert_image_folder
+
+MISSING = {missing!r}
 
 
 def check_worker(_):
-    assert not any(hasattr(os, name) for name in ("posix_fadvise", "sched_getaffinity", "pread", "preadv"))
+    assert not any(hasattr(os, name) for name in MISSING)
 
 
 def channels(image):
@@ -45,7 +52,10 @@ def labels_of(loader):
 
 if __name__ == "__main__":
     check_worker(None)
-    path = sys.argv[1]
+    multiprocessing.set_start_method("spawn")  # macOS's default, for the converter's workers too
+    source, path = sys.argv[1], sys.argv[2]
+    report = convert_image_folder(source, path, workers=2, progress=False)
+    assert report.num_records == report.converted == {images}, report
     dataset = LMDBImageDataset(path, output="tensor", transform=channels)
     assert dataset.reader.access == "mmap"  # no pread: records are read through LMDB's map
     expected = Counter(int(t) for t in dataset.targets)
@@ -64,12 +74,44 @@ if __name__ == "__main__":
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="simulates macOS on Linux")
-def test_readers_and_loader_run_without_fadvise_and_sched_getaffinity_under_spawn(dataset_path, tmp_path):
+def test_conversion_readers_and_loader_run_without_linux_only_calls_under_spawn(image_folder, tmp_path):
+    source = image_folder(27, special=True)
     (tmp_path / "sitecustomize.py").write_text(SITE)
     script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(SCRIPT))
+    images = sum(1 for path in source.rglob("*") if path.is_file())
+    script.write_text(textwrap.dedent(SCRIPT).replace("{missing!r}", repr(MISSING)).replace("{images}", str(images)))
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root), *sys.path])}
-    result = subprocess.run([sys.executable, str(script), str(dataset_path)], env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run([sys.executable, str(script), str(source), str(tmp_path / "data.lmdb")], env=env,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["posix_fallocate", "zeros written"])
+def test_allocate_extends_a_file_and_keeps_its_bytes_with_or_without_posix_fallocate(tmp_path, monkeypatch, native):
+    if not native:
+        monkeypatch.delattr(os, "posix_fallocate", raising=False)
+    path = tmp_path / "lock"
+    path.write_bytes(b"head")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        allocate(fd, 20000)
+        allocate(fd, 100)  # never shrinks
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"head" + bytes(20000 - 4)
+    assert os.stat(path).st_blocks * 512 >= 20000  # blocks allocated, not a sparse hole
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["pread", "seek and read"])
+def test_read_at_reads_a_span_with_or_without_pread(tmp_path, monkeypatch, native):
+    if not native:
+        monkeypatch.delattr(os, "pread", raising=False)
+    path = tmp_path / "data"
+    path.write_bytes(bytes(range(256)) * 40)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert read_at(fd, 300, 1000) == (bytes(range(256)) * 40)[1000:1300]
+        assert read_at(fd, 300, 10200) == (bytes(range(256)) * 40)[10200:]  # short at the end, as pread
+    finally:
+        os.close(fd)

@@ -18,7 +18,7 @@ def evict_from_page_cache(path: str | os.PathLike) -> None:
     """Drop a file's pages from the OS page cache (``posix_fadvise(DONTNEED)``), after syncing it."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fdatasync(fd)
+        getattr(os, "fdatasync", os.fsync)(fd)  # macOS has no fdatasync
         fadvise(fd, 0, 0, "DONTNEED")
     finally:
         os.close(fd)

@@ -1,4 +1,4 @@
-"""The Linux-only calls the readers use, with what they do where the platform lacks them (macOS, BSD).
+"""The Linux-only calls the readers and the writer use, with what they do where the platform lacks them (macOS, BSD).
 
 * :func:`available_cpus`: ``os.sched_getaffinity`` (the CPUs this process may run on, which a
   cluster's cgroup or ``taskset`` limits) where it exists, else ``os.cpu_count()``.
@@ -9,12 +9,16 @@
 * :func:`can_pread`: whether ``os.pread``/``os.preadv`` exist (not on Windows). Without them
   the readers read every record through LMDB's memory map (``access="mmap"``) and the
   prefetcher only asks, reading nothing through.
+* :func:`read_at`: ``os.pread`` where it exists; elsewhere a seek and reads on the descriptor
+  (for descriptors one caller owns: it moves their position).
+* :func:`allocate`: ``os.posix_fallocate`` where it exists (not on macOS); elsewhere the file is
+  extended by writing zeros, which allocates its blocks as well: a full disk fails the call.
 * :class:`PageResidency`: which pages of a file are in the page cache (``mincore`` over a
   read-only map of the file, through the C library); where either call is missing, no page
   counts as cached, and the prefetcher reads everything through as before.
 
-The test suite runs every reader and ``LMDBLoader`` with these calls deleted
-(``tests/test_platforms.py``). Windows itself is not tested.
+The test suite converts a dataset and runs every reader and ``LMDBLoader`` with these calls
+deleted (``tests/test_platforms.py``). Windows itself is not tested.
 """
 
 from __future__ import annotations
@@ -45,6 +49,38 @@ def fadvise(fd: int, offset: int, length: int, advice: str) -> None:
     call = getattr(os, "posix_fadvise", None)
     if call is not None:
         call(fd, offset, length, getattr(os, f"POSIX_FADV_{advice}"))
+
+
+def allocate(fd: int, size: int) -> None:
+    """Give the open file ``fd`` at least ``size`` bytes of allocated disk blocks, from its current end.
+
+    ``os.posix_fallocate`` where it exists; elsewhere zeros are written from the file's end to
+    ``size``. Either way a disk without room raises ``OSError`` (``ENOSPC``) here, instead of a
+    later write through a memory map killing the process with ``SIGBUS``.
+    """
+    call = getattr(os, "posix_fallocate", None)
+    if call is not None:
+        call(fd, 0, size)
+        return
+    end = os.lseek(fd, 0, os.SEEK_END)
+    while end < size:
+        end += os.write(fd, bytes(size - end))
+
+
+def read_at(fd: int, length: int, offset: int) -> bytes:
+    """``os.pread(fd, length, offset)``; where it is missing, a seek and reads (moving ``fd``'s position).
+
+    Fewer than ``length`` bytes only at the end of the file, as ``pread``.
+    """
+    call = getattr(os, "pread", None)
+    if call is not None:
+        return call(fd, length, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    parts = []
+    while length > 0 and (part := os.read(fd, length)):
+        parts.append(part)
+        length -= len(part)
+    return b"".join(parts)
 
 
 def can_pread() -> bool:
