@@ -3,9 +3,9 @@
 Every error names the dataset path and, where one is involved, the record index,
 and says what to do about it. All derive from :class:`LMDBDatasetError`, so one
 ``except`` clause catches them; the ones that mean "not found" or "bad value" also
-derive from the matching built-in (``FileNotFoundError``, ``IndexError``,
-``ValueError``) so generic handlers keep working. :func:`printable` makes the file names
-that messages quote safe to print.
+derive from the matching built-in (``FileNotFoundError``, ``ValueError``, and
+``ImportError`` for a missing optional dependency) so generic handlers keep working.
+:func:`printable` makes the file names that messages quote safe to print.
 """
 
 from __future__ import annotations

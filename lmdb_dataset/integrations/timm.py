@@ -53,8 +53,8 @@ class ReaderLMDB(Reader):
     def _filename(self, index: int, basename: bool = False, absolute: bool = False) -> str:
         """The record's source path relative to the converted folder (``str(index)`` if none was kept).
 
-        ``absolute`` is accepted for timm's interface; the source folder's location is not
-        stored, so the name stays relative.
+        ``absolute`` is accepted for timm's interface; the name stays relative to the source root
+        (which an image folder's conversion keeps in the dataset's ``info.source``; not joined here).
         """
         name = self.dataset.source_path(index) or str(index)
         return os.path.basename(name) if basename else name

@@ -24,10 +24,11 @@ from .process_memory import freeze_inherited_objects
 class LMDBDatasetBase(VisionDataset):
     """Metadata, output conversion and transforms shared by both dataset classes.
 
-    Loads the dataset's metadata once (info, labels, sample order and record offsets: ~50
-    bytes a record, ~64 MB for 1.28M images, held in numpy arrays that DataLoader workers share
-    copy-on-write; the records themselves are never touched) and keeps
-    the per-process :class:`RecordReader` out of pickles.
+    Loads the dataset's metadata once (info, labels, sample order and record offsets: ~48
+    bytes a record, ~61 MB for 1.28M images, in one shared-memory block that DataLoader workers
+    map under any start method, :class:`~lmdb_dataset.storage.shared_tables.SharedTables`; the
+    records themselves are never touched) and keeps the per-process :class:`RecordReader` out of
+    pickles.
     """
 
     def __init__(self, path: str | os.PathLike, transform: Callable | None, target_transform: Callable | None,
@@ -204,7 +205,7 @@ class LMDBImageDataset(LMDBDatasetBase):
         transform: Applied to each image (as given by ``output``). Defaults to None.
         target_transform: Applied to each label. Defaults to None.
         output: ``"pil"`` an RGB ``PIL.Image`` (classic torchvision transforms), ``"tensor"``
-            a CHW uint8 ``torch.Tensor`` (``decode.transforms.v2``; fastest), ``"numpy"`` an HWC uint8
+            a CHW uint8 ``torch.Tensor`` (torchvision's ``transforms.v2``; fastest), ``"numpy"`` an HWC uint8
             array. Defaults to ``"pil"``.
         verify_checksums: Check each record's CRC32 on read (a few percent of decode time).
             Defaults to True.
@@ -255,7 +256,7 @@ class LMDBImageDataset(LMDBDatasetBase):
 
     @property
     def imgs(self) -> list[tuple[str, int]]:
-        """The same list as :attr:`tools.photo_folders` (``ImageFolder.imgs`` is an alias of its ``samples`` too)."""
+        """The same list as :attr:`samples` (``ImageFolder.imgs`` is an alias of its ``samples`` too)."""
         return self.samples
 
     def loader(self, path: str | os.PathLike) -> Any:
@@ -267,7 +268,7 @@ class LMDBImageDataset(LMDBDatasetBase):
         as ``output`` gives it (an RGB ``PIL.Image`` by default), before ``transform``.
 
         Args:
-            path: A path of :attr:`tools.photo_folders`, or the same path under the source root
+            path: A path of :attr:`samples`, or the same path under the source root
                 (``ImageFolder(src).samples[i][0]``).
 
         Raises:

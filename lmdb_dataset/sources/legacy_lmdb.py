@@ -1,6 +1,6 @@
 """Reading image LMDBs written by earlier tools: tensorpack, the folder2lmdb scripts, Caffe.
 
-Detection, by content (see ``shared/legacy-formats.md`` for the writers' layouts):
+Detection, by content (the (image, label) shapes each writer stores: :mod:`.datapoint`):
 
 ==========================================  ===============================================
 signature                                    kind

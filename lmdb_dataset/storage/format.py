@@ -23,7 +23,8 @@ named sub-databases::
     └── "meta"      small table of named values, none of them pickled:
           b"info"             JSON object (DatasetInfo): format version, number of records,
                               storage kind, class names, source description, `complete`
-                              flag, skipped source files, the converter's settings,
+                              flag, skipped source files, the converter's settings
+                              (and, for another source than a folder, its progress),
                               and `shaping` (absent or null: every image stored as
                               given). With `convert --max-side N` it is
                               {"max_side": N, "quality": Q (null for raw storage),
@@ -166,7 +167,8 @@ class DatasetInfo:
         complete: Set only when the writer finished; readers refuse datasets without it.
         skipped: Source files left out by a conversion, as ``{"path": ..., "error": ...}``.
         conversion: The settings a converter ran with (checked when it resumes; a record of how
-            the dataset was made), or None.
+            the dataset was made), with, for another source than an image folder, its progress
+            (``next_source``, ``max_label``); or None.
         shaping: Storage shaping (``max_side``, ``quality``, ``filter`` and the ``resized`` /
             ``kept`` counts; see :mod:`lmdb_dataset.write.shaping`), or None when images are stored as given.
         format_version: Version of this format the dataset was written with.

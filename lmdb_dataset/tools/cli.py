@@ -1,7 +1,7 @@
-"""The ``lmdb-dataset`` command line: convert, info, verify, demo, bench.
+"""The ``lmdb-dataset`` command line: convert, info, verify, reindex, demo, bench.
 
 Only what a command needs is imported, when it runs: ``--help``, ``--version``, ``convert``,
-``info`` and ``verify`` never import torch. Errors a user can cause (a wrong path, a wrong flag, a
+``info``, ``verify`` and ``reindex`` never import torch. Errors a user can cause (a wrong path, a wrong flag, a
 bad source image, an incomplete dataset) end in one line on stderr that names the fix in the
 command line's words (flags, not keyword arguments) and exit status 2; never a traceback. Ctrl-C
 and SIGTERM end a command with one line and exit status 130.

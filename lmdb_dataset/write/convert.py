@@ -177,7 +177,7 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
         src: ImageFolder root, holding one sub-directory per class.
         dst: Dataset directory to write (e.g. ``train.lmdb``).
         storage: ``"encoded"`` (original file bytes, JPEG not re-encoded) or ``"raw"``
-            (decoded RGB uint8 pixels: no decode when reading, ~10x the size). Defaults to
+            (decoded RGB uint8 pixels: no decode when reading, ~7x the size). Defaults to
             ``"encoded"``.
         workers: Processes that read and check images. Defaults to the number of usable
             cores; 0 works in this process.
