@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import multiprocessing
 import os
 import pickle
@@ -15,12 +17,14 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from conftest import copy_dataset
 from PIL import Image
 from torch.utils.data import DataLoader, RandomSampler
 from torchvision import transforms as v1
 from torchvision.datasets import ImageFolder
 
 from lmdb_dataset import (
+    ChunkShuffleSampler,
     CorruptRecordError,
     DatasetChangedError,
     DatasetNotFoundError,
@@ -582,3 +586,36 @@ def test_reindex_command_rebuilds_the_table_of_a_compacted_copy(converted, tmp_p
     assert f"indexed {len(LMDBImageDataset(converted()))} records" in capsys.readouterr().out
     assert main(["verify", str(copy), "--quiet"]) == 0
     assert _open_quietly(copy).reader.access == "pread"
+
+
+def _open_files_under(root: Path) -> list[str]:
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [target for target in targets if target.startswith(str(root))]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists descriptors through /proc")
+@pytest.mark.parametrize("reader", ["map", "sampler", "iterable"])
+def test_datasets_let_go_of_their_file_once_nothing_uses_them(converted, tmp_path, reader):
+    """A process that makes and deletes datasets (a sweep, a test suite) keeps no descriptor, no deleted file."""
+    for round_ in range(3):
+        path = copy_dataset(converted(num_images=12, special=False), tmp_path / f"copy{round_}")
+        sampler = None
+        if reader == "iterable":
+            dataset = LMDBIterableDataset(path, output="numpy", chunk_size=4, pool_size=8)
+            assert len(list(dataset)) == 12
+        else:
+            dataset = LMDBImageDataset(path, output="numpy")
+            sampler = ChunkShuffleSampler(dataset, chunk_size=4, pool_size=8) if reader == "sampler" else None
+            assert len(list(DataLoader(dataset, sampler=sampler, collate_fn=list))) == 12
+            twin = LMDBImageDataset(path, output="numpy")
+            twin[0]
+            assert twin.reader._environment()[0] is dataset.reader._environment()[0]  # one per file and process
+            del twin
+        assert _open_files_under(tmp_path)  # open while in use
+        dataset = sampler = None
+        gc.collect()
+        assert _open_files_under(tmp_path) == []
+        shutil.rmtree(path)

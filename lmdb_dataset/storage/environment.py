@@ -6,7 +6,9 @@ environments are not fork-safe) and py-lmdb's "already open" bookkeeping. This m
 keeps one read-only environment per data file per process:
 
 * Every dataset object over the same file in one process shares it (train and eval views,
-  a peek with ``ds[0]`` before a DataLoader starts its workers).
+  a peek with ``ds[0]`` before a DataLoader starts its workers). The registry refers to it
+  weakly: once no dataset object, reader or transaction uses it, it is closed, releasing its
+  file descriptor (and a deleted file's disk space) in a process that goes on making datasets.
 * A handle inherited over ``fork`` is recognised by its pid, closed in the child only
   (the parent keeps using its own), and a fresh one is opened: each DataLoader worker
   reads through its own environment, whatever the start method.
@@ -34,6 +36,7 @@ import dataclasses
 import os
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Literal, overload
 
@@ -134,7 +137,7 @@ def _check_not_truncated(env: lmdb.Environment, file: Path) -> None:
 
 @dataclasses.dataclass
 class _OpenEnvironment:
-    env: lmdb.Environment
+    env: weakref.ref[lmdb.Environment]  # dead once its last user let go: py-lmdb closed it
     identity: FileIdentity
     pid: int
 
@@ -162,19 +165,21 @@ class _EnvironmentRegistry:
         with self._lock:
             key = os.path.realpath(data_file(path))
             entry = self._by_path.get(key)
-            if entry is not None and (entry.pid != os.getpid() or entry.identity != current):
-                # Inherited over fork (never usable here) or a replaced file: drop it. Closing
-                # in a forked child unmaps only the child's copy; closing a replaced file's
-                # environment releases its disk space.
+            env = entry.env() if entry is not None else None
+            if entry is not None and (env is None or entry.pid != os.getpid() or entry.identity != current):
+                # Closed when its last user let go, inherited over fork (never usable here) or a
+                # replaced file: drop it. Closing in a forked child unmaps only the child's copy;
+                # closing a replaced file's environment releases its disk space.
                 del self._by_path[key]
-                entry.env.close()
-                entry = None
+                if env is not None:
+                    env.close()
+                env = None
             if identity is not None and identity != current:
                 raise changed_error(path)
-            if entry is None:
-                entry = _OpenEnvironment(_open_read_only(path, readahead=readahead), current, os.getpid())
-                self._by_path[key] = entry
-            return entry.env, entry.identity
+            if env is None:
+                env = _open_read_only(path, readahead=readahead)
+                self._by_path[key] = _OpenEnvironment(weakref.ref(env), current, os.getpid())
+            return env, current
 
     def release(self, path: str | os.PathLike, identity: FileIdentity | None = None) -> None:
         """Close this process's environment of ``path`` (before a writer opens the file).
@@ -187,7 +192,9 @@ class _EnvironmentRegistry:
             entry = self._by_path.get(key)
             if entry is not None and (identity is None or entry.identity == identity):
                 del self._by_path[key]
-                entry.env.close()
+                env = entry.env()
+                if env is not None:
+                    env.close()
 
 
 def changed_error(path: str | os.PathLike) -> DatasetChangedError:
