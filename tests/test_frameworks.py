@@ -79,6 +79,25 @@ def test_torchdata_stateful_dataloader_saved_after_5_batches_resumes_with_exactl
     assert sorted(_indices(resumed, checksums)) == list(range(len(checksums)))
 
 
+@pytest.mark.parametrize("workers_before, workers_after", [(0, 2), (2, 3), (3, 0), (2, 2)])
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_torchdata_loader_state_loaded_into_the_dataset_resumes_with_other_num_workers(
+        workers_before, workers_after, steps, dataset_path, checksums):
+    """The README's merge: ``dataset.load_state_dict(loader.state_dict())``, also before every worker delivered."""
+    _, reference = _iterable_loader(dataset_path, workers_before, epoch=4)
+    full = _indices(reference, checksums)
+    _, loader = _iterable_loader(dataset_path, workers_before, epoch=4)
+    seen = _indices(_take(loader, steps), checksums)
+    state = loader.state_dict()
+    del loader
+
+    dataset, _ = _iterable_loader(dataset_path, 0, epoch=4)
+    dataset.load_state_dict(state)
+    rest = _indices(DataLoader(dataset, batch_size=BATCH, num_workers=workers_after,
+                               multiprocessing_context="fork" if workers_after else None), checksums)
+    assert seen + rest == full  # the rest, in the uninterrupted order, with another num_workers
+
+
 def test_torchdata_iterable_two_workers_state_holds_each_workers_own_position(dataset_path, checksums):
     dataset, loader = _iterable_loader(dataset_path, 2, epoch=1)
     _take(loader, 3)  # worker 0 delivered 2 batches, worker 1 one (plus what they prefetched)

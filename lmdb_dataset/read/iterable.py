@@ -362,20 +362,25 @@ def merged_worker_state(state: dict[str, Any]) -> dict[str, Any]:
 
     The workers were dealt whole batches in turn and the loader took one from each in turn,
     so what they had delivered when the states were taken is a prefix of the pass: its
-    length is the sum of their positions. Any other state is returned as it is.
+    length is the sum of their positions (a worker yet to deliver its first batch adds none).
+    Without workers the loader's state holds the dataset's own, which is returned; any other
+    state is returned as it is.
 
     Raises:
         ValueError: The states are not all of one pass, or the pass's pieces were not batches.
     """
     snapshot = state.get("_snapshot")
     if not isinstance(snapshot, dict) or "_worker_snapshots" not in snapshot:
-        return state
+        inner = state.get("dataset_state")  # num_workers=0: the dataset's own state, from the loop's process
+        return inner if isinstance(inner, dict) else state
     states = [worker["dataset_state"] for worker in snapshot["_worker_snapshots"].values()]
     if not states or any(state is None or "stream" not in state for state in states):
         raise ValueError("the loader state holds no worker states of LMDBIterableDataset")
     first = states[0]
-    keys = ("epoch", "resumed_from", "num_replicas", "num_workers", "piece_size")
-    if any(state[key] != first[key] for state in states for key in keys) or len(states) != first["num_workers"]:
+    keys = ("epoch", "resumed_from", "num_replicas", "num_workers")
+    pieces = {state["piece_size"] for state in states if state["piece_size"] is not None}  # None: yet to deliver
+    if (any(state[key] != first[key] for state in states for key in keys) or len(states) != first["num_workers"]
+            or len(pieces) > 1 or any(state["piece_size"] is None and state["stream_position"] for state in states)):
         raise ValueError("the worker states are not of one pass of one rank's DataLoader")
     merged = {key: value for key, value in first.items() if key not in ("stream", "stream_position", "num_workers",
                                                                          "piece_size")}
