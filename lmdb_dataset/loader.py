@@ -143,7 +143,9 @@ class LMDBLoader:
         path: Dataset directory.
         batch_size: Samples per batch. Defaults to 256.
         train: Training augmentation (random crop, flip, shuffled order) or validation
-            (centre crop, ordered). Defaults to True.
+            (centre crop, unshuffled: each rank reads its share in storage order, so with one
+            rank the k-th sample of a pass is the dataset index ``dataset.file_order[k]``, which
+            is not ``k`` for a shuffled conversion). Defaults to True.
         reader: ``"random"`` (map-style, uniformly shuffled: best on SSDs and a warm page
             cache), ``"chunk"`` (map-style, chunk-shuffled: near-sequential reads for disks
             and network filesystems) or ``"iterable"`` (:class:`LMDBIterableDataset`: the

@@ -89,6 +89,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert out.count("x, 48 images)") == 3
 
 
+def test_demo_with_fewer_images_than_its_six_classes_runs(tmp_path, capsys):
+    assert main(["demo", "--workdir", str(tmp_path), "--num-images", "3", "--workers", "0"]) == 0
+    assert capsys.readouterr().out.count("x, 3 images)") == 3
+
+
 def test_version_matches_the_package():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"lmdb-dataset {lmdb_dataset.__version__}"

@@ -381,3 +381,17 @@ def test_cuda_worker_decode_equals_cpu_and_uses_a_side_stream(path):
     assert [int(label) for _, labels in batches for label in labels] == [label for label, _ in on_cpu]
     assert torch.allclose(torch.cat([images for images, _ in batches]),
                           torch.cat([images for images, _ in _loader(path, decode="worker")]), atol=1e-5)
+
+
+@pytest.mark.parametrize("reader", ["random", "chunk", "iterable"])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_validation_reads_in_storage_order_as_documented(converted, reader, num_workers):
+    """``train=False`` on one rank: the k-th sample is ``dataset.file_order[k]`` (a shuffled conversion: not k)."""
+    path = converted(num_images=24, order="shuffled", special=False)
+    dataset = LMDBImageDataset(path)
+    assert list(dataset.file_order) != sorted(dataset.file_order)
+    loader = LMDBLoader(path, train=False, reader=reader, batch_size=5, size=16, num_workers=num_workers,
+                        multiprocessing_context="fork" if num_workers else None)
+    labels = [int(label) for _, batch in loader for label in batch]
+    assert labels == [dataset.targets[i] for i in dataset.file_order]
+    assert [int(label) for _, batch in loader for label in batch] == labels  # every pass the same

@@ -48,8 +48,8 @@ def run_demo(workdir: str | os.PathLike | None = None, *, num_images: int = 512,
     root = Path(workdir)
     source, target = root / "images", root / "train.lmdb"
     print(f"1. Building a sample ImageFolder of {num_images} photographic JPEGs in {source}")
-    make_photo_folder(source, num_images=num_images, num_classes=6, workers=max(workers, 1), progress=True,
-                      size_profile="imagenet")
+    make_photo_folder(source, num_images=num_images, num_classes=min(6, num_images), workers=max(workers, 1),
+                      progress=True, size_profile="imagenet")
     print(f"2. Converting it to {target}")
     report = convert_image_folder(source, target, workers=workers, overwrite=True)
     print(f"   {report.num_records} records, {report.bytes_read / 1e6:.1f} MB read in {report.seconds:.1f} s "
