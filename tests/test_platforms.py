@@ -115,3 +115,21 @@ def test_read_at_reads_a_span_with_or_without_pread(tmp_path, monkeypatch, nativ
         assert read_at(fd, 300, 10200) == (bytes(range(256)) * 40)[10200:]  # short at the end, as pread
     finally:
         os.close(fd)
+
+
+def test_without_fcntl_writers_take_no_lock_and_readers_see_none(tmp_path, monkeypatch):
+    from lmdb_dataset import LMDBImageDataset, LMDBWriter
+    from lmdb_dataset.storage import system
+
+    monkeypatch.setattr(system, "fcntl", None)  # Windows: two writers are not kept apart there
+    jpeg = (Path(system.__file__).parents[1] / "photos" / "coffee.jpg").read_bytes()
+    with LMDBWriter(tmp_path / "ds.lmdb") as writer:
+        writer.add(jpeg, 0)
+        assert not system.lock_held(tmp_path / "ds.lmdb" / "lock.mdb")
+        import fcntl
+        probe = os.open(tmp_path / "ds.lmdb" / "lock.mdb", os.O_RDONLY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nothing was locked
+        finally:
+            os.close(probe)
+    assert len(LMDBImageDataset(tmp_path / "ds.lmdb")) == 1

@@ -53,9 +53,11 @@ from ..errors import (
 )
 from . import format as fmt
 from .shared_tables import SharedTables
-from .system import can_pread, read_at
+from .system import can_pread, lock_held, read_at
 
 DATA_FILE = "data.mdb"
+LOCK_FILE = "lock.mdb"
+"""LMDB's lock file beside ``data.mdb``; a writer also holds an advisory lock on it (:mod:`storage.format`)."""
 MAX_DBS = 2
 SPOT_CHECKS = 8
 """Records compared between the offset table and LMDB when a dataset opens (first, last, evenly between)."""
@@ -85,6 +87,25 @@ def data_file(path: str | os.PathLike) -> Path:
     """The data file of dataset ``path``: ``path/data.mdb`` for a directory, else ``path`` itself."""
     path = Path(path)
     return path if path.is_file() else path / DATA_FILE
+
+
+def lock_file(path: str | os.PathLike) -> Path:
+    """LMDB's lock file of dataset ``path``: ``lock.mdb`` beside ``data.mdb``, ``FILE-lock`` for a single-file LMDB."""
+    file = data_file(path)
+    return file.with_name(LOCK_FILE) if file.name == DATA_FILE else file.with_name(file.name + "-lock")
+
+
+def incomplete_reason(path: str | os.PathLike, num_records: int) -> str:
+    """Why the dataset at ``path``, incomplete with ``num_records`` committed, is so, and what to do.
+
+    A live writer's lock on its lock file (:func:`storage.system.lock_held`, a probe that takes
+    nothing it keeps) means a conversion is still writing it; otherwise the conversion stopped.
+    """
+    if lock_held(lock_file(path)):
+        return (f"a conversion is still writing it ({num_records} records so far); wait for it to finish, "
+                "then open it again")
+    return (f"its conversion stopped after {num_records} records. Finish it with "
+            f"`lmdb-dataset convert SRC {os.fspath(path)} --resume` (or convert_image_folder(..., resume=True))")
 
 
 def identity_of(path: str | os.PathLike) -> FileIdentity:
@@ -326,10 +347,8 @@ def _load_metadata(path: str) -> DatasetMetadata:
     records_db, meta_db = open_databases(env, path)
     info = read_info(env, meta_db, path)
     if not info.complete:
-        raise IncompleteDatasetError(
-            f"the dataset at {path!r} is incomplete: its conversion stopped after "
-            f"{info.num_records} records. Finish it with `lmdb-dataset convert SRC {path} --resume` "
-            "(or convert_image_folder(..., resume=True)).")
+        raise IncompleteDatasetError(f"the dataset at {path!r} is incomplete: "
+                                     f"{incomplete_reason(path, info.num_records)}.")
     with begin_read(env) as txn:
         stored_labels = txn.get(fmt.LABELS_KEY, db=meta_db)
         order = txn.get(fmt.ORDER_KEY, db=meta_db)

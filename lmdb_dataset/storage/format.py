@@ -56,6 +56,13 @@ named sub-databases::
                               merged into b"labels"/b"paths" by the one transaction that
                               also writes b"spans", b"order" and sets `complete`
 
+Beside ``data.mdb`` is LMDB's own lock file, ``lock.mdb`` (readers need neither it nor write
+access: they open the data file without one). A writer holds an exclusive ``flock`` on it for its
+whole life, so a second writer of the dataset fails at once; a reader of an incomplete dataset
+probes it (a shared, non-blocking ``flock`` released at once) to tell a conversion still running
+from one that stopped. The kernel drops the lock when its process dies, so nothing on disk
+records it.
+
 Readers refuse a dataset whose ``info.complete`` is false (the conversion did not finish)
 and one whose ``format_version`` they do not know. This module is pure: it packs and
 unpacks bytes, and performs no I/O.

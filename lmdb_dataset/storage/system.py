@@ -13,6 +13,13 @@
   (for descriptors one caller owns: it moves their position).
 * :func:`allocate`: ``os.posix_fallocate`` where it exists (not on macOS); elsewhere the file is
   extended by writing zeros, which allocates its blocks as well: a full disk fails the call.
+* :func:`try_lock`, :func:`release_lock`, :func:`lock_held`: ``fcntl.flock`` advisory locks, which
+  the kernel drops when the process holding them dies (a killed conversion stays resumable at
+  once). A descriptor locked here is closed in every child forked afterwards
+  (``os.register_at_fork``): a worker process forked by a writer, which would otherwise share
+  its lock, never keeps the dataset locked after the writer died. Where ``fcntl`` is missing
+  (Windows) nothing is locked: every lock is taken at once and none is ever seen held, so two
+  writers of one dataset are not kept apart there.
 * :class:`PageResidency`: which pages of a file are in the page cache (``mincore`` over a
   read-only map of the file, through the C library); where either call is missing, no page
   counts as cached, and the prefetcher reads everything through as before.
@@ -28,8 +35,19 @@ import ctypes.util
 import functools
 import mmap
 import os
+import time
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_RETRY_S = 0.2
+"""How long :func:`try_lock` retries a lock held elsewhere: a reader's :func:`lock_held` holds it for a moment."""
+_held_locks: set[int] = set()
+"""The descriptors this process locked with :func:`try_lock` and has not released."""
 
 
 def available_cpus() -> int:
@@ -86,6 +104,82 @@ def read_at(fd: int, length: int, offset: int) -> bytes:
 def can_pread() -> bool:
     """Whether this platform reads at an offset without moving the file position (``os.pread``, ``os.preadv``)."""
     return hasattr(os, "pread") and hasattr(os, "preadv")
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive advisory lock on the open file ``fd`` (``flock``), without waiting for its holder.
+
+    The lock belongs to ``fd``'s open file description: another ``open`` of the same file, in this
+    process or another, cannot take it until :func:`release_lock` (or the holder's death). A lock held
+    only for a moment (a reader's :func:`lock_held`) is retried for :data:`LOCK_RETRY_S`. Where
+    ``fcntl`` is missing (Windows) nothing is locked and the answer is True.
+
+    Returns:
+        True once locked; False if another open file description holds a lock on the file.
+    """
+    if fcntl is None:
+        return True
+    deadline = time.monotonic() + LOCK_RETRY_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+            continue
+        _held_locks.add(fd)
+        return True
+
+
+def release_lock(fd: int) -> None:
+    """Close ``fd``, which drops the lock :func:`try_lock` took on it (nothing if a fork already closed it here)."""
+    if fd in _held_locks or fcntl is None:
+        _held_locks.discard(fd)
+        os.close(fd)
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: close the locked descriptors inherited from the parent.
+
+    ``flock`` locks are shared by every descriptor of one open file description, fork's copies
+    included, and held until the last is closed: a child that outlived its parent would keep the
+    file locked. Closing (never ``LOCK_UN``, which would unlock the parent too) lets it go.
+    """
+    for fd in _held_locks:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def lock_held(path: str | os.PathLike) -> bool:
+    """Whether another process (or open file) holds the lock :func:`try_lock` takes on the file ``path``.
+
+    Probes with a shared, non-blocking ``flock`` on a read-only descriptor, released at once, so
+    read-only files and filesystems work. False where it cannot tell: no such file, one that
+    cannot be opened, no ``fcntl`` (Windows).
+    """
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # drops the probe's own lock, if it took one
+    return False
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import lmdb
 import numpy as np
@@ -20,6 +21,8 @@ from ..storage.environment import (
     damage_reported,
     data_file,
     environments,
+    incomplete_reason,
+    lock_file,
     open_databases,
     proven_spans,
     read_info,
@@ -27,7 +30,7 @@ from ..storage.environment import (
     record_spans,
     store_spans,
 )
-from ..storage.system import can_pread
+from ..storage.system import can_pread, release_lock, try_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,9 +141,7 @@ def verify_dataset(path: str | os.PathLike, *, decode: bool = False, progress: b
         problems: list[str] = []
         labels = spans = None
         if not info.complete:
-            problems.append(f"the dataset is incomplete: its conversion stopped after {info.num_records} "
-                            f"records; finish it with `lmdb-dataset convert SRC {path} --resume` "
-                            "(or convert_image_folder(..., resume=True))")
+            problems.append(f"the dataset is incomplete: {incomplete_reason(path, info.num_records)}")
         else:
             labels = _label_table(env, meta_db, info.num_records)
             if labels is None:
@@ -262,8 +263,8 @@ def reindex(path: str | os.PathLike) -> int:
 
     Raises:
         IncompleteDatasetError: The dataset's conversion did not finish (resume it first).
-        LMDBDatasetError: The dataset cannot be written (read-only), or the offsets cannot be
-            measured on this platform (no ``/proc``).
+        LMDBDatasetError: The dataset cannot be written (read-only), another process is writing
+            it (a conversion), or the offsets cannot be measured on this platform (no ``/proc``).
     """
     path = os.fspath(path)
     env, _ = environments.get(path)
@@ -275,6 +276,23 @@ def reindex(path: str | os.PathLike) -> int:
     environments.release(path)
     file = data_file(path)
     in_directory = file.name == DATA_FILE  # a directory dataset, however it was named: lock file inside it
+    try:
+        lock = os.open(lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)  # lmdb.open would create it too
+    except OSError:
+        lock = None  # read-only: lmdb.open below says so
+    if lock is not None and not try_lock(lock):
+        os.close(lock)
+        raise LMDBDatasetError(f"another process is writing {path!r} (a conversion still running?); wait for it "
+                               "to finish, then run reindex again")
+    try:
+        return _store_spans_again(path, file, in_directory, info)
+    finally:
+        if lock is not None:
+            release_lock(lock)
+
+
+def _store_spans_again(path: str, file: Path, in_directory: bool, info: fmt.DatasetInfo) -> int:
+    """Measure and store ``path``'s record offset table (:func:`reindex`, under the writer's lock)."""
     try:
         env = lmdb.open(str(file.parent if in_directory else file), subdir=in_directory, readonly=False,
                         max_dbs=2, create=False, map_size=os.stat(file).st_size + 32 * info.num_records + (64 << 20))

@@ -14,14 +14,21 @@ import numpy as np
 from ..decode.image import check_decodes, decode_image, image_size
 from ..errors import LMDBDatasetError, NotADatasetError, SourceImageError
 from ..storage import format as fmt
-from ..storage.environment import DATA_FILE, FileIdentity, begin_read, environments, record_spans, store_spans
-from ..storage.system import allocate
+from ..storage.environment import (
+    DATA_FILE,
+    LOCK_FILE,
+    FileIdentity,
+    begin_read,
+    environments,
+    record_spans,
+    store_spans,
+)
+from ..storage.system import allocate, release_lock, try_lock
 from .interrupts import deferred_interrupts
 from .shaping import Shaping, shape_image
 
 DISK_FULL_MARGIN = 1 << 20
 """Free bytes below which a failed commit is reported as a full disk."""
-LOCK_FILE = "lock.mdb"
 LOCK_FILE_BYTES = 16 << 10
 """Allocated up front for LMDB's lock file (~8 KiB for its default 126 readers)."""
 
@@ -122,7 +129,11 @@ class LMDBWriter:
     normally marks the dataset complete; leaving it by an exception commits what was added
     and leaves the dataset incomplete (readers refuse it until it is resumed). Sample ``i``
     of the dataset is record ``i`` unless :meth:`set_sample_order` says otherwise (records
-    written in a shuffled order, indexed in their source's order).
+    written in a shuffled order, indexed in their source's order). A writer holds an exclusive
+    advisory lock on its dataset's lock file from construction to :meth:`close` (the kernel drops
+    it if the process dies, so a killed conversion can be resumed at once): a second writer of the
+    same dataset, in any process, fails at once, before touching it (see
+    :mod:`lmdb_dataset.storage.system`: not on Windows).
 
     Example::
 
@@ -156,7 +167,8 @@ class LMDBWriter:
 
     Raises:
         ValueError: An option is out of range (the message names it and what is allowed).
-        LMDBDatasetError: ``resume`` of a dataset started with other ``max_side``/``quality``.
+        LMDBDatasetError: ``resume`` of a dataset started with other ``max_side``/``quality``,
+            or another writer (a conversion still running) holds the dataset.
     """
 
     def __init__(self, path: str | os.PathLike, *, storage: str = "encoded",
@@ -180,37 +192,75 @@ class LMDBWriter:
         self._pending_bytes = 0
         self._sample_order: np.ndarray | None = None
         self._closed = False
+        self._lock_fd: int | None = None
+        self._lock_created = False
         environments.release(self.path)
         new_info = fmt.DatasetInfo(storage=storage, classes=list(classes or []), source=source,
                                    shaping=None if self._shaping is None
                                    else {**self._shaping.settings(), "resized": 0, "kept": 0})
-        if resume:
-            self._env = self._open(map_size=max(INITIAL_MAP_SIZE, 2 * self._file_size()), sync=sync)
-            # A writer killed before its first commit leaves no metadata and no records (perhaps not
-            # even both sub-databases): start afresh.
-            with begin_read(self._env) as txn:
-                names = set(txn.cursor().iternext(keys=True, values=False))
-            self._records_db, self._meta_db = self._open_dbs(create=names <= {fmt.RECORDS_DB, fmt.META_DB})
-            with begin_read(self._env) as txn:
-                raw = txn.get(fmt.INFO_KEY, db=self._meta_db)
-                empty = txn.stat(self._records_db)["entries"] == 0
-            if raw is None and not empty:
-                raise NotADatasetError(f"cannot resume {str(self.path)!r}: it holds records but no dataset "
-                                       "metadata; start over with overwrite=True")
-            self.info = new_info if raw is None else fmt.DatasetInfo.from_json(raw)
-            if self.info.complete:
-                raise LMDBDatasetError(f"the dataset at {str(self.path)!r} is already complete; "
-                                       "nothing to resume (pass overwrite=True to write it again)")
-            if self.info.storage != storage:
-                raise ValueError(f"cannot resume {str(self.path)!r} with storage={storage!r}: it was "
-                                 f"started with storage={self.info.storage!r}")
-            check_shaping(self.path, self.info, self._shaping)
-        else:
-            self._prepare_new_directory(overwrite)
-            self._env = self._open(map_size=INITIAL_MAP_SIZE, sync=sync)
-            self._records_db, self._meta_db = self._open_dbs(create=True)
-            self.info = new_info
-            self.commit()
+        try:
+            if resume:
+                self._resume(new_info, storage, sync)
+            else:
+                self._prepare_new_directory(overwrite)
+                self._env = self._open(map_size=INITIAL_MAP_SIZE, sync=sync)
+                self._records_db, self._meta_db = self._open_dbs(create=True)
+                self.info = new_info
+                self.commit()
+        except BaseException:
+            self._closed = True
+            if hasattr(self, "_env"):
+                self._env.close()
+            self._unlock()
+            raise
+
+    def _resume(self, new_info: fmt.DatasetInfo, storage: str, sync: bool) -> None:
+        map_size = max(INITIAL_MAP_SIZE, 2 * self._file_size())
+        self._lock(create=True)
+        self._env = self._open(map_size=map_size, sync=sync)
+        # A writer killed before its first commit leaves no metadata and no records (perhaps not
+        # even both sub-databases): start afresh.
+        with begin_read(self._env) as txn:
+            names = set(txn.cursor().iternext(keys=True, values=False))
+        self._records_db, self._meta_db = self._open_dbs(create=names <= {fmt.RECORDS_DB, fmt.META_DB})
+        with begin_read(self._env) as txn:
+            raw = txn.get(fmt.INFO_KEY, db=self._meta_db)
+            empty = txn.stat(self._records_db)["entries"] == 0
+        if raw is None and not empty:
+            raise NotADatasetError(f"cannot resume {str(self.path)!r}: it holds records but no dataset "
+                                   "metadata; start over with overwrite=True")
+        self.info = new_info if raw is None else fmt.DatasetInfo.from_json(raw)
+        if self.info.complete:
+            raise LMDBDatasetError(f"the dataset at {str(self.path)!r} is already complete; "
+                                   "nothing to resume (pass overwrite=True to write it again)")
+        if self.info.storage != storage:
+            raise ValueError(f"cannot resume {str(self.path)!r} with storage={storage!r}: it was "
+                             f"started with storage={self.info.storage!r}")
+        check_shaping(self.path, self.info, self._shaping)
+
+    def _lock(self, *, create: bool) -> None:
+        """Take the writer's lock on :data:`LOCK_FILE` (``create``: creating the file), held until :meth:`close`.
+
+        The lock file is LMDB's own, which every writer creates and no reader needs; the descriptor
+        is not inherited by programs run from this process (``os.open``'s default), and a fork's
+        copy is closed in the child (:func:`storage.system.try_lock`).
+
+        Raises:
+            LMDBDatasetError: Another writer holds it (nothing was changed).
+        """
+        lock = self.path / LOCK_FILE
+        self._lock_created = create and not lock.exists()
+        fd = os.open(lock, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        if not try_lock(fd):
+            os.close(fd)
+            raise LMDBDatasetError(f"another process is writing {str(self.path)!r} (a conversion still running?); "
+                                   "wait for it to finish, or stop it and run again with resume=True")
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            release_lock(self._lock_fd)
+            self._lock_fd = None
 
     def _file_size(self) -> int:
         data = self.path / DATA_FILE
@@ -220,6 +270,9 @@ class LMDBWriter:
         return data.stat().st_size
 
     def _prepare_new_directory(self, overwrite: bool) -> None:
+        """Check ``path`` may be written, take the writer's lock, and empty it (all but the lock file)."""
+        if (self.path / LOCK_FILE).is_file():
+            self._lock(create=False)  # before anything else: a running writer's dataset is left alone
         if self.path.exists():
             is_dataset = (self.path / DATA_FILE).exists()
             if is_dataset and not overwrite:
@@ -229,26 +282,28 @@ class LMDBWriter:
             if not is_dataset and (not self.path.is_dir() or any(p.name != LOCK_FILE for p in self.path.iterdir())):
                 raise FileExistsError(f"{str(self.path)!r} exists and is not a dataset; refusing to "
                                       "write into it (choose a new path)")
-            if is_dataset:
-                shutil.rmtree(self.path)
+            if is_dataset:  # the lock file stays: it is locked
+                for entry in self.path.iterdir():
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    elif entry.name != LOCK_FILE:
+                        entry.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
+        if self._lock_fd is None:
+            self._lock(create=True)
 
     def _open(self, *, map_size: int, sync: bool = True) -> lmdb.Environment:
         # LMDB writes into its lock file through a memory map: on a full disk a page it cannot
         # allocate kills the process with SIGBUS. Allocating the file first makes that an error.
-        lock = self.path / LOCK_FILE
-        created = not lock.exists()
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        assert self._lock_fd is not None  # _lock comes first
         try:
-            if os.fstat(fd).st_size < LOCK_FILE_BYTES:
-                allocate(fd, LOCK_FILE_BYTES)
+            if os.fstat(self._lock_fd).st_size < LOCK_FILE_BYTES:
+                allocate(self._lock_fd, LOCK_FILE_BYTES)
         except OSError as exc:
-            if created:
-                lock.unlink()  # leave the directory as it was, so the same call can be repeated
+            if self._lock_created:
+                (self.path / LOCK_FILE).unlink()  # leave the directory as it was, so the same call can be repeated
             raise LMDBDatasetError(f"cannot write {str(self.path)!r}: {exc.strerror}; free space on its disk "
                                    "(or choose a path on another one) and run again") from None
-        finally:
-            os.close(fd)
         return lmdb.open(str(self.path), map_size=map_size, max_dbs=2, subdir=True, sync=sync,
                          readahead=False, create=True)
 
@@ -437,6 +492,7 @@ class LMDBWriter:
         finally:
             self._closed = True
             self._env.close()
+            self._unlock()
 
     def _finalise(self) -> None:
         # Offsets are read before the final transaction: it writes only the meta database,
