@@ -287,3 +287,24 @@ def test_hdf5_uint64_label_past_int64_is_a_bad_record(tmp_path, workers: int) ->
     with pytest.raises(SourceImageError, match=rf"record 'images\[1\]': label {2**64 - 1} is outside"):
         convert_source(path, tmp_path / "out", workers=workers, progress=False)
 
+
+@pytest.mark.parametrize(("labels", "images", "what", "reason"), [
+    (np.arange(4), np.zeros((5, 4, 4, 3), np.uint8), "labels", "'labels' has 4 entries for 5 images"),
+    (np.zeros((5, 2), int), np.zeros((5, 4, 4, 3), np.uint8), "labels", r"'labels' has shape \(5, 2\), not \(5,\) or "
+                                                                        r"\(5, 1\)"),
+    (np.zeros(5, np.float32), np.zeros((5, 4, 4, 3), np.uint8), "labels", "'labels' is float32, not integers"),
+    (np.arange(5), np.zeros((5, 4, 4, 3), np.float32), "images", r"'images' of float32 \(5, 4, 4, 3\) holds neither "
+                                                                 r"encoded images \(vlen uint8 / opaque\) nor uint8"),
+])
+def test_hdf5_detection_says_why_the_obvious_datasets_do_not_fit(tmp_path, labels, images, what: str,
+                                                                 reason: str) -> None:
+    """It used to say only "candidates: none"; naming the dataset gave the reason."""
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as file:
+        file["images"], file["labels"] = images, labels
+        file["sizes"] = np.zeros((5, 2, 2, 2, 2))  # 5-D: shaped like neither, not explained
+    explained = rf"holds the {what} \(candidates: none: {reason}[^;]*\); name it with {what}="
+    with pytest.raises(ValueError, match=explained):
+        open_source(path)
+    with pytest.raises(ValueError, match=reason):
+        open_source(path, **{what: what})
