@@ -322,3 +322,17 @@ def test_convert_prints_the_commands_wall_time(image_folder, tmp_path, monkeypat
     assert main(["convert", str(image_folder()), str(tmp_path / "t.lmdb"), "--quiet"]) == 0
     seconds = float(capsys.readouterr().out.split(" in ")[1].split(" s")[0])
     assert 0.3 <= seconds < 5
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+@pytest.mark.parametrize("label", ["99999999999999999999999", "1000000000"])
+def test_convert_with_an_unusable_label_gives_one_line(image_folder, tmp_path, capsys, workers, label):
+    """A label past int64 crashed a worker ("killed for lack of memory"); 10**9 asked for a billion class names."""
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"class_000/class_000_000000.JPEG {label}\n")
+    status = main(["convert", str(listing), str(tmp_path / "out"), "--root", str(image_folder()), "--quiet",
+                   "--workers", workers])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"list.txt: record 'class_000/class_000_000000.JPEG': label {label} " in err and "memory" not in err
+    assert ("--classes FILE" if label == "1000000000" else "outside 0..2**31-1") in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 from pathlib import Path
+from unittest import mock
 
 import h5py
 import numpy as np
@@ -16,6 +17,8 @@ from support import PROPERTY
 
 from lmdb_dataset import LMDBImageDataset, SourceImageError
 from lmdb_dataset.decode.image import decode_image
+from lmdb_dataset.sources import base
+from lmdb_dataset.sources.base import MAX_IMPLIED_CLASSES
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.detect import detect_kind, open_source
 from lmdb_dataset.sources.listfile import HEADER_FIELDS, read_list
@@ -197,3 +200,111 @@ def test_gzipped_webdataset_shards_stream_too(images, tmp_path) -> None:
     assert detect_kind(tmp_path / "gz") == "webdataset"
     convert(tmp_path / "gz", tmp_path / "out")
     assert stored_payloads(tmp_path / "out") == [data for _, data, _ in images]
+
+
+def one_image_list(root: Path, images, tmp_path: Path, label: object) -> Path:
+    """A list file naming one image of ``root`` with the label text ``label``."""
+    listing = tmp_path / "one.txt"
+    listing.write_text(f"{images[0][0]} {label}\n{images[1][0]} 0\n")
+    return listing
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_label_past_2_31_is_a_bad_record_named_with_its_label(root, images, tmp_path, workers: int) -> None:
+    """It used to reach the record header's packing in a worker: struct.error, and a "worker died" message."""
+    listing = one_image_list(root, images, tmp_path, "99999999999999999999999")
+    with pytest.raises(SourceImageError, match=rf"one.txt: record '{images[0][0]}': label 99999999999999999999999 "
+                                               r"is outside 0..2\*\*31-1.*--skip-bad"):
+        convert_source(listing, tmp_path / "out", root=root, workers=workers, progress=False)
+    report = convert_source(listing, tmp_path / "out", root=root, workers=workers, progress=False, resume=True,
+                            skip_bad=True)
+    assert report.num_records == 1 and [s["path"] for s in report.skipped] == [images[0][0]]
+    assert LMDBImageDataset(tmp_path / "out").classes == ["0"]  # the skipped label implies no class
+
+
+def test_labels_implying_too_many_classes_need_class_names(root, images, tmp_path) -> None:
+    """Without class names, label 10**9 used to make a billion names "0".."999999999" (MemoryError)."""
+    listing = one_image_list(root, images, tmp_path, str(MAX_IMPLIED_CLASSES))
+    with pytest.raises(SourceImageError, match=rf"label {MAX_IMPLIED_CLASSES} would make {MAX_IMPLIED_CLASSES + 1} "
+                                               r"classes.*pass the class names.*or remap"):
+        convert(listing, tmp_path / "out", root=root)
+    (tmp_path / "classes.txt").write_text("only\n")
+    with pytest.raises(SourceImageError, match=rf"label {MAX_IMPLIED_CLASSES} has no class name \(the classes are 1\)"):
+        convert(listing, tmp_path / "out2", root=root, classes=tmp_path / "classes.txt")
+
+
+def test_the_last_label_below_the_bound_converts(root, images, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(base, "MAX_IMPLIED_CLASSES", 4)
+    assert convert(one_image_list(root, images, tmp_path, "3"), tmp_path / "out", root=root).classes == list("0123")
+    with pytest.raises(SourceImageError, match="label 4 would make 5 classes"):
+        convert(one_image_list(root, images, tmp_path, "4"), tmp_path / "out2", root=root)
+
+
+@PROPERTY
+@given(label=st.integers(-2**70, 2**70) | st.integers(-3, 10) | st.integers(2**31 - 2, 2**31 + 1))
+def test_property_list_file_labels_convert_exactly_when_in_range(root, images, tmp_path_factory, label: int) -> None:
+    folder = tmp_path_factory.mktemp("label")
+    listing = one_image_list(root, images, folder, str(label))
+    assert read_list(listing)[1] is None  # an integer, negative or huge, is no class name
+    (folder / "classes.txt").write_text("".join(f"c{i}\n" for i in range(4)))
+    with mock.patch.object(base, "MAX_IMPLIED_CLASSES", 8):  # not 2**24 names, a second each
+        for classes, bound in ((None, 8), (folder / "classes.txt", 4)):
+            if 0 <= label < bound:
+                dataset = convert(listing, folder / "out", root=root, classes=classes, overwrite=True)
+                assert dataset.targets[0] == label
+            else:
+                with pytest.raises(SourceImageError, match=rf"record '{images[0][0]}': label {label} "):
+                    convert(listing, folder / "out", root=root, classes=classes, overwrite=True)
+
+
+@PROPERTY
+@given(text=st.text(st.sampled_from("0123456789-+_ \ta\u00b2\u0663")) | st.text())
+def test_property_label_text_is_an_ascii_integer_or_nothing(text: str) -> None:
+    """Unicode digits ('\u00b2' passes str.isdigit, int() refuses it), signs, spaces and underscores spell no label."""
+    plain = text.isascii() and text == text.strip() and not set(text) & set("+_")
+    try:
+        expected = int(text) if plain else None
+    except ValueError:
+        expected = None
+    assert base.parse_label(text) == expected
+
+
+def test_webdataset_negative_label_says_negative(images, tmp_path) -> None:
+    (tmp_path / "neg.tar").write_bytes(tar_bytes([("k1.jpg", images[0][1]), ("k1.cls", b"-1\n")]))
+    with pytest.raises(SourceImageError, match=r"record 'neg.tar/k1': label -1 is negative"):
+        convert(tmp_path / "neg.tar", tmp_path / "out", kind="webdataset")
+    (tmp_path / "name.tar").write_bytes(tar_bytes([("k1.jpg", images[0][1]), ("k1.cls", b"cat")]))
+    with pytest.raises(SourceImageError, match=r"label 'cat' in k1.cls is not an integer"):
+        convert(tmp_path / "name.tar", tmp_path / "out2", kind="webdataset")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_hdf5_uint64_label_past_int64_is_a_bad_record(tmp_path, workers: int) -> None:
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as file:
+        file["images"] = np.zeros((2, 4, 4, 3), np.uint8)
+        file["labels"] = np.array([0, 2**64 - 1], np.uint64)
+    with pytest.raises(SourceImageError, match=rf"record 'images\[1\]': label {2**64 - 1} is outside"):
+        convert_source(path, tmp_path / "out", workers=workers, progress=False)
+
+
+@pytest.mark.parametrize(("labels", "images", "what", "reason"), [
+    (np.arange(4), np.zeros((5, 4, 4, 3), np.uint8), "labels", "'labels' has 4 entries for 5 images"),
+    (np.zeros((5, 2), int), np.zeros((5, 4, 4, 3), np.uint8), "labels", r"'labels' has shape \(5, 2\), not \(5,\) or "
+                                                                        r"\(5, 1\)"),
+    (np.zeros(5, np.float32), np.zeros((5, 4, 4, 3), np.uint8), "labels", "'labels' is float32, not integers"),
+    (np.arange(5), np.zeros((5, 4, 4, 3), np.float32), "images", r"'images' of float32 \(5, 4, 4, 3\) holds neither "
+                                                                 r"encoded images \(vlen uint8 / opaque\) nor uint8"),
+])
+def test_hdf5_detection_says_why_the_obvious_datasets_do_not_fit(tmp_path, labels, images, what: str,
+                                                                 reason: str) -> None:
+    """It used to say only "candidates: none"; naming the dataset gave the reason."""
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as file:
+        file["images"], file["labels"] = images, labels
+        file["sizes"] = np.zeros((5, 2, 2, 2, 2))  # 5-D: shaped like neither, not explained
+    explained = rf"holds the {what} \(candidates: none: {reason}[^;]*\); name it with {what}="
+    with pytest.raises(ValueError, match=explained):
+        open_source(path)
+    with pytest.raises(ValueError, match=reason):
+        open_source(path, **{what: what})

@@ -230,7 +230,8 @@ def test_datapoints_with_chw_pixels_become_hwc() -> None:
     (b"abc", "expected an \\(image, label\\) pair"),
     ((np.zeros(3, np.float32), 1), "float32"),
     ((b"x", "cat"), "label is a str"),
-    ((b"x", -1), "outside"),
+    ((b"x", -1), "label -1 is negative"),
+    ((b"x", 2**31), r"label 2147483648 is outside 0..2\*\*31-1"),
     ((np.zeros((4, 5, 6), np.uint8), 1), "neither HxWxC"),
 ])
 def test_datapoints_of_other_shapes_are_refused(value, reason: str) -> None:

@@ -22,7 +22,7 @@ from ..write.convert import ConversionReport, check_destination, refuse_empty, r
 from ..write.parallel import ordered_map
 from ..write.shaping import Shaping
 from ..write.writer import LMDBWriter, build_shaped_record, check_shaping
-from .base import Image, SourceRecord, read_classes_file
+from .base import Image, SourceRecord, label_problem, read_classes_file
 from .detect import open_source
 
 
@@ -46,23 +46,27 @@ def _build(task: tuple[Image | None, int, str, Shaping | None]) -> tuple[bytes |
 
 
 def _built(
-    records: Iterator[SourceRecord], storage: str, shaping: Shaping | None, workers: int
+    records: Iterator[SourceRecord], storage: str, shaping: Shaping | None, workers: int, num_classes: int | None
 ) -> Generator[tuple[SourceRecord, bytes | None, str, bool], None, None]:
     """(source record, built record or None, error) in source order; checks run in ``workers`` processes.
 
-    Source records are read only a bounded window ahead of the writer
+    Each record's label is checked here, before it is sent to a worker (:func:`.base.label_problem`,
+    ``num_classes`` as it takes them): a record with a label that cannot be stored is not built, its
+    error is the label's. Source records are read only a bounded window ahead of the writer
     (:func:`write.parallel.ordered_map`), so memory stays bounded however large the source is.
     """
-    in_flight: collections.deque[SourceRecord] = collections.deque()
+    in_flight: collections.deque[tuple[SourceRecord, str]] = collections.deque()
 
     def tasks() -> Iterator[tuple[Image | None, int, str, Shaping | None]]:
         for record in records:
-            in_flight.append(record)
-            yield record.image, record.label, storage, shaping
+            problem = "" if record.error else label_problem(record.label, num_classes)
+            in_flight.append((record, problem))
+            yield None if problem else record.image, record.label, storage, shaping
 
     with contextlib.closing(ordered_map(_build, tasks(), workers)) as results:  # closed: the workers end now
         for built, error, resized in results:
-            yield in_flight.popleft(), built, error, resized
+            record, problem = in_flight.popleft()
+            yield record, built, problem or error, resized
 
 
 def _first_storage(records: Iterator[SourceRecord]) -> tuple[str, Iterator[SourceRecord]]:
@@ -110,7 +114,8 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
             detecting it from the content.
         classes: A text file of class names, one a line (line ``i`` names label ``i``), for
             sources that store only labels. Without it such sources get the names
-            ``"0"`` .. ``"K-1"``, K being one more than the largest label.
+            ``"0"`` .. ``"K-1"``, K being one more than the largest label (at most
+            :data:`~lmdb_dataset.sources.base.MAX_IMPLIED_CLASSES`).
         storage: ``"encoded"`` or ``"raw"``. Defaults to ``"encoded"``, or ``"raw"`` when the
             source stores decoded pixels (raw Caffe datums, numpy-mode LMDBs, HDF5 image
             arrays), which cannot be kept as image files.
@@ -134,10 +139,11 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
         A :class:`~lmdb_dataset.ConversionReport`.
 
     Raises:
-        SourceImageError: A record is bad (without ``skip_bad``); the message names its key.
+        SourceImageError: A record is bad (without ``skip_bad``); the message names its key. A
+            record's label must be in 0..2**31-1 and below the number of classes
+            (:func:`~lmdb_dataset.sources.base.label_problem`).
         FileExistsError: ``dst`` exists and neither ``resume`` nor ``overwrite`` was given.
-        ValueError: Unknown ``kind`` or options, labels beyond the classes file, or ``dst``
-            inside a source directory.
+        ValueError: Unknown ``kind`` or options, or ``dst`` inside a source directory.
         LMDBDatasetError: Nothing was converted (an empty source, every record skipped: a
             dataset of 0 records is never written), or the source changed since the
             conversion being resumed started.
@@ -167,6 +173,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     detected, records = _first_storage(source_records)
     storage = storage or detected
     shaping = Shaping.of(max_side, quality, storage)
+    num_classes = len(names) if names is not None else None  # None: the class names come from the labels
     with LMDBWriter(dst, storage=storage, classes=names, source=f"{source.kind}:{source.path}",
                     resume=resume, overwrite=overwrite, max_side=max_side, quality=quality) as writer:
         # Cut before the conversion saved its settings (right after the writer's first commit): nothing to continue.
@@ -185,19 +192,16 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
         with tqdm(total=count, initial=first, unit="img", disable=not progress,
                   desc=f"convert {source.path.name}", dynamic_ncols=True) as bar, \
                 contextlib.closing(source_records), \
-                contextlib.closing(_built(records, storage, shaping, workers)) as built:
+                contextlib.closing(_built(records, storage, shaping, workers, num_classes)) as built:
             for position, (record, built_record, error, resized) in enumerate(built, start=first):
                 error = record.error or (f"record {record.name!r}: {error}" if error else "")
-                if not error and record.label < 0:
-                    error = f"record {record.name!r}: label {record.label} is negative"
-                elif not error and names is not None and record.label >= len(names):
-                    error = (f"record {record.name!r}: label {record.label} has no class name "
-                             f"(the classes are {len(names)})")
                 if error and not skip_bad:
                     raise SourceImageError(
                         f"{source.path}: {error}. The records before it are kept: run again with resume=True "
                         "(--resume) and skip_bad=True (--skip-bad) to leave such records out.", source=record.name)
-                state.update(next_source=position + 1, max_label=max(state["max_label"], record.label))
+                state["next_source"] = position + 1
+                if not error:  # a skipped record's label implies no class
+                    state["max_label"] = max(state["max_label"], record.label)
                 writer.set_conversion_state(state)
                 if error:
                     writer.skip(record.name, error)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .base import label_problem
 from .errors import UnsupportedValueError
 
 Image = bytes | np.ndarray
@@ -65,6 +66,6 @@ def _label(label: Any, where: str) -> int:
         label = label.reshape(()).item()
     if type(label) is not int:
         raise UnsupportedValueError(f"{where}: the label is {_describe(label)}, not an integer")
-    if not 0 <= label < 1 << 31:
-        raise UnsupportedValueError(f"{where}: label {label} is outside 0..2**31-1")
+    if problem := label_problem(label):
+        raise UnsupportedValueError(f"{where}: {problem}")
     return label

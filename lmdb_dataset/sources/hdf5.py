@@ -8,7 +8,8 @@ uint8 pixels: a 4-D array NHWC (last axis 1 or 3) or NCHW (second axis 1 or 3), 
 Without names (``images=`` / ``labels=``, ``--images`` / ``--labels``), the datasets are
 detected: the one dataset of an images shape, and the one 1-D integer dataset of the same
 length (preferring a name containing ``label``, ``target``, ``class`` or ``y``); when there
-is no single obvious choice the error lists the candidates. Class names come from a
+is no single obvious choice the error lists the candidates, or, when there is none, why the
+datasets shaped like images (or like labels) do not fit. Class names come from a
 ``classes`` attribute on the labels or images dataset (or the file) when there is one.
 Rows are read in slices of :data:`ROWS_PER_READ`, in order.
 """
@@ -27,6 +28,7 @@ from .errors import optional_import
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ROWS_PER_READ = 256
 _LABEL_HINTS = ("label", "target", "class", "y")
+_REASONS_SHOWN = 4
 
 
 def is_hdf5(path: Path) -> bool:
@@ -48,17 +50,42 @@ def _is_pixels_dataset(dataset) -> bool:
         dataset.ndim == 4 and (dataset.shape[3] in (1, 3) or dataset.shape[1] in (1, 3))))
 
 
-def _is_labels_dataset(dataset, rows: int) -> bool:
-    return (dataset.dtype.kind in "iu" and dataset.shape[:1] == (rows,)
-            and (dataset.ndim == 1 or (dataset.ndim == 2 and dataset.shape[1] == 1)))
+def _images_problem(name: str, dataset) -> str:
+    """Why dataset ``name`` holds no images, or ``""`` when it does."""
+    if _is_bytes_dataset(dataset) or _is_pixels_dataset(dataset):
+        return ""
+    return (f"{name!r} of {dataset.dtype} {dataset.shape} holds neither encoded images (vlen uint8 / opaque) nor "
+            "uint8 NHWC/NCHW/NHW pixels")
 
 
-def _choose(candidates: list[str], what: str, path: Path, flag: str, hints: tuple[str, ...] = ()) -> str:
+def _labels_problem(name: str, dataset, rows: int) -> str:
+    """Why dataset ``name`` cannot hold the labels of ``rows`` images, or ``""`` when it can."""
+    if dataset.dtype.kind not in "iu":
+        return f"{name!r} is {dataset.dtype}, not integers"
+    if not (dataset.ndim == 1 or (dataset.ndim == 2 and dataset.shape[1] == 1)):
+        return f"{name!r} has shape {dataset.shape}, not ({rows},) or ({rows}, 1)"
+    if dataset.shape[0] != rows:
+        return f"{name!r} has {dataset.shape[0]} entries for {rows} images"
+    return ""
+
+
+def _choose(problems: dict[str, str], what: str, path: Path, flag: str, hints: tuple[str, ...] = ()) -> str:
+    """The one dataset without a problem (or the one among them named by a hint).
+
+    Args:
+        problems: Each dataset that might hold the ``what``, and why it cannot (``""``: a candidate).
+            With no candidate, the error says why each was rejected (the first :data:`_REASONS_SHOWN`).
+    """
+    candidates = [name for name, problem in problems.items() if not problem]
     preferred = [name for name in candidates if any(hint in name.rsplit("/", 1)[-1].lower() for hint in hints)]
     for group in (candidates, preferred):
         if len(group) == 1:
             return group[0]
     found = ", ".join(candidates) or "none"
+    rejected = [problem for problem in problems.values() if problem]
+    if not candidates and rejected:
+        more = len(rejected) - _REASONS_SHOWN
+        found += ": " + "; ".join(rejected[:_REASONS_SHOWN]) + (f"; {more} more" if more > 0 else "")
     raise ValueError(f"{str(path)!r}: cannot tell which dataset holds the {what} (candidates: {found}); "
                      f"name it with {flag}")
 
@@ -84,18 +111,22 @@ class HDF5Source:
                 if name is not None and name not in datasets:
                     raise ValueError(f"{str(self.path)!r} has no dataset {name!r} ({flag}); it has "
                                      f"{', '.join(datasets) or 'none'}")
+            # Rejected datasets worth explaining: those shaped like images (3-D, 4-D, or 1-D of bytes) ...
             self.images = images or _choose(
-                [n for n in datasets if _is_bytes_dataset(file[n]) or _is_pixels_dataset(file[n])],
+                {n: _images_problem(n, file[n]) for n in datasets
+                 if file[n].ndim in (3, 4) or (file[n].ndim == 1 and file[n].dtype.kind in "OSV")},
                 "images", self.path, "images= (--images)")
             image_set = file[self.images]
-            if not (_is_bytes_dataset(image_set) or _is_pixels_dataset(image_set)):
-                raise ValueError(f"{str(self.path)!r}: dataset {self.images!r} of {image_set.dtype} {image_set.shape} "
-                                 "holds neither encoded images (vlen uint8 / opaque) nor uint8 NHWC/NCHW/NHW pixels")
+            if problem := _images_problem(self.images, image_set):
+                raise ValueError(f"{str(self.path)!r}: dataset {problem}")
             rows = image_set.shape[0]
-            self.labels = labels or _choose([n for n in datasets if _is_labels_dataset(file[n], rows)],
-                                            "labels", self.path, "labels= (--labels)", _LABEL_HINTS)
-            if not _is_labels_dataset(file[self.labels], rows):
-                raise ValueError(f"{str(self.path)!r}: labels dataset {self.labels!r} is not {rows} integers")
+            # ... and numbers in a column or two.
+            self.labels = labels or _choose(
+                {n: _labels_problem(n, file[n], rows) for n in datasets
+                 if n != self.images and file[n].ndim in (1, 2) and file[n].dtype.kind in "biuf"},
+                "labels", self.path, "labels= (--labels)", _LABEL_HINTS)
+            if problem := _labels_problem(self.labels, file[self.labels], rows):
+                raise ValueError(f"{str(self.path)!r}: labels dataset {problem}")
             self._rows = rows
             self._channels_first = image_set.ndim == 4 and image_set.shape[3] not in (1, 3)
             self.classes = self._classes(file)

@@ -3,10 +3,11 @@
 Examples: Caffe-style ``val.txt`` (``ILSVRC2012_val_00000001.JPEG 65``), a CSV with a header
 ``path,label``, a TSV of ``images/cat/1.jpg<TAB>cat``. Per line, the separator is a comma if
 the line has one, else a tab, else the last run of whitespace (so paths may contain spaces).
-Labels are integers, or class names: then the classes are the sorted distinct names (as
-ImageFolder sorts folders) and each label is its name's index. A first line whose first
-field is ``path``, ``file``, ``filename``, ``image`` or ``image_id`` is a header and skipped;
-blank lines and lines starting with ``#`` are ignored. Records keep the file's line order.
+Labels are integers (:func:`.base.parse_label`; one out of range is a bad record), or class
+names: then the classes are the sorted distinct names (as ImageFolder sorts folders) and each
+label is its name's index. A first line whose first field is ``path``, ``file``, ``filename``,
+``image`` or ``image_id`` is a header and skipped; blank lines and lines starting with ``#``
+are ignored. Records keep the file's line order.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 from collections.abc import Generator
 from pathlib import Path
 
-from .base import SourceRecord
+from .base import SourceRecord, parse_label
 
 HEADER_FIELDS = frozenset({"path", "file", "filename", "image", "image_id", "imageid"})
 
@@ -56,7 +57,7 @@ def read_list(path: str | os.PathLike) -> tuple[list[tuple[str, str]], list[str]
             if not entries and entry[0].lower() in HEADER_FIELDS:
                 continue
             entries.append(entry)
-    numeric = [label.isdigit() for _, label in entries]
+    numeric = [parse_label(label) is not None for _, label in entries]
     if all(numeric):
         return entries, None
     if any(numeric):
@@ -90,7 +91,8 @@ class ListFileSource:
     def records(self, start: int = 0) -> Generator[SourceRecord, None, None]:
         """Read the listed files from entry ``start`` on; a missing file is a bad record."""
         for name, text in self._entries[start:]:
-            label = self._index[text] if self.classes else int(text)
+            label = self._index[text] if self.classes else parse_label(text)
+            assert label is not None  # read_list found every label an integer
             try:
                 data = (self.root / name).read_bytes()
             except OSError as exc:

@@ -24,7 +24,7 @@ import tarfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
-from .base import SourceRecord
+from .base import SourceRecord, parse_label
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif"})
@@ -144,6 +144,7 @@ class WebDatasetSource:
             return SourceRecord(name, None, -1, f"{name}: expected one image and a .cls label, found "
                                                 f"{', '.join(sorted(group)) or 'nothing'}", size)
         text = group["cls"].decode("ascii", "replace").strip()
-        if not text.isdigit():
+        label = parse_label(text)
+        if label is None:
             return SourceRecord(name, None, -1, f"{name}: label {text!r} in {key}.cls is not an integer", size)
-        return SourceRecord(name, group[images[0]], int(text), "", size)
+        return SourceRecord(name, group[images[0]], label, "", size)  # its range is checked with every source's
