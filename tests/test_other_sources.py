@@ -18,10 +18,11 @@ from support import PROPERTY
 from lmdb_dataset import LMDBImageDataset, SourceImageError
 from lmdb_dataset.decode.image import decode_image
 from lmdb_dataset.sources import base
-from lmdb_dataset.sources.base import MAX_IMPLIED_CLASSES
 from lmdb_dataset.sources.conversion import convert_source
 from lmdb_dataset.sources.detect import detect_kind, open_source
 from lmdb_dataset.sources.listfile import HEADER_FIELDS, read_list
+from lmdb_dataset.storage import format as fmt
+from lmdb_dataset.storage.format import MAX_IMPLIED_CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +235,7 @@ def test_labels_implying_too_many_classes_need_class_names(root, images, tmp_pat
 
 
 def test_the_last_label_below_the_bound_converts(root, images, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(base, "MAX_IMPLIED_CLASSES", 4)
+    monkeypatch.setattr(fmt, "MAX_IMPLIED_CLASSES", 4)
     assert convert(one_image_list(root, images, tmp_path, "3"), tmp_path / "out", root=root).classes == list("0123")
     with pytest.raises(SourceImageError, match="label 4 would make 5 classes"):
         convert(one_image_list(root, images, tmp_path, "4"), tmp_path / "out2", root=root)
@@ -247,7 +248,7 @@ def test_property_list_file_labels_convert_exactly_when_in_range(root, images, t
     listing = one_image_list(root, images, folder, str(label))
     assert read_list(listing)[1] is None  # an integer, negative or huge, is no class name
     (folder / "classes.txt").write_text("".join(f"c{i}\n" for i in range(4)))
-    with mock.patch.object(base, "MAX_IMPLIED_CLASSES", 8):  # not 2**24 names, a second each
+    with mock.patch.object(fmt, "MAX_IMPLIED_CLASSES", 8):  # not 2**24 names, a second each
         for classes, bound in ((None, 8), (folder / "classes.txt", 4)):
             if 0 <= label < bound:
                 dataset = convert(listing, folder / "out", root=root, classes=classes, overwrite=True)

@@ -11,6 +11,7 @@ from PIL import Image
 from lmdb_dataset import IncompleteDatasetError, LMDBImageDataset, LMDBWriter, SourceImageError
 from lmdb_dataset.tools.inspection import summarize
 from lmdb_dataset.write import writer
+from lmdb_dataset.write.writer import build_record
 
 
 def _jpeg(seed: int, size=(40, 30)) -> bytes:
@@ -103,12 +104,19 @@ def test_writer_invalid_arguments_raise_value_error(tmp_path, kwargs, message):
 def test_writer_rejects_labels_outside_its_classes_naming_label_and_path(tmp_path):
     with LMDBWriter(tmp_path / "ds", classes=["a", "b"]) as w:
         w.add(_jpeg(0), 1, path="b/0.jpg")
-        for label in (2, -1):
-            with pytest.raises(ValueError, match=rf"x/{label}\.jpg: label={label} is out of range for the 2 classes"):
+        for label, problem in ((2, "label 2 has no class name \\(the classes are 2\\)"), (-1, "label -1 is negative")):
+            with pytest.raises(ValueError, match=rf"x/{label}\.jpg: {problem}"):
                 w.add(_jpeg(1), label, path=f"x/{label}.jpg")
+            with pytest.raises(ValueError, match=rf"x/{label}\.jpg: {problem}"):
+                w.add_record(build_record(_jpeg(1), 0, storage="encoded"), label, path=f"x/{label}.jpg")
     assert LMDBImageDataset(tmp_path / "ds").targets.tolist() == [1]
-    with LMDBWriter(tmp_path / "free") as w:  # no classes given: any integer label
+    with LMDBWriter(tmp_path / "free") as w:  # no classes given: any class index
         w.add(_jpeg(0), 7)
+        w.add(_jpeg(0), 2**31 - 1)
+        for label in (-1, 2**31, 10**30):  # 10**30 reached struct.error while the record was packed
+            with pytest.raises(ValueError, match=rf"image #2: label {label} is (negative|outside 0..2\*\*31-1)"):
+                w.add(_jpeg(0), label)
+    assert LMDBImageDataset(tmp_path / "free").targets.tolist() == [7, 2**31 - 1]
 
 
 def test_writer_sample_order_maps_logical_indices_to_records(tmp_path):

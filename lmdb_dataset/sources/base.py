@@ -13,18 +13,6 @@ import numpy as np
 
 Image = bytes | np.ndarray
 
-MAX_LABEL = (1 << 31) - 1
-"""The largest label a record may have: labels are class indices, read back as int32 or int64."""
-MAX_IMPLIED_CLASSES = 1 << 24
-"""The most classes a conversion takes from the labels alone, when no class names are given.
-
-Such a dataset's classes are named ``"0"`` .. ``"K-1"``, K being one more than its largest label,
-because labels are expected to be class indices 0..N-1. A larger label (past 16,777,216 classes,
-far more than any classification dataset has) is more likely an ID, a hash or a damaged value,
-and would make K names (a billion strings for a label of 10**9). Past it, pass the class names
-(``classes=``, ``--classes``) or remap the labels to 0..N-1.
-"""
-
 _INTEGER = re.compile(r"-?[0-9]+")
 
 
@@ -53,7 +41,8 @@ class SourceRecord:
 def parse_label(text: str) -> int | None:
     """The integer a label's text spells (ASCII digits, perhaps after a ``-``), or None if it spells none.
 
-    Negative and huge integers are integers: :func:`label_problem` says why they cannot be labels.
+    Negative and huge integers are integers: :func:`~lmdb_dataset.storage.format.label_problem` says why
+    they cannot be labels.
     Unicode digits (``"\u00b2"``, which ``str.isdigit`` accepts), signs other than a leading ``-``,
     spaces and underscores spell none, nor does a text of more digits than Python converts (4300).
     """
@@ -63,30 +52,6 @@ def parse_label(text: str) -> int | None:
         return int(text)
     except ValueError:  # more digits than sys.get_int_max_str_digits()
         return None
-
-
-def label_problem(label: int, classes: int | None = MAX_LABEL + 1) -> str:
-    """Why ``label`` cannot be a record's label, or ``""`` when it can: the one rule every source's labels follow.
-
-    A label is an int in 0..:data:`MAX_LABEL`, and below the number of classes.
-
-    Args:
-        label: The label, as read from the source.
-        classes: The number of classes: of the class names given, or None when the class names
-            come from the labels (then at most :data:`MAX_IMPLIED_CLASSES`). Defaults to no bound
-            but :data:`MAX_LABEL`.
-    """
-    if label < 0:
-        return f"label {label} is negative (labels are class indices, 0..2**31-1)"
-    if label > MAX_LABEL:
-        return f"label {label} is outside 0..2**31-1 (labels are class indices)"
-    if classes is None and label >= MAX_IMPLIED_CLASSES:
-        return (f"label {label} would make {label + 1} classes, more than the {MAX_IMPLIED_CLASSES} the labels "
-                "alone may imply (labels are class indices 0..N-1): pass the class names, classes=FILE "
-                "(--classes), or remap the labels to 0..N-1")
-    if classes is not None and label >= classes:
-        return f"label {label} has no class name (the classes are {classes})"
-    return ""
 
 
 class Source(Protocol):

@@ -16,13 +16,13 @@ from tqdm import tqdm
 
 from ..errors import LMDBDatasetError, SourceImageError
 from ..storage.environment import load_metadata
-from ..storage.format import DatasetInfo
+from ..storage.format import DatasetInfo, label_problem
 from ..storage.system import available_cpus
 from ..write.convert import ConversionReport, check_destination, refuse_empty, resumable
 from ..write.parallel import ordered_map
 from ..write.shaping import Shaping
 from ..write.writer import LMDBWriter, build_shaped_record, check_shaping
-from .base import Image, SourceRecord, label_problem, read_classes_file
+from .base import Image, SourceRecord, read_classes_file
 from .detect import open_source
 
 
@@ -50,7 +50,7 @@ def _built(
 ) -> Generator[tuple[SourceRecord, bytes | None, str, bool], None, None]:
     """(source record, built record or None, error) in source order; checks run in ``workers`` processes.
 
-    Each record's label is checked here, before it is sent to a worker (:func:`.base.label_problem`,
+    Each record's label is checked here, before it is sent to a worker (:func:`storage.format.label_problem`,
     ``num_classes`` as it takes them): a record with a label that cannot be stored is not built, its
     error is the label's. Source records are read only a bounded window ahead of the writer
     (:func:`write.parallel.ordered_map`), so memory stays bounded however large the source is.
@@ -115,7 +115,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
         classes: A text file of class names, one a line (line ``i`` names label ``i``), for
             sources that store only labels. Without it such sources get the names
             ``"0"`` .. ``"K-1"``, K being one more than the largest label (at most
-            :data:`~lmdb_dataset.sources.base.MAX_IMPLIED_CLASSES`).
+            :data:`~lmdb_dataset.storage.format.MAX_IMPLIED_CLASSES`).
         storage: ``"encoded"`` or ``"raw"``. Defaults to ``"encoded"``, or ``"raw"`` when the
             source stores decoded pixels (raw Caffe datums, numpy-mode LMDBs, HDF5 image
             arrays), which cannot be kept as image files.
@@ -141,7 +141,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     Raises:
         SourceImageError: A record is bad (without ``skip_bad``); the message names its key. A
             record's label must be in 0..2**31-1 and below the number of classes
-            (:func:`~lmdb_dataset.sources.base.label_problem`).
+            (:func:`~lmdb_dataset.storage.format.label_problem`).
         FileExistsError: ``dst`` exists and neither ``resume`` nor ``overwrite`` was given.
         ValueError: Unknown ``kind`` or options, or ``dst`` inside a source directory.
         LMDBDatasetError: Nothing was converted (an empty source, every record skipped: a

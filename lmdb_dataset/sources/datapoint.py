@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import label_problem
+from ..storage.format import label_problem
 from .errors import UnsupportedValueError
 
 Image = bytes | np.ndarray

@@ -14,7 +14,7 @@ named sub-databases::
     │     1       1     payload kind: 0 = encoded (original file bytes), 1 = raw pixels
     │     2       1     channels (raw: 1 or 3; encoded: channels of the decoded RGB image, 3)
     │     3       1     reserved, 0
-    │     4       8     label, signed little-endian int64
+    │     4       8     label, signed little-endian int64 (a class index, 0..2**31-1: label_problem)
     │     12      4     CRC32 of the payload (zlib.crc32)
     │     16      4     height in pixels (of the image as stored/decoded)
     │     20      4     width in pixels
@@ -99,6 +99,18 @@ KIND_ENCODED = 0
 KIND_RAW = 1
 STORAGE_KINDS = {"encoded": KIND_ENCODED, "raw": KIND_RAW}
 
+MAX_LABEL = (1 << 31) - 1
+"""The largest label a record may have: labels are class indices, read back as int32 or int64."""
+MAX_IMPLIED_CLASSES = 1 << 24
+"""The most classes a conversion takes from the labels alone, when no class names are given.
+
+Such a dataset's classes are named ``"0"`` .. ``"K-1"``, K being one more than its largest label,
+because labels are expected to be class indices 0..N-1. A larger label (past 16,777,216 classes,
+far more than any classification dataset has) is more likely an ID, a hash or a damaged value,
+and would make K names (a billion strings for a label of 10**9). Past it, pass the class names
+(``classes=``, ``--classes``) or remap the labels to 0..N-1.
+"""
+
 HEADER = struct.Struct("<BBBxqIII")
 HEADER_SIZE = HEADER.size  # 24
 KEY_SIZE = 8
@@ -115,6 +127,30 @@ class RecordHeader:
     width: int
     channels: int
     version: int = FORMAT_VERSION
+
+
+def label_problem(label: int, classes: int | None = MAX_LABEL + 1) -> str:
+    """Why ``label`` cannot be a record's label, or ``""`` when it can: the one rule every source's labels follow.
+
+    A label is an int in 0..:data:`MAX_LABEL`, and below the number of classes.
+
+    Args:
+        label: The label, as read from the source.
+        classes: The number of classes: of the class names given, or None when the class names
+            come from the labels (then at most :data:`MAX_IMPLIED_CLASSES`). Defaults to no bound
+            but :data:`MAX_LABEL`.
+    """
+    if label < 0:
+        return f"label {label} is negative (labels are class indices, 0..2**31-1)"
+    if label > MAX_LABEL:
+        return f"label {label} is outside 0..2**31-1 (labels are class indices)"
+    if classes is None and label >= MAX_IMPLIED_CLASSES:
+        return (f"label {label} would make {label + 1} classes, more than the {MAX_IMPLIED_CLASSES} the labels "
+                "alone may imply (labels are class indices 0..N-1): pass the class names, classes=FILE "
+                "(--classes), or remap the labels to 0..N-1")
+    if classes is not None and label >= classes:
+        return f"label {label} has no class name (the classes are {classes})"
+    return ""
 
 
 def encode_key(index: int) -> bytes:

@@ -333,7 +333,9 @@ class LMDBWriter:
 
         Raises:
             SourceImageError: The image cannot be decoded or stored (names ``path``).
+            ValueError: ``label`` is not a class index (see :meth:`add_record`).
         """
+        self._check_label(label, path)
         try:
             record, resized = build_shaped_record(image, label, storage=self.info.storage, shaping=self._shaping,
                                                   check=check)
@@ -341,6 +343,12 @@ class LMDBWriter:
             name = path if path is not None else f"image #{self.num_records}"
             raise SourceImageError(f"{name}: {exc}", source=name) from None
         return self.add_record(record, label, path=path, resized=resized)
+
+    def _check_label(self, label: int, path: str | None) -> None:
+        """Raise ValueError, naming the image, unless ``label`` can be this dataset's label."""
+        if problem := fmt.label_problem(int(label), len(self.info.classes) or fmt.MAX_LABEL + 1):
+            name = path if path is not None else f"image #{self.num_records}"
+            raise ValueError(f"{name}: {problem}")
 
     def add_record(self, record: bytes, label: int, *, path: str | None = None, resized: bool = False) -> int:
         """Append a record already built by :func:`build_record` (e.g. in a worker process).
@@ -354,13 +362,11 @@ class LMDBWriter:
                 Defaults to False.
 
         Raises:
-            ValueError: ``classes`` were given and ``label`` is not in ``range(len(classes))``.
+            ValueError: ``label`` is not a class index: negative, past ``2**31 - 1``, or, when
+                ``classes`` were given, not in ``range(len(classes))`` (:func:`storage.format.label_problem`).
         """
         self._ensure_open()
-        if self.info.classes and not 0 <= label < len(self.info.classes):
-            name = path if path is not None else f"image #{self.num_records}"
-            raise ValueError(f"{name}: label={label} is out of range for the {len(self.info.classes)} "
-                             f"classes (labels 0..{len(self.info.classes) - 1})")
+        self._check_label(label, path)
         index = self.num_records
         if self.info.shaping is not None:
             self.info.shaping["resized" if resized else "kept"] += 1
