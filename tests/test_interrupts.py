@@ -274,9 +274,24 @@ def _pid(task: int) -> int:
     return os.getpid()
 
 
+def _fail_on_seven(task: int) -> int:
+    if task == 7:
+        raise RuntimeError("a bug in the conversion")
+    return task * 2
+
+
 def test_a_worker_that_dies_is_an_error_not_a_hang():
-    with pytest.raises(LMDBDatasetError, match=r"worker process died \(exit status -9\).*resume=True"):
+    with pytest.raises(LMDBDatasetError, match=r"worker process was killed \(SIGKILL, e.g. for lack of memory\).*"
+                                               r"resume=True, perhaps with fewer workers"):
         list(ordered_map(_die_on_seven, range(100), 2))
+
+
+def test_a_worker_that_raises_is_reported_as_failed_not_as_short_of_memory(capfd):
+    with pytest.raises(LMDBDatasetError, match=r"worker process failed \(exit status 1; its error is printed "
+                                               r"above\).*resume=True$") as raised:
+        list(ordered_map(_fail_on_seven, range(100), 2))
+    assert "memory" not in str(raised.value)
+    assert "RuntimeError: a bug in the conversion" in capfd.readouterr().err
 
 
 def test_workers_ignore_sigint_and_are_gone_once_the_map_is_closed():

@@ -12,7 +12,8 @@ no shared queue, lock or helper thread in the parent, so stopping them can never
 message a dead process was half-way through writing (``multiprocessing.Pool`` can hang there
 after Ctrl-C). Workers ignore SIGINT, so a Ctrl-C from the terminal (which signals the whole
 process group) interrupts only the parent, which then ends them; SIGTERM ends a worker at once,
-silently. A worker that dies (killed, out of memory) is reported as an error, never waited for.
+silently. A worker that dies (killed, out of memory, or an exception it printed) is reported as an error saying
+which, never waited for.
 """
 
 from __future__ import annotations
@@ -136,9 +137,14 @@ class _Worker:
             return ForkingPickler.loads(message), len(message)
         except (EOFError, OSError):
             self.process.join(STOP_TIMEOUT_S)
-            raise LMDBDatasetError(f"a worker process died (exit status {self.process.exitcode}) while converting "
-                                   "images, e.g. killed for lack of memory; what was committed is kept: run again "
-                                   "with resume=True, perhaps with fewer workers") from None
+            code = self.process.exitcode
+            if code is not None and code < 0:  # a signal: the kernel's out-of-memory killer, most often
+                how = f"was killed ({signal.Signals(-code).name}, e.g. for lack of memory)"
+                advice = ", perhaps with fewer workers"
+            else:  # an exception, whose traceback the worker printed: a bug, not the machine
+                how, advice = f"failed (exit status {code}; its error is printed above)", ""
+            raise LMDBDatasetError(f"a worker process {how} while converting images; what was committed is kept: "
+                                   f"run again with resume=True{advice}") from None
 
     def stop(self, *, finished: bool) -> None:
         """End the worker: after its last batch when ``finished``, else at once (SIGTERM, then SIGKILL)."""
