@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +118,21 @@ def test_writer_rejects_labels_outside_its_classes_naming_label_and_path(tmp_pat
             with pytest.raises(ValueError, match=rf"image #2: label {label} is (negative|outside 0..2\*\*31-1)"):
                 w.add(_jpeg(0), label)
     assert LMDBImageDataset(tmp_path / "free").targets.tolist() == [7, 2**31 - 1]
+
+
+def test_writer_takes_path_objects_and_numpy_labels_and_refuses_other_types_at_once(tmp_path):
+    with LMDBWriter(tmp_path / "ds", classes=["a", "b"]) as w:
+        w.add(_jpeg(0), np.int64(1), path=Path("b/0.jpg"))  # a pathlib.Path crashed the next commit
+        w.add_record(build_record(_jpeg(1), 0, storage="encoded"), 0, path=Path("a/1.jpg"))
+        for label in (1.0, "1", None):  # a float or str label reached struct.error at the commit
+            with pytest.raises(TypeError, match=rf"x\.jpg: label={label!r} is a {type(label).__name__}, not an "
+                                                r"integer class index"):
+                w.add(_jpeg(2), label, path="x.jpg")
+        with pytest.raises(TypeError, match=r"path=b'x.jpg' is a bytes"):
+            w.add(_jpeg(2), 0, path=b"x.jpg")
+    dataset = LMDBImageDataset(tmp_path / "ds")
+    assert dataset.targets.tolist() == [1, 0]
+    assert [dataset.source_path(i) for i in range(2)] == ["b/0.jpg", "a/1.jpg"]
 
 
 def test_writer_sample_order_maps_logical_indices_to_records(tmp_path):

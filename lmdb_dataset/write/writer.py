@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import shutil
 from collections.abc import Sequence
@@ -320,7 +321,7 @@ class LMDBWriter:
         """Records added so far (committed or pending)."""
         return self.info.num_records + len(self._pending)
 
-    def add(self, image: bytes | memoryview | np.ndarray, label: int, *, path: str | None = None,
+    def add(self, image: bytes | memoryview | np.ndarray, label: int, *, path: str | os.PathLike | None = None,
             check: bool = True) -> int:
         """Append one image; returns its record index.
 
@@ -333,9 +334,9 @@ class LMDBWriter:
 
         Raises:
             SourceImageError: The image cannot be decoded or stored (names ``path``).
-            ValueError: ``label`` is not a class index (see :meth:`add_record`).
+            TypeError, ValueError: ``label`` is not a class index, or ``path`` not a path (see :meth:`add_record`).
         """
-        self._check_label(label, path)
+        label, path = self._checked(label, path)
         try:
             record, resized = build_shaped_record(image, label, storage=self.info.storage, shaping=self._shaping,
                                                   check=check)
@@ -344,13 +345,30 @@ class LMDBWriter:
             raise SourceImageError(f"{name}: {exc}", source=name) from None
         return self.add_record(record, label, path=path, resized=resized)
 
-    def _check_label(self, label: int, path: str | None) -> None:
-        """Raise ValueError, naming the image, unless ``label`` can be this dataset's label."""
-        if problem := fmt.label_problem(int(label), len(self.info.classes) or fmt.MAX_LABEL + 1):
-            name = path if path is not None else f"image #{self.num_records}"
-            raise ValueError(f"{name}: {problem}")
+    def _checked(self, label: int, path: str | os.PathLike | None) -> tuple[int, str | None]:
+        """``(label, path)`` as stored (an int, a str), checked before anything is kept; errors name the image.
 
-    def add_record(self, record: bytes, label: int, *, path: str | None = None, resized: bool = False) -> int:
+        Raises:
+            TypeError: ``label`` is not an integer (a float, a str), or ``path`` not a str or path.
+            ValueError: ``label`` is not a class index of this dataset (:func:`storage.format.label_problem`).
+        """
+        if path is not None:
+            path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+            if not isinstance(path, str):
+                raise TypeError(f"image #{self.num_records}: path={path!r} is a {type(path).__name__}, "
+                                "not a str or os.PathLike of str")
+        name = path if path is not None else f"image #{self.num_records}"
+        try:
+            index = operator.index(label)  # ints and numpy integers; never a float's or a str's truncation
+        except TypeError:
+            raise TypeError(f"{name}: label={label!r} is a {type(label).__name__}, not an integer class index; "
+                            "pass int(label) if it holds one") from None
+        if problem := fmt.label_problem(index, len(self.info.classes) or fmt.MAX_LABEL + 1):
+            raise ValueError(f"{name}: {problem}")
+        return index, path
+
+    def add_record(self, record: bytes, label: int, *, path: str | os.PathLike | None = None,
+                   resized: bool = False) -> int:
         """Append a record already built by :func:`build_record` (e.g. in a worker process).
 
         Args:
@@ -362,11 +380,12 @@ class LMDBWriter:
                 Defaults to False.
 
         Raises:
+            TypeError: ``label`` is not an integer, or ``path`` not a str or ``os.PathLike``.
             ValueError: ``label`` is not a class index: negative, past ``2**31 - 1``, or, when
                 ``classes`` were given, not in ``range(len(classes))`` (:func:`storage.format.label_problem`).
         """
         self._ensure_open()
-        self._check_label(label, path)
+        label, path = self._checked(label, path)
         index = self.num_records
         if self.info.shaping is not None:
             self.info.shaping["resized" if resized else "kept"] += 1
