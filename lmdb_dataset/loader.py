@@ -26,6 +26,7 @@ from .decode.device import EncodedImage, SplitDecoder, collate_mixed
 from .decode.device_stage import DeviceDecodeStage
 from .decode.transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeBatch
 from .order.draws import RecordDraws, draw_seed
+from .order.maths import check_at_least, check_positive
 from .order.resume import EpochResumable
 from .read.bad_records import OnError, SkipReport
 from .read.batch_ring import BatchRing, RingBatch
@@ -187,6 +188,7 @@ class LMDBLoader:
             :class:`BadRecordWarning` and listed in :attr:`skipped`. Defaults to ``"raise"``.
 
     Raises:
+        TypeError: A count or size (``batch_size``, ``num_workers``, ``size``, ``resize``) is not an integer.
         ValueError: An option is out of range, or CUDA was asked for and is not available.
     """
 
@@ -207,7 +209,7 @@ class LMDBLoader:
         self.train = train
         num_workers = min(8, available_cpus()) if num_workers is None else num_workers
         _check_options(reader=reader, decode=self.decode, dtype=dtype, batch_size=batch_size,
-                       num_workers=num_workers, device=self.device)
+                       num_workers=num_workers, device=self.device, size=size, resize=resize, mean=mean, std=std)
         shuffle = train if shuffle is None else shuffle
         resize = round(size * 256 / 224) if resize is None else resize
         self.crop: CropDecoder = (RandomResizedCropDecode(size, scale=scale, ratio=ratio) if train
@@ -325,17 +327,18 @@ class LMDBLoader:
 
 
 def _check_options(*, reader: str, decode: str, dtype: torch.dtype, batch_size: int, num_workers: int,
-                   device: torch.device) -> None:
+                   device: torch.device, size: int, resize: int | None, mean: Sequence[float],
+                   std: Sequence[float]) -> None:
     if reader not in READERS:
         raise ValueError(f"reader={reader!r} is not supported; use one of {', '.join(READERS)}")
     if decode not in DECODES:
         raise ValueError(f"decode={decode!r} is not supported; use one of {', '.join(DECODES)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    if num_workers < 0:
-        raise ValueError(f"num_workers={num_workers} must be >= 0")
+    check_positive(batch_size=batch_size, size=size, resize=resize)
+    check_at_least(0, num_workers=num_workers)
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean={tuple(mean)} and std={tuple(std)} need one value per channel of the RGB images (3)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={str(device)!r} but CUDA is not available; use device='cpu'")
 

@@ -329,9 +329,20 @@ def test_truncated_jpegs_are_left_to_the_cpu_decoder(path):
     ({"num_workers": -1}, "num_workers=-1"),
     ({"reader_options": {"chunk_size": 4}}, "reader='random' takes none"),
     ({"reader": "chunk", "reader_options": {"chunk_size": 0}}, "chunk_size=0"),
+    ({"train": True, "scale": (0.1,)}, r"scale=\(0.1,\) .* must each be \(min, max\)"),
+    ({"mean": (0.5, 0.5), "std": (0.5, 0.5)}, "one value per channel of the RGB images"),
+    ({"mean": (123.7, 116.3, 103.5), "std": (58.4, 57.1, 57.4)}, "in \\[0, 1\\] .* divide values for 0-255 pixels"),
 ])
 def test_bad_options_are_value_errors(path, options, message):
     with pytest.raises(ValueError, match=message):
+        _loader(path, **options)
+
+
+@pytest.mark.parametrize("options", [{"batch_size": "8"}, {"num_workers": "2"}, {"num_workers": 2.0}, {"size": "32"},
+                                     {"resize": 36.5}, {"batch_size": True}])
+def test_options_of_another_type_are_type_errors_naming_them(path, options):
+    (name, value), = options.items()
+    with pytest.raises(TypeError, match=rf"{name}={value!r} must be an integer"):
         _loader(path, **options)
 
 

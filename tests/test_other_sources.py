@@ -309,3 +309,25 @@ def test_hdf5_detection_says_why_the_obvious_datasets_do_not_fit(tmp_path, label
         open_source(path)
     with pytest.raises(ValueError, match=reason):
         open_source(path, **{what: what})
+
+
+@PROPERTY
+@given(lines=st.lists(st.sampled_from(["cat", "dog", "bird", "", "  "]), max_size=6), trailing=st.integers(0, 2))
+def test_property_classes_file_line_i_names_label_i_or_is_refused(tmp_path_factory, lines, trailing) -> None:
+    """A blank line among the names was dropped, shifting every later label's name: now it is refused."""
+    path = tmp_path_factory.mktemp("classes") / "classes.txt"
+    path.write_text("\n".join(lines + [""] * trailing) + "\n")
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:
+        names.pop()
+    if not names:
+        with pytest.raises(ValueError, match="names no class"):
+            base.read_classes_file(path)
+    elif "" in names:
+        with pytest.raises(ValueError, match=rf"line {names.index('') + 1} is blank; line i names label i"):
+            base.read_classes_file(path)
+    elif len(set(names)) < len(names):
+        with pytest.raises(ValueError, match="twice"):
+            base.read_classes_file(path)
+    else:
+        assert base.read_classes_file(path) == names

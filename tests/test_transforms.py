@@ -85,6 +85,22 @@ def test_normalize_batch_rejects_float_or_unbatched_input():
         NormalizeBatch()(torch.zeros(3, 4, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match="uint8 NCHW"):
         NormalizeBatch()(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"the batch has 4 channels \(shape \(2, 4, 8, 8\)\); mean and std have 3"):
+        NormalizeBatch()(torch.zeros(2, 4, 8, 8, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("mean, std", [((124, 116, 104), (58, 57, 57)), ((0.5,) * 3, (0,) * 3),
+                                       ((0.5,) * 2, (0.5,) * 3)])
+def test_normalize_batch_refuses_mean_and_std_outside_0_1_or_of_other_lengths(mean, std):
+    with pytest.raises(ValueError, match=r"need one value per channel, in \[0, 1\]"):
+        NormalizeBatch(mean, std)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalize_batch_of_no_images_is_an_empty_batch_like_the_torch_ops(dtype, channels_last):
+    out = NormalizeBatch(dtype=dtype, channels_last=channels_last)(torch.zeros(0, 3, 8, 8, dtype=torch.uint8))
+    assert out.shape == (0, 3, 8, 8) and out.dtype == dtype
 
 
 def test_uint8_pipelines_keep_uint8_and_output_size():

@@ -411,6 +411,8 @@ class RandomResizedCropDecode(CropDecoder):
     def __init__(self, size: int = 224, *, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), flip_p: float = 0.5) -> None:
         super().__init__(size)
+        if len(scale) != 2 or len(ratio) != 2:
+            raise ValueError(f"scale={tuple(scale)} and ratio={tuple(ratio)} must each be (min, max)")
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale={tuple(scale)} must satisfy 0 < min <= max <= 1")
         if not 0 < ratio[0] <= ratio[1]:

@@ -132,8 +132,9 @@ class NormalizeBatch(nn.Module):
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, *,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False) -> None:
         super().__init__()
-        if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError("mean and std need one value per channel, std > 0")
+        if len(mean) != len(std) or not all(0 <= m <= 1 for m in mean) or not all(0 < s <= 1 for s in std):
+            raise ValueError(f"mean={tuple(mean)} and std={tuple(std)} need one value per channel, in [0, 1] "
+                             "(std > 0) as images are scaled to [0, 1] first: divide values for 0-255 pixels by 255")
         scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, -1, 1, 1)
         shift = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, -1, 1, 1)
         self.register_buffer("scale", scale, persistent=False)
@@ -145,6 +146,12 @@ class NormalizeBatch(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected a uint8 NCHW batch, got {images.dtype} of shape {tuple(images.shape)}")
+        if images.shape[1] != self.scale.numel():
+            raise ValueError(f"the batch has {images.shape[1]} channels (shape {tuple(images.shape)}); mean and std "
+                             f"have {self.scale.numel()} values, one a channel")
+        if images.shape[0] == 0:  # nothing to compute: an empty batch of the output's kind
+            empty = torch.empty(images.shape, dtype=self.dtype, device=images.device)
+            return empty.contiguous(memory_format=torch.channels_last) if self.channels_last else empty
         if (images.device.type == "cpu" and normalize_in_one_pass is not None and self.dtype in ONE_PASS_KINDS
                 and self.scale.dtype == torch.float32):  # the kernel computes in float32, as the torch ops then do
             out = self.host.empty(images.shape, self.dtype, channels_last=self.channels_last)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,11 +55,27 @@ def check_seed(seed: int) -> None:
         raise ValueError(f"seed={seed!r} must be a non-negative integer")
 
 
+def check_at_least(minimum: int, /, **counts: int | None) -> None:
+    """Raise for the first of ``counts`` (``num_workers=...``) that is not an integer >= ``minimum``, naming it.
+
+    None passes.
+
+    Raises:
+        TypeError: Not an integer (a str, a float, a bool).
+        ValueError: Below ``minimum``.
+    """
+    for name, count in counts.items():
+        if count is None:
+            continue
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+            raise TypeError(f"{name}={count!r} must be an integer")
+        if count < minimum:
+            raise ValueError(f"{name}={count} must be >= {minimum}")
+
+
 def check_positive(**sizes: int | None) -> None:
-    """Raise ValueError naming the first of ``sizes`` (``chunk_size=...``) that is below 1; None passes."""
-    for name, size in sizes.items():
-        if size is not None and size < 1:
-            raise ValueError(f"{name}={size} must be >= 1")
+    """:func:`check_at_least` 1: sizes (``chunk_size=...``) are integers >= 1."""
+    check_at_least(1, **sizes)
 
 
 def chunk_bounds(n: int, *, chunk_size: int, seed: int, epoch: int) -> np.ndarray:

@@ -81,18 +81,24 @@ class Source(Protocol):
 
 
 def read_classes_file(path: str | os.PathLike) -> list[str]:
-    """Class names from a text file, one per line (blank lines ignored); label ``i`` is line ``i``.
+    """Class names from a text file, one per line: label ``i`` is line ``i`` (blank lines at the end ignored).
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file names no class, or a class twice.
+        ValueError: The file names no class, a class twice, or has a blank line among the names
+            (dropping it would shift every later label's name).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classes file {str(path)!r} does not exist")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    while names and not names[-1]:
+        names.pop()
     if not names:
         raise ValueError(f"classes file {str(path)!r} names no class (expected one name per line)")
+    if "" in names:
+        raise ValueError(f"classes file {str(path)!r}: line {names.index('') + 1} is blank; line i names label "
+                         "i, so every line up to the last name must hold one")
     if len(set(names)) != len(names):
         duplicate = next(name for name in names if names.count(name) > 1)
         raise ValueError(f"classes file {str(path)!r} names class {duplicate!r} twice")
