@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tarfile
 from pathlib import Path
 
 import h5py
@@ -32,6 +33,8 @@ def build_sources(folder: Path, cwd: Path) -> None:
     (cwd / "classes.txt").write_text("tench\ngoldfish\nshark\n")
     write_caffe(folder, cwd / "caffe_train_lmdb", encoded=False)
     ilsvrc_train_tar(images, cwd / "ILSVRC2012_img_train.tar", ["class_000", "class_001", "class_002"])
+    with tarfile.open(cwd / "train.tar", "w") as archive:
+        archive.add(folder, arcname="train")
     (cwd / "val_images").symlink_to(folder)
     (cwd / "val.txt").write_text("".join(f"{path} {label}\n" for path, _, label in images))
     write_shards(images, cwd / "shards")
@@ -47,7 +50,7 @@ def test_readme_bring_your_data_commands_run(image_folder, tmp_path, monkeypatch
     build_sources(folder, tmp_path)
     monkeypatch.chdir(tmp_path)
     commands = readme_commands()
-    assert len(commands) == 6
+    assert len(commands) == 7
     labels = [label for _, _, label in source_images(folder)]
     for command in commands:
         argv = shlex.split(command)[1:] + ["--workers", "1", "--quiet"]
@@ -59,6 +62,7 @@ def test_readme_bring_your_data_commands_run(image_folder, tmp_path, monkeypatch
     assert LMDBImageDataset(tmp_path / "train.lmdb").classes == ["tench", "goldfish", "shark"]
     assert LMDBImageDataset(tmp_path / "caffe.lmdb").storage == "raw"
     assert LMDBImageDataset(tmp_path / "train-from-tar.lmdb").classes == ["class_000", "class_001", "class_002"]
+    assert LMDBImageDataset(tmp_path / "train-folder-tar.lmdb").targets.tolist() == labels  # ImageFolder's order
 
 
 @pytest.mark.parametrize("argv, message", [

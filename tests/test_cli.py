@@ -7,9 +7,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import add_corrupt_image
 
 import lmdb_dataset
 from lmdb_dataset import LMDBImageDataset
@@ -55,6 +57,37 @@ def test_convert_bad_file_exits_2_naming_it_and_skip_bad_succeeds(image_folder, 
     assert "skipped 1 unreadable file(s)" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "a")]) == 0
     assert "skipped:   1" in capsys.readouterr().out
+
+
+def test_convert_a_tar_of_an_image_folder_and_wrong_kinds_say_the_fix_not_skip_bad(image_folder, tmp_path, capsys):
+    src = image_folder(12, special=False)
+    with tarfile.open(tmp_path / "train.tar", "w") as archive:
+        archive.add(src, arcname="src")  # tar cf train.tar src
+    assert main(["convert", str(tmp_path / "train.tar"), str(tmp_path / "a"), "--workers", "0", "--quiet"]) == 0
+    assert "wrote 12 records" in capsys.readouterr().out
+    assert main(["convert", str(src), str(tmp_path / "f"), "--workers", "0", "--quiet"]) == 0
+    assert LMDBImageDataset(tmp_path / "a").samples == LMDBImageDataset(tmp_path / "f").samples  # ImageFolder's
+    capsys.readouterr()
+    for kind, fix in [("webdataset", "a tar of an image folder: convert it with kind='folder-tar' (--from folder-tar)"),
+                      ("tar", "holds no per-class .tar members")]:
+        assert main(["convert", str(tmp_path / "train.tar"), str(tmp_path / "b"), "--quiet", "--from", kind]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and fix in err and "--skip-bad" not in err, err
+        assert not (tmp_path / "b").exists()
+
+
+def test_every_record_skipped_in_a_new_destination_leaves_nothing_behind(image_folder, tmp_path, capsys):
+    src = tmp_path / "src"
+    add_corrupt_image(src, folder="a")
+    add_corrupt_image(src, folder="b")
+    with tarfile.open(tmp_path / "bad.tar", "w") as archive:
+        archive.add(src, arcname="src")
+    for source in (src, tmp_path / "bad.tar"):
+        target = tmp_path / f"{source.name}.lmdb"
+        assert main(["convert", str(source), str(target), "--resume", "--skip-bad", "--workers", "0", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "every one of the 2" in err and "nothing is left there" in err and "--overwrite" not in err, err
+        assert not target.exists()
 
 
 def test_info_on_incomplete_and_missing_datasets(tmp_path, capsys):

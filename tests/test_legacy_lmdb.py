@@ -113,8 +113,9 @@ def test_pixel_lmdbs_become_raw_datasets_with_the_same_pixels(images, tensorpack
         pixels, target = dataset[index]
         np.testing.assert_array_equal(pixels, decode_image(data))
         assert target == label
-    with pytest.raises(SourceImageError, match=r"record '00000000.*decoded pixels.*--storage raw"):
+    with pytest.raises(ValueError, match=r"stores decoded pixels, not image files.*pass storage='raw'"):
         convert_source(source, tmp_path / "encoded", kind=kind, storage="encoded", workers=0, progress=False)
+    assert not (tmp_path / "encoded").exists()  # refused before anything is written
 
 
 def test_a_pickle_that_runs_a_command_stops_conversion_naming_the_key(images, tmp_path) -> None:

@@ -1,9 +1,11 @@
-"""Converting list files, tar archives (ILSVRC2012 tar of tars, webdataset shards) and HDF5 files."""
+"""Converting list files, tar archives (ILSVRC2012 tar of tars, a tar of an image folder, webdataset shards), HDF5."""
 
 from __future__ import annotations
 
 import csv
 import gzip
+import os
+import tarfile
 from pathlib import Path
 from unittest import mock
 
@@ -14,8 +16,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from legacy_writers import ilsvrc_train_tar, source_images, stored_payloads, tar_bytes, write_shards
 from support import PROPERTY
+from torchvision.datasets import ImageFolder
 
-from lmdb_dataset import LMDBImageDataset, SourceImageError
+from lmdb_dataset import LMDBDatasetError, LMDBImageDataset, SourceImageError
 from lmdb_dataset.decode.image import decode_image
 from lmdb_dataset.sources import base
 from lmdb_dataset.sources.conversion import convert_source
@@ -118,6 +121,79 @@ def test_webdataset_sample_without_label_is_named(images, tmp_path) -> None:
         convert(tmp_path / "one.tar", tmp_path / "out", kind="webdataset")
 
 
+def folder_tar(root: Path, target: Path, prefix: str, *, extra: list[tuple[str, bytes]] = ()) -> Path:
+    """A tar of the ImageFolder tree at ``root`` below ``prefix``, members in a scrambled order, plus ``extra``."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = files[1::2] + files[::2][::-1]  # archive order is not ImageFolder's
+    members = [(prefix + p.relative_to(root).as_posix(), p.read_bytes()) for p in files]
+    target.write_bytes(tar_bytes([*members[:3], *extra, *members[3:]]))
+    return target
+
+
+@pytest.mark.parametrize("prefix", ["", "./", "data/train/"])
+def test_tar_of_an_image_folder_is_image_folder_of_the_extracted_tree(root, images, tmp_path, prefix) -> None:
+    nested = (prefix + "class_001/deeper/z.JPG", images[0][1])  # a sub-folder of a class, as ImageFolder walks it
+    archive = folder_tar(root, tmp_path / "train.tar", prefix,
+                         extra=[nested, (prefix + "class_002/notes.txt", b"not an image")])
+    assert detect_kind(archive) == "folder-tar"
+    dataset = convert(archive, tmp_path / "out")
+    with tarfile.open(archive) as extracted:
+        extracted.extractall(tmp_path / "x", filter="data")
+    folder = ImageFolder(str(tmp_path / "x" / prefix))
+    pixels = LMDBImageDataset(tmp_path / "out", output="numpy")
+    assert dataset.classes == folder.classes and len(dataset) == len(folder) == len(images) + 1
+    assert dataset.samples == [(os.path.relpath(p, tmp_path / "x" / prefix), t) for p, t in folder.samples]
+    for i in range(len(folder)):
+        image, label = folder[i]
+        assert pixels[i][1] == label
+        np.testing.assert_array_equal(pixels[i][0], np.asarray(image))
+
+
+def test_tar_of_one_class_folder_resumed_after_a_bad_image_keeps_image_folders_order(root, images, tmp_path) -> None:
+    cut = ("train/class_001/cut.jpg", images[0][1][:300])
+    archive = folder_tar(root / "class_001", tmp_path / "one.tar", "train/class_001/", extra=[cut])
+    source = open_source(archive)
+    assert source.classes == ["class_001"] and source.count() == len(list((root / "class_001").iterdir())) + 1
+    with pytest.raises(SourceImageError, match=r"record 'class_001/cut.jpg'"):
+        convert(archive, tmp_path / "out")
+    dataset = convert(archive, tmp_path / "out", resume=True, skip_bad=True)
+    expected = [path for path, _ in source.samples if path != "class_001/cut.jpg"]
+    assert [path for path, _ in dataset.samples] == expected
+    in_image_folder_order = [(root / path).read_bytes() for path in expected]
+    assert stored_payloads(tmp_path / "out") != in_image_folder_order  # records in archive order, samples mapped
+    assert sorted(stored_payloads(tmp_path / "out")) == sorted(in_image_folder_order)
+
+
+def test_flat_tar_of_images_and_folder_tar_as_webdataset_are_refused_at_once(images, tmp_path) -> None:
+    flat = tmp_path / "flat.tar"
+    flat.write_bytes(tar_bytes([("x.jpg", images[0][1]), ("y.jpg", images[1][1])]))
+    with pytest.raises(ValueError, match=r"first sample 'x' holds jpg and no x.cls label; webdataset shards hold"):
+        convert(flat, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"images at its top level, not in class folders"):
+        convert(flat, tmp_path / "out", kind="folder-tar")
+    archive = tmp_path / "train.tar"
+    archive.write_bytes(tar_bytes([("train/a/x.jpg", images[0][1]), ("train/b/y.jpg", images[1][1])]))
+    with pytest.raises(ValueError, match=r"not a webdataset shard.*tar of an image folder.*--from folder-tar"):
+        convert(archive, tmp_path / "out", kind="webdataset")
+    write_shards(images, tmp_path / "shards")
+    with pytest.raises(ValueError, match=r"holds .cls label members.*--from webdataset"):
+        convert(tmp_path / "shards" / "shard-00000.tar", tmp_path / "out", kind="folder-tar")
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_record_skipped_leaves_no_destination_this_call_created(images, tmp_path) -> None:
+    archive = tmp_path / "bad.tar"
+    archive.write_bytes(tar_bytes([("k1.jpg", b"not a jpeg"), ("k1.cls", b"0"), ("k2.jpg", b"nor"), ("k2.cls", b"1")]))
+    with pytest.raises(LMDBDatasetError, match=r"every one of the 2 records was unreadable.*nothing is left there"):
+        convert(archive, tmp_path / "fresh", skip_bad=True)
+    assert not (tmp_path / "fresh").exists()
+    with pytest.raises(SourceImageError):  # stops on the first record: an incomplete dataset to resume
+        convert(archive, tmp_path / "resumed")
+    with pytest.raises(LMDBDatasetError, match=r"every one of the 2 records.*with overwrite=True"):
+        convert(archive, tmp_path / "resumed", resume=True, skip_bad=True)
+    assert (tmp_path / "resumed" / "data.mdb").exists()  # it existed before this call: kept, with its skip list
+
+
 def test_hdf5_of_encoded_bytes_is_detected(images, tmp_path) -> None:
     path = tmp_path / "train.h5"
     with h5py.File(path, "w") as file:
@@ -147,6 +223,9 @@ def test_hdf5_of_pixels_becomes_raw(images, tmp_path, layout: str) -> None:
     numpy_view = LMDBImageDataset(tmp_path / "out", output="numpy")
     assert dataset.storage == "raw" and dataset.targets.tolist() == (np.arange(len(pixels)) % 3).tolist()
     np.testing.assert_array_equal(np.stack([numpy_view[i][0] for i in range(len(pixels))]), pixels)
+    with pytest.raises(ValueError, match=r"stores decoded pixels, not image files.*pass storage='raw'"):
+        convert(path, tmp_path / "encoded", labels="k", storage="encoded")
+    assert not (tmp_path / "encoded").exists()
 
 
 def test_hdf5_negative_label_is_a_bad_record(images, tmp_path) -> None:

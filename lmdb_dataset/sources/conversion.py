@@ -18,12 +18,20 @@ from ..errors import LMDBDatasetError, SourceImageError
 from ..storage.environment import load_metadata
 from ..storage.format import DatasetInfo, label_problem
 from ..storage.system import available_cpus
-from ..write.convert import ConversionReport, check_destination, refuse_empty, resumable
+from ..write.convert import (
+    ConversionReport,
+    check_destination,
+    record_of_sample,
+    refuse_empty,
+    removed_if_empty,
+    resumable,
+)
 from ..write.parallel import ordered_map
 from ..write.shaping import Shaping
 from ..write.writer import LMDBWriter, build_shaped_record, check_shaping
 from .base import Image, SourceRecord, read_classes_file
 from .detect import open_source
+from .tar import FolderTarSource
 
 
 def _build(task: tuple[Image | None, int, str, Shaping | None]) -> tuple[bytes | None, str, bool]:
@@ -107,8 +115,9 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     ``resume``, ``skip_bad``, a progress bar.
 
     Args:
-        src: The source: an LMDB directory or file, a ``.tar`` archive (or a directory of
-            webdataset ``.tar`` shards), a list file, an HDF5 file.
+        src: The source: an LMDB directory or file, a ``.tar`` archive (ILSVRC2012's tar of class tars,
+            a tar of an image folder, a webdataset shard or a directory of shards), a list file, an HDF5 file.
+            A tar of an image folder keeps ``ImageFolder``'s index of the extracted tree (:mod:`.tar`).
         dst: Dataset directory to write.
         kind: The source kind (see :data:`lmdb_dataset.sources.detect.KINDS`). Defaults to
             detecting it from the content.
@@ -143,10 +152,11 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
             record's label must be in 0..2**31-1 and below the number of classes
             (:func:`~lmdb_dataset.storage.format.label_problem`).
         FileExistsError: ``dst`` exists and neither ``resume`` nor ``overwrite`` was given.
-        ValueError: Unknown ``kind`` or options, or ``dst`` inside a source directory.
+        ValueError: Unknown ``kind`` or options, a source that is not of that kind, ``dst`` inside a source
+            directory, or ``storage="encoded"`` for a source of decoded pixels (all before anything is written).
         LMDBDatasetError: Nothing was converted (an empty source, every record skipped: a
-            dataset of 0 records is never written), or the source changed since the
-            conversion being resumed started.
+            dataset of 0 records is never written; a ``dst`` this call created is removed), or the source
+            changed since the conversion being resumed started.
     """
     started = time.perf_counter()
     workers = available_cpus() if workers is None else workers
@@ -171,11 +181,16 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                                 converted=0, seconds=time.perf_counter() - started, bytes_read=0)
     source_records = source.records()
     detected, records = _first_storage(source_records)
+    if storage == "encoded" and detected == "raw":
+        source_records.close()
+        raise ValueError(f"{str(source.path)!r} stores decoded pixels, not image files: they cannot be kept as "
+                         "encoded images (storage='encoded'); pass storage='raw', the default for such sources")
     storage = storage or detected
     shaping = Shaping.of(max_side, quality, storage)
     num_classes = len(names) if names is not None else None  # None: the class names come from the labels
-    with LMDBWriter(dst, storage=storage, classes=names, source=f"{source.kind}:{source.path}",
-                    resume=resume, overwrite=overwrite, max_side=max_side, quality=quality) as writer:
+    with removed_if_empty(dst) as created, \
+            LMDBWriter(dst, storage=storage, classes=names, source=f"{source.kind}:{source.path}",
+                       resume=resume, overwrite=overwrite, max_side=max_side, quality=quality) as writer:
         # Cut before the conversion saved its settings (right after the writer's first commit): nothing to continue.
         if resume and (writer.info.conversion is not None or writer.num_records or writer.info.skipped):
             _check_resumable(writer, state)
@@ -213,9 +228,11 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                 if position % 16 == 0:
                     elapsed = max(bar.format_dict["elapsed"], 1e-9)
                     bar.set_postfix_str(f"{bytes_read / elapsed / 1e6:.1f} MB/s", refresh=False)
-        refuse_empty(writer, "records")
+        refuse_empty(writer, "records", created=created)
         if names is None:
             writer.info.classes = [str(label) for label in range(state["max_label"] + 1)]
+        if isinstance(source, FolderTarSource):  # records in archive order, samples in ImageFolder's
+            writer.set_sample_order(record_of_sample(writer.record_paths(), [path for path, _ in source.samples]))
     if progress and writer.info.skipped:
         print(f"skipped {len(writer.info.skipped)} bad record(s):")
         for entry in writer.info.skipped:

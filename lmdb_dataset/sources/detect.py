@@ -11,7 +11,7 @@ from . import legacy_lmdb
 from .base import Source
 from .hdf5 import HDF5Source, is_hdf5
 from .listfile import ListFileSource
-from .tar import SHARD_SUFFIXES, ClassTarsSource, WebDatasetSource, is_tar_of_tars
+from .tar import SHARD_SUFFIXES, ClassTarsSource, FolderTarSource, WebDatasetSource, tar_kind
 
 LIST_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".lst"})
 
@@ -20,6 +20,7 @@ _READERS: dict[str, tuple[Callable[..., Source], tuple[str, ...]]] = {
     **{kind: (lambda path, kind=kind: legacy_lmdb.LegacyLMDBSource(path, kind=kind), ())
        for kind in legacy_lmdb.KINDS},
     "tar": (ClassTarsSource, ()),
+    "folder-tar": (FolderTarSource, ()),
     "webdataset": (WebDatasetSource, ()),
     "list": (ListFileSource, ("root",)),
     "hdf5": (HDF5Source, ("images", "labels")),
@@ -29,7 +30,8 @@ KINDS = tuple(_READERS)
 """The ``--from`` kinds besides ``folder`` (an ImageFolder tree, read by ``convert_image_folder``).
 
 ``lmdb``: a legacy LMDB whose writer is detected; ``tensorpack``, ``folder2lmdb``, ``caffe``:
-one of a known writer; ``tar``: ILSVRC2012's tar of per-class tars; ``webdataset``: shards
+one of a known writer; ``tar``: ILSVRC2012's tar of per-class tars; ``folder-tar``: a tar of an
+ImageFolder tree (``<root>/<class>/<image>`` members); ``webdataset``: shards
 of ``key.jpg`` + ``key.cls``; ``list``: a list file of ``path,label`` lines; ``hdf5``.
 """
 
@@ -39,8 +41,9 @@ def detect_kind(path: str | os.PathLike) -> str:
 
     A directory is an LMDB if it holds ``data.mdb``, webdataset shards if it holds ``.tar``
     (``.tar.gz``, ``.tgz``) files and no sub-directory, else an image folder. A file is an LMDB, HDF5 or tar by its
-    first bytes, a list file by its suffix (``.txt``, ``.csv``, ``.tsv``, ``.lst``); a tar is
-    ILSVRC2012's layout when its first member is a ``.tar``, else webdataset.
+    first bytes, a list file by its suffix (``.txt``, ``.csv``, ``.tsv``, ``.lst``); a tar's layout by its
+    first members (:func:`.tar.tar_kind`): ILSVRC2012's when the first is a ``.tar``, webdataset when one is
+    a ``<key>.cls`` label, a folder tar when they are images in folders and no label.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -61,7 +64,7 @@ def detect_kind(path: str | os.PathLike) -> str:
     if path.suffix.lower() in LIST_SUFFIXES:
         return "list"
     if tarfile.is_tarfile(path):
-        return "tar" if is_tar_of_tars(path) else "webdataset"
+        return tar_kind(path)
     raise ValueError(f"cannot tell what kind of source {str(path)!r} is; pass kind= (--from) with one of "
                      f"{', '.join(KINDS)}")
 

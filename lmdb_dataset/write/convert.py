@@ -6,8 +6,9 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import shutil
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,13 +107,23 @@ def resumable(dst: str | os.PathLike, resume: bool) -> bool:
     return resume and (Path(dst) / DATA_FILE).exists()
 
 
-def refuse_empty(writer: LMDBWriter, what: str) -> None:
+class NothingConvertedError(LMDBDatasetError):
+    """A conversion ended without a record (:func:`refuse_empty`)."""
+
+
+def refuse_empty(writer: LMDBWriter, what: str, *, created: bool = False) -> None:
     """Raise unless the conversion wrote a record: a dataset of 0 records is never reported a success.
 
-    Raised inside the writer's ``with`` block, so the dataset stays incomplete (readers refuse it).
+    Raised inside the writer's ``with`` block, so the dataset stays incomplete (readers refuse it);
+    :func:`removed_if_empty` then removes it if this call created it.
+
+    Args:
+        writer: The conversion's writer.
+        what: What the source holds, plural (``"records"``).
+        created: Whether this call created the destination (the message then says it is removed).
 
     Raises:
-        LMDBDatasetError: Nothing was written; the message says why (every source skipped, or
+        NothingConvertedError: Nothing was written; the message says why (every source skipped, or
             an empty source).
     """
     if writer.num_records:
@@ -124,8 +135,27 @@ def refuse_empty(writer: LMDBWriter, what: str) -> None:
                f"{printable(first['path'])}: {printable(first['error'])}")
     else:
         why = f"the source holds no {what}"
-    raise LMDBDatasetError(f"nothing converted into {str(writer.path)!r}: {why}. A dataset of 0 records is not "
-                           "written: fix the source, then convert again with overwrite=True.")
+    fix = ("nothing is left there: fix the source, then convert again" if created
+           else "fix the source, then convert again with overwrite=True")
+    raise NothingConvertedError(f"nothing converted into {str(writer.path)!r}: {why}. A dataset of 0 records is "
+                                f"not written: {fix}.")
+
+
+@contextlib.contextmanager
+def removed_if_empty(dst: str | os.PathLike) -> Iterator[bool]:
+    """Around a conversion's writer: remove ``dst`` when nothing was converted, if this call created it.
+
+    Yields whether ``dst`` did not exist yet (this call creates it). A destination that existed (a
+    resumed conversion, whose earlier records and skip list stay; an overwritten one) is left as the
+    writer leaves it.
+    """
+    created = not os.path.lexists(dst)
+    try:
+        yield created
+    except NothingConvertedError:
+        if created:
+            shutil.rmtree(dst, ignore_errors=True)
+        raise
 
 
 Task = tuple[str, int, str, Shaping | None]
@@ -218,7 +248,7 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
         LMDBDatasetError: Writing failed (e.g. the disk is full); ``resume`` was asked for
             a conversion started with other settings (``max_side``/``quality`` included) or from
             a changed source; or nothing was converted (every file skipped: a dataset of 0
-            records is never written).
+            records is never written, and a ``dst`` this call created is removed).
         ValueError: An argument is out of range, or ``dst`` lies inside ``src``.
     """
     started = time.perf_counter()
@@ -238,8 +268,9 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
     if finished is not None:  # e.g. killed after it completed: nothing left to do
         return ConversionReport(Path(dst), finished.num_records, list(finished.skipped), 0,
                                 time.perf_counter() - started, 0, _skipped_indices(finished.skipped, relative))
-    with LMDBWriter(dst, storage=storage, classes=classes, source=str(src), resume=resume,
-                    overwrite=overwrite, max_side=max_side, quality=quality) as writer:
+    with removed_if_empty(dst) as created, \
+            LMDBWriter(dst, storage=storage, classes=classes, source=str(src), resume=resume,
+                       overwrite=overwrite, max_side=max_side, quality=quality) as writer:
         if resume and (writer.info.conversion is not None or writer.num_records or writer.info.skipped):
             first = _resume_point(writer, state, classes, [relative[i] for i in plan])
         else:
@@ -267,9 +298,9 @@ def convert_image_folder(src: str | os.PathLike, dst: str | os.PathLike, *, stor
                 if position % 16 == 0 or position + 1 == len(samples):
                     elapsed = max(bar.format_dict["elapsed"], 1e-9)
                     bar.set_postfix_str(f"{bytes_read / elapsed / 1e6:.1f} MB/s", refresh=False)
-        refuse_empty(writer, "source files")
+        refuse_empty(writer, "source files", created=created)
         if order != "folder":
-            writer.set_sample_order(_record_of_sample(writer.record_paths(), relative))
+            writer.set_sample_order(record_of_sample(writer.record_paths(), relative))
     if progress and writer.info.skipped:
         print(f"skipped {len(writer.info.skipped)} unreadable file(s):")
         for entry in writer.info.skipped:
@@ -303,7 +334,7 @@ def _finished_conversion(dst: str | os.PathLike, state: dict, classes: list[str]
     return info
 
 
-def _record_of_sample(record_paths: list[str], relative: list[str]) -> np.ndarray:
+def record_of_sample(record_paths: list[str], relative: list[str]) -> np.ndarray:
     """For each converted source in ImageFolder order (skipped files left out), its record."""
     index_of = {path: i for i, path in enumerate(relative)}
     sources = np.fromiter((index_of[p] for p in record_paths), dtype=np.int64, count=len(record_paths))
