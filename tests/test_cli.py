@@ -259,6 +259,9 @@ def test_cli_errors_speak_flags_not_keyword_arguments(image_folder, converted, c
     ("Finish it with `lmdb-dataset convert SRC x --resume` (or convert_image_folder(..., resume=True)).",
      "Finish it with `lmdb-dataset convert SRC x --resume`."),
     ("source_count=514, now 513", "source_count=514, now 513"),
+    ("it stores pixels (storage='encoded'); pass storage='raw'",
+     "it stores pixels (--storage encoded); pass --storage raw"),
+    ("reader='random' takes none", "reader='random' takes none"),  # no command's option: as written
 ])
 def test_cli_words(message, expected):
     assert cli_words(message, build_parser()) == expected

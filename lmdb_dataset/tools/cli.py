@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_words(message: str, parser: argparse.ArgumentParser) -> str:
     """Rewrite a library message's Python keyword arguments as the flags of ``parser``'s commands.
 
-    ``resume=True`` becomes ``--resume``, ``seed=3`` ``--seed 3``, ``skip_bad=False`` ``no --skip-bad``;
+    ``resume=True`` becomes ``--resume``, ``seed=3`` ``--seed 3``, ``storage='raw'`` ``--storage raw``,
+    ``skip_bad=False`` ``no --skip-bad``;
     a flag already given in parentheses after its keyword is not repeated, and a Python alternative
     in parentheses (``(or convert_image_folder(..., resume=True))``) is dropped. Names that are no
     command's option are left alone.
@@ -258,6 +259,8 @@ def cli_words(message: str, parser: argparse.ArgumentParser) -> str:
             return flags[name]
         if value == "False":
             return f"no {flags[name]}"
+        if re.fullmatch(r"'[\w.-]+'", value):  # storage='raw' is --storage raw on a command line
+            value = value[1:-1]
         return f"{flags[name]} {value}"
 
     return re.sub(r"\b([a-z_]+)=([^\s,;:)]+?)(?:\s\(--[\w-]+\))?(?=[\s,;:)]|\.?$|\.\s)", flag, message)
