@@ -35,8 +35,8 @@ class LegacyLMDBDataset(VisionDataset):
     writer's order (see :mod:`lmdb_dataset.sources.legacy_lmdb`); values are decoded by the
     safe parsers (nothing in the file is executed) and images decoded like
     :class:`~lmdb_dataset.LMDBImageDataset` does. The LMDB is opened lazily in each process
-    that reads (DataLoader workers, fork or spawn); py-lmdb allows one open environment per
-    file in a process, so use one dataset object per LMDB in a process. Compared with a converted dataset there
+    that reads (DataLoader workers, fork or spawn), once per process: dataset objects over one LMDB
+    (train and eval views) share its environment. Compared with a converted dataset there
     is no checksum, no one-``pread`` offset table, and ``targets`` costs a pass over every
     value the first time it is read. The key table is a numpy array (shared copy-on-write).
 
@@ -72,20 +72,16 @@ class LegacyLMDBDataset(VisionDataset):
         self.classes: list[str] = list(names or [])
         self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
         self._targets: np.ndarray | None = None
-        self._env: lmdb.Environment | None = None
-        self._pid: int | None = None
+        self._env: lmdb.Environment | None = None  # this process's shared environment, kept open while in use
         self._bad = BadRecords(on_error, self._source.count())
 
     def __len__(self) -> int:
         return self._source.count()
 
     def _transaction(self) -> lmdb.Transaction[bytes]:
-        if self._env is not None and self._pid != os.getpid():
-            self._env.close()  # inherited over fork: never used here; closing unmaps only this copy
-            self._env = None
-        if self._env is None:
-            self._env = self._source.open_environment()
-            self._pid = os.getpid()
+        # The registry hands out this process's environment: one inherited over fork is closed in the child
+        # and replaced (storage.environment), one another dataset object opened is shared.
+        self._env = self._source.open_environment()
         return self._env.begin(buffers=False)
 
     def _record(self, txn: lmdb.Transaction[bytes], index: int) -> tuple[bytes | np.ndarray, int]:
@@ -145,5 +141,5 @@ class LegacyLMDBDataset(VisionDataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_env"] = state["_pid"] = None  # LMDB handles never cross a pickle
+        state["_env"] = None  # LMDB handles never cross a pickle
         return state
