@@ -81,6 +81,19 @@ def labels_read_through_own_environment(batch: list) -> list[int]:
     return [int(label) for _, label in batch]
 
 
+def test_too_few_class_names_are_refused_at_the_first_record_without_one(root, folder2lmdb) -> None:
+    # The labels are read from the values, so the rule convert follows (label_problem) applies at each read.
+    dataset = LegacyLMDBDataset(folder2lmdb, output="numpy", classes=["class_000"])
+    labels = ImageFolder(str(root)).targets
+    first_label_1, first_label_2 = labels.index(1), labels.index(2)
+    with pytest.raises(CorruptRecordError, match=rf"record {first_label_2}: record b'{first_label_2}': "
+                       r"label 2 has no class name \(the classes are 1\)"):
+        dataset[first_label_2]
+    assert dataset[0][1] == 0  # a record of a named class still reads
+    with pytest.raises(CorruptRecordError, match=rf"record {first_label_1}: .*label 1 has no class name"):
+        _ = dataset.targets
+
+
 def first_pixel(image: torch.Tensor) -> torch.Tensor:
     """The top-left RGB pixel (module level: picklable for spawn workers)."""
     return image[:, 0, 0].clone()

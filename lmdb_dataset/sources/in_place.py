@@ -14,6 +14,7 @@ from torchvision.datasets import VisionDataset
 from ..decode.image import Output, check_output, decode_image, to_output
 from ..errors import CorruptRecordError
 from ..read.bad_records import BadRecords, OnError, SkipReport
+from ..storage import format as fmt
 from .base import read_classes_file
 from .errors import UnsupportedValueError
 from .legacy_lmdb import LegacyLMDBSource
@@ -46,7 +47,10 @@ class LegacyLMDBDataset(VisionDataset):
         target_transform: Applied to each label. Defaults to None.
         kind: ``"tensorpack"``, ``"folder2lmdb"`` or ``"caffe"``. Defaults to detecting it.
         classes: Class names (a list, or a text file with one a line). Defaults to none
-            (``classes`` is then empty; labels are the stored integers).
+            (``classes`` is then empty; labels are the stored integers). Given, every label must
+            have one: reading a record whose label has no class name raises :class:`CorruptRecordError`
+            (the rule ``convert`` follows: :func:`~lmdb_dataset.storage.format.label_problem`; the
+            labels are stored in the values, so they are checked as records are read).
         output: ``"pil"``, ``"tensor"`` (CHW uint8) or ``"numpy"`` (HWC uint8). Defaults to ``"pil"``.
         on_error: ``"raise"``: a record that cannot be parsed or decoded raises
             :class:`CorruptRecordError` naming it. ``"skip"``: it is replaced by a fixed other
@@ -90,7 +94,10 @@ class LegacyLMDBDataset(VisionDataset):
         try:
             if value is None:
                 raise UnsupportedValueError(f"record {key!r} is missing")
-            return self._source.decode(key, value)
+            image, label = self._source.decode(key, value)
+            if problem := fmt.label_problem(label, len(self.classes) or fmt.MAX_LABEL + 1):
+                raise UnsupportedValueError(f"record {key!r}: {problem}")
+            return image, label
         except UnsupportedValueError as exc:
             raise CorruptRecordError(f"{self.path}: record {index}: {exc}", path=str(self.path), index=index) from None
 
