@@ -134,10 +134,9 @@ def test_every_replacement_bad_too_raises_naming_the_record(rotten, monkeypatch)
 def test_legacy_lmdb_skip_replaces_a_value_that_does_not_parse(image_folder, tmp_path):
     path = write_folder2lmdb(image_folder(6, special=False), tmp_path / "legacy.lmdb", protocol=4)
     poison(path, b"2", b"not a pickle at all")  # folder2lmdb's keys are the indices
-    strict = LegacyLMDBDataset(path, output="numpy")  # py-lmdb opens a file once per process: one at a time
+    strict = LegacyLMDBDataset(path, output="numpy")
     with pytest.raises(CorruptRecordError, match="record 2"):
         strict[2]
-    strict._env.close()
     fresh = LegacyLMDBDataset(path, output="numpy", on_error="skip")
     with pytest.warns(BadRecordWarning, match="record 2"):
         image, label = fresh[2]

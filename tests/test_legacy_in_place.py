@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
 from legacy_writers import RunsCommand, poison, write_caffe, write_folder2lmdb
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 from torchvision.datasets import ImageFolder
 
 from lmdb_dataset import CorruptRecordError
 from lmdb_dataset.sources.in_place import LegacyLMDBDataset
+from lmdb_dataset.storage.environment import data_file, environments
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,43 @@ def test_dataloader_workers_read_every_record_once(root, folder2lmdb, context: s
                       for image, label in ImageFolder(str(root)))
     assert seen == expected
     assert pickle.loads(pickle.dumps(dataset))._env is None
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_two_views_of_one_lmdb_read_side_by_side_and_in_workers(root, folder2lmdb, context: str) -> None:
+    train = LegacyLMDBDataset(folder2lmdb, output="tensor", transform=first_pixel)
+    first = train[0]  # open while the second view is constructed (it reads the keys)
+    evaluation = LegacyLMDBDataset(folder2lmdb, output="numpy")
+    assert evaluation[0][1] == first[1] and train[1][1] == evaluation[1][1]
+    assert evaluation.targets.tolist() == ImageFolder(str(root)).targets
+    expected = sorted(int(label) for _, label in ImageFolder(str(root)))
+    for dataset in (train, evaluation):
+        loader = DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context=context,
+                            collate_fn=labels_read_through_own_environment)
+        assert sorted(label for labels in loader for label in labels) == expected
+    assert train[2][1] == evaluation[2][1]  # the parent's shared environment outlived the workers
+
+
+def labels_read_through_own_environment(batch: list) -> list[int]:
+    """The labels of a batch, checking in the worker that it read through an environment it opened itself."""
+    worker = get_worker_info()
+    assert worker is not None
+    opened = environments._by_path[os.path.realpath(data_file(worker.dataset.path))]
+    assert opened.pid == os.getpid() and opened.env() is worker.dataset._env
+    return [int(label) for _, label in batch]
+
+
+def test_too_few_class_names_are_refused_at_the_first_record_without_one(root, folder2lmdb) -> None:
+    # The labels are read from the values, so the rule convert follows (label_problem) applies at each read.
+    dataset = LegacyLMDBDataset(folder2lmdb, output="numpy", classes=["class_000"])
+    labels = ImageFolder(str(root)).targets
+    first_label_1, first_label_2 = labels.index(1), labels.index(2)
+    with pytest.raises(CorruptRecordError, match=rf"record {first_label_2}: record b'{first_label_2}': "
+                       r"label 2 has no class name \(the classes are 1\)"):
+        dataset[first_label_2]
+    assert dataset[0][1] == 0  # a record of a named class still reads
+    with pytest.raises(CorruptRecordError, match=rf"record {first_label_1}: .*label 1 has no class name"):
+        _ = dataset.targets
 
 
 def first_pixel(image: torch.Tensor) -> torch.Tensor:

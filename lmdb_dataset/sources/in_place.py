@@ -14,6 +14,7 @@ from torchvision.datasets import VisionDataset
 from ..decode.image import Output, check_output, decode_image, to_output
 from ..errors import CorruptRecordError
 from ..read.bad_records import BadRecords, OnError, SkipReport
+from ..storage import format as fmt
 from .base import read_classes_file
 from .errors import UnsupportedValueError
 from .legacy_lmdb import LegacyLMDBSource
@@ -35,8 +36,8 @@ class LegacyLMDBDataset(VisionDataset):
     writer's order (see :mod:`lmdb_dataset.sources.legacy_lmdb`); values are decoded by the
     safe parsers (nothing in the file is executed) and images decoded like
     :class:`~lmdb_dataset.LMDBImageDataset` does. The LMDB is opened lazily in each process
-    that reads (DataLoader workers, fork or spawn); py-lmdb allows one open environment per
-    file in a process, so use one dataset object per LMDB in a process. Compared with a converted dataset there
+    that reads (DataLoader workers, fork or spawn), once per process: dataset objects over one LMDB
+    (train and eval views) share its environment. Compared with a converted dataset there
     is no checksum, no one-``pread`` offset table, and ``targets`` costs a pass over every
     value the first time it is read. The key table is a numpy array (shared copy-on-write).
 
@@ -46,7 +47,10 @@ class LegacyLMDBDataset(VisionDataset):
         target_transform: Applied to each label. Defaults to None.
         kind: ``"tensorpack"``, ``"folder2lmdb"`` or ``"caffe"``. Defaults to detecting it.
         classes: Class names (a list, or a text file with one a line). Defaults to none
-            (``classes`` is then empty; labels are the stored integers).
+            (``classes`` is then empty; labels are the stored integers). Given, every label must
+            have one: reading a record whose label has no class name raises :class:`CorruptRecordError`
+            (the rule ``convert`` follows: :func:`~lmdb_dataset.storage.format.label_problem`; the
+            labels are stored in the values, so they are checked as records are read).
         output: ``"pil"``, ``"tensor"`` (CHW uint8) or ``"numpy"`` (HWC uint8). Defaults to ``"pil"``.
         on_error: ``"raise"``: a record that cannot be parsed or decoded raises
             :class:`CorruptRecordError` naming it. ``"skip"``: it is replaced by a fixed other
@@ -72,20 +76,16 @@ class LegacyLMDBDataset(VisionDataset):
         self.classes: list[str] = list(names or [])
         self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
         self._targets: np.ndarray | None = None
-        self._env: lmdb.Environment | None = None
-        self._pid: int | None = None
+        self._env: lmdb.Environment | None = None  # this process's shared environment, kept open while in use
         self._bad = BadRecords(on_error, self._source.count())
 
     def __len__(self) -> int:
         return self._source.count()
 
     def _transaction(self) -> lmdb.Transaction[bytes]:
-        if self._env is not None and self._pid != os.getpid():
-            self._env.close()  # inherited over fork: never used here; closing unmaps only this copy
-            self._env = None
-        if self._env is None:
-            self._env = self._source.open_environment()
-            self._pid = os.getpid()
+        # The registry hands out this process's environment: one inherited over fork is closed in the child
+        # and replaced (storage.environment), one another dataset object opened is shared.
+        self._env = self._source.open_environment()
         return self._env.begin(buffers=False)
 
     def _record(self, txn: lmdb.Transaction[bytes], index: int) -> tuple[bytes | np.ndarray, int]:
@@ -94,7 +94,10 @@ class LegacyLMDBDataset(VisionDataset):
         try:
             if value is None:
                 raise UnsupportedValueError(f"record {key!r} is missing")
-            return self._source.decode(key, value)
+            image, label = self._source.decode(key, value)
+            if problem := fmt.label_problem(label, len(self.classes) or fmt.MAX_LABEL + 1):
+                raise UnsupportedValueError(f"record {key!r}: {problem}")
+            return image, label
         except UnsupportedValueError as exc:
             raise CorruptRecordError(f"{self.path}: record {index}: {exc}", path=str(self.path), index=index) from None
 
@@ -145,5 +148,5 @@ class LegacyLMDBDataset(VisionDataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_env"] = state["_pid"] = None  # LMDB handles never cross a pickle
+        state["_env"] = None  # LMDB handles never cross a pickle
         return state

@@ -19,7 +19,10 @@ kinds are pickles (protocols 2-5, parsed by :mod:`.safe_pickle`, never unpickled
 ``serialize`` format is refused with an explanation. Caffe values are ``Datum`` protobufs
 (:mod:`.caffe`). Both LMDB layouts are read: a directory holding ``data.mdb``
 (``subdir=True``) and a single file with a ``-lock`` file beside it (``subdir=False``).
-The environment is opened read-only without locking: the source is never written.
+The environment is opened read-only without locking: the source is never written. It is
+opened through the process's environment registry (:mod:`storage.environment`): every reader
+of one LMDB in a process (a :class:`~.in_place.LegacyLMDBDataset` train and eval view, a
+conversion) shares one environment, and a forked DataLoader worker opens its own.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import lmdb
 import numpy as np
 
 from ..storage import format as fmt
+from ..storage.environment import MAX_DBS, data_file, environments
 from . import caffe, msgpack_values, safe_pickle
 from .base import SourceRecord
 from .datapoint import image_and_label
@@ -56,9 +60,15 @@ def is_lmdb(path: str | Path) -> bool:
         return file.read(20)[16:20] == LMDB_MAGIC
 
 
-def _open(path: Path) -> lmdb.Environment:
+def _open(path: str | os.PathLike, *, readahead: bool) -> lmdb.Environment:
+    """Open a legacy LMDB (either layout) read-only, through its data file (the registry's opener).
+
+    Without locking nothing is written beside the data file; ``max_dbs`` is a dataset's, so an
+    lmdb-dataset dataset opened here first (and refused) can still be read through the shared environment.
+    """
     try:
-        return lmdb.open(str(path), subdir=path.is_dir(), readonly=True, lock=False, max_dbs=0)
+        return lmdb.open(str(data_file(path)), subdir=False, readonly=True, lock=False, readahead=readahead,
+                         max_dbs=MAX_DBS, create=False)
     except lmdb.Error as exc:
         raise UnsupportedValueError(f"{str(path)!r} cannot be opened as an LMDB: {exc}") from None
 
@@ -137,18 +147,15 @@ class LegacyLMDBSource:
         if kind is not None and kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not a legacy LMDB kind; use one of {', '.join(KINDS)}")
         self.classes: list[str] | None = None
-        env = _open(self.path)
-        try:
-            with env.begin() as txn:
-                keys = list(txn.cursor().iternext(keys=True, values=False))
-                if fmt.RECORDS_DB in keys and fmt.META_DB in keys:
-                    raise UnsupportedValueError(f"{str(self.path)!r} is already an lmdb-dataset dataset; "
-                                                "read it with LMDBImageDataset, no conversion needed")
-                self.keys = ordered_keys(keys)
-                first = txn.get(bytes(self.keys[0])) if len(self.keys) else b""
-                assert first is not None  # the key was listed by this transaction's cursor
-        finally:
-            env.close()
+        env, self.identity = environments.get(self.path, readahead=True, opener=_open)
+        with env.begin() as txn:  # the environment is shared, and closed once no reader of the LMDB uses it
+            keys = list(txn.cursor().iternext(keys=True, values=False))
+            if fmt.RECORDS_DB in keys and fmt.META_DB in keys:
+                raise UnsupportedValueError(f"{str(self.path)!r} is already an lmdb-dataset dataset; "
+                                            "read it with LMDBImageDataset, no conversion needed")
+            self.keys = ordered_keys(keys)
+            first = txn.get(bytes(self.keys[0])) if len(self.keys) else b""
+            assert first is not None  # the key was listed by this transaction's cursor
         self.kind = kind or self._detect(set(keys) & BOOKKEEPING_KEYS, first)
         self._decode = decode_caffe if self.kind == "caffe" else decode_datapoint
 
@@ -175,9 +182,17 @@ class LegacyLMDBSource:
         """Number of records (bookkeeping keys excluded)."""
         return len(self.keys)
 
-    def open_environment(self) -> lmdb.Environment:
-        """The source LMDB, opened read-only without locking (the caller closes it)."""
-        return _open(self.path)
+    def open_environment(self, *, readahead: bool = False) -> lmdb.Environment:
+        """This process's read-only environment of the source LMDB, shared with its other readers.
+
+        The caller keeps a reference while it reads and never closes it (it is closed once
+        unused). ``readahead`` applies when this call opens it: on for a pass in write order.
+
+        Raises:
+            DatasetChangedError: The LMDB was replaced or written since this source listed its keys.
+        """
+        env, _ = environments.get(self.path, self.identity, readahead=readahead, opener=_open)
+        return env
 
     def decode(self, key: bytes, value: bytes) -> tuple[bytes | np.ndarray, int]:
         """The (image, label) of the value stored under ``key``.
@@ -189,21 +204,17 @@ class LegacyLMDBSource:
 
     def records(self, start: int = 0) -> Generator[SourceRecord, None, None]:
         """Decode the records from position ``start`` on, in write order; bad values carry their error."""
-        env = _open(self.path)
-        try:
-            with env.begin() as txn:
-                for key in self.keys[start:]:
-                    key = bytes(key)
-                    value = txn.get(key)
-                    name = key.decode("utf-8", "backslashreplace")
-                    if value is None:
-                        yield SourceRecord(name, None, -1, f"record {key!r} vanished from the LMDB while reading", 0)
-                        continue
-                    try:
-                        image, label = self.decode(key, value)
-                    except UnsupportedValueError as exc:
-                        yield SourceRecord(name, None, -1, str(exc), len(value))
-                        continue
-                    yield SourceRecord(name, image, label, "", len(value))
-        finally:
-            env.close()
+        with self.open_environment(readahead=True).begin() as txn:
+            for key in self.keys[start:]:
+                key = bytes(key)
+                value = txn.get(key)
+                name = key.decode("utf-8", "backslashreplace")
+                if value is None:
+                    yield SourceRecord(name, None, -1, f"record {key!r} vanished from the LMDB while reading", 0)
+                    continue
+                try:
+                    image, label = self.decode(key, value)
+                except UnsupportedValueError as exc:
+                    yield SourceRecord(name, None, -1, str(exc), len(value))
+                    continue
+                yield SourceRecord(name, image, label, "", len(value))

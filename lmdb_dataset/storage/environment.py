@@ -21,6 +21,9 @@ keeps one read-only environment per data file per process:
 * A dataset is a directory holding ``data.mdb`` or, equally, a path to the data file itself:
   ``train.lmdb/data.mdb``, or a single-file LMDB (py-lmdb ``subdir=False``, ``mdb_copy -n``).
   Environments are always opened through the data file, so both spellings share one.
+* Legacy LMDBs read in place or converted (:mod:`sources.legacy_lmdb`) share the registry,
+  through their own opener (``environments.get(path, opener=...)``): the same rules hold for
+  them, keyed by the same real path of the data file.
 
 The record offset table (``meta/spans``) that lets readers fetch a record with one ``pread``
 is trusted only when proven (:func:`proven_spans`): it carries the LMDB transaction id and
@@ -38,7 +41,7 @@ import threading
 import warnings
 import weakref
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal, Protocol, overload
 
 import lmdb
 import numpy as np
@@ -121,6 +124,12 @@ def identity_of(path: str | os.PathLike) -> FileIdentity:
     return FileIdentity.of(st)
 
 
+class Opener(Protocol):
+    """Opens the data file of ``path`` read-only (an :class:`_EnvironmentRegistry` opener)."""
+
+    def __call__(self, path: str | os.PathLike, *, readahead: bool) -> lmdb.Environment: ...
+
+
 def _open_read_only(path: str | os.PathLike, *, readahead: bool) -> lmdb.Environment:
     """Open the data file of ``path`` read-only, refusing one LMDB could only map past its end.
 
@@ -170,17 +179,20 @@ class _EnvironmentRegistry:
         self._lock = threading.Lock()
         self._by_path: dict[str, _OpenEnvironment] = {}
 
-    def get(self, path: str | os.PathLike, identity: FileIdentity | None = None, *,
-            readahead: bool = False) -> tuple[lmdb.Environment, FileIdentity]:
+    def get(self, path: str | os.PathLike, identity: FileIdentity | None = None, *, readahead: bool = False,
+            opener: Opener = _open_read_only) -> tuple[lmdb.Environment, FileIdentity]:
         """The environment of ``path`` in this process, opened if needed.
 
         Args:
-            path: Dataset directory.
+            path: Dataset directory (or data file).
             identity: The file identity the caller's metadata came from; if the file at
                 ``path`` is now another one, DatasetChangedError is raised.
             readahead: OS readahead for the memory map, used only when this call opens the
                 environment (one process holds one environment per file, so the first
                 opener chooses). On for sequential cursor reads, off for random access.
+            opener: Opens the environment when this call has to (with the first caller's
+                choice standing, like ``readahead``). Defaults to a dataset's: read-only,
+                without locking, refusing a truncated file, raising NotADatasetError.
         """
         current = identity_of(path)
         with self._lock:
@@ -198,7 +210,7 @@ class _EnvironmentRegistry:
             if identity is not None and identity != current:
                 raise changed_error(path)
             if env is None:
-                env = _open_read_only(path, readahead=readahead)
+                env = opener(path, readahead=readahead)
                 self._by_path[key] = _OpenEnvironment(weakref.ref(env), current, os.getpid())
             return env, current
 
