@@ -282,7 +282,8 @@ def test_read_only_filesystem_reads(converted, tmp_path, reference_samples):
 
 def test_read_only_permissions_and_no_files_written_beside_the_data(converted, tmp_path, reference_samples):
     path = shutil.copytree(converted(), tmp_path / "ds")
-    (path / "lock.mdb").unlink()  # a dataset shipped without its lock file
+    (path / "lock.mdb").unlink()  # a dataset shipped as its data file alone
+    (path / "writer.lock").unlink()
     os.chmod(path / "data.mdb", 0o444)
     os.chmod(path, 0o555)
     try:

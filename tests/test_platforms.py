@@ -125,9 +125,9 @@ def test_without_fcntl_writers_take_no_lock_and_readers_see_none(tmp_path, monke
     jpeg = (Path(system.__file__).parents[1] / "photos" / "coffee.jpg").read_bytes()
     with LMDBWriter(tmp_path / "ds.lmdb") as writer:
         writer.add(jpeg, 0)
-        assert not system.lock_held(tmp_path / "ds.lmdb" / "lock.mdb")
+        assert not system.lock_held(tmp_path / "ds.lmdb" / "writer.lock")
         import fcntl
-        probe = os.open(tmp_path / "ds.lmdb" / "lock.mdb", os.O_RDONLY)
+        probe = os.open(tmp_path / "ds.lmdb" / "writer.lock", os.O_RDONLY)
         try:
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nothing was locked
         finally:

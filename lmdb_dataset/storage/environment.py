@@ -60,7 +60,9 @@ from .system import can_pread, lock_held, read_at
 
 DATA_FILE = "data.mdb"
 LOCK_FILE = "lock.mdb"
-"""LMDB's lock file beside ``data.mdb``; a writer also holds an advisory lock on it (:mod:`storage.format`)."""
+"""LMDB's lock file beside ``data.mdb``."""
+WRITER_LOCK_FILE = "writer.lock"
+"""The file beside ``data.mdb`` a writer holds an advisory lock on (:mod:`storage.format`)."""
 MAX_DBS = 2
 SPOT_CHECKS = 8
 """Records compared between the offset table and LMDB when a dataset opens (first, last, evenly between)."""
@@ -92,10 +94,12 @@ def data_file(path: str | os.PathLike) -> Path:
     return path if path.is_file() else path / DATA_FILE
 
 
-def lock_file(path: str | os.PathLike) -> Path:
-    """LMDB's lock file of dataset ``path``: ``lock.mdb`` beside ``data.mdb``, ``FILE-lock`` for a single-file LMDB."""
+def writer_lock_file(path: str | os.PathLike) -> Path:
+    """The writer's lock file of dataset ``path``: ``writer.lock`` beside ``data.mdb``, ``FILE-writer.lock`` for a
+    single-file LMDB."""
     file = data_file(path)
-    return file.with_name(LOCK_FILE) if file.name == DATA_FILE else file.with_name(file.name + "-lock")
+    return (file.with_name(WRITER_LOCK_FILE) if file.name == DATA_FILE
+            else file.with_name(f"{file.name}-{WRITER_LOCK_FILE}"))
 
 
 def incomplete_reason(path: str | os.PathLike, num_records: int) -> str:
@@ -104,7 +108,7 @@ def incomplete_reason(path: str | os.PathLike, num_records: int) -> str:
     A live writer's lock on its lock file (:func:`storage.system.lock_held`, a probe that takes
     nothing it keeps) means a conversion is still writing it; otherwise the conversion stopped.
     """
-    if lock_held(lock_file(path)):
+    if lock_held(writer_lock_file(path)):
         return (f"a conversion is still writing it ({num_records} records so far); wait for it to finish, "
                 "then open it again")
     return (f"its conversion stopped after {num_records} records. Finish it with "

@@ -56,12 +56,14 @@ named sub-databases::
                               merged into b"labels"/b"paths" by the one transaction that
                               also writes b"spans", b"order" and sets `complete`
 
-Beside ``data.mdb`` is LMDB's own lock file, ``lock.mdb`` (readers need neither it nor write
-access: they open the data file without one). A writer holds an exclusive ``flock`` on it for its
-whole life, so a second writer of the dataset fails at once; a reader of an incomplete dataset
-probes it (a shared, non-blocking ``flock`` released at once) to tell a conversion still running
-from one that stopped. The kernel drops the lock when its process dies, so nothing on disk
-records it.
+Beside ``data.mdb`` are LMDB's own lock file, ``lock.mdb``, and ``writer.lock``, an empty file
+that a writer holds an exclusive ``flock`` on for its whole life, so that a second writer of the
+dataset fails at once; a reader of an incomplete dataset probes it (a shared, non-blocking
+``flock`` released at once) to tell a conversion still running from one that stopped. Readers
+need neither file nor write access: they open the data file without a lock file. The kernel drops
+the lock when its process dies, so nothing on disk records it. The lock is on a file of its own
+because LMDB places ``fcntl`` locks on ``lock.mdb``, and on BSD and macOS ``flock`` and ``fcntl``
+locks on one file conflict.
 
 Readers refuse a dataset whose ``info.complete`` is false (the conversion did not finish)
 and one whose ``format_version`` they do not know. This module is pure: it packs and

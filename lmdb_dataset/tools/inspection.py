@@ -22,13 +22,13 @@ from ..storage.environment import (
     data_file,
     environments,
     incomplete_reason,
-    lock_file,
     open_databases,
     proven_spans,
     read_info,
     read_path_table,
     record_spans,
     store_spans,
+    writer_lock_file,
 )
 from ..storage.system import can_pread, release_lock, try_lock
 
@@ -277,7 +277,7 @@ def reindex(path: str | os.PathLike) -> int:
     file = data_file(path)
     in_directory = file.name == DATA_FILE  # a directory dataset, however it was named: lock file inside it
     try:
-        lock = os.open(lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)  # lmdb.open would create it too
+        lock = os.open(writer_lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         lock = None  # read-only: lmdb.open below says so
     if lock is not None and not try_lock(lock):

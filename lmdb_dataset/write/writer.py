@@ -18,6 +18,7 @@ from ..storage import format as fmt
 from ..storage.environment import (
     DATA_FILE,
     LOCK_FILE,
+    WRITER_LOCK_FILE,
     FileIdentity,
     begin_read,
     environments,
@@ -212,6 +213,8 @@ class LMDBWriter:
             self._closed = True
             if hasattr(self, "_env"):
                 self._env.close()
+            if self._lock_created:  # leave the directory as it was, so the same call can be repeated
+                (self.path / WRITER_LOCK_FILE).unlink(missing_ok=True)
             self._unlock()
             raise
 
@@ -240,23 +243,24 @@ class LMDBWriter:
         check_shaping(self.path, self.info, self._shaping)
 
     def _lock(self, *, create: bool) -> None:
-        """Take the writer's lock on :data:`LOCK_FILE` (``create``: creating the file), held until :meth:`close`.
+        """Take the writer's lock on :data:`WRITER_LOCK_FILE` (``create``: creating it), held until :meth:`close`.
 
-        The lock file is LMDB's own, which every writer creates and no reader needs; the descriptor
-        is not inherited by programs run from this process (``os.open``'s default), and a fork's
-        copy is closed in the child (:func:`storage.system.try_lock`).
+        Not on LMDB's ``lock.mdb``: LMDB puts ``fcntl`` locks on that, which conflict with a
+        ``flock`` on BSD and macOS. The descriptor is not inherited by programs run from this
+        process (``os.open``'s default), and a fork's copy is closed in the child
+        (:func:`storage.system.try_lock`).
 
         Raises:
             LMDBDatasetError: Another writer holds it (nothing was changed).
         """
-        lock = self.path / LOCK_FILE
-        self._lock_created = create and not lock.exists()
+        lock = self.path / WRITER_LOCK_FILE
+        created = create and not lock.exists()
         fd = os.open(lock, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
         if not try_lock(fd):
             os.close(fd)
             raise LMDBDatasetError(f"another process is writing {str(self.path)!r} (a conversion still running?); "
                                    "wait for it to finish, or stop it and run again with resume=True")
-        self._lock_fd = fd
+        self._lock_fd, self._lock_created = fd, created
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -272,22 +276,23 @@ class LMDBWriter:
 
     def _prepare_new_directory(self, overwrite: bool) -> None:
         """Check ``path`` may be written, take the writer's lock, and empty it (all but the lock file)."""
-        if (self.path / LOCK_FILE).is_file():
+        if (self.path / WRITER_LOCK_FILE).is_file():
             self._lock(create=False)  # before anything else: a running writer's dataset is left alone
         if self.path.exists():
             is_dataset = (self.path / DATA_FILE).exists()
             if is_dataset and not overwrite:
                 raise FileExistsError(f"a dataset already exists at {str(self.path)!r}; pass "
                                       "overwrite=True to replace it or resume=True to continue it")
-            # An interrupt between creating the lock file and the data file leaves the lock file alone.
-            if not is_dataset and (not self.path.is_dir() or any(p.name != LOCK_FILE for p in self.path.iterdir())):
+            # An interrupt between creating the lock files and the data file leaves the lock files alone.
+            if not is_dataset and (not self.path.is_dir()
+                                   or any(p.name not in (LOCK_FILE, WRITER_LOCK_FILE) for p in self.path.iterdir())):
                 raise FileExistsError(f"{str(self.path)!r} exists and is not a dataset; refusing to "
                                       "write into it (choose a new path)")
-            if is_dataset:  # the lock file stays: it is locked
+            if is_dataset:  # the writer's lock file stays: it is locked
                 for entry in self.path.iterdir():
                     if entry.is_dir() and not entry.is_symlink():
                         shutil.rmtree(entry)
-                    elif entry.name != LOCK_FILE:
+                    elif entry.name != WRITER_LOCK_FILE:
                         entry.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
         if self._lock_fd is None:
@@ -296,15 +301,19 @@ class LMDBWriter:
     def _open(self, *, map_size: int, sync: bool = True) -> lmdb.Environment:
         # LMDB writes into its lock file through a memory map: on a full disk a page it cannot
         # allocate kills the process with SIGBUS. Allocating the file first makes that an error.
-        assert self._lock_fd is not None  # _lock comes first
+        lock = self.path / LOCK_FILE
+        created = not lock.exists()
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if os.fstat(self._lock_fd).st_size < LOCK_FILE_BYTES:
-                allocate(self._lock_fd, LOCK_FILE_BYTES)
+            if os.fstat(fd).st_size < LOCK_FILE_BYTES:
+                allocate(fd, LOCK_FILE_BYTES)
         except OSError as exc:
-            if self._lock_created:
-                (self.path / LOCK_FILE).unlink()  # leave the directory as it was, so the same call can be repeated
+            if created:
+                lock.unlink()  # leave the directory as it was, so the same call can be repeated
             raise LMDBDatasetError(f"cannot write {str(self.path)!r}: {exc.strerror}; free space on its disk "
                                    "(or choose a path on another one) and run again") from None
+        finally:
+            os.close(fd)
         return lmdb.open(str(self.path), map_size=map_size, max_dbs=2, subdir=True, sync=sync,
                          readahead=False, create=True)
 
