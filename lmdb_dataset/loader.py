@@ -210,6 +210,7 @@ class LMDBLoader:
         num_workers = min(8, available_cpus()) if num_workers is None else num_workers
         _check_options(reader=reader, decode=self.decode, dtype=dtype, batch_size=batch_size,
                        num_workers=num_workers, device=self.device, size=size, resize=resize, mean=mean, std=std)
+        batch_size = int(batch_size)  # torch's samplers take a Python int, not a numpy integer
         shuffle = train if shuffle is None else shuffle
         resize = round(size * 256 / 224) if resize is None else resize
         self.crop: CropDecoder = (RandomResizedCropDecode(size, scale=scale, ratio=ratio) if train

@@ -15,6 +15,7 @@ import traceback
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms import v2
@@ -336,6 +337,12 @@ def test_truncated_jpegs_are_left_to_the_cpu_decoder(path):
 def test_bad_options_are_value_errors(path, options, message):
     with pytest.raises(ValueError, match=message):
         _loader(path, **options)
+
+
+@pytest.mark.parametrize("reader", ["random", "iterable"])
+def test_numpy_integer_counts_are_accepted(path, reader):
+    loader = _loader(path, reader=reader, batch_size=np.int64(4), num_workers=np.int64(0), size=np.int64(16))
+    assert [len(labels) for _, labels in loader][0] == 4
 
 
 @pytest.mark.parametrize("options", [{"batch_size": "8"}, {"num_workers": "2"}, {"num_workers": 2.0}, {"size": "32"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import os
 import tarfile
 from pathlib import Path
@@ -179,6 +180,49 @@ def test_flat_tar_of_images_and_folder_tar_as_webdataset_are_refused_at_once(ima
     with pytest.raises(ValueError, match=r"holds .cls label members.*--from webdataset"):
         convert(tmp_path / "shards" / "shard-00000.tar", tmp_path / "out", kind="folder-tar")
     assert not (tmp_path / "out").exists()
+
+
+def _tar_with(target: Path, entries: list[tuple[str, str, bytes]]) -> Path:
+    """A tar of ``(kind, name, data-or-link-target)`` entries: ``file``, ``dir``, ``hardlink``, ``symlink``."""
+    with tarfile.open(target, "w") as archive:
+        for kind, name, payload in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(payload)
+                archive.addfile(info, io.BytesIO(payload))
+                continue
+            info.type = {"dir": tarfile.DIRTYPE, "hardlink": tarfile.LNKTYPE, "symlink": tarfile.SYMTYPE}[kind]
+            info.linkname = payload.decode()
+            archive.addfile(info)
+    return target
+
+
+@pytest.mark.parametrize("link", ["hardlink", "symlink"])
+def test_a_folder_tar_with_images_stored_as_links_is_refused_not_read_short(images, tmp_path, link) -> None:
+    """Hard-linked files (and `tar -h` of symlinks) are link members: dropping them shifted every label."""
+    archive = _tar_with(tmp_path / "linked.tar", [("file", "train/b/2.jpg", images[0][1]),
+                                                  (link, "train/a/1.jpg", b"train/b/2.jpg")])
+    with pytest.raises(ValueError, match=r"holds images stored as links \(e.g. 'train/a/1.jpg'.*extract it and "
+                                         r"convert the folder"):
+        convert(archive, tmp_path / "out", kind="folder-tar")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_tar_with_an_empty_class_folder_is_refused_as_the_folder_is(images, tmp_path) -> None:
+    archive = _tar_with(tmp_path / "empty.tar", [("dir", "train", b""), ("dir", "train/a", b""),
+                                                 ("file", "train/a/1.jpg", images[0][1]), ("dir", "train/b", b""),
+                                                 ("dir", "train/c", b""), ("file", "train/c/2.jpg", images[1][1])])
+    with pytest.raises(ValueError, match=r"found no image file in the class folder\(s\) b of 'train'"):
+        convert(archive, tmp_path / "out")
+
+
+def test_a_webdataset_shard_whose_first_sample_lacks_its_label_skips_it_with_skip_bad(images, tmp_path) -> None:
+    members = [("s0.jpg", images[0][1]), ("s1.jpg", images[1][1]), ("s1.cls", b"1"), ("s2.jpg", images[2][1]),
+               ("s2.cls", b"0")]
+    (tmp_path / "shard.tar").write_bytes(tar_bytes(members))
+    with pytest.raises(SourceImageError, match=r"shard.tar/s0: expected one image and a .cls label"):
+        convert(tmp_path / "shard.tar", tmp_path / "out")
+    assert convert(tmp_path / "shard.tar", tmp_path / "out", resume=True, skip_bad=True).targets.tolist() == [1, 0]
 
 
 def test_every_record_skipped_leaves_no_destination_this_call_created(images, tmp_path) -> None:
@@ -410,3 +454,9 @@ def test_property_classes_file_line_i_names_label_i_or_is_refused(tmp_path_facto
             base.read_classes_file(path)
     else:
         assert base.read_classes_file(path) == names
+
+
+def test_classes_file_with_a_byte_order_mark_and_unicode_line_separators(tmp_path) -> None:
+    path = tmp_path / "classes.txt"
+    path.write_bytes("\ufeffcat\r\ndog\u2028x\r\nbird\n".encode())  # Notepad's BOM; U+2028 is no newline
+    assert base.read_classes_file(path) == ["cat", "dog\u2028x", "bird"]

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from lmdb_dataset import IncompleteDatasetError, LMDBImageDataset, LMDBWriter, SourceImageError
+from lmdb_dataset.storage.format import MAX_IMPLIED_CLASSES
 from lmdb_dataset.tools.inspection import summarize
 from lmdb_dataset.write import writer
 from lmdb_dataset.write.writer import build_record
@@ -111,20 +112,21 @@ def test_writer_rejects_labels_outside_its_classes_naming_label_and_path(tmp_pat
             with pytest.raises(ValueError, match=rf"x/{label}\.jpg: {problem}"):
                 w.add_record(build_record(_jpeg(1), 0, storage="encoded"), label, path=f"x/{label}.jpg")
     assert LMDBImageDataset(tmp_path / "ds").targets.tolist() == [1]
-    with LMDBWriter(tmp_path / "free") as w:  # no classes given: any class index
+    with LMDBWriter(tmp_path / "free") as w:  # no classes given: class indices the labels may imply
         w.add(_jpeg(0), 7)
-        w.add(_jpeg(0), 2**31 - 1)
-        for label in (-1, 2**31, 10**30):  # 10**30 reached struct.error while the record was packed
-            with pytest.raises(ValueError, match=rf"image #2: label {label} is (negative|outside 0..2\*\*31-1)"):
+        w.add(_jpeg(0), MAX_IMPLIED_CLASSES - 1)
+        for label, problem in ((-1, "is negative"), (MAX_IMPLIED_CLASSES, "would make"),  # a reader's 16 GiB tables
+                               (2**31 - 1, "would make"), (10**30, "is outside 0..2\\*\\*31-1")):  # struct.error
+            with pytest.raises(ValueError, match=rf"image #2: label {label} {problem}"):
                 w.add(_jpeg(0), label)
-    assert LMDBImageDataset(tmp_path / "free").targets.tolist() == [7, 2**31 - 1]
+    assert LMDBImageDataset(tmp_path / "free").targets.tolist() == [7, MAX_IMPLIED_CLASSES - 1]
 
 
 def test_writer_takes_path_objects_and_numpy_labels_and_refuses_other_types_at_once(tmp_path):
     with LMDBWriter(tmp_path / "ds", classes=["a", "b"]) as w:
         w.add(_jpeg(0), np.int64(1), path=Path("b/0.jpg"))  # a pathlib.Path crashed the next commit
         w.add_record(build_record(_jpeg(1), 0, storage="encoded"), 0, path=Path("a/1.jpg"))
-        for label in (1.0, "1", None):  # a float or str label reached struct.error at the commit
+        for label in (1.0, "1", None, True, np.True_):  # a float or str label reached struct.error at the commit
             with pytest.raises(TypeError, match=rf"x\.jpg: label={label!r} is a {type(label).__name__}, not an "
                                                 r"integer class index"):
                 w.add(_jpeg(2), label, path="x.jpg")

@@ -91,7 +91,9 @@ def read_classes_file(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classes file {str(path)!r} does not exist")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    # utf-8-sig: an editor's byte-order mark is no part of the first name; only newlines end a line
+    # (str.splitlines also splits at U+2028, form feeds and the like, which would shift the labels).
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").split("\n")]
     while names and not names[-1]:
         names.pop()
     if not names:

@@ -11,8 +11,11 @@ from header to header).
 root is the deepest folder that holds every image and no image directly; its sub-folders are
 the classes, and the samples are torchvision ``ImageFolder``'s on the extracted tree: classes
 sorted, files ending with one of its extensions (:data:`~lmdb_dataset.write.folder.IMG_EXTENSIONS`,
-any case) walked folder by folder in sorted order; other members are ignored, as are links
-(extracting would create them; a tar made by ``tar cf`` of a folder holds none by default).
+any case) walked folder by folder in sorted order; other members are ignored. A tar whose images
+include links (hard-linked files, ``tar -h``) or whose class folders include an empty one is
+refused. The root is a guess where the tar holds one class folder whose images all lie in
+sub-folders (``train/a/s1/x.jpg``, ``train/a/s2/y.jpg``): the sub-folders are taken as the
+classes; extract such a tar and convert the folder you mean.
 A first, header-only pass lists the members; the records are then streamed in archive order
 and the dataset stores ImageFolder's order as its sample order, so ``LMDBImageDataset(dst)[i]``
 is ``ImageFolder(extracted root)[i]``.
@@ -34,6 +37,7 @@ layout, a ``<key>.cls`` label among them webdataset, images in folders and no la
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tarfile
 from collections.abc import Generator, Iterator
@@ -62,17 +66,23 @@ def tar_kind(path: Path) -> str:
     by key); a folder tar when one is an image inside a folder, and none a label; else webdataset
     (whose reader then says what it found).
     """
-    in_folder = False
+    names = _first_files(path)
+    if names and names[0].endswith(".tar"):
+        return "tar"
+    if _has_label(names):
+        return "webdataset"
+    return "folder-tar" if any(is_image_file(name) and len(_parts(name)) >= 2 for name in names) else "webdataset"
+
+
+def _first_files(path: Path) -> list[str]:
+    """The names of the first :data:`PEEK_MEMBERS` file members of the tar at ``path``."""
     with tarfile.open(path, mode="r|*") as archive:
-        for seen, member in enumerate(m for m in archive if m.isfile()):
-            if seen == 0 and member.name.endswith(".tar"):
-                return "tar"
-            if _split(member.name)[1] == "cls":
-                return "webdataset"
-            in_folder = in_folder or (is_image_file(member.name) and len(_parts(member.name)) >= 2)
-            if seen + 1 >= PEEK_MEMBERS:
-                break
-    return "folder-tar" if in_folder else "webdataset"
+        return [member.name for member in itertools.islice((m for m in archive if m.isfile()), PEEK_MEMBERS)]
+
+
+def _has_label(names: list[str]) -> bool:
+    """Whether one of these member names is a webdataset ``<key>.cls`` label."""
+    return any(_split(name)[1] == "cls" for name in names)
 
 
 def _parts(name: str) -> list[str]:
@@ -134,7 +144,13 @@ class FolderTarSource:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         with tarfile.open(self.path, mode="r:*") as archive:
-            names = ["/".join(_parts(m.name)) for m in archive.getmembers() if m.isfile()]
+            members = archive.getmembers()
+        names = ["/".join(_parts(m.name)) for m in members if m.isfile()]
+        links = [m.name for m in members if (m.issym() or m.islnk()) and is_image_file(m.name)]
+        if links:  # a stream cannot go back to a link's target; dropping them would shift the labels
+            raise ValueError(f"{str(self.path)!r} holds images stored as links (e.g. {links[0]!r}; `tar -h` or "
+                             "hard-linked files make them): extract it and convert the folder (lmdb-dataset "
+                             "convert DIR DST)")
         labels = [name for name in names if _split(name)[1] == "cls"]
         if labels:
             raise ValueError(f"{str(self.path)!r} holds .cls label members (e.g. {labels[0]!r}): it is a webdataset "
@@ -145,6 +161,11 @@ class FolderTarSource:
         depth = len(_parts(self.root))
         below = [name.split("/")[depth:] for name in images]
         self.classes = sorted({parts[0] for parts in below})  # every image is in a class folder of the root
+        folders = {parts[depth] for m in members if m.isdir()
+                   and len(parts := _parts(m.name)) > depth and parts[:depth] == _parts(self.root)}
+        if empty := sorted(folders - set(self.classes)):  # as ImageFolder and the folder conversion refuse them
+            raise ValueError(f"{str(self.path)!r}: found no image file in the class folder(s) "
+                             f"{', '.join(empty)} of {self.root or 'its top level'!r}; remove them or add images")
         label = {name: i for i, name in enumerate(self.classes)}
         # ImageFolder's order: classes sorted, then sorted(os.walk(class folder)) - folders by path, files by name.
         samples = sorted((label[parts[0]], "/".join(parts[:-1]), parts[-1]) for parts in below)
@@ -233,7 +254,7 @@ class WebDatasetSource:
         self._check_first_sample()
 
     def _check_first_sample(self) -> None:
-        """Refuse a tar whose first sample has no ``.cls`` label: it is no webdataset shard, whatever follows.
+        """Refuse a tar with no ``.cls`` label in its first sample nor its first members: it is no webdataset shard.
 
         Raises:
             ValueError: The message says what the first sample holds, and what the tar is when it is
@@ -242,8 +263,8 @@ class WebDatasetSource:
         shard = self.shards[0]
         with contextlib.closing(_groups(shard)) as groups:
             key, group = next(groups, ("", {"cls": b""}))
-        if "cls" in group:
-            return
+        if "cls" in group or _has_label(_first_files(shard)):
+            return  # a labelled shard whose first sample lacks its label: a bad record (skip_bad)
         kind = tar_kind(shard)
         what = {"folder-tar": "it is a tar of an image folder: convert it with kind='folder-tar' (--from folder-tar)",
                 "tar": "it is a tar of class tars: convert it with kind='tar' (--from tar)"}.get(

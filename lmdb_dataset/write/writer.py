@@ -359,7 +359,8 @@ class LMDBWriter:
 
         Raises:
             TypeError: ``label`` is not an integer (a float, a str), or ``path`` not a str or path.
-            ValueError: ``label`` is not a class index of this dataset (:func:`storage.format.label_problem`).
+            ValueError: ``label`` is not a class index of this dataset (:func:`storage.format.label_problem`;
+                without ``classes``, below :data:`~lmdb_dataset.storage.format.MAX_IMPLIED_CLASSES`).
         """
         if path is not None:
             path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
@@ -368,11 +369,13 @@ class LMDBWriter:
                                 "not a str or os.PathLike of str")
         name = path if path is not None else f"image #{self.num_records}"
         try:
+            if isinstance(label, (bool, np.bool_)):
+                raise TypeError
             index = operator.index(label)  # ints and numpy integers; never a float's or a str's truncation
         except TypeError:
             raise TypeError(f"{name}: label={label!r} is a {type(label).__name__}, not an integer class index; "
                             "pass int(label) if it holds one") from None
-        if problem := fmt.label_problem(index, len(self.info.classes) or fmt.MAX_LABEL + 1):
+        if problem := fmt.label_problem(index, len(self.info.classes) or None):  # None: classes from the labels
             raise ValueError(f"{name}: {problem}")
         return index, path
 
@@ -390,8 +393,9 @@ class LMDBWriter:
 
         Raises:
             TypeError: ``label`` is not an integer, or ``path`` not a str or ``os.PathLike``.
-            ValueError: ``label`` is not a class index: negative, past ``2**31 - 1``, or, when
-                ``classes`` were given, not in ``range(len(classes))`` (:func:`storage.format.label_problem`).
+            ValueError: ``label`` is not a class index: negative, not in ``range(len(classes))`` when
+                ``classes`` were given, else past the classes labels may imply
+                (:func:`storage.format.label_problem`).
         """
         self._ensure_open()
         label, path = self._checked(label, path)
