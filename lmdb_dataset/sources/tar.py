@@ -66,7 +66,11 @@ def tar_kind(path: Path) -> str:
     by key); a folder tar when one is an image inside a folder, and none a label; else webdataset
     (whose reader then says what it found).
     """
-    names = _first_files(path)
+    return _kind_of(_first_files(path))
+
+
+def _kind_of(names: list[str]) -> str:
+    """:func:`tar_kind` from the names of a tar's first file members."""
     if names and names[0].endswith(".tar"):
         return "tar"
     if _has_label(names):
@@ -158,11 +162,12 @@ class FolderTarSource:
                              "(--from webdataset)")
         images = [name for name in names if is_image_file(name)]
         self.root = self._root(images)
-        depth = len(_parts(self.root))
+        root = _parts(self.root)
+        depth = len(root)
         below = [name.split("/")[depth:] for name in images]
         self.classes = sorted({parts[0] for parts in below})  # every image is in a class folder of the root
         folders = {parts[depth] for m in members if m.isdir()
-                   and len(parts := _parts(m.name)) > depth and parts[:depth] == _parts(self.root)}
+                   and len(parts := _parts(m.name)) > depth and parts[:depth] == root}
         if empty := sorted(folders - set(self.classes)):  # as ImageFolder and the folder conversion refuse them
             raise ValueError(f"{str(self.path)!r}: found no image file in the class folder(s) "
                              f"{', '.join(empty)} of {self.root or 'its top level'!r}; remove them or add images")
@@ -263,9 +268,12 @@ class WebDatasetSource:
         shard = self.shards[0]
         with contextlib.closing(_groups(shard)) as groups:
             key, group = next(groups, ("", {"cls": b""}))
-        if "cls" in group or _has_label(_first_files(shard)):
+        if "cls" in group:
+            return
+        names = _first_files(shard)
+        if _has_label(names):
             return  # a labelled shard whose first sample lacks its label: a bad record (skip_bad)
-        kind = tar_kind(shard)
+        kind = _kind_of(names)
         what = {"folder-tar": "it is a tar of an image folder: convert it with kind='folder-tar' (--from folder-tar)",
                 "tar": "it is a tar of class tars: convert it with kind='tar' (--from tar)"}.get(
             kind, "webdataset shards hold <key>.jpg + <key>.cls members")

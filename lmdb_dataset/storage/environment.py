@@ -51,12 +51,13 @@ from ..errors import (
     DatasetChangedError,
     DatasetNotFoundError,
     IncompleteDatasetError,
+    LMDBDatasetError,
     NotADatasetError,
     StaleOffsetsWarning,
 )
 from . import format as fmt
 from .shared_tables import SharedTables
-from .system import can_pread, lock_held, read_at
+from .system import can_pread, lock_held, read_at, try_lock
 
 DATA_FILE = "data.mdb"
 LOCK_FILE = "lock.mdb"
@@ -100,6 +101,24 @@ def writer_lock_file(path: str | os.PathLike) -> Path:
     file = data_file(path)
     return (file.with_name(WRITER_LOCK_FILE) if file.name == DATA_FILE
             else file.with_name(f"{file.name}-{WRITER_LOCK_FILE}"))
+
+
+def lock_for_writing(path: str | os.PathLike, *, create: bool, then: str) -> int:
+    """Take the writer's lock of dataset ``path`` (:func:`writer_lock_file`; ``create``: creating the file).
+
+    Returns the locked descriptor, held until :func:`storage.system.release_lock`.
+
+    Raises:
+        LMDBDatasetError: Another process holds it; the message ends with ``then``, what to do after
+            the conversion running there.
+        OSError: The lock file cannot be opened (a read-only dataset, or none with ``create`` False).
+    """
+    fd = os.open(writer_lock_file(path), os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    if not try_lock(fd):
+        os.close(fd)
+        raise LMDBDatasetError(f"another process is writing {str(path)!r} (a conversion still running?); wait for "
+                               f"it to finish, {then}")
+    return fd
 
 
 def incomplete_reason(path: str | os.PathLike, num_records: int) -> str:

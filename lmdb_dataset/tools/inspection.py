@@ -22,15 +22,15 @@ from ..storage.environment import (
     data_file,
     environments,
     incomplete_reason,
+    lock_for_writing,
     open_databases,
     proven_spans,
     read_info,
     read_path_table,
     record_spans,
     store_spans,
-    writer_lock_file,
 )
-from ..storage.system import can_pread, release_lock, try_lock
+from ..storage.system import can_pread, release_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,13 +277,9 @@ def reindex(path: str | os.PathLike) -> int:
     file = data_file(path)
     in_directory = file.name == DATA_FILE  # a directory dataset, however it was named: lock file inside it
     try:
-        lock = os.open(writer_lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)
+        lock: int | None = lock_for_writing(path, create=True, then="then run reindex again")
     except OSError:
         lock = None  # read-only: lmdb.open below says so
-    if lock is not None and not try_lock(lock):
-        os.close(lock)
-        raise LMDBDatasetError(f"another process is writing {path!r} (a conversion still running?); wait for it "
-                               "to finish, then run reindex again")
     try:
         return _store_spans_again(path, file, in_directory, info)
     finally:

@@ -22,10 +22,11 @@ from ..storage.environment import (
     FileIdentity,
     begin_read,
     environments,
+    lock_for_writing,
     record_spans,
     store_spans,
 )
-from ..storage.system import allocate, release_lock, try_lock
+from ..storage.system import allocate, release_lock
 from .interrupts import deferred_interrupts
 from .shaping import Shaping, shape_image
 
@@ -253,14 +254,9 @@ class LMDBWriter:
         Raises:
             LMDBDatasetError: Another writer holds it (nothing was changed).
         """
-        lock = self.path / WRITER_LOCK_FILE
-        created = create and not lock.exists()
-        fd = os.open(lock, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
-        if not try_lock(fd):
-            os.close(fd)
-            raise LMDBDatasetError(f"another process is writing {str(self.path)!r} (a conversion still running?); "
-                                   "wait for it to finish, or stop it and run again with resume=True")
-        self._lock_fd, self._lock_created = fd, created
+        created = create and not (self.path / WRITER_LOCK_FILE).exists()
+        self._lock_fd = lock_for_writing(self.path, create=create, then="or stop it and run again with resume=True")
+        self._lock_created = created
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
