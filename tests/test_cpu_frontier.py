@@ -36,7 +36,8 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
             assert {(corpus, temperature, "train", case) for case in OURS} <= measured
     assert {("imagenet", "warm", "val", case) for case in ("imagefolder-pillow", "lmdbloader-random")} <= measured
     cold = [r for r in results["runs"] if r["temperature"] == "cold"]
-    assert all(r["resident_after"] <= r["resident_before"] for r in cold)
+    assert all(r["resident_after"] <= r["resident_before"] for r in cold)  # the eviction before the second epoch
+    assert all(r["first_epoch"]["value"] > 0 for r in results["runs"] if "error" not in r)  # the warm-up, timed
     assert all(r["ceiling_img_s_per_core"] > 0 and r["ceiling_all_cores_img_s"] > 0 and len(r["ceiling_probes"]) == 2
                for r in results["runs"])
     for corpus in ("imagenet", "highres"):  # each probe is the after of one run and the before of the next
@@ -51,6 +52,8 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
     section = run.markdown(results)
     assert section in result.stdout and section.startswith("## CPU frontier\n")
     assert "Not measured: `dali-cpu`: does not import" in section
+    assert ("Resident in the page cache after the eviction before the second epoch: every case's files under 5%."
+            in section)
     assert "| imagenet: lmdbloader-random >= 1.25x dali-cpu | warm | not measured | n/a | not measured |" in section
     assert " measured targets met" in section and "Not measured: 2 (the loader compared with did not run)." in section
 
@@ -60,7 +63,8 @@ def synthetic(ours: float, baseline: float, dali: float, per_core: float, cpu_ms
     """A one-round run of the ImageNet-like corpus, warm, with the given img/s (and our CPU ms an image)."""
     runs = [{"round": 0, "corpus": "imagenet", "temperature": "warm", "split": "train", "case": case, "value": value,
              "first_batch_s": 1.0, "ceiling_img_s_per_core": per_core, "ceiling_all_cores_img_s": all_cores,
-             "cpu_ms_per_image": cpu,
+             "cpu_ms_per_image": cpu, "first_epoch": {"value": 0.9 * value},
+             "ceiling_probes": [{"one_core": per_core}, {"one_core": 1.1 * per_core}],
              "cores_busy": value * cpu / 1e3} for case, value, cpu in
             (("lmdbloader-random", ours, cpu_ms), ("imagefolder-pillow", baseline, 4.9), ("dali-cpu", dali, 2.4))]
     return {"command": "python -m benchmarks.cpu_frontier.run", "versions": {"DALI": "1"},
@@ -96,3 +100,5 @@ def test_verdicts_gaps_and_the_ceiling_that_stops_a_target_follow_the_numbers():
             "and the loader 0.88x that rate |") in slow_cores
     assert "| 2.500 [2.500, 2.500] | 1.75 [1.75, 1.75] |" in low  # CPU ms an image, cores busy
     assert "| LMDBLoader(device=\"cpu\"), random | 700.0 [700.0, 700.0] | 1.75x [1.75, 1.75] |" in low
+    assert "| 1.00 [1.00, 1.00] | 630.0 [630.0, 630.0] | 0.70x [0.70, 0.70] |" in low  # first batch, first epoch
+    assert "the two probes around a run differed by 10.0% [10.0, 10.0]" in low

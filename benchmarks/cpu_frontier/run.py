@@ -34,10 +34,15 @@ Two corpora (generated, cached under ``--data``): ``imagenet`` (``common/make_co
 interleaved: each round measures every case of a corpus and cache state in an order rotated by
 the round, warm (files read first) then cold (every file the case reads evicted with
 ``posix_fadvise(DONTNEED)``); ratios are taken within a round and reported as median
-[min, max]. Throughput is the steady state of one epoch (:func:`steady_window`): the window
-leaves out the first ``2 x --workers + 1`` batches (every worker's prefetched batches) and the
-last 4 (delivered from the loaders' buffers as the epoch drains), so no loader is credited with
-batches it finished before or after the window (``loaders/dataloader_cases.time_loader``).
+[min, max]. Throughput is the steady state of each loader's second epoch (:func:`steady_window`):
+the window leaves out the first ``2 x --workers + 1`` batches (every worker's prefetched batches)
+and the last 4 (delivered from the loaders' buffers as the epoch drains), so no loader is credited
+with batches it finished before or after the window (``loaders/dataloader_cases.time_loader``). The
+first epoch, timed the same way and reported beside it, warms each loader up as the first epoch of
+a training run does: every loader keeps its workers or threads across epochs (DataLoaders with
+``persistent_workers``, DALI's and FFCV's pipelines, an SPDL pipeline an epoch), and a cold run
+evicts the files again before the second epoch (pages a loader keeps mapped stay cached; the
+report names those loaders).
 
 Targets (issue 22), on the median ratio, ``train``, warm and cold: ``lmdbloader-random`` >= 2.0x
 ``imagefolder-pillow`` and >= 1.25x ``dali-cpu`` on ``imagenet``, >= 3x ``imagefolder-pillow`` on
@@ -204,14 +209,25 @@ def corpus_facts(corpus: Corpus) -> dict[str, Any]:
 def imagefolder_pillow(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
     """ImageFolder + Pillow + classic v1 transforms, float in the workers."""
     return DataLoader(ImageFolder(str(corpus.folder), transform=classic_pipeline(split)), batch_size=corpus.batch_size,
-                      shuffle=split == "train", num_workers=args.workers, drop_last=split == "train")
+                      shuffle=split == "train", num_workers=args.workers, drop_last=split == "train",
+                      persistent_workers=args.workers > 0)
+
+
+class Epochs:
+    """A loader whose every ``iter()`` is its next epoch, made by ``epoch()`` (for peers iterated by generators)."""
+
+    def __init__(self, epoch: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch()
 
 
 def dali_cpu(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
-    """DALI's CPU pipeline over the same JPEG files, ``--workers`` threads."""
+    """DALI's CPU pipeline over the same JPEG files, ``--workers`` threads (one pipeline for every epoch)."""
     iterator = dali_iterator(corpus.folder, train=split == "train", decoder="cpu", device_id=None,
                              batch_size=corpus.batch_size, num_threads=args.workers, seed=args.seed)
-    return ((batch[0]["images"], batch[0]["labels"]) for batch in iterator)
+    return Epochs(lambda: ((batch[0]["images"], batch[0]["labels"]) for batch in iterator))  # it resets itself
 
 
 def spdl_filter(height: int, width: int, split: str, size: int = 224) -> str:
@@ -225,13 +241,13 @@ def spdl_filter(height: int, width: int, split: str, size: int = 224) -> str:
 
 
 def spdl_loader(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
-    """SPDL's thread pipeline: per-image demux + filtered decode, ``--workers`` at once, then batches."""
+    """SPDL's thread pipeline: per-image demux + filtered decode, ``--workers`` at once, then batches (one
+    pipeline an epoch, SPDL's way)."""
     import spdl.io
     from spdl.pipeline import PipelineBuilder
 
-    samples = ImageFolder(str(corpus.folder)).samples
-    if split == "train":
-        samples = [samples[i] for i in torch.randperm(len(samples), generator=torch.Generator().manual_seed(args.seed))]
+    every = ImageFolder(str(corpus.folder)).samples
+    shuffle = torch.Generator().manual_seed(args.seed)
 
     def load(sample: tuple[str, int]) -> tuple[np.ndarray, int]:
         packets = spdl.io.demux_image(sample[0])
@@ -242,14 +258,14 @@ def spdl_loader(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
         images = torch.from_numpy(np.stack([image for image, _ in items])).permute(0, 3, 1, 2)
         return images, torch.tensor([label for _, label in items])
 
-    pipeline = (PipelineBuilder().add_source(samples).pipe(load, concurrency=args.workers)
-                .aggregate(corpus.batch_size, drop_last=split == "train").pipe(collate).add_sink(2)
-                .build(num_threads=args.workers))
-
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        samples = [every[i] for i in torch.randperm(len(every), generator=shuffle)] if split == "train" else every
+        pipeline = (PipelineBuilder().add_source(samples).pipe(load, concurrency=args.workers)
+                    .aggregate(corpus.batch_size, drop_last=split == "train").pipe(collate).add_sink(2)
+                    .build(num_threads=args.workers))
         with pipeline.auto_stop():
             yield from pipeline.get_iterator()
-    return batches()
+    return Epochs(batches)
 
 
 def ffcv_loader(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
@@ -272,7 +288,7 @@ def lmdbloader(reader: str) -> Maker:
     """``LMDBLoader(device="cpu", reader=reader)`` on the corpus's ``encoded`` conversion."""
     def make(corpus: Corpus, split: str, args: argparse.Namespace) -> Loader:
         return LMDBLoader(corpus.lmdb, batch_size=corpus.batch_size, train=split == "train", reader=reader,
-                          num_workers=args.workers, device="cpu", seed=args.seed, persistent_workers=False)
+                          num_workers=args.workers, device="cpu", seed=args.seed)
     return make
 
 
@@ -280,7 +296,7 @@ def lmdb_dataset_v2(corpus: Corpus, split: str, args: argparse.Namespace) -> Loa
     """Plain ``LMDBImageDataset`` + torchvision v2 uint8 transforms in a stock DataLoader."""
     dataset = LMDBImageDataset(corpus.lmdb, transform=uint8_pipeline(split), output="tensor")
     return DataLoader(dataset, batch_size=corpus.batch_size, shuffle=split == "train", num_workers=args.workers,
-                      drop_last=split == "train")
+                      drop_last=split == "train", persistent_workers=args.workers > 0)
 
 
 MAKERS: dict[str, Maker] = {
@@ -355,7 +371,7 @@ def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: li
         files = case_files(case, corpus, args)
         release(corpora)
         state = evict(files) if temperature == "cold" else (warm(files) or {})
-        result = {**in_child(time_case, case, corpus, split, args), **state}
+        result = {**state, **in_child(time_case, case, corpus, split, temperature, args)}
     except Exception as error:
         result = {"value": float("nan"), "error": f"{type(error).__name__}: {error}"}
     around = [before, probe_ceiling(records, split, args)]
@@ -365,15 +381,24 @@ def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: li
             "seconds": time.perf_counter() - started, "load_1min": round(os.getloadavg()[0], 2)}
 
 
-def time_case(case: str, corpus: Corpus, split: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Build a case's loader and time one epoch (in the child process ``in_child`` runs it in)."""
+def time_case(case: str, corpus: Corpus, split: str, temperature: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Build a case's loader and time its second epoch (in the child process ``in_child`` runs it in).
+
+    The first epoch warms the loader up, as a training run's first epoch does (workers' or
+    threads' first batches, allocations, memory faulted in); it is timed the same way and kept as
+    ``first_epoch``, and ``first_batch_s`` is its first batch. Cold: the case's files are evicted
+    again before the second epoch (``resident_before``/``resident_after``: that eviction's).
+    """
     torch.set_num_threads(1)
     built = time.perf_counter()
     loader = MAKERS[case](corpus, split, args)  # DALI's iterator runs its first batch here
     build_seconds = time.perf_counter() - built
     skip, batches = steady_window(len(corpus.files) // corpus.batch_size, args.workers)
+    first = time_loader(loader, workers=args.workers, batches=batches, skip=skip, finish=True)
+    state = evict(case_files(case, corpus, args)) if temperature == "cold" else {}
     result = time_loader(loader, workers=args.workers, batches=batches, skip=skip)
-    return {**result, "first_batch_s": result["first_batch_s"] + build_seconds}
+    return {**result, **state, "first_batch_s": first["first_batch_s"] + build_seconds,
+            "first_epoch": {key: first[key] for key in ("value", "cpu_ms_per_image", "cores_busy")}}
 
 
 def in_child(function: Callable[..., Any], *arguments: Any) -> Any:
@@ -413,6 +438,7 @@ def ceiling_rate(split: str, seconds: float, share: int = 0, shares: int = 1, st
     the same images. Probes over a changing part of a sample differed by up to 20% on 1-4 MP photos,
     and a 300-image sample of the ImageNet-like corpus decoded 2-10% faster than the whole corpus
     (its JPEGs 5% smaller): the ceiling is the rate on the images the loaders decode.
+
     """
     torch.set_num_threads(1)
     records = _PROBED[share::shares]
@@ -584,7 +610,9 @@ def markdown(results: dict) -> str:
               f"{settings['rounds']} round{'s' if settings['rounds'] != 1 else ''} interleaved "
               "(case order rotated per round), cache states "
               f"{', '.join(settings['temperatures'])}; 1-minute load average {load[0]} before and {load[1]} after. "
-              f"img/s = steady state of one epoch: {window}; ratios per round, median [min, max]. "
+              f"img/s = steady state of each loader's second epoch, {window} (the first epoch, timed the same "
+              "way, warms the loader up as a training run's first epoch does: workers and threads kept across "
+              "epochs; cold: the files evicted again before the second); ratios per round, median [min, max]. "
               "Ceiling = one core's "
               "decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop decoder, bytes in memory, "
               f"probed before and after every run over whole passes of {sample_words(settings)}, "
@@ -630,23 +658,30 @@ def case_table(results: dict, corpus: str, temperature: str, split: str) -> list
     probes = [v for case in names for v in ceiling_series(results, corpus, temperature, split, case)]
     all_cores = [v for case in names for v in all_cores_series(results, corpus, temperature, split, case)]
     loads = [v for case in names for v in series(results, corpus, temperature, split, case, "load_1min")]
+    drift = [100 * abs(after["one_core"] / before["one_core"] - 1) for run in results["runs"]
+             if (run["corpus"], run["temperature"], run["split"]) == (corpus, temperature, split)
+             for before, after in [run.get("ceiling_probes", ({"one_core": 1}, {"one_core": float("nan")}))]]
     baseline = series(results, corpus, temperature, split, BASELINE)
     dali = series(results, corpus, temperature, split, DALI)
     lines = ["", f"### {corpus}, {temperature}, {split}", "",
              (f"Ceiling, probed around every run: {ranged(probes, ' img/s', 1)} "
               f"({results['settings']['ceiling_cores']} x one core, whose decode + crop + resize + flip takes "
               f"{ranged([1e3 * results['settings']['ceiling_cores'] / v for v in probes], ' ms', 3)} of CPU an "
-              f"image); all-cores ceiling {ranged(all_cores, ' img/s', 1)}. CPU an image: the loader's process "
+              f"image); all-cores ceiling {ranged(all_cores, ' img/s', 1)}; the two probes around a run "
+              f"differed by {ranged(drift, '%', 1)} (one core's rate, the later against the earlier). "
+              "CPU an image: the loader's process "
               "(threads included) and its workers over the window, "
               "per image; cores busy: that CPU time over the window's wall time. 1-minute load average after "
               f"each run: {ranged(loads, '', 2)}."), "",
              ("| loader | img/s, median [min, max] | / ImageFolder+Pillow | / DALI CPU | / ceiling "
-              "| / all-cores ceiling | CPU ms an image | cores busy | first batch s |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+              "| / all-cores ceiling | CPU ms an image | cores busy | first batch s | first epoch img/s "
+              "| first epoch / ceiling |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in names:
         values = series(results, corpus, temperature, split, case)
-        firsts = [r.get("first_batch_s", float("nan")) for r in results["runs"]
-                  if (r["corpus"], r["temperature"], r["split"], r["case"]) == (corpus, temperature, split, case)]
+        firsts = series(results, corpus, temperature, split, case, "first_batch_s")
+        first_epoch = [r.get("value", float("nan")) if isinstance(r, dict) else r
+                       for r in series(results, corpus, temperature, split, case, "first_epoch")]
         errors = {r["error"] for r in results["runs"] if r.get("error") and (
             r["corpus"], r["temperature"], r["split"], r["case"]) == (corpus, temperature, split, case)}
         lines.append(f"| {CASES[case]} | {ranged(values, '', 1)} | {ranged(ratios(values, baseline))} | "
@@ -655,7 +690,16 @@ def case_table(results: dict, corpus: str, temperature: str, split: str) -> list
                      f"{ranged(ratios(values, all_cores_series(results, corpus, temperature, split, case)))} | "
                      f"{ranged(series(results, corpus, temperature, split, case, 'cpu_ms_per_image'), '', 3)} | "
                      f"{ranged(series(results, corpus, temperature, split, case, 'cores_busy'), '', 2)} | "
-                     f"{ranged(firsts, '', 2)} |" + (f" error: {'; '.join(sorted(errors))}" if errors else ""))
+                     f"{ranged(firsts, '', 2)} | {ranged(first_epoch, '', 1)} | "
+                     f"{ranged(ratios(first_epoch, ceiling_series(results, corpus, temperature, split, case)))} |"
+                     + (f" error: {'; '.join(sorted(errors))}" if errors else ""))
+    if temperature == "cold":  # pages a loader maps stay cached: its second epoch was not read cold
+        kept = [f"{case} {fraction:.0%}" for case in names
+                if (fraction := max([0.0, *(v for v in series(results, corpus, temperature, split, case,
+                                                                "resident_after") if np.isfinite(v))])) > 0.05]
+        lines += ["", "Resident in the page cache after the eviction before the second epoch: "
+                  + (", ".join(kept) + " (mapped by the loader, so not read cold); every other case's files under 5%."
+                     if kept else "every case's files under 5%.")]
     return lines
 
 

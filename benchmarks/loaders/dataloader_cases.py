@@ -107,7 +107,7 @@ def cpu_seconds() -> float:
 
 
 def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool = True,
-                skip: int | None = None) -> Result:
+                skip: int | None = None, finish: bool = False) -> Result:
     """Iterate a loader: first-batch latency apart from steady-state throughput, and the CPU it took.
 
     The steady-state window starts when batch ``skip`` arrives (default ``workers - 1``: every
@@ -115,7 +115,9 @@ def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool
     next ``batches`` batches; the loop stops there, so batches a loader finished ahead of the
     window's end (prefetched, staged) are not counted. The window ends as its last batch arrives,
     before the loop is left: leaving it ends the loader (a DataLoader joins its workers, which first
-    finish the batch at hand), and that teardown is no part of the steady state. With ``normalize``,
+    finish the batch at hand), and that teardown is no part of the steady state. With ``finish``
+    the rest of the epoch is then read, untimed, so that the loader's next iteration is its next
+    epoch (for loaders that keep their workers or threads across epochs). With ``normalize``,
     uint8 batches are normalised here, in the main process, and timed. ``cpu_ms_per_image`` is the
     CPU time of this process (its threads included) and its worker processes over the window, per
     image delivered in it; ``cores_busy`` the same CPU time over the window's wall time.
@@ -126,7 +128,8 @@ def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool
     first = window_start = cpu_start = 0.0
     window_end = cpu_end = None
     images = steady = 0
-    for step, (batch, _) in enumerate(loader):
+    iterator = iter(loader)
+    for step, (batch, _) in enumerate(iterator):
         if normalize and batch.dtype == torch.uint8:
             batch = normalizer(batch)
         if step == 0:
@@ -142,6 +145,9 @@ def time_loader(loader: Iterable, *, workers: int, batches: int, normalize: bool
                 break
     if window_end is None or cpu_end is None:  # the epoch ended first (the DataLoader has ended its workers)
         window_end, cpu_end = time.perf_counter(), cpu_seconds()
+    elif finish:
+        for _ in iterator:
+            pass
     wall, cpu = window_end - window_start, cpu_end - cpu_start
     if images == 0:
         raise RuntimeError("the corpus is too small for a steady-state window; use more images")
