@@ -188,7 +188,8 @@ class LMDBLoader:
             :class:`BadRecordWarning` and listed in :attr:`skipped`. Defaults to ``"raise"``.
 
     Raises:
-        TypeError: A count or size (``batch_size``, ``num_workers``, ``size``, ``resize``) is not an integer.
+        TypeError: A count, size or seed (``batch_size``, ``num_workers``, ``size``, ``resize``, ``seed``,
+            ``num_replicas``, ``rank``) is not an integer.
         ValueError: An option is out of range, or CUDA was asked for and is not available.
     """
 

@@ -346,9 +346,10 @@ def test_numpy_integer_counts_are_accepted(path, reader):
 
 
 @pytest.mark.parametrize("options", [{"batch_size": "8"}, {"num_workers": "2"}, {"num_workers": 2.0}, {"size": "32"},
-                                     {"resize": 36.5}, {"batch_size": True}])
+                                     {"resize": 36.5}, {"batch_size": True}, {"seed": 1.5}, {"seed": "0"},
+                                     {"rank": True, "num_replicas": 2}, {"num_replicas": 2.0, "rank": 0}])
 def test_options_of_another_type_are_type_errors_naming_them(path, options):
-    (name, value), = options.items()
+    (name, value), *_ = options.items()
     with pytest.raises(TypeError, match=rf"{name}={value!r} must be an integer"):
         _loader(path, **options)
 

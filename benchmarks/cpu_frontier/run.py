@@ -21,7 +21,8 @@ labels, from RandomResizedCrop 224 + horizontal flip (``train``) or Resize 256 +
   transforms in a stock ``DataLoader``, normalised in the main process.
 
 The ceiling is one core's decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop
-decoder, ``RandomResizedCropDecode`` / ``CenterCropDecode``, one process, bytes in memory) x
+decoder, ``RandomResizedCropDecode`` / ``CenterCropDecode``, one process, bytes in memory, images
+per second of its CPU time) x
 ``min(cores, workers)``, probed between runs over whole passes of every image of the corpus (the
 images the loaders decode; ``--ceiling-images`` takes an even sample instead, at least
 ``--ceiling-seconds`` a probe); each loader is shown as a fraction of the probes right before and
@@ -51,8 +52,8 @@ renders its section of RESULTS.md; ``--out benchmarks/cpu_frontier/results.json`
 committed results and re-renders benchmarks/RESULTS.md.
 
 Example:
-    python -m benchmarks.cpu_frontier.run --out benchmarks/cpu_frontier/results.json   # full: ~27 min on 2 cores
-    python -m benchmarks.cpu_frontier.run --quick                                      # 2-5 min
+    python -m benchmarks.cpu_frontier.run --out benchmarks/cpu_frontier/results.json   # full: ~30 min on 2 cores
+    python -m benchmarks.cpu_frontier.run --quick                                      # ~4 min
 """
 
 from __future__ import annotations
@@ -439,20 +440,23 @@ def ceiling_rate(split: str, seconds: float, share: int = 0, shares: int = 1, st
     and a 300-image sample of the ImageNet-like corpus decoded 2-10% faster than the whole corpus
     (its JPEGs 5% smaller): the ceiling is the rate on the images the loaders decode.
 
+    The rate is images per second of the process's CPU time, the rate of a core it has to itself.
+    Timed by the wall clock, the probes right after a case took 1.28-1.57 ms an image where a
+    quiet machine takes 1.24, while a loader's window, an epoch into its run, ran at full speed:
+    loaders came out above the ceiling (``benchmarks/NOTES.md``, 2026-12-07).
     """
     torch.set_num_threads(1)
     records = _PROBED[share::shares]
     decoder = RandomResizedCropDecode(224) if split == "train" else CenterCropDecode(224, resize=256)
     if start is not None:
         time.sleep(max(0.0, start - time.time()))
-    done, started = 0, time.perf_counter()
+    done, started, cpu_started = 0, time.perf_counter(), time.process_time()
     while True:
         for record in records:
             decoder(*record)
         done += len(records)
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            return done / elapsed
+        if time.perf_counter() - started >= seconds:
+            return done / (time.process_time() - cpu_started)
 
 
 def splits_of(corpus: str, temperature: str, args: argparse.Namespace) -> list[str]:
@@ -615,6 +619,7 @@ def markdown(results: dict) -> str:
               "epochs; cold: the files evicted again before the second); ratios per round, median [min, max]. "
               "Ceiling = one core's "
               "decode + crop + resize + flip rate (simplejpeg + lmdb_dataset's crop decoder, bytes in memory, "
+              "images per second of the probing process's CPU time, "
               f"probed before and after every run over whole passes of {sample_words(settings)}, "
               f"at least {settings['ceiling_seconds']} s a probe) x {settings['ceiling_cores']}; "
               "a loader's fraction of it uses the probes around its own run. All-cores ceiling: the same images "

@@ -49,12 +49,6 @@ DEFAULT_POOL_SIZE = 8192
 """Records per mixing pool unless a reader is told otherwise (~900 MB of ImageNet in the page cache)."""
 
 
-def check_seed(seed: int) -> None:
-    """Raise ValueError unless ``seed`` is a non-negative integer."""
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed={seed!r} must be a non-negative integer")
-
-
 def check_at_least(minimum: int, /, **counts: int | None) -> None:
     """Raise for the first of ``counts`` (``num_workers=...``) that is not an integer >= ``minimum``, naming it.
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .maths import ORDER_VERSION, Hop, RankOrder, check_positive, check_seed, rest_length, rest_of_epoch
+from .maths import ORDER_VERSION, Hop, RankOrder, check_at_least, check_positive, rest_length, rest_of_epoch
 from .world import Replicas, World
 
 MAX_WORKERS = 1024
@@ -173,7 +173,7 @@ class EpochResumable:
                    rank: int | None, drop_last: bool) -> None:
         """Check and keep the order settings, the DDP world asked for, and a fresh epoch progress."""
         check_positive(chunk_size=chunk_size, pool_size=pool_size)
-        check_seed(seed)
+        check_at_least(0, seed=seed)
         self.chunk_size = chunk_size
         self.pool_size = pool_size
         self.shuffle = shuffle

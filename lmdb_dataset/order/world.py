@@ -8,6 +8,8 @@ import warnings
 import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
+from .maths import check_at_least
+
 
 @dataclasses.dataclass(frozen=True)
 class World:
@@ -54,10 +56,8 @@ class Replicas:
     inherited: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.num_replicas is not None and self.num_replicas < 1:
-            raise ValueError(f"num_replicas={self.num_replicas} must be >= 1")
-        if self.rank is not None and self.rank < 0:
-            raise ValueError(f"rank={self.rank} must be >= 0")
+        check_at_least(1, num_replicas=self.num_replicas)
+        check_at_least(0, rank=self.rank)
         if self.num_replicas is not None and self.rank is not None and self.rank >= self.num_replicas:
             raise ValueError(f"rank={self.rank} must be in [0, num_replicas={self.num_replicas})")
 

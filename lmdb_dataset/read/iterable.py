@@ -16,7 +16,14 @@ from torch.utils.data._utils.fetch import _IterableDatasetFetcher
 
 from ..decode.image import Output
 from ..order.draws import draw_seed
-from ..order.maths import DEFAULT_CHUNK_SIZE, DEFAULT_POOL_SIZE, Hop, check_positive, check_seed, worker_positions
+from ..order.maths import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_POOL_SIZE,
+    Hop,
+    check_at_least,
+    check_positive,
+    worker_positions,
+)
 from ..order.quality import check_class_locality, labels_in_file_order
 from ..order.resume import EpochResumable, check_identity
 from ..order.world import World, current_world
@@ -175,7 +182,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
                  output: Output = "pil", batch_size: int | None = None, verify_checksums: bool = True,
                  on_error: OnError = "raise") -> None:
         check_positive(chunk_size=chunk_size, pool_size=pool_size, batch_size=batch_size)
-        check_seed(seed)
+        check_at_least(0, seed=seed)
         super().__init__(path, transform, target_transform, output=output, verify_checksums=verify_checksums,
                          access="pread", readahead=False, on_error=on_error)
         self._set_order(chunk_size=chunk_size, pool_size=pool_size, shuffle=shuffle, seed=seed,
