@@ -333,3 +333,26 @@ def test_a_source_conversion_cut_before_it_saved_its_settings_resumes(image_fold
     convert_source(src, tmp_path / "cut.lmdb", workers=0, resume=True, progress=False)
     convert_source(src, tmp_path / "whole.lmdb", workers=0, progress=False)
     assert logical_content(tmp_path / "cut.lmdb") == logical_content(tmp_path / "whole.lmdb")
+
+
+def test_a_signal_between_a_records_progress_and_the_record_loses_no_record(image_folder, tmp_path, monkeypatch):
+    """Ctrl-C right after the converter saved its progress past a record, before adding that record (CI saw a
+    SIGTERM land there: the resumed dataset lacked the record). The two are kept together: nothing is lost."""
+    src = tmp_path / "shards"
+    write_shards(source_images(image_folder(48, special=False)), src, per_shard=16)
+    convert_source(src, tmp_path / "whole.lmdb", workers=0, progress=False)
+    expected = logical_content(tmp_path / "whole.lmdb")
+    original = writer.LMDBWriter.set_conversion_state
+
+    def save_then_interrupt(self, state):
+        original(self, state)
+        if state["next_source"] == 30:  # counts record 29, which is not added yet
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(writer.LMDBWriter, "set_conversion_state", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        convert_source(src, tmp_path / "cut.lmdb", workers=0, progress=False)
+    monkeypatch.undo()
+    assert summarize(tmp_path / "cut.lmdb").info.num_records == 30  # record 29 came with its progress
+    convert_source(src, tmp_path / "cut.lmdb", workers=0, resume=True, progress=False)
+    assert logical_content(tmp_path / "cut.lmdb") == expected

@@ -26,6 +26,7 @@ from ..write.convert import (
     removed_if_empty,
     resumable,
 )
+from ..write.interrupts import deferred_interrupts
 from ..write.parallel import ordered_map
 from ..write.shaping import Shaping
 from ..write.writer import LMDBWriter, build_shaped_record, check_shaping
@@ -214,15 +215,18 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
                     raise SourceImageError(
                         f"{source.path}: {error}. The records before it are kept: run again with resume=True "
                         "(--resume) and skip_bad=True (--skip-bad) to leave such records out.", source=record.name)
-                state["next_source"] = position + 1
-                if not error:  # a skipped record's label implies no class
-                    state["max_label"] = max(state["max_label"], record.label)
-                writer.set_conversion_state(state)
-                if error:
-                    writer.skip(record.name, error)
-                else:
-                    assert built_record is not None  # a record is built unless it has an error
-                    writer.add_record(built_record, record.label, path=record.name, resized=resized)
+                # The progress and its record, or neither: a signal between the two would save a next_source
+                # past a record that was never added, and the resumed dataset would lack it.
+                with deferred_interrupts():
+                    state["next_source"] = position + 1
+                    if not error:  # a skipped record's label implies no class
+                        state["max_label"] = max(state["max_label"], record.label)
+                    writer.set_conversion_state(state)
+                    if error:
+                        writer.skip(record.name, error)
+                    else:
+                        assert built_record is not None  # a record is built unless it has an error
+                        writer.add_record(built_record, record.label, path=record.name, resized=resized)
                 bytes_read += record.size
                 bar.update()
                 if position % 16 == 0:

@@ -396,12 +396,13 @@ class LMDBWriter:
         self._ensure_open()
         label, path = self._checked(label, path)
         index = self.num_records
-        if self.info.shaping is not None:
-            self.info.shaping["resized" if resized else "kept"] += 1
-        self._pending.append(record)
-        self._pending_labels.append(label)
-        self._pending_paths.append(path or "")
-        self._pending_bytes += len(record)
+        with deferred_interrupts():  # the record's bytes, label, path and counts, or none of them
+            if self.info.shaping is not None:
+                self.info.shaping["resized" if resized else "kept"] += 1
+            self._pending.append(record)
+            self._pending_labels.append(label)
+            self._pending_paths.append(path or "")
+            self._pending_bytes += len(record)
         if self._pending_bytes >= self._commit_bytes or len(self._pending) >= self._commit_records:
             self.commit()
         return index
