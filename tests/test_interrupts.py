@@ -201,6 +201,25 @@ def test_deferred_interrupts_deliver_the_signal_when_the_section_ends():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_nested_deferred_section_leaves_the_signal_to_the_outer_one():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            with deferred_interrupts():  # e.g. a commit inside the converter's record section
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                done.append("the inner section")
+            done.append("the rest of the outer one")
+    assert done == ["the inner section", "the rest of the outer one"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # and the next section holds signals again
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            done.append("a later section")
+    assert done[-1] == "a later section"
+
+
 def test_terminate_as_interrupt_turns_sigterm_into_keyboard_interrupt_and_restores_the_handler():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):

@@ -70,6 +70,10 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_holding = 0
+"""Open :func:`deferred_interrupts` blocks of the main thread (0 or 1: inner ones add nothing)."""
+
+
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Hold back SIGINT and SIGTERM within the block; the first one received is handled as it ends.
@@ -77,9 +81,11 @@ def deferred_interrupts() -> Iterator[None]:
     Only signals handled by Python functions are held (Ctrl-C's ``KeyboardInterrupt``, the
     handler of :func:`terminate_as_interrupt`); a signal left to the system's default action
     (SIGTERM outside the command line) still ends the process at once, which a crash-safe
-    commit survives. Outside the main thread it does nothing.
+    commit survives. Outside the main thread it does nothing. A block inside another holds
+    nothing more: the outer one handles the signal as it ends (and costs ~1 us instead of ~11).
     """
-    if not _in_main_thread():
+    global _holding
+    if not _in_main_thread() or _holding:
         yield
         return
     received: list[tuple[int, FrameType | None]] = []
@@ -89,9 +95,11 @@ def deferred_interrupts() -> Iterator[None]:
         if callable(handler):
             previous[signum] = handler
             signal.signal(signum, lambda number, frame: received.append((number, frame)))
+    _holding += 1
     try:
         yield
     finally:
+        _holding -= 1
         for number, handler in previous.items():
             signal.signal(number, handler)
         if received:
