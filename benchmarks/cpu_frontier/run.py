@@ -372,7 +372,7 @@ def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: li
         files = case_files(case, corpus, args)
         release(corpora)
         state = evict(files) if temperature == "cold" else (warm(files) or {})
-        result = {**state, **in_child(time_case, case, corpus, split, temperature, args)}
+        result = {**state, **in_child(time_case, case, corpus, split, files if temperature == "cold" else None, args)}
     except Exception as error:
         result = {"value": float("nan"), "error": f"{type(error).__name__}: {error}"}
     around = [before, probe_ceiling(records, split, args)]
@@ -382,13 +382,15 @@ def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: li
             "seconds": time.perf_counter() - started, "load_1min": round(os.getloadavg()[0], 2)}
 
 
-def time_case(case: str, corpus: Corpus, split: str, temperature: str, args: argparse.Namespace) -> dict[str, Any]:
+def time_case(case: str, corpus: Corpus, split: str, cold_files: list[str] | None,
+              args: argparse.Namespace) -> dict[str, Any]:
     """Build a case's loader and time its second epoch (in the child process ``in_child`` runs it in).
 
     The first epoch warms the loader up, as a training run's first epoch does (workers' or
     threads' first batches, allocations, memory faulted in); it is timed the same way and kept as
-    ``first_epoch``, and ``first_batch_s`` is its first batch. Cold: the case's files are evicted
-    again before the second epoch (``resident_before``/``resident_after``: that eviction's).
+    ``first_epoch``, and ``first_batch_s`` is its first batch. Cold (``cold_files``, the files the case
+    reads): they are evicted again before the second epoch (``resident_before``/``resident_after``:
+    that eviction's).
     """
     torch.set_num_threads(1)
     built = time.perf_counter()
@@ -396,7 +398,7 @@ def time_case(case: str, corpus: Corpus, split: str, temperature: str, args: arg
     build_seconds = time.perf_counter() - built
     skip, batches = steady_window(len(corpus.files) // corpus.batch_size, args.workers)
     first = time_loader(loader, workers=args.workers, batches=batches, skip=skip, finish=True)
-    state = evict(case_files(case, corpus, args)) if temperature == "cold" else {}
+    state = evict(cold_files) if cold_files is not None else {}
     result = time_loader(loader, workers=args.workers, batches=batches, skip=skip)
     return {**result, **state, "first_batch_s": first["first_batch_s"] + build_seconds,
             "first_epoch": {key: first[key] for key in ("value", "cpu_ms_per_image", "cores_busy")}}

@@ -341,6 +341,7 @@ class LMDBWriter:
             SourceImageError: The image cannot be decoded or stored (names ``path``).
             TypeError, ValueError: ``label`` is not a class index, or ``path`` not a path (see :meth:`add_record`).
         """
+        self._ensure_open()
         label, path = self._checked(label, path)
         try:
             record, resized = build_shaped_record(image, label, storage=self.info.storage, shaping=self._shaping,
@@ -348,7 +349,7 @@ class LMDBWriter:
         except ValueError as exc:
             name = path if path is not None else f"image #{self.num_records}"
             raise SourceImageError(f"{name}: {exc}", source=name) from None
-        return self.add_record(record, label, path=path, resized=resized)
+        return self._append(record, label, path, resized)
 
     def _checked(self, label: int, path: str | os.PathLike | None) -> tuple[int, str | None]:
         """``(label, path)`` as stored (an int, a str), checked before anything is kept; errors name the image.
@@ -395,6 +396,10 @@ class LMDBWriter:
         """
         self._ensure_open()
         label, path = self._checked(label, path)
+        return self._append(record, label, path, resized)
+
+    def _append(self, record: bytes, label: int, path: str | None, resized: bool) -> int:
+        """Keep a record whose label and path :meth:`_checked` returned; commit when enough is pending."""
         index = self.num_records
         with deferred_interrupts():  # the record's bytes, label, path and counts, or none of them
             if self.info.shaping is not None:
