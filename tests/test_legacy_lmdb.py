@@ -122,11 +122,12 @@ def test_a_pickle_that_runs_a_command_stops_conversion_naming_the_key(images, tm
     source = write_folder2lmdb(images, tmp_path / "f2l.lmdb", protocol=4)
     marker = tmp_path / "pwned"
     poison(source, b"5", pickle.dumps((b"\xff\xd8", RunsCommand(str(marker))), protocol=4))
-    with pytest.raises(SourceImageError, match=r"record b'5': pickle asks for global posix.system") as caught:
+    with pytest.raises(SourceImageError, match=r"record '5': pickle asks for global posix.system") as caught:
         convert_source(source, tmp_path / "out", workers=0, progress=False)
     assert caught.value.source == "5" and not marker.exists()
     report = convert_source(source, tmp_path / "out", workers=0, progress=False, resume=True, skip_bad=True)
     assert report.converted == 9 and [s["path"] for s in report.skipped] == ["5"] and not marker.exists()
+    assert "record '5': pickle asks" in report.skipped[0]["error"]  # named as the report names it, not b'5'
     expected = [data for index, (_, data, _) in enumerate(source_images(images)) if index != 5]
     assert stored_payloads(tmp_path / "out") == expected
 
@@ -146,7 +147,7 @@ def test_skip_bad_leaves_out_undecodable_and_refused_records(images, tmp_path) -
 def test_pyarrow_serialized_values_are_refused_with_the_reason(images, tmp_path, fixture: str) -> None:
     source = write_folder2lmdb(images, tmp_path / "f2l.lmdb", protocol=4)
     poison(source, b"0", (Path(__file__).parent / "data" / fixture).read_bytes())
-    with pytest.raises(SourceImageError, match=r"record b'0': looks like pyarrow's removed serialize\(\) format"):
+    with pytest.raises(SourceImageError, match=r"record '0': looks like pyarrow's removed serialize\(\) format"):
         convert_source(source, tmp_path / "out", workers=0, progress=False)
 
 
@@ -191,7 +192,7 @@ def test_cli_names_the_refused_record_and_the_fix(images, tmp_path, capsys) -> N
     poison(source, b"12", pickle.dumps((b"\xff\xd8", RunsCommand(str(tmp_path / "pwned"))), protocol=2))
     assert main(["convert", str(source), str(tmp_path / "out"), "--workers", "0", "--quiet"]) == 2
     error = capsys.readouterr().err
-    assert "record b'12': pickle asks for global posix.system" in error and "--skip-bad" in error
+    assert "record '12': pickle asks for global posix.system" in error and "--skip-bad" in error
     assert not (tmp_path / "pwned").exists()
 
 
@@ -238,7 +239,7 @@ def test_killed_conversion_resumes_to_the_same_dataset_as_an_uninterrupted_run(i
 def test_resume_refuses_a_changed_source(images, tmp_path) -> None:
     source = write_folder2lmdb(images, tmp_path / "f2l.lmdb", protocol=4)
     poison(source, b"5", b"not a pickle")
-    with pytest.raises(SourceImageError, match=r"record b'5'.*--resume.*--skip-bad"):
+    with pytest.raises(SourceImageError, match=r"record '5'.*--resume.*--skip-bad"):
         convert_source(source, tmp_path / "out", workers=0, progress=False)
     poison(source, b"5", pickle.dumps((source_images(images)[5][1], 0), protocol=4))
     with pytest.raises(LMDBDatasetError, match="source_files.*the source changed"):

@@ -63,6 +63,14 @@ def test_list_file_with_header_and_class_names(root, images, tmp_path) -> None:
     dataset = convert(listing, tmp_path / "out", root=root)
     assert dataset.classes == ["ant", "moth", "zebra"]
     assert [dataset.classes[t] for t in dataset.targets] == [names[label] for _, _, label in images]
+    (tmp_path / "renamed.txt").write_text("Ant\nMoth\nZebra\n")  # --classes renames the source's own classes
+    renamed = convert(listing, tmp_path / "renamed", root=root, classes=tmp_path / "renamed.txt")
+    assert renamed.classes == ["Ant", "Moth", "Zebra"] and renamed.targets.tolist() == dataset.targets.tolist()
+    (tmp_path / "short.txt").write_text("Ant\nMoth\n")  # label 2 would have no name, or a wrong one
+    with pytest.raises(ValueError, match=r"names its own 3 classes \('ant' .. 'zebra'\), but the classes file "
+                                         r".*short.txt' has 2 lines"):
+        convert(listing, tmp_path / "short", root=root, classes=tmp_path / "short.txt")
+    assert not (tmp_path / "short").exists()
 
 
 def test_list_file_missing_image_names_the_line_entry(root, images, tmp_path) -> None:

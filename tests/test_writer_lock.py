@@ -17,7 +17,7 @@ from lmdb_dataset.storage import environment
 from lmdb_dataset.storage.environment import environments
 from lmdb_dataset.tools.inspection import verify_dataset
 
-BUSY = "another process is writing"
+BUSY = "another writer holds"
 JPEG = (Path(__file__).parents[1] / "lmdb_dataset" / "photos" / "coffee.jpg").read_bytes()
 
 HOLDER = textwrap.dedent("""
@@ -115,8 +115,8 @@ def test_the_command_line_says_so_in_one_line_with_status_2(image_folder, tmp_pa
     finally:
         _kill(child)
     assert result.returncode == 2
-    assert result.stderr == (f"lmdb-dataset convert: error: {BUSY} {str(path)!r} (a conversion still running?); "
-                             "wait for it to finish, or stop it and run again with --resume\n")
+    assert result.stderr == (f"lmdb-dataset convert: error: {BUSY} {str(path)!r} (a conversion still running, in this "
+                             "process or another?); wait for it to finish, or stop it and run again with --resume\n")
 
 
 def test_a_forked_worker_that_outlives_its_killed_writer_does_not_keep_the_dataset_locked(tmp_path):

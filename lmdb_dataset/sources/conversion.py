@@ -30,7 +30,7 @@ from ..write.interrupts import deferred_interrupts
 from ..write.parallel import ordered_map
 from ..write.shaping import Shaping
 from ..write.writer import LMDBWriter, build_shaped_record, check_shaping
-from .base import Image, SourceRecord, read_classes_file
+from .base import Image, Source, SourceRecord, read_classes_file
 from .detect import open_source
 from .tar import FolderTarSource
 
@@ -100,6 +100,16 @@ def source_fingerprint(path: Path) -> list[list]:
             if f.name != "lock.mdb" and not f.name.endswith("-lock")]
 
 
+def _renamed(source: Source, names: list[str], classes: str | os.PathLike) -> list[str]:
+    """The names of a classes file, checked against the classes the source names itself, if any."""
+    own = source.classes
+    if own is not None and len(own) != len(names):
+        raise ValueError(f"{str(source.path)!r} names its own {len(own)} classes ({own[0]!r} .. {own[-1]!r}), but the "
+                         f"classes file {str(classes)!r} has {len(names)} lines: to rename them it needs one line a "
+                         "class, line i naming the i-th in sorted order; without it the source's names are kept")
+    return names
+
+
 def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None = None,
                    classes: str | os.PathLike | None = None, storage: str | None = None,
                    workers: int | None = None, resume: bool = False, skip_bad: bool = False,
@@ -125,7 +135,10 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
         classes: A text file of class names, one a line (line ``i`` names label ``i``), for
             sources that store only labels. Without it such sources get the names
             ``"0"`` .. ``"K-1"``, K being one more than the largest label (at most
-            :data:`~lmdb_dataset.storage.format.MAX_IMPLIED_CLASSES`).
+            :data:`~lmdb_dataset.storage.format.MAX_IMPLIED_CLASSES`). For a source that names
+            its classes (a tar of class folders or class tars, a list file of class names, an HDF5
+            file with a ``classes`` attribute) it renames them: line ``i`` names the source's
+            ``i``-th class, so the file must have one line a class.
         storage: ``"encoded"`` or ``"raw"``. Defaults to ``"encoded"``, or ``"raw"`` when the
             source stores decoded pixels (raw Caffe datums, numpy-mode LMDBs, HDF5 image
             arrays), which cannot be kept as image files.
@@ -167,7 +180,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str 
     check_destination(Path(src).resolve(), dst)
     resume = resumable(dst, resume)
     source = open_source(src, kind=kind, **options)
-    names = read_classes_file(classes) if classes is not None else source.classes
+    names = source.classes if classes is None else _renamed(source, read_classes_file(classes), classes)
     count = source.count()
     if count == 0:
         raise LMDBDatasetError(f"{str(source.path)!r} holds no records: nothing to convert (a dataset of 0 "

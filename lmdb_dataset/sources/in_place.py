@@ -17,7 +17,7 @@ from ..read.bad_records import BadRecords, OnError, SkipReport
 from ..storage import format as fmt
 from .base import read_classes_file
 from .errors import UnsupportedValueError
-from .legacy_lmdb import LegacyLMDBSource
+from .legacy_lmdb import LegacyLMDBSource, key_name
 
 
 def rgb_pixels(image: bytes | np.ndarray) -> np.ndarray:
@@ -93,10 +93,10 @@ class LegacyLMDBDataset(VisionDataset):
         value = txn.get(key)
         try:
             if value is None:
-                raise UnsupportedValueError(f"record {key!r} is missing")
+                raise UnsupportedValueError(f"record {key_name(key)!r} is missing")
             image, label = self._source.decode(key, value)
             if problem := fmt.label_problem(label, len(self.classes) or fmt.MAX_LABEL + 1):
-                raise UnsupportedValueError(f"record {key!r}: {problem}")
+                raise UnsupportedValueError(f"record {key_name(key)!r}: {problem}")
             return image, label
         except UnsupportedValueError as exc:
             raise CorruptRecordError(f"{self.path}: record {index}: {exc}", path=str(self.path), index=index) from None

@@ -91,6 +91,11 @@ def ordered_keys(keys: list[bytes]) -> np.ndarray:
     return np.asarray(keys, dtype=bytes)[order] if keys else np.empty(0, dtype="S1")
 
 
+def key_name(key: bytes) -> str:
+    """A record's key as every message and skip report names it: its text, undecodable bytes escaped."""
+    return key.decode("utf-8", "backslashreplace")
+
+
 def _looks_like_pyarrow(value: bytes) -> bool:
     """pyarrow ``serialize``: a header of small int32 counts, then an Arrow IPC stream (``ff ff ff ff``)."""
     for offset in (4, 8, 12, 16):
@@ -200,7 +205,7 @@ class LegacyLMDBSource:
         Raises:
             UnsupportedValueError: The value is malformed or refused (the message names ``key``).
         """
-        return self._decode(value, where=f"record {key!r}")
+        return self._decode(value, where=f"record {key_name(key)!r}")
 
     def records(self, start: int = 0) -> Generator[SourceRecord, None, None]:
         """Decode the records from position ``start`` on, in write order; bad values carry their error."""
@@ -208,9 +213,9 @@ class LegacyLMDBSource:
             for key in self.keys[start:]:
                 key = bytes(key)
                 value = txn.get(key)
-                name = key.decode("utf-8", "backslashreplace")
+                name = key_name(key)
                 if value is None:
-                    yield SourceRecord(name, None, -1, f"record {key!r} vanished from the LMDB while reading", 0)
+                    yield SourceRecord(name, None, -1, f"record {name!r} vanished from the LMDB while reading", 0)
                     continue
                 try:
                     image, label = self.decode(key, value)

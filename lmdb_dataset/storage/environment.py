@@ -109,15 +109,15 @@ def lock_for_writing(path: str | os.PathLike, *, create: bool, then: str) -> int
     Returns the locked descriptor, held until :func:`storage.system.release_lock`.
 
     Raises:
-        LMDBDatasetError: Another process holds it; the message ends with ``then``, what to do after
-            the conversion running there.
+        LMDBDatasetError: Another writer holds it (``flock``: one in this process too); the message ends
+            with ``then``, what to do after the conversion running there.
         OSError: The lock file cannot be opened (a read-only dataset, or none with ``create`` False).
     """
     fd = os.open(writer_lock_file(path), os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
     if not try_lock(fd):
         os.close(fd)
-        raise LMDBDatasetError(f"another process is writing {str(path)!r} (a conversion still running?); wait for "
-                               f"it to finish, {then}")
+        raise LMDBDatasetError(f"another writer holds {str(path)!r} (a conversion still running, in this process or "
+                               f"another?); wait for it to finish, {then}")
     return fd
 
 

@@ -79,7 +79,9 @@ def _add_source_arguments(convert: argparse.ArgumentParser) -> None:
                             "Caffe (which one is detected; tensorpack, folder2lmdb, caffe name it); tar, "
                             "ILSVRC2012's tar of class tars; folder-tar, a tar of an image folder; webdataset, "
                             "key.jpg + key.cls shards; list, a list file of 'path label' lines; hdf5")
-    group.add_argument("--classes", default=None, help="text file of class names, one a line (label i = line i)")
+    group.add_argument("--classes", default=None,
+                       help="text file of class names, one a line (label i = line i); for a source that names "
+                            "its classes, one line a class renames them")
     group.add_argument("--root", default=None, help="list files: folder the listed paths are relative to")
     group.add_argument("--images", default=None, help="HDF5: name of the images dataset")
     group.add_argument("--labels", default=None, help="HDF5: name of the labels dataset")

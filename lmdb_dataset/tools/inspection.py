@@ -263,7 +263,7 @@ def reindex(path: str | os.PathLike) -> int:
 
     Raises:
         IncompleteDatasetError: The dataset's conversion did not finish (resume it first).
-        LMDBDatasetError: The dataset cannot be written (read-only), another process is writing
+        LMDBDatasetError: The dataset cannot be written (read-only), another writer holds
             it (a conversion), or the offsets cannot be measured on this platform (no ``/proc``).
     """
     path = os.fspath(path)
