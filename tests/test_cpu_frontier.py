@@ -102,3 +102,6 @@ def test_verdicts_gaps_and_the_ceiling_that_stops_a_target_follow_the_numbers():
     assert "| LMDBLoader(device=\"cpu\"), random | 700.0 [700.0, 700.0] | 1.75x [1.75, 1.75] |" in low
     assert "| 1.00 [1.00, 1.00] | 630.0 [630.0, 630.0] | 0.70x [0.70, 0.70] |" in low  # first batch, first epoch
     assert "the two probes around a run differed by 10.0% [10.0, 10.0]" in low
+    untimed = cpu_frontier.markdown(synthetic(ours=700, baseline=400, dali=800, per_core=450, cpu_ms=0.0))
+    assert "| imagenet: lmdbloader-random >= 0.9x ceiling | warm | 0.78x [0.78, 0.78] | FAIL | short by 0.12x (14%) |" \
+        in untimed  # a window shorter than a CPU clock tick measured no CPU time: no fraction it allows
