@@ -106,7 +106,7 @@ def _renamed(source: Source, names: list[str], classes: str | os.PathLike) -> li
     if own is not None and len(own) != len(names):
         raise ValueError(f"{str(source.path)!r} names its own {len(own)} classes ({own[0]!r} .. {own[-1]!r}), but the "
                          f"classes file {str(classes)!r} has {len(names)} lines: to rename them it needs one line a "
-                         "class, line i naming the i-th in sorted order; without it the source's names are kept")
+                         "class, line i naming the source's i-th class; without it the source's names are kept")
     return names
 
 
