@@ -38,8 +38,8 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
     cold = [r for r in results["runs"] if r["temperature"] == "cold"]
     assert all(r["resident_after"] <= r["resident_before"] for r in cold)  # the eviction before the second epoch
     assert all(r["first_epoch"]["value"] > 0 for r in results["runs"] if "error" not in r)  # the warm-up, timed
-    assert all(r["ceiling_img_s_per_core"] > 0 and r["ceiling_all_cores_img_s"] > 0 and len(r["ceiling_probes"]) == 2
-               for r in results["runs"])
+    assert all(r["ceiling_img_s_per_core"] > 0 and r["ceiling_all_cores_img_s"] > 0 and r["loader_bound_img_s"] > 0
+               and len(r["ceiling_probes"]) == 2 for r in results["runs"])
     for corpus in ("imagenet", "highres"):  # each probe is the after of one run and the before of the next
         runs = [r for r in results["runs"] if (r["corpus"], r["split"]) == (corpus, "train")]
         assert all(a["ceiling_probes"][1] == b["ceiling_probes"][0] for a, b in zip(runs, runs[1:]))
@@ -59,13 +59,17 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
 
 
 def synthetic(ours: float, baseline: float, dali: float, per_core: float, cpu_ms: float = 2.1,
-              all_cores: float = 950) -> dict:
-    """A one-round run of the ImageNet-like corpus, warm, with the given img/s (and our CPU ms an image)."""
+              all_cores: float = 950, bound: float | None = None) -> dict:
+    """A one-round run of the ImageNet-like corpus, warm, with the given img/s (and our CPU ms an image).
+
+    ``bound``: the loader bound's img/s; None leaves it out, as in runs made before it was probed.
+    """
     runs = [{"round": 0, "corpus": "imagenet", "temperature": "warm", "split": "train", "case": case, "value": value,
              "first_batch_s": 1.0, "ceiling_img_s_per_core": per_core, "ceiling_all_cores_img_s": all_cores,
              "cpu_ms_per_image": cpu, "first_epoch": {"value": 0.9 * value},
              "ceiling_probes": [{"one_core": per_core}, {"one_core": 1.1 * per_core}],
-             "cores_busy": value * cpu / 1e3} for case, value, cpu in
+             "cores_busy": value * cpu / 1e3, **({} if bound is None else {"loader_bound_img_s": bound})}
+            for case, value, cpu in
             (("lmdbloader-random", ours, cpu_ms), ("imagefolder-pillow", baseline, 4.9), ("dali-cpu", dali, 2.4))]
     return {"command": "python -m benchmarks.cpu_frontier.run", "versions": {"DALI": "1"},
             "settings": {"workers": 2, "batch_size": {"imagenet": 128}, "rounds": 1, "temperatures": ["warm"],
@@ -105,3 +109,17 @@ def test_verdicts_gaps_and_the_ceiling_that_stops_a_target_follow_the_numbers():
     untimed = cpu_frontier.markdown(synthetic(ours=700, baseline=400, dali=800, per_core=450, cpu_ms=0.0))
     assert "| imagenet: lmdbloader-random >= 0.9x ceiling | warm | 0.78x [0.78, 0.78] | FAIL | short by 0.12x (14%) |" \
         in untimed  # a window shorter than a CPU clock tick measured no CPU time: no fraction it allows
+
+
+def test_the_loader_bound_says_whether_any_loader_could_reach_a_target():
+    from benchmarks.cpu_frontier import run as cpu_frontier
+
+    text = cpu_frontier.markdown(synthetic(ours=880, baseline=400, dali=800, per_core=500, bound=900))
+    assert ("| imagenet: lmdbloader-random >= 1.25x dali-cpu | warm | 1.10x [1.10, 1.10] | FAIL | short by 0.15x "
+            "(12%); the decode ceiling is 1.250x dali-cpu; the loader bound reaches 1.12x dali-cpu: out of reach for "
+            "any loader that reads, checks, batches and normalises on these cores |") in text  # 900 / 800
+    assert ("the cores all decoding at once reach 0.95x the ceiling, and the loader 0.93x that rate; the loader bound "
+            "reaches 0.90x the ceiling: within its reach |") in text  # 900 / (2 x 500)
+    assert "all-cores ceiling 950.0 img/s [950.0, 950.0]; loader bound 900.0 img/s [900.0, 900.0];" in text
+    within = cpu_frontier.markdown(synthetic(ours=880, baseline=400, dali=800, per_core=500, bound=1000))
+    assert "the loader bound reaches 1.25x dali-cpu: within its reach |" in within

@@ -28,7 +28,11 @@ images the loaders decode; ``--ceiling-images`` takes an even sample instead, at
 ``--ceiling-seconds`` a probe); each loader is shown as a fraction of the probes right before and
 right after its own run, so both are measured under the same load from other processes. Each probe
 also decodes the corpus with that many processes at once (each a share of it): the cores' decode
-rate when all of them decode, which is what a loader's workers get (the "all-cores" ceiling).
+rate when all of them decode, which is what a loader's workers get (the "all-cores" ceiling). And
+each probe measures the bound of any loader on those cores: the same processes, each reading its
+share of the LMDB's records and doing only the work no loader of this API can skip (``pread``, CRC32
+and header check, decode + crop + resize + flip, copy into a batch, normalise the batch to float),
+with no DataLoader, queue or main process (the "loader bound").
 
 Two corpora (generated, cached under ``--data``): ``imagenet`` (``common/make_corpus.py``, median
 500x375) and ``highres`` (``common/make_corpus.py --profile highres``, 1-4 megapixels). Rounds are
@@ -60,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import multiprocessing
 import os
 import pathlib
@@ -79,10 +84,12 @@ from lmdb_dataset import (
     CenterCropDecode,
     LMDBImageDataset,
     LMDBLoader,
+    NormalizeBatch,
     RandomResizedCropDecode,
 )
 from lmdb_dataset.decode.crop import random_resized_crop_box, resized_shape
 from lmdb_dataset.storage.environment import data_file, environments
+from lmdb_dataset.storage.reader import record_pixels
 
 from .. import report
 from ..common.corpus import converted, default_corpus, disk_mb
@@ -365,7 +372,8 @@ def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: li
     runs in a child process (forked), so no thread or process it leaves behind (FFCV's and DALI's
     pools) runs on into the next case. The ceiling was probed on ``records`` right ``before`` and is
     probed right after, so the loader and its ceiling are measured under the same load from other
-    processes (``ceiling_img_s_per_core`` and ``ceiling_all_cores_img_s``: the two probes' means).
+    processes (``ceiling_img_s_per_core``, ``ceiling_all_cores_img_s`` and ``loader_bound_img_s``: the two
+    probes' means).
     """
     started = time.perf_counter()
     try:
@@ -375,10 +383,11 @@ def measure(case: str, corpus: Corpus, split: str, temperature: str, corpora: li
         result = {**state, **in_child(time_case, case, corpus, split, files if temperature == "cold" else None, args)}
     except Exception as error:
         result = {"value": float("nan"), "error": f"{type(error).__name__}: {error}"}
-    around = [before, probe_ceiling(records, split, args)]
+    around = [before, probe_ceiling(records, corpus, split, args)]
     return {"value": result["value"], **{k: v for k, v in result.items() if k != "value"},
             "ceiling_img_s_per_core": statistics.mean(p["one_core"] for p in around),
-            "ceiling_all_cores_img_s": statistics.mean(p["all_cores"] for p in around), "ceiling_probes": around,
+            "ceiling_all_cores_img_s": statistics.mean(p["all_cores"] for p in around),
+            "loader_bound_img_s": statistics.mean(p["loader_bound"] for p in around), "ceiling_probes": around,
             "seconds": time.perf_counter() - started, "load_1min": round(os.getloadavg()[0], 2)}
 
 
@@ -411,26 +420,29 @@ def in_child(function: Callable[..., Any], *arguments: Any) -> Any:
 
 
 Probe = dict[str, float]
-"""A ceiling probe: ``one_core`` (img/s of one process) and ``all_cores`` (img/s of ``ceiling_cores`` at once)."""
+"""A ceiling probe: ``one_core`` (img/s of one process), ``all_cores`` (img/s of ``ceiling_cores`` at once) and
+``loader_bound`` (img/s of ``ceiling_cores`` processes doing a loader's unavoidable work, :func:`bound_rate`)."""
 _PROBED: list[tuple] = []
 """The records the next probes decode (the corpus's ``(header, payload)``): set before forking the probes."""
 
 
-def probe_ceiling(records: Sequence[tuple], split: str, args: argparse.Namespace) -> Probe:
-    """One core's rate on ``records``, then the aggregate rate of ``min(cores, workers)`` cores at once.
+def probe_ceiling(records: Sequence[tuple], corpus: Corpus, split: str, args: argparse.Namespace) -> Probe:
+    """One core's rate on ``records``, the rate of ``min(cores, workers)`` cores at once, and the loader bound.
 
-    For the second, each of that many forked processes decodes its share of the records (every
-    n-th one) in whole passes, all starting at one instant; their rates add up.
+    For the second and third, each of that many forked processes takes its share of the records
+    (every n-th one) in whole passes, all starting at one instant; their rates add up.
     """
     _PROBED[:] = records
     one_core = ceiling_rate(split, args.ceiling_seconds)
     cores = min(CORES, args.workers)
-    start = time.time() + 0.2  # after every process has forked
-    with concurrent.futures.ProcessPoolExecutor(max_workers=cores,
-                                                mp_context=multiprocessing.get_context("fork")) as pool:
-        shares = pool.map(ceiling_rate, [split] * cores, [args.ceiling_seconds] * cores, range(cores),
-                          [cores] * cores, [start] * cores)
-        return {"one_core": one_core, "all_cores": sum(shares)}
+    rates = {}
+    for name, rate in (("all_cores", ceiling_rate), ("loader_bound", functools.partial(bound_rate, corpus))):
+        start = time.time() + 0.2  # after every process has forked
+        with concurrent.futures.ProcessPoolExecutor(max_workers=cores,
+                                                    mp_context=multiprocessing.get_context("fork")) as pool:
+            rates[name] = sum(pool.map(rate, [split] * cores, [args.ceiling_seconds] * cores, range(cores),
+                                       [cores] * cores, [start] * cores))
+    return {"one_core": one_core, **rates}
 
 
 def ceiling_rate(split: str, seconds: float, share: int = 0, shares: int = 1, start: float | None = None) -> float:
@@ -461,6 +473,49 @@ def ceiling_rate(split: str, seconds: float, share: int = 0, shares: int = 1, st
             return done / (time.process_time() - cpu_started)
 
 
+def bound_rate(corpus: Corpus, split: str, seconds: float, share: int = 0, shares: int = 1,
+               start: float | None = None) -> float:
+    """One process's img/s (of its CPU time) doing only what no loader can skip, on its share of the LMDB's records.
+
+    The records of ``corpus.lmdb`` whose index is ``share`` modulo ``shares`` (the whole corpus, as
+    the loaders read it; an even sample of it when the probes decode one, ``--ceiling-images``), in
+    whole batches (as the loaders' ``drop_last``), a batch at a time in file order: each record read
+    with the dataset's ``pread``, checked (CRC32, header, label), decoded by the ceiling's crop
+    decoder and copied into a uint8 batch, and each batch normalised to float32 (``NormalizeBatch``),
+    in whole passes from ``start`` until ``seconds`` have elapsed. Untimed first, as a loader's first
+    epoch: every record's pages cached (the rate of the work, not of the disk) and one batch made
+    (its memory and the normalised batch's allocated: without that warm-up and with a last, partial
+    batch, the probe's rate on the ImageNet-like corpus was 12% lower). No DataLoader, worker loop,
+    queue or main process: a loader on these cores is at most this fast, within the probes' noise.
+    """
+    torch.set_num_threads(1)
+    dataset = LMDBImageDataset(corpus.lmdb)
+    step = max(1, len(dataset) // len(_PROBED))
+    indices = list(range(0, len(dataset), step))[share::shares]
+    size = min(corpus.batch_size, len(indices))
+    batches = [indices[i:i + size] for i in range(0, len(indices) - size + 1, size)]
+    decoder = RandomResizedCropDecode(224) if split == "train" else CenterCropDecode(224, resize=256)
+    normalize, batch = NormalizeBatch(), torch.empty(size, 3, 224, 224, dtype=torch.uint8)
+
+    def make(records: list[int]) -> None:
+        for slot, (record, value) in enumerate(dataset.reader.values(records)):
+            batch[slot], _ = record_pixels(dataset._meta, record, value, decode=decoder)
+        normalize(batch)
+
+    for _ in dataset.reader.values(indices):
+        pass
+    make(batches[0])
+    if start is not None:
+        time.sleep(max(0.0, start - time.time()))
+    done, started, cpu_started = 0, time.perf_counter(), time.process_time()
+    while True:
+        for records in batches:
+            make(records)
+        done += len(batches) * size
+        if time.perf_counter() - started >= seconds:
+            return done / (time.process_time() - cpu_started)
+
+
 def splits_of(corpus: str, temperature: str, args: argparse.Namespace) -> list[str]:
     """``train``, and ``val`` on the warm ImageNet-like corpus unless ``--no-val``."""
     return ["train", "val"] if args.val and corpus == "imagenet" and temperature == "warm" else ["train"]
@@ -487,14 +542,15 @@ def run_rounds(corpora: list[Corpus], cases: list[str], args: argparse.Namespace
                     shift = round_index % len(chosen)
                     for case in chosen[shift:] + chosen[:shift]:
                         sample = records[corpus.name]
-                        before = last.get((corpus.name, split)) or probe_ceiling(sample, split, args)
+                        before = last.get((corpus.name, split)) or probe_ceiling(sample, corpus, split, args)
                         run = measure(case, corpus, split, temperature, corpora, sample, before, args)
                         last[corpus.name, split] = run["ceiling_probes"][-1]
                         runs.append({"round": round_index, "corpus": corpus.name, "temperature": temperature,
                                      "split": split, "case": case, **run})
                         note = run.get("error") or (f"{run['value']:.1f} img/s, ceiling "
                                                     f"{run['ceiling_img_s_per_core']:.1f} img/s per core, "
-                                                    f"{run['ceiling_all_cores_img_s']:.1f} on all cores")
+                                                    f"{run['ceiling_all_cores_img_s']:.1f} on all cores, "
+                                                    f"loader bound {run['loader_bound_img_s']:.1f}")
                         print(f"[round {round_index + 1} {time.perf_counter() - started:5.0f}s] {corpus.name}/"
                               f"{temperature}/{split}/{case}: {note}", flush=True)
     return runs
@@ -519,6 +575,11 @@ def ceiling_series(results: dict, corpus: str, temperature: str, split: str, cas
 def all_cores_series(results: dict, corpus: str, temperature: str, split: str, case: str) -> list[float]:
     """The all-cores ceiling probed around each run of a case (img/s of every core decoding at once), per round."""
     return series(results, corpus, temperature, split, case, "ceiling_all_cores_img_s")
+
+
+def bound_series(results: dict, corpus: str, temperature: str, split: str, case: str) -> list[float]:
+    """The loader bound probed around each run of a case (img/s of every core doing a loader's unavoidable work)."""
+    return series(results, corpus, temperature, split, case, "loader_bound_img_s")
 
 
 def sample_words(settings: dict) -> str:
@@ -563,10 +624,14 @@ def targets(results: dict) -> list[dict[str, Any]]:
                 allows = spread(ratios([1e3] * len(cpu), [c * p for c, p in zip(cpu, per_core)]))[0]
                 all_cores = all_cores_series(results, corpus, temperature, "train", OURS)
                 extra = {"all_cores_reach": spread(ratios(all_cores, other))[0],
-                         "of_all_cores": spread(ratios(ours, all_cores))[0]}
-            else:  # the ratio the ceiling probed around the other loader's run would give
+                         "of_all_cores": spread(ratios(ours, all_cores))[0],
+                         "bound_reach": spread(ratios(bound_series(results, corpus, temperature, "train", OURS),
+                                                      other))[0]}
+            else:  # the ratios the ceiling and the loader bound probed around the other loader's run would give
                 other = series(results, corpus, temperature, "train", against)
                 allows = spread(ratios(ceiling_series(results, corpus, temperature, "train", against), other))[0]
+                extra = {"bound_reach": spread(ratios(bound_series(results, corpus, temperature, "train", against),
+                                                      other))[0]}
             middle, low, high = spread(ratios(ours, other))
             passed = bool(np.isfinite(middle) and middle >= least)
             found.append({"corpus": corpus, "temperature": temperature, "against": against, "least": least,
@@ -595,10 +660,21 @@ def gap(target: dict[str, Any]) -> str:
             text += (f"; the cores all decoding at once reach {reach:.2f}x the ceiling"
                      f"{' (so the target is out of reach for any loader)' if reach < target['least'] else ''}, "
                      f"and the loader {target['of_all_cores']:.2f}x that rate")
-        return text
+        return text + _bound_words(target, "the ceiling")
     if allows < target["least"]:
         return f"{short}; out of reach: the decode ceiling is {allows:.3f}x {target['against']}"
-    return f"{short}; the decode ceiling is {allows:.3f}x {target['against']}, so within reach"
+    bound = _bound_words(target, target["against"])
+    return f"{short}; the decode ceiling is {allows:.3f}x {target['against']}{bound or ', so within reach'}"
+
+
+def _bound_words(target: dict[str, Any], against: str) -> str:
+    """What the loader bound reaches against what a target compares with, and whether the target is in its reach."""
+    bound = target.get("bound_reach", float("nan"))
+    if not np.isfinite(bound):
+        return ""
+    verdict = ("out of reach for any loader that reads, checks, batches and normalises on these cores"
+               if bound < target["least"] else "within its reach")
+    return f"; the loader bound reaches {bound:.2f}x {against}: {verdict}"
 
 
 def markdown(results: dict) -> str:
@@ -627,7 +703,10 @@ def markdown(results: dict) -> str:
               f"at least {settings['ceiling_seconds']} s a probe) x {settings['ceiling_cores']}; "
               "a loader's fraction of it uses the probes around its own run. All-cores ceiling: the same images "
               f"decoded by {settings['ceiling_cores']} processes at once in the same probes (their rates added), "
-              "the rate the cores reach when every one of them decodes."), "",
+              "the rate the cores reach when every one of them decodes. Loader bound: in the same probes, as many "
+              "processes each reading its share of the LMDB's records (pages cached) and doing only what no "
+              "loader can skip: pread, CRC32 and header check, the same crop decode, a copy into a batch, the "
+              "batch normalised to float32; no DataLoader, queue or main process."), "",
              "| corpus | images | batch | median MP | mean KB | ImageFolder MB | LMDB MB |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {c['images']} | {settings['batch_size'][name]} | {c['median_megapixels']} | "
@@ -665,6 +744,7 @@ def case_table(results: dict, corpus: str, temperature: str, split: str) -> list
         return []
     probes = [v for case in names for v in ceiling_series(results, corpus, temperature, split, case)]
     all_cores = [v for case in names for v in all_cores_series(results, corpus, temperature, split, case)]
+    bounds = [v for case in names for v in bound_series(results, corpus, temperature, split, case)]
     loads = [v for case in names for v in series(results, corpus, temperature, split, case, "load_1min")]
     drift = [100 * abs(after["one_core"] / before["one_core"] - 1) for run in results["runs"]
              if (run["corpus"], run["temperature"], run["split"]) == (corpus, temperature, split)
@@ -675,7 +755,8 @@ def case_table(results: dict, corpus: str, temperature: str, split: str) -> list
              (f"Ceiling, probed around every run: {ranged(probes, ' img/s', 1)} "
               f"({results['settings']['ceiling_cores']} x one core, whose decode + crop + resize + flip takes "
               f"{ranged([1e3 * results['settings']['ceiling_cores'] / v for v in probes], ' ms', 3)} of CPU an "
-              f"image); all-cores ceiling {ranged(all_cores, ' img/s', 1)}; the two probes around a run "
+              f"image); all-cores ceiling {ranged(all_cores, ' img/s', 1)}; loader bound "
+              f"{ranged(bounds, ' img/s', 1)}; the two probes around a run "
               f"differed by {ranged(drift, '%', 1)} (one core's rate, the later against the earlier). "
               "CPU an image: the loader's process "
               "(threads included) and its workers over the window, "
