@@ -56,7 +56,7 @@ renders its section of RESULTS.md; ``--out benchmarks/cpu_frontier/results.json`
 committed results and re-renders benchmarks/RESULTS.md.
 
 Example:
-    python -m benchmarks.cpu_frontier.run --out benchmarks/cpu_frontier/results.json   # full: ~30 min on 2 cores
+    python -m benchmarks.cpu_frontier.run --out benchmarks/cpu_frontier/results.json   # full: ~60 min on 2 cores
     python -m benchmarks.cpu_frontier.run --quick                                      # ~4 min
 """
 
