@@ -461,16 +461,13 @@ def ceiling_rate(split: str, seconds: float, share: int = 0, shares: int = 1, st
     """
     torch.set_num_threads(1)
     records = _PROBED[share::shares]
-    decoder = RandomResizedCropDecode(224) if split == "train" else CenterCropDecode(224, resize=256)
-    if start is not None:
-        time.sleep(max(0.0, start - time.time()))
-    done, started, cpu_started = 0, time.perf_counter(), time.process_time()
-    while True:
+    decoder = probe_decoder(split)
+
+    def decode_all() -> None:
         for record in records:
             decoder(*record)
-        done += len(records)
-        if time.perf_counter() - started >= seconds:
-            return done / (time.process_time() - cpu_started)
+
+    return rate_in_passes(decode_all, len(records), seconds, start)
 
 
 def bound_rate(corpus: Corpus, split: str, seconds: float, share: int = 0, shares: int = 1,
@@ -494,7 +491,7 @@ def bound_rate(corpus: Corpus, split: str, seconds: float, share: int = 0, share
     indices = list(range(0, len(dataset), step))[share::shares]
     size = min(corpus.batch_size, len(indices))
     batches = [indices[i:i + size] for i in range(0, len(indices) - size + 1, size)]
-    decoder = RandomResizedCropDecode(224) if split == "train" else CenterCropDecode(224, resize=256)
+    decoder = probe_decoder(split)
     normalize, batch = NormalizeBatch(), torch.empty(size, 3, 224, 224, dtype=torch.uint8)
 
     def make(records: list[int]) -> None:
@@ -502,16 +499,30 @@ def bound_rate(corpus: Corpus, split: str, seconds: float, share: int = 0, share
             batch[slot], _ = record_pixels(dataset._meta, record, value, decode=decoder)
         normalize(batch)
 
+    def make_all() -> None:
+        for records in batches:
+            make(records)
+
     for _ in dataset.reader.values(indices):
         pass
     make(batches[0])
+    return rate_in_passes(make_all, len(batches) * size, seconds, start)
+
+
+def probe_decoder(split: str) -> RandomResizedCropDecode | CenterCropDecode:
+    """The crop decoder every probe uses for ``split``: the loaders' train crop, or Resize 256 + CenterCrop 224."""
+    return RandomResizedCropDecode(224) if split == "train" else CenterCropDecode(224, resize=256)
+
+
+def rate_in_passes(one_pass: Callable[[], None], images: int, seconds: float, start: float | None) -> float:
+    """Images a second of this process's CPU time: ``one_pass()`` (``images`` each) repeated from ``start`` (a
+    ``time.time()``, default now) until ``seconds`` of wall time have elapsed, in whole passes."""
     if start is not None:
         time.sleep(max(0.0, start - time.time()))
     done, started, cpu_started = 0, time.perf_counter(), time.process_time()
     while True:
-        for records in batches:
-            make(records)
-        done += len(batches) * size
+        one_pass()
+        done += images
         if time.perf_counter() - started >= seconds:
             return done / (time.process_time() - cpu_started)
 
