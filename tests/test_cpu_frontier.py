@@ -56,6 +56,33 @@ def test_a_tiny_run_without_the_peers_measures_ours_warm_and_cold_and_names_the_
             in section)
     assert "| imagenet: lmdbloader-random >= 1.25x dali-cpu | warm | not measured | n/a | not measured |" in section
     assert " measured targets met" in section and "Not measured: 2 (the loader compared with did not run)." in section
+    assert all(r["seed"] == r["round"] for r in results["runs"])
+    assert "each round's orders and crops drawn from seed 0 + the round, FFCV's by FFCV" in section
+
+
+def test_each_round_draws_every_loaders_order_and_crops_from_a_seed_of_its_own(monkeypatch):
+    import argparse
+
+    from benchmarks.cpu_frontier import run as cpu_frontier
+
+    probe = {"one_core": 1.0, "all_cores": 2.0, "loader_bound": 2.0}
+    seen = []
+
+    def measure(case, corpus, split, temperature, corpora, records, before, args):
+        seen.append((case, args.seed))
+        return {"value": 1.0, "ceiling_img_s_per_core": 1.0, "ceiling_all_cores_img_s": 2.0,
+                "loader_bound_img_s": 2.0, "ceiling_probes": [before, probe]}
+
+    monkeypatch.setattr(cpu_frontier, "load_records", lambda files: [])
+    monkeypatch.setattr(cpu_frontier, "probe_ceiling", lambda *arguments: probe)
+    monkeypatch.setattr(cpu_frontier, "measure", measure)
+    corpus = cpu_frontier.Corpus("highres", Path("folder"), Path("lmdb"), ["a.jpg"], 4)
+    args = argparse.Namespace(seed=7, rounds=3, temperatures=["warm"], ceiling_images=0, val=True)
+    runs = cpu_frontier.run_rounds([corpus], ["imagefolder-pillow", "lmdbloader-random"], args)
+    assert sorted(seen) == sorted((case, 7 + r) for r in range(3) for case in ("imagefolder-pillow",
+                                                                              "lmdbloader-random"))
+    assert [(run["round"], run["seed"]) for run in runs] == [(0, 7), (0, 7), (1, 8), (1, 8), (2, 9), (2, 9)]
+    assert args.seed == 7  # the first round's, as the results' settings record it
 
 
 def synthetic(ours: float, baseline: float, dali: float, per_core: float, cpu_ms: float = 2.1,
@@ -93,6 +120,7 @@ def test_verdicts_gaps_and_the_ceiling_that_stops_a_target_follow_the_numbers():
             "all decoding at once reach 0.95x the ceiling, and the loader 0.93x that rate |"
             ) in text  # 1000 ms / (2.1 ms x 500 img/s); 950 / (2 x 500); 880 / 950
     assert "over whole passes of every image of the corpus" in text
+    assert "every round's orders and crops drawn from seed 0, FFCV's by FFCV" in text  # saved before round seeds
     assert "all-cores ceiling 950.0 img/s [950.0, 950.0]" in text
     assert "| 0.88x [0.88, 0.88] | 0.93x [0.93, 0.93] | 2.100 [2.100, 2.100] |" in text  # / ceiling, / all-cores
     assert "whose decode + crop + resize + flip takes 2.000 ms [2.000, 2.000] of CPU an image" in text

@@ -39,10 +39,13 @@ Two corpora (generated, cached under ``--data``): ``imagenet`` (``common/make_co
 interleaved: each round measures every case of a corpus and cache state in an order rotated by
 the round, warm (files read first) then cold (every file the case reads evicted with
 ``posix_fadvise(DONTNEED)``); ratios are taken within a round and reported as median
-[min, max]. Throughput is the steady state of each loader's second epoch (:func:`steady_window`):
-the window leaves out the first ``2 x --workers + 1`` batches (every worker's prefetched batches)
-and the last 4 (delivered from the loaders' buffers as the epoch drains), so no loader is credited
-with batches it finished before or after the window (``loaders/dataloader_cases.time_loader``). The
+[min, max]. Each round draws every loader's order and crops from its own seed (``--seed`` + the
+round), so which images and crops fall in a loader's window varies from round to round instead of
+favouring one loader in every round. Throughput is the steady state of each loader's second epoch
+(:func:`steady_window`): the window leaves out the first ``2 x --workers + 1`` batches (every
+worker's prefetched batches) and the last 4 (delivered from the loaders' buffers as the epoch
+drains), so no loader is credited with batches it finished before or after the window
+(``loaders/dataloader_cases.time_loader``). The
 first epoch, timed the same way and reported beside it, warms each loader up as the first epoch of
 a training run does: every loader keeps its workers or threads across epochs (DataLoaders with
 ``persistent_workers``, DALI's and FFCV's pipelines, an SPDL pipeline an epoch), and a cold run
@@ -402,6 +405,7 @@ def time_case(case: str, corpus: Corpus, split: str, cold_files: list[str] | Non
     that eviction's).
     """
     torch.set_num_threads(1)
+    torch.manual_seed(args.seed)  # the round's seed: DataLoader shuffles and workers' seeds, SPDL's flips
     built = time.perf_counter()
     loader = MAKERS[case](corpus, split, args)  # DALI's iterator runs its first batch here
     build_seconds = time.perf_counter() - built
@@ -537,6 +541,11 @@ def run_rounds(corpora: list[Corpus], cases: list[str], args: argparse.Namespace
 
     The ceiling is probed before the first run of a corpus and split and after every run: each
     probe is the ``after`` of one run and the ``before`` of the next of the same corpus and split.
+    Round ``r`` seeds every loader's order and crops with ``--seed + r``: with one seed for every
+    round, each loader's steady-state window held the same images and crops in every round, and
+    those differ between loaders (a window's mean decode cost over seeds: sd 0.8% on the 1-4 MP
+    corpus, 1.7-2.0% on the ImageNet-like one; ``benchmarks/NOTES.md``, 2026-12-07, afternoon), a
+    bias the rounds could not average out.
     """
     records = {}
     for corpus in corpora:
@@ -546,6 +555,7 @@ def run_rounds(corpora: list[Corpus], cases: list[str], args: argparse.Namespace
     runs = []
     started = time.perf_counter()
     for round_index in range(args.rounds):
+        round_args = argparse.Namespace(**{**vars(args), "seed": args.seed + round_index})
         for corpus in corpora:
             for temperature in args.temperatures:
                 for split in splits_of(corpus.name, temperature, args):
@@ -554,10 +564,10 @@ def run_rounds(corpora: list[Corpus], cases: list[str], args: argparse.Namespace
                     for case in chosen[shift:] + chosen[:shift]:
                         sample = records[corpus.name]
                         before = last.get((corpus.name, split)) or probe_ceiling(sample, corpus, split, args)
-                        run = measure(case, corpus, split, temperature, corpora, sample, before, args)
+                        run = measure(case, corpus, split, temperature, corpora, sample, before, round_args)
                         last[corpus.name, split] = run["ceiling_probes"][-1]
-                        runs.append({"round": round_index, "corpus": corpus.name, "temperature": temperature,
-                                     "split": split, "case": case, **run})
+                        runs.append({"round": round_index, "seed": round_args.seed, "corpus": corpus.name,
+                                     "temperature": temperature, "split": split, "case": case, **run})
                         note = run.get("error") or (f"{run['value']:.1f} img/s, ceiling "
                                                     f"{run['ceiling_img_s_per_core']:.1f} img/s per core, "
                                                     f"{run['ceiling_all_cores_img_s']:.1f} on all cores, "
@@ -688,6 +698,14 @@ def _bound_words(target: dict[str, Any], against: str) -> str:
     return f"; the loader bound reaches {bound:.2f}x {against}: {verdict}"
 
 
+def _seed_words(results: dict) -> str:
+    """How the run seeded its loaders' orders and crops (runs saved before round seeds used one seed throughout)."""
+    seed = results["settings"].get("seed", 0)
+    if all("seed" in run for run in results["runs"]):
+        return f"; each round's orders and crops drawn from seed {seed} + the round, FFCV's by FFCV"
+    return f"; every round's orders and crops drawn from seed {seed}, FFCV's by FFCV"
+
+
 def markdown(results: dict) -> str:
     """The section of RESULTS.md for a saved run: settings, targets, every case per corpus and cache state."""
     settings = results["settings"]
@@ -702,7 +720,7 @@ def markdown(results: dict) -> str:
              f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}.", "",
              (f"Settings: {settings['workers']} workers/threads per loader, "
               f"{settings['rounds']} round{'s' if settings['rounds'] != 1 else ''} interleaved "
-              "(case order rotated per round), cache states "
+              f"(case order rotated per round{_seed_words(results)}), cache states "
               f"{', '.join(settings['temperatures'])}; 1-minute load average {load[0]} before and {load[1]} after. "
               f"img/s = steady state of each loader's second epoch, {window} (the first epoch, timed the same "
               "way, warms the loader up as a training run's first epoch does: workers and threads kept across "
@@ -831,7 +849,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "probe (default 0: every image, the images the loaders decode)")
     parser.add_argument("--ceiling-seconds", type=float, default=0.5,
                         help="each ceiling probe's least duration, in whole passes over its images (default 0.5)")
-    parser.add_argument("--seed", type=int, default=0, help="order and augmentation seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="order and augmentation seed of the first round; round r uses SEED + r (default 0)")
     parser.add_argument("--data", type=pathlib.Path, default=report.BENCHMARKS / "data",
                         help="where corpora, conversions and FFCV files are cached (default benchmarks/data)")
     parser.add_argument("--out", type=pathlib.Path,
