@@ -645,14 +645,12 @@ def targets(results: dict) -> list[dict[str, Any]]:
                 allows = spread(ratios([1e3] * len(cpu), [c * p for c, p in zip(cpu, per_core)]))[0]
                 all_cores = all_cores_series(results, corpus, temperature, "train", OURS)
                 extra = {"all_cores_reach": spread(ratios(all_cores, other))[0],
-                         "of_all_cores": spread(ratios(ours, all_cores))[0],
-                         "bound_reach": spread(ratios(bound_series(results, corpus, temperature, "train", OURS),
-                                                      other))[0]}
+                         "of_all_cores": spread(ratios(ours, all_cores))[0]}
             else:  # the ratios the ceiling and the loader bound probed around the other loader's run would give
                 other = series(results, corpus, temperature, "train", against)
                 allows = spread(ratios(ceiling_series(results, corpus, temperature, "train", against), other))[0]
-                extra = {"bound_reach": spread(ratios(bound_series(results, corpus, temperature, "train", against),
-                                                      other))[0]}
+            bound = bound_series(results, corpus, temperature, "train", OURS if against == "ceiling" else against)
+            extra["bound_reach"] = spread(ratios(bound, other))[0]
             middle, low, high = spread(ratios(ours, other))
             passed = bool(np.isfinite(middle) and middle >= least)
             found.append({"corpus": corpus, "temperature": temperature, "against": against, "least": least,
