@@ -49,14 +49,18 @@ def compose(hops: Sequence[Hop], consumed: int, num_replicas: int) -> tuple[Hop,
 
     A pass that consumed nothing is left out; two passes in a row over the same world are
     one (the second deals each rank exactly the tail of its first share).
+
+    Raises:
+        ValueError: A count is below 0 or a world size below 1.
     """
-    result = [tuple(hop) for hop in hops if hop[0]]
-    if consumed:
-        if result and result[-1][1] == num_replicas:
-            result[-1] = (result[-1][0] + consumed, num_replicas)
-        else:
-            result.append((consumed, num_replicas))
-    return tuple((int(k), int(w)) for k, w in result)
+    result = [(int(k), int(w)) for k, w in [*hops, (consumed, num_replicas)]]
+    if any(k < 0 or w < 1 for k, w in result):
+        raise ValueError(f"resume state with passes {result} ([samples_consumed, num_replicas] each): counts must "
+                         "be >= 0 and world sizes >= 1")
+    result = [hop for hop in result if hop[0]]
+    if consumed and len(result) > 1 and result[-1][1] == result[-2][1]:  # the new pass continues the last
+        result[-2:] = [(result[-2][0] + result[-1][0], result[-1][1])]
+    return tuple(result)
 
 
 class EpochProgress:
@@ -130,8 +134,7 @@ class EpochProgress:
         (it is cleared once every worker of the pass took it), nothing for later passes.
         """
         if world.worker >= MAX_WORKERS:
-            raise ValueError(f"DataLoader worker {world.worker}: at most {MAX_WORKERS} workers per rank are "
-                             "supported")
+            raise ValueError(f"DataLoader worker {world.worker}: at most {MAX_WORKERS} workers per rank are supported")
         hops, slot = self.pending, _STARTED + world.worker
         if hops and not self._shared[slot]:
             self._shared[slot] = 1
@@ -151,7 +154,7 @@ class EpochProgress:
 
 
 class EpochResumable:
-    """Mixin: epoch, DDP world, exact and elastic resume state, and copy semantics of the sampler and the iterable.
+    """Mixin: epoch, DDP world, length, exact and elastic resume state, and copy semantics of both readers.
 
     The class calls :meth:`_set_order` (the order settings ``chunk_size``, ``pool_size``,
     ``seed``, ``shuffle``, ``drop_last``, the world, a fresh progress) and implements
@@ -217,8 +220,8 @@ class EpochResumable:
         the share of the rest of a resumed one. ``state_dict(samples_consumed=pass_length)`` says the epoch is done."""
         return self._pass_length(self._progress.base)
 
-    def _next_pass_length(self) -> int:
-        """Samples this rank yields in the next pass (its share of the epoch, or of the rest of a resumed one)."""
+    def __len__(self) -> int:
+        """Samples this rank yields in the next pass: its share of the epoch, or of the rest of a resumed one."""
         return self._pass_length(self._progress.pending)
 
     def _loop_state(self, samples_consumed: int, *, base: Sequence[Hop] | None = None) -> dict[str, Any]:
@@ -277,9 +280,7 @@ class EpochResumable:
             the pass of ``num_replicas`` ranks), ``resumed_from`` (earlier passes of the epoch, as
             ``[samples_consumed, num_replicas]``) and the order's settings.
         """
-        if samples_consumed is None:
-            return self._own_state()
-        return self._loop_state(samples_consumed)
+        return self._own_state() if samples_consumed is None else self._loop_state(samples_consumed)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`, saved with this world size or another: the next pass yields the rest.
@@ -320,14 +321,11 @@ class EpochResumable:
 def hops_of(state: dict[str, Any]) -> tuple[Hop, ...]:
     """The passes a saved state says were consumed, shortest form (:func:`compose`)."""
     try:
-        earlier = [(int(k), int(w)) for k, w in state.get("resumed_from", [])]
-        consumed, world = int(state["samples_consumed"]), int(state["num_replicas"])
+        *earlier, last = [(int(k), int(w)) for k, w in [*state.get("resumed_from", []),
+                                                         (state["samples_consumed"], state["num_replicas"])]]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a resume state of lmdb_dataset: {exc!r}") from None
-    if consumed < 0 or world < 1 or any(k < 0 or w < 1 for k, w in earlier):
-        raise ValueError(f"resume state with samples_consumed={consumed}, num_replicas={world}, resumed_from="
-                         f"{earlier}: counts must be >= 0 and world sizes >= 1")
-    return compose(earlier, consumed, world)
+    return compose(earlier, *last)
 
 
 def check_identity(state: dict[str, Any], identity: dict[str, Any]) -> None:

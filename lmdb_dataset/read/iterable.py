@@ -200,15 +200,6 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
     def _record_count(self) -> int:
         return len(self.targets)
 
-    def __len__(self) -> int:
-        """Samples this rank yields in the next iteration (its share of an epoch, or of the rest of a resumed one).
-
-        With pieces of the DataLoader's batch size (see ``batch_size``) only the rank's last
-        batch is short, so ``len(loader)`` is the number of batches the loader delivers, with
-        or without its ``drop_last``.
-        """
-        return self._next_pass_length()
-
     def worker_plan(self, world: World, *, piece_size: int | None = None) -> tuple[np.ndarray, np.ndarray,
                                                                                     list[np.ndarray]]:
         """What one worker reads in the next pass (the rest of the epoch after a loaded resume point).
@@ -243,18 +234,17 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         world = current_world(self.num_replicas, self.rank)
         resume, self._resume = self._resume, None
         hops = self._progress.begin_pass(world, in_worker=get_worker_info() is not None)
-        if resume is not None and resume.epoch > self.epoch:
-            raise ValueError(f"this worker's resume state is of epoch {resume.epoch}, the dataset is set to epoch "
-                             f"{self.epoch}: call set_epoch({resume.epoch}) before iterating to resume it")
         position = StreamPosition(self.epoch, hops, world.num_replicas, world.worker, 0, world.num_workers)
         # A worker's own state (StatefulDataLoader) resumes its stream; older states are of epochs the run moved past.
-        if resume is not None and resume.epoch == self.epoch:
-            for name, now in (("num_workers", world.num_workers), ("num_replicas", world.num_replicas)):
-                if getattr(resume, name) != now:
-                    raise ValueError(f"this worker's state was saved with {name}={getattr(resume, name)}, the "
-                                     f"DataLoader now has {name}={now}: a DataLoader worker's own state resumes "
-                                     "only in the same world; load the StatefulDataLoader's whole state into "
-                                     "the dataset (dataset.load_state_dict(loader_state)) to resume elsewhere")
+        if resume is not None and resume.epoch >= self.epoch:
+            saved = (resume.epoch, resume.num_workers, resume.num_replicas)
+            now = (self.epoch, world.num_workers, world.num_replicas)
+            if saved != now:
+                raise ValueError(f"this worker's state was saved at (epoch, num_workers, num_replicas) = {saved}, the "
+                                 f"DataLoader is now at {now}: a DataLoader worker's own state resumes only its "
+                                 f"epoch (call set_epoch({resume.epoch}) first) in the same world; load the "
+                                 "StatefulDataLoader's whole state into the dataset (dataset.load_state_dict("
+                                 "loader_state)) to resume elsewhere")
             position = resume
         self._position = position
         return self._stream(position, world)
@@ -358,10 +348,8 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
             super().load_state_dict(state)
             return
         check_identity(state, self._identity())
-        piece_size = state["piece_size"]
-        self._resume = StreamPosition(int(state["epoch"]), tuple((int(k), int(w)) for k, w in state["resumed_from"]),
-                                      int(state["num_replicas"]), int(state["stream"]), int(state["stream_position"]),
-                                      int(state["num_workers"]), None if piece_size is None else int(piece_size))
+        saved = {field.name: state[field.name] for field in dataclasses.fields(StreamPosition)}
+        self._resume = StreamPosition(**{**saved, "resumed_from": tuple(map(tuple, saved["resumed_from"]))})
 
 
 def merged_worker_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -383,13 +371,11 @@ def merged_worker_state(state: dict[str, Any]) -> dict[str, Any]:
     states = [worker["dataset_state"] for worker in snapshot["_worker_snapshots"].values()]
     if not states or any(state is None or "stream" not in state for state in states):
         raise ValueError("the loader state holds no worker states of LMDBIterableDataset")
-    first = states[0]
-    keys = ("epoch", "resumed_from", "num_replicas", "num_workers")
-    pieces = {state["piece_size"] for state in states if state["piece_size"] is not None}  # None: yet to deliver
-    if (any(state[key] != first[key] for state in states for key in keys) or len(states) != first["num_workers"]
-            or len(pieces) > 1 or any(state["piece_size"] is None and state["stream_position"] for state in states)):
+    passes = {(state["epoch"], tuple(map(tuple, state["resumed_from"])), state["num_replicas"], state["num_workers"])
+              for state in states}
+    pieces = {state["piece_size"] for state in states if state["stream_position"]}  # None: yet to deliver
+    if len(passes) > 1 or len(states) != states[0]["num_workers"] or len(pieces) > 1 or None in pieces:
         raise ValueError("the worker states are not of one pass of one rank's DataLoader")
-    merged = {key: value for key, value in first.items() if key not in ("stream", "stream_position", "num_workers",
-                                                                         "piece_size")}
-    merged["samples_consumed"] = sum(int(state["stream_position"]) for state in states)
-    return merged
+    own = ("stream", "stream_position", "num_workers", "piece_size")
+    return {**{key: value for key, value in states[0].items() if key not in own},
+            "samples_consumed": sum(int(state["stream_position"]) for state in states)}

@@ -157,9 +157,5 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):  # type: ignore[o
                 prefetch(self._pass_order((), epoch=self.epoch + 1).pool_runs(0))
             yield from indices[plan.starts[pool]:plan.starts[pool + 1]].tolist()
 
-    def __len__(self) -> int:
-        """Indices the next iteration yields (the rest of the epoch when resuming mid-epoch)."""
-        return self._next_pass_length()
-
     def _own_state(self) -> dict[str, Any]:
         return self._loop_state(self._yielded, base=self._base)
