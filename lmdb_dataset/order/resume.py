@@ -24,10 +24,12 @@ another epoch drops a pending resume point, so either order of the two calls res
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import get_worker_info
 
 from .maths import ORDER_VERSION, Hop, RankOrder, check_at_least, check_positive, rest_length, rest_of_epoch
 from .world import Replicas, World
@@ -153,19 +155,47 @@ class EpochProgress:
         self._shared[_SCATTERED] = 0 if in_order or num_workers <= 1 else num_workers
 
 
+@dataclasses.dataclass
+class StreamPosition:
+    """Where this process's current pass stands: the pass, the stream of it this process serves, and its progress.
+
+    The fields are a DataLoader worker's own resume state (``state_dict()`` in a worker), less the order's settings.
+
+    Attributes:
+        epoch: The pass's epoch.
+        resumed_from: What of the epoch was consumed before the pass began (:data:`order.maths.Hop`).
+        num_replicas: Ranks of the pass.
+        stream: The worker slot whose share of the rank's records this process yields (0 for a sampler).
+        stream_position: Samples of the stream yielded so far (by this process, and before it by the
+            one whose state it resumed).
+        num_workers: DataLoader workers of the pass (1 for a sampler).
+        piece_size: Positions per piece dealt to workers (the DataLoader's batch size); None until
+            the first sample is fetched (and for a sampler).
+    """
+
+    epoch: int
+    resumed_from: tuple[Hop, ...]
+    num_replicas: int
+    stream: int
+    stream_position: int
+    num_workers: int
+    piece_size: int | None = None
+
+
 class EpochResumable:
     """Mixin: epoch, DDP world, length, exact and elastic resume state, and copy semantics of both readers.
 
     The class calls :meth:`_set_order` (the order settings ``chunk_size``, ``pool_size``,
-    ``seed``, ``shuffle``, ``drop_last``, the world, a fresh progress) and implements
-    ``_record_count()`` (records in the order) and ``_own_state()`` (the state of what this
-    process's own iteration produced). Attributes named in ``_PROCESS_LOCAL`` describe this
-    process's iteration and are reset in pickles and copies.
+    ``seed``, ``shuffle``, ``drop_last``, the world, a fresh progress), implements
+    ``_record_count()`` (records in the order) and begins each pass with :meth:`_begin_pass`.
+    Attributes named in ``_PROCESS_LOCAL`` describe this process's iteration and are reset in
+    pickles and copies.
     """
 
     _progress: EpochProgress
     _replicas: Replicas
-    _PROCESS_LOCAL: dict[str, Any] = {}
+    _position: StreamPosition | None  # this process's current pass
+    _PROCESS_LOCAL: dict[str, Any] = {"_position": None}
     chunk_size: int
     pool_size: int
     seed: int
@@ -184,12 +214,33 @@ class EpochResumable:
         self._replicas = Replicas(num_replicas, rank)
         self.drop_last = drop_last
         self._progress = EpochProgress()
+        self.__dict__.update(self._PROCESS_LOCAL)
 
     def _record_count(self) -> int:
         raise NotImplementedError
 
+    def _begin_pass(self, world: World) -> StreamPosition:
+        """Begin this process's pass as ``world``: the rest of a loaded resume point if it is the first, else a
+        whole epoch."""
+        hops = self._progress.begin_pass(world, in_worker=get_worker_info() is not None)
+        self._position = StreamPosition(self.epoch, hops, world.num_replicas, world.worker, 0, world.num_workers)
+        return self._position
+
     def _own_state(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The state of what this process's own iteration produced: a DataLoader worker's own position, or (in
+        the loop's process) the samples it yielded of its pass."""
+        position = self._position
+        if get_worker_info() is not None and position is not None:
+            return {**dataclasses.asdict(position), "resumed_from": [list(hop) for hop in position.resumed_from],
+                    **self._identity()}
+        if self._progress.workers_iterated:
+            raise ValueError("DataLoader workers read ahead of the training loop, so the dataset cannot tell "
+                             "which samples were consumed: pass state_dict(samples_consumed=<samples the loop "
+                             "consumed this epoch>), or use torchdata's StatefulDataLoader, which asks each "
+                             "worker for its own position")
+        if position is None:
+            return self._loop_state(0)
+        return self._loop_state(position.stream_position, base=position.resumed_from)
 
     def _identity(self) -> dict[str, Any]:
         """The settings that define the epoch order: a saved state must match them to be loaded."""

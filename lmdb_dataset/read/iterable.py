@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 from torch.utils.data._utils.fetch import _IterableDatasetFetcher
 
 from ..decode.image import Output
@@ -19,45 +19,17 @@ from ..order.draws import draw_seed
 from ..order.maths import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_POOL_SIZE,
-    Hop,
     check_at_least,
     check_positive,
     worker_positions,
 )
 from ..order.quality import check_class_locality, labels_in_file_order
-from ..order.resume import EpochResumable, check_identity
+from ..order.resume import EpochResumable, StreamPosition, check_identity
 from ..order.world import World, current_world
 from ..storage.prefetching import SharedAsk
 from .bad_records import OnError
 from .dataset import LMDBDatasetBase
 from .process_memory import release_free_heap
-
-
-@dataclasses.dataclass
-class StreamPosition:
-    """Where this process's current pass stands: the pass, the stream of it this process serves, and its progress.
-
-    The fields are a DataLoader worker's own resume state (``state_dict()`` in a worker), less the order's settings.
-
-    Attributes:
-        epoch: The pass's epoch.
-        resumed_from: What of the epoch was consumed before the pass began (:data:`order.maths.Hop`).
-        num_replicas: Ranks of the pass.
-        stream: The worker slot whose share of the rank's records this process yields.
-        stream_position: Samples of the stream yielded so far (by this process, and before it by the
-            one whose state it resumed).
-        num_workers: DataLoader workers of the pass.
-        piece_size: Positions per piece dealt to workers (the DataLoader's batch size); None until
-            the first sample is fetched.
-    """
-
-    epoch: int
-    resumed_from: tuple[Hop, ...]
-    num_replicas: int
-    stream: int
-    stream_position: int
-    num_workers: int
-    piece_size: int | None = None
 
 
 def pool_key(epoch: int, pool: int, runs: np.ndarray) -> int:
@@ -192,10 +164,9 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         if shuffle:
             check_class_locality(labels_in_file_order(self), chunk_size=chunk_size, pool_size=pool_size,
                                  reader=type(self).__name__)
-        self._resume: StreamPosition | None = None  # a worker's own position, loaded in this process
-        self._position: StreamPosition | None = None  # this process's current pass
 
-    _PROCESS_LOCAL = {"_resume": None, "_position": None}
+    _resume: StreamPosition | None  # a worker's own position, loaded in this process
+    _PROCESS_LOCAL = {**EpochResumable._PROCESS_LOCAL, "_resume": None}
 
     def _record_count(self) -> int:
         return len(self.targets)
@@ -233,8 +204,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         """
         world = current_world(self.num_replicas, self.rank)
         resume, self._resume = self._resume, None
-        hops = self._progress.begin_pass(world, in_worker=get_worker_info() is not None)
-        position = StreamPosition(self.epoch, hops, world.num_replicas, world.worker, 0, world.num_workers)
+        position = self._begin_pass(world)
         # A worker's own state (StatefulDataLoader) resumes its stream; older states are of epochs the run moved past.
         if resume is not None and resume.epoch >= self.epoch:
             saved = (resume.epoch, resume.num_workers, resume.num_replicas)
@@ -245,8 +215,7 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
                                  f"epoch (call set_epoch({resume.epoch}) first) in the same world; load the "
                                  "StatefulDataLoader's whole state into the dataset (dataset.load_state_dict("
                                  "loader_state)) to resume elsewhere")
-            position = resume
-        self._position = position
+            self._position = position = resume
         return self._stream(position, world)
 
     def _piece_size(self, fetching: int | None, position: StreamPosition) -> int:
@@ -317,21 +286,6 @@ class LMDBIterableDataset(EpochResumable, LMDBDatasetBase, IterableDataset):
         if asker:  # the pools after this worker's last records, which the rank's other workers wait for
             for pool in range(max(requests) + 1, len(runs)):
                 request(pool)
-
-    def _own_state(self) -> dict[str, Any]:
-        position = self._position
-        if get_worker_info() is not None and position is not None:
-            return {**dataclasses.asdict(position), "resumed_from": [list(hop) for hop in position.resumed_from],
-                    **self._identity()}
-        if self._progress.workers_iterated:
-            raise ValueError("DataLoader workers read ahead of the training loop, so the dataset cannot tell "
-                             "which samples were consumed: pass state_dict(samples_consumed=<samples the loop "
-                             "consumed this epoch>), or use torchdata's StatefulDataLoader, which asks each "
-                             "worker for its own position")
-        if position is None:
-            return self._loop_state(0)
-        # iterated in this process, without workers: what it yielded is what was consumed
-        return self._loop_state(position.stream_position, base=position.resumed_from)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`: the next pass yields exactly the rest of that epoch.

@@ -92,13 +92,9 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):  # type: ignore[o
         self.dataset = data_source  # type: ignore[assignment]  # torch says Dataset; any Sized works (len only)
         self.length = len(data_source)
         self.file_order: np.ndarray | None = getattr(data_source, "file_order", None)
-        self._yielded = 0  # indices the current pass's iterator yielded
-        self._base: tuple[tuple[int, int], ...] = ()  # what the current pass started from
         if shuffle:
             check_class_locality(labels_in_file_order(data_source), chunk_size=chunk_size, pool_size=pool_size,
                                  reader=type(self).__name__)
-
-    _PROCESS_LOCAL = {"_yielded": 0, "_base": ()}
 
     def _record_count(self) -> int:
         return self.length
@@ -121,10 +117,9 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):  # type: ignore[o
         return self._samples(self._pass_order(()).order)
 
     def __iter__(self) -> Iterator[int]:
-        self._base = self._progress.begin_pass(World(), in_worker=False)
-        self._yielded = 0
-        for index in self._indices(self._pass_order(self._base)):
-            self._yielded += 1
+        position = self._begin_pass(World(self.rank, self.num_replicas))
+        for index in self._indices(self._pass_order(position.resumed_from)):
+            position.stream_position += 1
             yield index
 
     def _indices(self, plan: RankOrder) -> Iterator[int]:
@@ -156,6 +151,3 @@ class ChunkShuffleSampler(EpochResumable, DistributedSampler):  # type: ignore[o
             else:  # the last pool: the next epoch's first
                 prefetch(self._pass_order((), epoch=self.epoch + 1).pool_runs(0))
             yield from indices[plan.starts[pool]:plan.starts[pool + 1]].tolist()
-
-    def _own_state(self) -> dict[str, Any]:
-        return self._loop_state(self._yielded, base=self._base)
